@@ -1,0 +1,28 @@
+# Two commands: `make demo` and `make test`. Both build .venv from nothing and reuse it when current.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+PY := $(VENV)/bin/python
+DEMO_OUT ?= demo-output
+
+.PHONY: demo test venv clean lint
+
+venv: $(STAMP)
+
+# torch/torchvision are installed first, pinned, so no resolver ever picks another build.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/lint-imports --config pyproject.toml
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m regionmir.demo --out $(DEMO_OUT)
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,120 @@
+"""The ``regionmir`` command. ``main(argv)`` takes an argument list so tests run it in-process.
+
+Subcommands of the pure library live here; later layers (training, serving) register theirs in
+:data:`EXTRA_COMMANDS` lazily, so ``regionmir synth`` never imports Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Callable, Sequence
+
+from .errors import RegionMIRError
+
+#: name → "module:function" taking argv; imported only when that command runs.
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .synth.dataset_writer import write_phantom_dataset
+    from .synth.preview import write_preview
+
+    summary = write_phantom_dataset(args.out, images=args.images, size=args.size, seed=args.seed,
+                                    fmt=args.format, progress=not args.quiet)
+    if args.preview:
+        summary["preview"] = write_preview(args.out, args.preview if isinstance(args.preview, str) else None)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .image_reader import describe, read_image
+    from .intensity import to_uint8
+
+    decoded = read_image(args.file, window_index=args.window)
+    print(describe(decoded))
+    if args.png:
+        from PIL import Image
+        import io
+        from . import storage
+
+        buffer = io.BytesIO()
+        Image.fromarray(to_uint8(decoded.pixels), mode="L").save(buffer, format="PNG")
+        storage.write_bytes(args.png, buffer.getvalue())
+        print(f"wrote {args.png} (8-bit, bright = dense)")
+    return 0
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    from .dataset import open_dataset
+
+    reader = open_dataset(args.data)
+    counts: dict[str, int] = {}
+    regions = 0
+    for image in reader.iter_images(split=args.split):
+        counts[image.split or "unsplit"] = counts.get(image.split or "unsplit", 0) + 1
+        regions += len(image.regions)
+    print(reader.describe())
+    print(f"images by split: {json.dumps(counts, sort_keys=True)}; regions: {regions}")
+    print(reader.report.summary())
+    return 0
+
+
+def _cmd_anatomies(args: argparse.Namespace) -> int:
+    from .anatomy import ANATOMY_NAMES, STANDARD_29
+
+    for i, name in enumerate(ANATOMY_NAMES):
+        print(f"{i:2d}  {name}{'' if name in STANDARD_29 else '   (not in the standard 29)'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="regionmir", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write phantom chest films in the Chest ImaGenome layout")
+    p.add_argument("--out", required=True, help="folder or s3:// prefix to write")
+    p.add_argument("--images", type=int, default=100)
+    p.add_argument("--size", type=int, default=512, help="film side in pixels (square)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=("png", "dicom"), default="png")
+    p.add_argument("--preview", nargs="?", const=True, default=False,
+                   help="also write a contact sheet PNG (default OUT/preview.png)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("inspect", help="show how a DICOM/PNG/JPEG decodes; optionally write it as PNG")
+    p.add_argument("file", help="path or s3:// URI")
+    p.add_argument("--png", help="write the normalised image (8-bit, bright = dense) here")
+    p.add_argument("--window", type=int, default=0, help="which DICOM VOI window to use (default the first)")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("scan", help="read a data set's labels and report what was skipped and why")
+    p.add_argument("data", help="Chest ImaGenome root or manifest (.csv/.jsonl), local or s3://")
+    p.add_argument("--split", choices=("train", "valid", "test"))
+    p.set_defaults(func=_cmd_scan)
+
+    p = sub.add_parser("anatomies", help="list the 36 region names and ids")
+    p.set_defaults(func=_cmd_anatomies)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in EXTRA_COMMANDS:
+        module, function = EXTRA_COMMANDS[argv[0]]
+        run: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
+        return run(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RegionMIRError as exc:
+        print(f"regionmir {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Typed errors. Each names the thing that failed (file, URI, field) and why, so a user can act.
+
+Every error the library raises on bad input is a :class:`RegionMIRError`; services map them to
+4xx answers and batch jobs count them by :attr:`RegionMIRError.reason`.
+"""
+
+from __future__ import annotations
+
+
+class RegionMIRError(Exception):
+    """Base class. ``source`` is the file/URI/field at fault, ``reason`` a short machine key."""
+
+    reason = "error"
+
+    def __init__(self, source: str, message: str, *, reason: str | None = None):
+        self.source = str(source)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        super().__init__(f"{self.source}: {message}" if self.source else message)
+
+
+class ImageReadError(RegionMIRError):
+    """A file could not be decoded: truncated, corrupt, not an image."""
+
+    reason = "unreadable_image"
+
+
+class UnsupportedImageError(ImageReadError):
+    """A readable file we refuse on purpose: multi-frame, non-image DICOM, unknown transfer syntax."""
+
+    reason = "unsupported_image"
+
+
+class MissingImageError(ImageReadError):
+    """The file or object does not exist."""
+
+    reason = "missing_image"
+
+
+class ImageTooLargeError(ImageReadError):
+    """The image has more pixels than the configured limit (decompression bombs)."""
+
+    reason = "image_too_large"
+
+
+class BoxError(RegionMIRError):
+    """A box is outside the image, inverted, or has no area."""
+
+    reason = "bad_box"
+
+
+class UnknownAnatomyError(RegionMIRError):
+    """A region name that is not in the vocabulary. ``matches`` holds close names."""
+
+    reason = "unknown_anatomy"
+
+    def __init__(self, name: str, matches: list[str], message: str | None = None):
+        self.name = name
+        self.matches = list(matches)
+        if message is None:
+            message = f"unknown anatomy {name!r}"
+            message += f"; did you mean: {', '.join(self.matches)}?" if self.matches else \
+                "; see `regionmir anatomies` for the 36 names"
+        super().__init__("anatomy", message)
+
+
+class DatasetError(RegionMIRError):
+    """A data set root or manifest that cannot be read as a whole (missing files, bad columns)."""
+
+    reason = "bad_dataset"
+
+
+class StorageError(RegionMIRError):
+    """Object storage unreachable, bad credentials, or a path that cannot be written."""
+
+    reason = "storage"

@@ -1,0 +1,167 @@
+"""Write phantom films as a Chest ImaGenome-layout data set (local folder or ``s3://``).
+
+Layout (what :mod:`regionmir.chest_imagenome` reads back)::
+
+    OUT/silver_dataset/scene_graph/{dicom_id}_SceneGraph.json   36 objects, both coordinate systems
+    OUT/silver_dataset/splits/{train,valid,test}.csv              subject_id,study_id,dicom_id,path
+    OUT/silver_dataset/splits/images_to_avoid.csv                  empty (header only)
+    OUT/images/files/pNN/pNNNNNNNN/sNNNNNNNN/{dicom_id}.png|.dcm
+    OUT/synth_info.json                                             generator version, seed, sizes
+
+Scene-graph boxes: ``original_*`` are pixels of the written image (``original_width`` /
+``original_height`` are the box's, as in Chest ImaGenome); ``x1..y2`` are the same box on the
+image rescaled to 224 × 224. Findings drawn on a film are recorded as ``attributes`` of the regions
+they change. Identical ``seed`` → identical bytes: ids come from the seed, DICOMs carry no dates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from .. import storage
+from ..anatomy import ANATOMY_NAMES
+from ..intensity import to_uint8
+from .phantom_film import PhantomFilm, render_film
+from .phantom_params import PhantomParams, sample_params
+
+GENERATOR_VERSION = "regionmir-phantom-1"
+# slot = index mod 10 → 70/10/20; interleaved so that even a handful of films fills every split
+SPLIT_OF_SLOT = ("train", "test", "train", "valid", "train", "train", "test", "train", "train", "train")
+#: Scene-graph size of the rescaled image (Chest ImaGenome's x1..y2).
+SCENE_GRAPH_SIZE = 224
+
+_FINDING_REGIONS: dict[str, Callable[[str, str], list[str]]] = {
+    "consolidation": lambda side, zone: [f"{side} {zone} lung zone", f"{side} lung"],
+    "pleural effusion": lambda side, zone: [f"{side} costophrenic angle", f"{side} lower lung zone",
+                                            f"{side} hemidiaphragm", f"{side} lung"],
+    "cardiomegaly": lambda side, zone: ["cardiac silhouette", "left cardiac silhouette",
+                                        "right cardiac silhouette"],
+    "pneumothorax": lambda side, zone: [f"{side} apical zone", f"{side} upper lung zone", f"{side} lung"],
+}
+_FINDING_ATTRIBUTE = {
+    "consolidation": ["anatomicalfinding|yes|consolidation", "anatomicalfinding|yes|lung opacity"],
+    "pleural effusion": ["anatomicalfinding|yes|pleural effusion"],
+    "cardiomegaly": ["anatomicalfinding|yes|enlarged cardiac silhouette"],
+    "pneumothorax": ["anatomicalfinding|yes|pneumothorax"],
+}
+
+
+@dataclass(frozen=True)
+class PhantomIdentity:
+    subject_id: str
+    study_id: str
+    dicom_id: str
+    split: str
+
+    def relative_path(self, extension: str) -> str:
+        return f"files/p{self.subject_id[:2]}/p{self.subject_id}/s{self.study_id}/{self.dicom_id}.{extension}"
+
+
+def phantom_identity(seed: int, index: int) -> PhantomIdentity:
+    digest = hashlib.sha256(f"regionmir-phantom:{seed}:{index}".encode()).hexdigest()
+    dicom_id = "-".join(digest[i:i + 8] for i in range(0, 40, 8))
+    subject = str(10_000_000 + int(digest[40:48], 16) % 9_000_000)
+    study = str(50_000_000 + int(digest[48:56], 16) % 9_000_000)
+    return PhantomIdentity(subject, study, dicom_id, SPLIT_OF_SLOT[index % 10])
+
+
+def phantom_params(seed: int, index: int) -> PhantomParams:
+    return sample_params(np.random.default_rng(np.random.SeedSequence([int(seed), int(index)])))
+
+
+def scene_graph(film: PhantomFilm, ident: PhantomIdentity, size: int) -> dict:
+    scale = SCENE_GRAPH_SIZE / float(size)
+    objects = []
+    for name in ANATOMY_NAMES:
+        box = film.boxes.get(name)
+        if box is None:
+            continue
+        ox1, oy1, ox2, oy2 = (int(math.floor(box.x1)), int(math.floor(box.y1)),
+                              int(math.ceil(box.x2)), int(math.ceil(box.y2)))
+        x1, y1 = int(round(box.x1 * scale)), int(round(box.y1 * scale))
+        x2, y2 = int(round(box.x2 * scale)), int(round(box.y2 * scale))
+        objects.append({
+            "object_id": f"{ident.dicom_id}_{name}", "x1": x1, "y1": y1, "x2": x2, "y2": y2,
+            "width": x2 - x1, "height": y2 - y1, "bbox_name": name, "synsets": [],
+            "name": name[:1].upper() + name[1:],
+            "original_x1": ox1, "original_y1": oy1, "original_x2": ox2, "original_y2": oy2,
+            "original_width": ox2 - ox1, "original_height": oy2 - oy1,
+        })
+    findings_by_region: dict[str, list[str]] = {}
+    for finding in film.params.findings:
+        for region in _FINDING_REGIONS[finding.name](finding.side, finding.zone):
+            findings_by_region.setdefault(region, []).extend(_FINDING_ATTRIBUTE[finding.name])
+    attributes = []
+    for name in ANATOMY_NAMES:
+        found = findings_by_region.get(name)
+        values = (found + ["nlp|yes|abnormal"]) if found else ["nlp|yes|normal"]
+        phrases = [f"{', '.join(a.split('|')[2] for a in found)} in the {name}."] if found else []
+        attributes.append({"name": name[:1].upper() + name[1:], "bbox_name": name, "synsets": [],
+                           "object_id": f"{ident.dicom_id}_{name}", "attributes": [values], "phrases": phrases})
+    return {
+        "image_id": ident.dicom_id,
+        "patient_id": int(ident.subject_id),
+        "study_id": int(ident.study_id),
+        "viewpoint": film.params.view,
+        "gender": film.params.sex,
+        "objects": objects,
+        "attributes": attributes,
+        "relationships": [],
+        "phantom": {"generator": GENERATOR_VERSION, "size": size, "params": film.params.as_dict()},
+    }
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(image), mode="L").save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
+
+
+def write_phantom_dataset(out: str, images: int, size: int = 512, seed: int = 0, fmt: str = "png",
+                          progress: bool = True, s3: storage.S3Options | None = None) -> dict:
+    """Render ``images`` films into ``out``; returns a summary (counts, split sizes, seconds)."""
+    if fmt not in ("png", "dicom"):
+        raise ValueError(f"--format must be png or dicom, got {fmt!r}")
+    if images < 1 or size < 64:
+        raise ValueError("need at least 1 image of at least 64 px")
+    from .phantom_dicom import dicom_bytes  # pydicom only when DICOMs are asked for
+
+    extension = "png" if fmt == "png" else "dcm"
+    splits: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
+    start = time.perf_counter()
+    findings = 0
+    for index in range(images):
+        ident = phantom_identity(seed, index)
+        film = render_film(phantom_params(seed, index), size)
+        findings += len(film.params.findings)
+        rel = ident.relative_path(extension)
+        data = png_bytes(film.image) if fmt == "png" else dicom_bytes(film, ident, seed, index)
+        storage.write_bytes(storage.join(out, "images", rel), data, s3)
+        graph = scene_graph(film, ident, size)
+        storage.write_text(storage.join(out, "silver_dataset", "scene_graph", f"{ident.dicom_id}_SceneGraph.json"),
+                           json.dumps(graph, indent=1), s3)
+        splits[ident.split].append(f"{ident.subject_id},{ident.study_id},{ident.dicom_id},{rel}")
+        if progress and (index + 1 == images or (index + 1) % max(1, images // 20) == 0):
+            rate = (index + 1) / max(1e-9, time.perf_counter() - start)
+            print(f"synth: {index + 1}/{images} films ({rate:.1f} films/s)", file=sys.stderr, flush=True)
+    header = "subject_id,study_id,dicom_id,path\n"
+    for split, rows in splits.items():
+        storage.write_text(storage.join(out, "silver_dataset", "splits", f"{split}.csv"),
+                           header + "".join(r + "\n" for r in rows), s3)
+    storage.write_text(storage.join(out, "silver_dataset", "splits", "images_to_avoid.csv"), header, s3)
+    summary = {"generator": GENERATOR_VERSION, "images": images, "size": size, "seed": seed,
+               "format": fmt, "splits": {k: len(v) for k, v in splits.items()}, "findings": findings}
+    storage.write_text(storage.join(out, "synth_info.json"), json.dumps(summary, indent=1, sort_keys=True), s3)
+    summary["out"] = out
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    return summary
