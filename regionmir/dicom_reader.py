@@ -1,0 +1,396 @@
+"""DICOM radiographs into the library's intensity convention (float32 ``(H, W)``, ``[0,1]``, bright = dense).
+
+The display pipeline of the DICOM standard (PS3.4 Grayscale Standard Display Function chain), in
+this order:
+
+1. **Modality LUT**: Rescale Slope/Intercept or a Modality LUT Sequence (``pydicom``), giving
+   modality values (e.g. HU-like units for some DX, plain values for most).
+2. **VOI**: the window the modality chose for display. ``window_index`` (default 0: the *first*
+   window, which the standard calls the default) picks among Window Center/Width pairs; the
+   linear window follows VOI LUT Function (``LINEAR`` as in PS3.3 C.11.2.1.2.1, ``LINEAR_EXACT``,
+   ``SIGMOID``), mapped straight to ``[0, 1]``. **When a file has both windows and a VOI LUT
+   Sequence, the window wins** (the standard leaves the choice to the application; a linear
+   window is predictable to normalise and is what a user can override). A VOI LUT Sequence is used
+   when there is no window; its output is normalised against the LUT's own output range. With
+   neither, the min..max of the modality-rescaled pixels (ignoring Pixel Padding Value) is used.
+3. **Polarity**: MONOCHROME1 (bright = air on the raw scale, common for CR/DX) is inverted against
+   the window, i.e. ``1 - y`` after step 2, so the output is always bright = dense.
+
+Supported: 1 frame, 1 sample per pixel (MONOCHROME1/2), 8-16 bits stored in 8/16 allocated,
+signed or unsigned, native or compressed with JPEG baseline/extended/lossless (P14, SV1), JPEG-LS
+(lossless, near-lossless), JPEG 2000 (lossless, lossy), RLE lossless and deflate, through pydicom
+and the pylibjpeg plugins. **Colour** (RGB, YBR_FULL/_422 which pydicom converts to RGB) is
+accepted only when it is a grey image stored in colour (all three channels agree within 3 % of
+full scale: secondary captures, lossy YBR noise); it is then converted to luminance and
+normalised by the bit depth (the standard defines no VOI for colour). Real colour content and
+PALETTE COLOR are refused: a chest radiograph is greyscale, and colour usually means burned-in
+annotations.
+
+Errors (all from :mod:`regionmir.errors`, each naming ``source`` and the reason): multi-frame,
+non-image objects, colour, 1-bit, undecodable or unknown transfer syntaxes →
+:class:`UnsupportedImageError`; more than ``max_pixels`` (checked on Rows x Columns before any
+pixel data is decoded) → :class:`ImageTooLargeError`; truncated or corrupt files →
+:class:`ImageReadError`.
+
+Privacy: only salted hashes of PatientID and StudyInstanceUID leave this module; pydicom's warnings
+and log records are silenced while reading because its validation messages quote element values
+(names, IDs). (The filter sits on the ``pydicom`` logger for the duration of a read, so a
+concurrent read in another thread is silenced too, which is harmless.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from .errors import ImageReadError, ImageTooLargeError, UnsupportedImageError
+from .identifiers import hash_identifier
+from .image_reader import DEFAULT_MAX_PIXELS, DecodedImage, ImageInfo
+from .intensity import rescale_to_unit
+
+#: Photometric interpretations read as greyscale.
+GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
+#: Colour interpretations pydicom hands back as RGB (after its YBR -> RGB conversion).
+RGB_PHOTOMETRICS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
+#: Largest channel disagreement (fraction of full scale) for a colour image to count as grey.
+GREY_IN_COLOUR_TOLERANCE = 0.03
+
+# Luma weights (ITU-R BT.601), the same as PIL's convert("L") and pydicom's YBR conversion.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+
+
+class _DropRecords(logging.Filter):
+    """A logging filter that drops every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[list[warnings.WarningMessage]]:
+    """Silence pydicom's warnings and log records (they can quote names and IDs); yield the
+    recorded warnings so that the caller can still recognise truncation reports."""
+    logger = logging.getLogger("pydicom")
+    drop = _DropRecords()
+    logger.addFilter(drop)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield caught
+    finally:
+        logger.removeFilter(drop)
+
+
+def looks_like_dicom(data: bytes) -> bool:
+    """True for Part 10 files (``DICM`` at offset 128) and for bare datasets without preamble.
+
+    A bare dataset must start with a little-endian group 0002 or 0008 tag and parse as DICOM with
+    at least an image or SOP attribute: ``force=True`` alone would accept any bytes at all.
+    """
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return True
+    if len(data) < 8 or data[0:2] not in (b"\x02\x00", b"\x08\x00"):
+        return False
+    try:
+        with _quiet_pydicom():
+            ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+    except Exception:  # any parse failure means "not DICOM" for sniffing purposes
+        return False
+    return any(key in ds for key in ("SOPClassUID", "Rows", "Modality", "StudyInstanceUID"))
+
+
+def _parse(data: bytes, source: str) -> Dataset:
+    """The dataset. Truncation inside encapsulated pixel data is reported by pydicom only as a
+    warning (and an emptied dataset), so it is turned into an :class:`ImageReadError` here."""
+    has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
+    try:
+        with _quiet_pydicom() as caught:
+            ds = pydicom.dcmread(io.BytesIO(data), force=not has_preamble)
+    except Exception as exc:  # pydicom raises many types on corrupt input (EOFError, struct.error, ...)
+        raise ImageReadError(source, f"cannot parse DICOM ({type(exc).__name__}: {exc})") from exc
+    if any("end of file" in str(w.message).lower() for w in caught):
+        raise ImageReadError(source, "truncated DICOM file: end of file reached inside a data element")
+    return ds
+
+
+def _transfer_syntax(ds: Dataset, source: str) -> UID:
+    """The Transfer Syntax UID; inferred from the encoding for bare datasets without file meta."""
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    if ts:
+        return UID(str(ts).strip().strip("\x00"))
+    if ds["PixelData"].is_undefined_length:
+        # Encapsulated (compressed) pixel data but nothing says which codec: cannot guess.
+        raise UnsupportedImageError(source, "compressed pixel data without a Transfer Syntax UID "
+                                    "(no file meta information)")
+    implicit, little = ds.original_encoding
+    if implicit:
+        ts = ImplicitVRLittleEndian
+    else:
+        ts = ExplicitVRLittleEndian if little in (True, None) else ExplicitVRBigEndian
+    ds.file_meta = getattr(ds, "file_meta", None) or pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ts
+    return ts
+
+
+def _syntax_name(ts: UID) -> str:
+    name = ts.name
+    return name if name and name != str(ts) else "unknown or private transfer syntax"
+
+
+def _check_decodable(ts: UID, source: str) -> None:
+    """Refuse transfer syntaxes pydicom has no decoder (or no installed plugin) for."""
+    from pydicom.pixels import get_decoder
+
+    label = f"transfer syntax {ts} ({_syntax_name(ts)})"
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError as exc:
+        raise UnsupportedImageError(source, f"{label} is not supported: no decoder exists for it") from exc
+    if not decoder.is_available:
+        missing = "; ".join(getattr(decoder, "missing_dependencies", []) or [])
+        raise UnsupportedImageError(
+            source, f"{label} is not supported here: no decoder plugin installed"
+            + (f" ({missing})" if missing else ""))
+
+
+def _as_floats(value: Any) -> list[float]:
+    """Window Center/Width as a list (they are multi-valued DS, or a single value, or absent)."""
+    if value is None or value == "":
+        return []
+    items = list(value) if isinstance(value, (MultiValue, list, tuple)) else [value]
+    out: list[float] = []
+    for item in items:
+        try:
+            out.append(float(item))
+        except (TypeError, ValueError):
+            out.append(float("nan"))
+    return out
+
+
+def _int_attr(ds: Dataset, keyword: str, default: int, source: str) -> int:
+    value = ds.get(keyword, None)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise ImageReadError(source, f"invalid {keyword} {value!r}") from exc
+
+
+def _apply_window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """A VOI window mapped to ``[0, 1]`` (float64), per PS3.3 C.11.2.1.2 with ymin=0, ymax=1."""
+    if function == "LINEAR_EXACT":
+        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+    if function == "SIGMOID":
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    # LINEAR: pixel value x covers [c - w/2, c + w/2 - 1], hence the 0.5 and w - 1.
+    return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+
+
+def _apply_voi_lut_item(values: np.ndarray, ds: Dataset, index: int) -> np.ndarray:
+    """VOI LUT Sequence item ``index`` applied, normalised against the LUT's output range."""
+    from pydicom.pixels import apply_voi
+
+    item = ds.VOILUTSequence[index]
+    entries, first = int(item.LUTDescriptor[0]) or 65536, int(item.LUTDescriptor[1])
+    # The LUT's own output range, obtained through pydicom so that the OW/US/SS LUT Data
+    # encodings are handled in one place: push every input the LUT covers through it.
+    domain = np.arange(first, first + entries, dtype=np.int64)
+    lut_out = np.asarray(apply_voi(domain, ds, index=index), dtype=np.float64)
+    # Clip to the LUT's domain first: pydicom offsets the input in the LUT's 8/16-bit dtype, so
+    # values past 65535 would wrap around instead of saturating.
+    inputs = np.clip(np.rint(values), first, first + entries - 1).astype(np.int64)
+    mapped = np.asarray(apply_voi(inputs, ds, index=index), dtype=np.float64)
+    return rescale_to_unit(mapped, float(lut_out.min()), float(lut_out.max())).astype(np.float64)
+
+
+def _decode(ds: Dataset, ts: UID, source: str) -> np.ndarray:
+    try:
+        with _quiet_pydicom():
+            arr = ds.pixel_array
+    except Exception as exc:  # decoder plugins raise RuntimeError/ValueError/... on corrupt data
+        raise ImageReadError(source, f"cannot decode pixel data ({_syntax_name(ts)}): "
+                             f"{type(exc).__name__}: {exc}") from exc
+    return np.asarray(arr)
+
+
+def _grey_from_colour(arr: np.ndarray, bits: int, source: str, photometric: str) -> np.ndarray:
+    """Luminance of a colour array whose channels agree (a grey image stored as colour)."""
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ImageReadError(source, f"{photometric} pixel data has shape {arr.shape}, expected (rows, columns, 3)")
+    rgb = arr.astype(np.float64)
+    full = float(2 ** bits - 1)
+    spread = float(np.max(rgb.max(axis=-1) - rgb.min(axis=-1))) if rgb.size else 0.0
+    if spread > GREY_IN_COLOUR_TOLERANCE * full:
+        raise UnsupportedImageError(
+            source, f"colour image ({photometric}, channels differ by up to {spread:g} of {full:g}) "
+            "is not supported: chest radiographs are greyscale; export it as MONOCHROME2")
+    return rgb @ _LUMA
+
+
+def read_dicom(data: bytes, source: str, *, window_index: int = 0,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode one DICOM radiograph (bytes of a Part 10 file or a bare dataset).
+
+    Returns a :class:`DecodedImage` whose ``pixels`` are float32 ``(Rows, Columns)`` in ``[0, 1]``,
+    bright = dense, and whose ``info`` says which window was used (see the module docstring for
+    the pipeline and what is refused). ``window_index`` selects the VOI window (or VOI LUT when the
+    file has no window); out of range is an :class:`UnsupportedImageError`.
+    """
+    ds = _parse(data, source)
+
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise UnsupportedImageError(source, "float pixel data (parametric map) is not a radiograph")
+        # pydicom stops silently at end of file, so a file cut short looks like a dataset
+        # without pixel data: tell "truncated image" from "valid object that is no image".
+        sop = ds.get("SOPClassUID", None)
+        sop_name = UID(str(sop)).name if sop else ""
+        if "Rows" in ds or "Columns" in ds or "Image Storage" in sop_name:
+            raise ImageReadError(source, "image attributes but no pixel data: the file is truncated or corrupt")
+        if not sop:
+            raise ImageReadError(source, "no pixel data and no SOP Class UID: the file is truncated or "
+                                 "not a DICOM object")
+        raise UnsupportedImageError(source, f"not an image: the DICOM object has no pixel data ({sop_name})")
+
+    ts = _transfer_syntax(ds, source)
+    ts_name = _syntax_name(ts)
+
+    frames = _int_attr(ds, "NumberOfFrames", 1, source)
+    if frames > 1:
+        raise UnsupportedImageError(source, f"multi-frame image ({frames} frames) is not supported: "
+                                    "expected a single radiograph")
+    rows = _int_attr(ds, "Rows", 0, source)
+    cols = _int_attr(ds, "Columns", 0, source)
+    if rows <= 0 or cols <= 0:
+        raise ImageReadError(source, f"invalid image size Rows={rows} Columns={cols}")
+    if rows * cols > max_pixels:
+        # Before any decoding: a forged header must not make us allocate gigabytes.
+        raise ImageTooLargeError(source, f"{cols} x {rows} = {rows * cols} pixels exceeds the limit "
+                                 f"of {max_pixels}")
+
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    samples = _int_attr(ds, "SamplesPerPixel", 1, source)
+    bits_allocated = _int_attr(ds, "BitsAllocated", 0, source)
+    bits_stored = _int_attr(ds, "BitsStored", bits_allocated, source)
+    signed = _int_attr(ds, "PixelRepresentation", 0, source)
+    if photometric == "PALETTE COLOR":
+        raise UnsupportedImageError(source, "PALETTE COLOR image is not supported: chest radiographs are greyscale")
+    if photometric in GREY_PHOTOMETRICS:
+        if samples != 1:
+            raise ImageReadError(source, f"{photometric} with SamplesPerPixel={samples}, expected 1")
+    elif photometric in RGB_PHOTOMETRICS:
+        if samples != 3:
+            raise ImageReadError(source, f"{photometric} with SamplesPerPixel={samples}, expected 3")
+    else:
+        raise UnsupportedImageError(source, f"photometric interpretation {photometric or '(missing)'!r} "
+                                    "is not supported (expected MONOCHROME1 or MONOCHROME2)")
+    if bits_allocated not in (8, 16, 32):
+        raise UnsupportedImageError(source, f"BitsAllocated={bits_allocated} is not supported (8, 16 or 32 expected)")
+    if not 1 <= bits_stored <= bits_allocated:
+        raise ImageReadError(source, f"BitsStored={bits_stored} with BitsAllocated={bits_allocated}")
+
+    _check_decodable(ts, source)
+    raw = _decode(ds, ts, source)
+    notes: list[str] = []
+
+    if photometric in RGB_PHOTOMETRICS:
+        grey = _grey_from_colour(raw, bits_stored, source, photometric)
+        full = float(2 ** bits_stored - 1)
+        pixels = rescale_to_unit(grey, 0.0, full)
+        window: tuple[float, float] | None = (full / 2.0, full)
+        window_source = "bit depth"
+        notes.append(f"{photometric} image with grey content converted to luminance")
+    else:
+        if raw.shape != (rows, cols):
+            raise ImageReadError(source, f"decoded pixel data has shape {raw.shape}, expected ({rows}, {cols})")
+        pixels, window, window_source = _grey_pipeline(ds, raw, source, window_index, notes)
+        if photometric == "MONOCHROME1":
+            pixels = (1.0 - pixels).astype(np.float32)
+            notes.append("MONOCHROME1 inverted against the window (bright = dense)")
+
+    info = ImageInfo(
+        source=source, format="dicom", width=cols, height=rows, photometric=photometric,
+        bits_stored=bits_stored, bits_allocated=bits_allocated, pixel_representation=signed,
+        transfer_syntax=str(ts), transfer_syntax_name=ts_name, window=window,
+        window_source=window_source, frames=frames,
+        patient_hash=hash_identifier(ds.get("PatientID", None)),
+        study_hash=hash_identifier(ds.get("StudyInstanceUID", None)),
+        view=str(ds.get("ViewPosition", "") or "").strip().upper(), notes=notes)
+    return DecodedImage(pixels=np.ascontiguousarray(pixels, dtype=np.float32), info=info)
+
+
+def _grey_pipeline(ds: Dataset, raw: np.ndarray, source: str, window_index: int,
+                   notes: list[str]) -> tuple[np.ndarray, tuple[float, float] | None, str]:
+    """Modality LUT then VOI for a greyscale frame → (``[0,1]`` float32, window, window_source)."""
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+    except Exception as exc:  # malformed Modality LUT Sequence / rescale values
+        raise ImageReadError(source, f"invalid modality LUT or rescale ({type(exc).__name__}: {exc})") from exc
+
+    centers = _as_floats(ds.get("WindowCenter", None))
+    widths = _as_floats(ds.get("WindowWidth", None))
+    n_windows = min(len(centers), len(widths))
+    n_luts = len(ds.get("VOILUTSequence", None) or [])
+    if window_index < 0:
+        raise UnsupportedImageError(source, f"window_index {window_index} is negative", reason="bad_window_index")
+
+    if n_windows:
+        if window_index >= n_windows:
+            raise UnsupportedImageError(source, f"window_index {window_index} is out of range: the file has "
+                                        f"{n_windows} VOI window(s)", reason="bad_window_index")
+        center, width = centers[window_index], widths[window_index]
+        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+        if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+            notes.append(f"unknown VOI LUT Function {function!r} treated as LINEAR")
+            function = "LINEAR"
+        minimum = 0.0 if function != "LINEAR" else 1.0
+        if np.isfinite(center) and np.isfinite(width) and width > minimum:
+            if function != "LINEAR":
+                notes.append(f"VOI LUT Function {function}")
+            label = f"VOI window {window_index + 1} of {n_windows}"
+            return (_apply_window(values, center, width, function).astype(np.float32),
+                    (center, width), label)
+        notes.append(f"VOI window {window_index + 1} (center {center:g}, width {width:g}) is invalid; "
+                     "used the pixel range")
+    elif n_luts:
+        if window_index >= n_luts:
+            raise UnsupportedImageError(source, f"window_index {window_index} is out of range: the file has "
+                                        f"no VOI window and {n_luts} VOI LUT(s)", reason="bad_window_index")
+        try:
+            mapped = _apply_voi_lut_item(values, ds, window_index)
+        except Exception as exc:  # malformed LUT Descriptor / LUT Data
+            raise ImageReadError(source, f"invalid VOI LUT ({type(exc).__name__}: {exc})") from exc
+        return mapped.astype(np.float32), None, f"VOI LUT {window_index + 1} of {n_luts}"
+    elif window_index > 0:
+        raise UnsupportedImageError(source, f"window_index {window_index} requested but the file has no "
+                                    "VOI window or VOI LUT", reason="bad_window_index")
+
+    # No usable VOI: stretch the modality values' own range, leaving out padding pixels (the
+    # area outside the collimated field), which would otherwise squash the anatomy's contrast.
+    considered = values
+    padding = ds.get("PixelPaddingValue", None)
+    if padding is not None:
+        try:
+            keep = raw != int(padding)
+            if keep.any():
+                considered = values[keep]
+        except (TypeError, ValueError):
+            pass
+    lo, hi = (float(considered.min()), float(considered.max())) if considered.size else (0.0, 0.0)
+    if hi <= lo:
+        notes.append("constant image")
+    return rescale_to_unit(values, lo, hi), ((lo + hi) / 2.0, hi - lo), "pixel range"
