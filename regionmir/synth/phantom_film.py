@@ -147,13 +147,23 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
     soft = 0.27 * params.soft_tissue * body_profile ** 0.7 + 0.22 * arm
     body = (body_profile > 0) | (arm > 0)
 
-    blur_anat = 2.0 * s_
+    blur_anat = 2.6 * s_
     lung_s = gaussian_blur(lung.astype(np.float32), 1.2 * s_)
     interior = body & (body_profile > 0) & ~lung & (cage | below_diaphragm) & (np.abs(dx_mid) <= w + 0.01)
     interior_s = gaussian_blur(interior.astype(np.float32), blur_anat)
     heart_s = gaussian_blur(heart.astype(np.float32), blur_anat)
 
-    density = soft * (1.0 - 0.62 * lung_s) + 0.22 * interior_s + 0.035 * heart_s
+    # The heart is a thick, rounded organ: it attenuates most at its centre and fades to its
+    # borders, which is what keeps a real cardiac silhouette from looking like a cut-out.
+    heart_half = np.maximum(g.heart_border(y, "left") + g.heart_border(y, "right"), 1e-3) / 2
+    heart_centre = lm.cx + (g.heart_border(y, "left") - g.heart_border(y, "right")) / 2
+    heart_thickness = np.sqrt(np.clip(1 - ((x - heart_centre) / heart_half) ** 2, 0, None))
+    # Lungs are most lucent in the mid zones; apices sit under shoulder muscle, bases over the domes.
+    lung_top = g.apical_top(np.abs(dx_mid))
+    apex_overlap = np.clip(1 - (y - lung_top) / 0.12, 0, 1) ** 2
+    base_overlap = np.clip(1 - (dome_here - y) / 0.10, 0, 1) ** 2
+    density = soft * (1.0 - 0.62 * lung_s) + 0.19 * interior_s + 0.06 * heart_s * heart_thickness
+    density += (0.05 * apex_overlap + 0.035 * base_overlap) * lung_s
     density += 0.012 * smooth_noise(rng, size, 5 * s_) * lung_s           # parenchymal texture
     density += 0.02 * smooth_noise(rng, size, 20 * s_) * interior_s        # bowel / soft tissue mottle
 
