@@ -1,0 +1,66 @@
+"""Open a labelled data set by pointing at it: a Chest ImaGenome copy or a region manifest.
+
+:func:`open_dataset` decides from what is there (local path or ``s3://`` URI alike):
+
+1. a ``.csv``/``.tsv``/``.jsonl``/``.ndjson``/``.json`` file → :class:`ManifestReader`;
+2. a folder/prefix holding ``silver_dataset/``, ``scene_graph/`` or ``splits/``, or
+   ``*_SceneGraph.json`` files → :class:`ChestImaGenomeReader`;
+3. a folder/prefix holding ``manifest.csv``, ``manifest.jsonl`` or ``manifest.json`` (what the
+   phantom generator writes) → :class:`ManifestReader` on that file.
+
+Both readers expose ``iter_images(split=None)``, ``report`` and ``describe()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Protocol
+
+from . import storage
+from .chest_imagenome import SCENE_GRAPH_SUFFIX, ChestImaGenomeReader
+from .errors import DatasetError
+from .manifest import ManifestReader
+from .region_record import ImageRecord
+from .scan_report import ScanReport
+from .storage import S3Options
+
+MANIFEST_EXTENSIONS: tuple[str, ...] = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
+MANIFEST_NAMES: tuple[str, ...] = ("manifest.csv", "manifest.jsonl", "manifest.json")
+_CHEST_IMAGENOME_FOLDERS: tuple[str, ...] = ("silver_dataset", "scene_graph", "splits")
+
+
+class DatasetReader(Protocol):
+    """What every reader offers."""
+
+    report: ScanReport
+
+    def iter_images(self, split: str | None = None) -> Iterator[ImageRecord]: ...
+
+    def describe(self) -> str: ...
+
+
+def open_dataset(data: str, s3: S3Options | None = None, **kw: Any) -> DatasetReader:
+    """The reader for ``data``; ``kw`` goes to the reader (e.g. ``image_root=``, ``splits=``).
+
+    Raises :class:`DatasetError` naming ``data`` and what was looked for when nothing fits.
+    """
+    data = str(data).strip()
+    looked_for = (f"a manifest file ({', '.join(MANIFEST_EXTENSIONS)}), or a folder holding "
+                  f"silver_dataset/, scene_graph/, splits/, *{SCENE_GRAPH_SUFFIX} files or "
+                  f"{', '.join(MANIFEST_NAMES)}")
+    if data.lower().endswith(MANIFEST_EXTENSIONS) and not storage.is_dir(data, s3):
+        if not storage.exists(data, s3):
+            raise DatasetError(data, "manifest not found")
+        return ManifestReader(data, s3=s3, **kw)
+    if not storage.is_dir(data, s3):
+        if storage.exists(data, s3):  # a file with another extension: let the reader sniff it
+            return ManifestReader(data, s3=s3, **kw)
+        raise DatasetError(data, f"no such file, folder or prefix; expected {looked_for}")
+    if any(storage.is_dir(storage.join(data, name), s3) for name in _CHEST_IMAGENOME_FOLDERS):
+        return ChestImaGenomeReader(data, s3=s3, **kw)
+    for name in MANIFEST_NAMES:
+        manifest = storage.join(data, name)
+        if storage.exists(manifest, s3):
+            return ManifestReader(manifest, s3=s3, **kw)
+    if storage.glob(storage.join(data, "*" + SCENE_GRAPH_SUFFIX), s3):
+        return ChestImaGenomeReader(data, s3=s3, **kw)
+    raise DatasetError(data, f"no data set found; looked for {looked_for}")

@@ -1,0 +1,96 @@
+"""Shared fixtures. ``s3_server``: a real S3 HTTP endpoint (moto_server) for the whole session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from regionmir.storage import S3Options
+
+
+@dataclass
+class S3TestServer:
+    """A running ``moto_server``: where it listens, how to reach it, and a bucket maker."""
+
+    endpoint_url: str
+    options: S3Options
+    process: subprocess.Popen
+
+    def filesystem(self):
+        """An ``s3fs.S3FileSystem`` talking to this server."""
+        import s3fs
+
+        return s3fs.S3FileSystem(**self.options.s3fs_kwargs())
+
+    def make_bucket(self, prefix: str = "test") -> str:
+        """Create a fresh, uniquely named bucket; returns ``s3://name``."""
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        self.filesystem().mkdir(name)
+        return f"s3://{name}"
+
+    def upload(self, local_dir: str | Path, uri: str) -> None:
+        """Copy a local folder tree to ``uri`` (``s3://bucket/prefix``)."""
+        fs = self.filesystem()
+        target = uri.split("://", 1)[1].rstrip("/")
+        for path in sorted(Path(local_dir).rglob("*")):
+            if path.is_file():
+                fs.put_file(str(path), f"{target}/{path.relative_to(local_dir).as_posix()}")
+        fs.invalidate_cache()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _moto_server_command() -> str | None:
+    beside_python = Path(sys.executable).parent / "moto_server"
+    return str(beside_python) if beside_python.exists() else shutil.which("moto_server")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3TestServer]:
+    """Start ``moto_server -H 127.0.0.1 -p <free port>``, wait until it answers, stop it at the end."""
+    command = _moto_server_command()
+    if command is None:
+        pytest.skip("moto_server not installed (pip install 'moto[server]')")
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    process = subprocess.Popen([command, "-H", "127.0.0.1", "-p", str(port)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1).close()
+            break
+        except urllib.error.HTTPError:
+            break  # any HTTP answer means it is up
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"moto_server did not start on {endpoint} (exit code {process.poll()})")
+            time.sleep(0.1)
+    options = S3Options(endpoint_url=endpoint, key="testing", secret="testing")
+    try:
+        yield S3TestServer(endpoint_url=endpoint, options=options, process=process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
