@@ -43,12 +43,11 @@ def run_demo(out: str, images: int = 24, size: int = 320, seed: int = 0) -> dict
     reader = open_dataset(data)
     crop = CropConfig(size=96)
     films = []
-    for record in reader.iter_images():
-        decoded = read_image(record.image_uri)
-        height, width = decoded.pixels.shape
-        films.append((clamp_to_image(record, width, height, reader.report), decoded.pixels))
-        if len(films) == 8:
-            break
+    for record in reader.iter_images():  # the whole scan, so its report covers every film
+        if len(films) < 8:
+            decoded = read_image(record.image_uri)
+            height, width = decoded.pixels.shape
+            films.append((clamp_to_image(record, width, height, reader.report), decoded.pixels))
     rows, labels = [], []
     for anatomy, name in enumerate(ANATOMY_NAMES):
         row = []
@@ -78,7 +77,7 @@ def run_demo(out: str, images: int = 24, size: int = 320, seed: int = 0) -> dict
     region = record.region(ANATOMY_NAMES.index("left costophrenic angle"))
     v1, v2, l1, l2 = two_views(pixels, region.box, region.anatomy_id, crop, flip, rng)
     aug_rows.append([roi_crop(pixels, region.box, crop), v1, v2])
-    aug_labels.append(f"flip: left CP angle -> {anatomy_name(l1)}")
+    aug_labels.append(f"flipped: {anatomy_name(l1)}")
     aug_path = os.path.join(out, "augmentation.png")
     crop_sheet(aug_rows, aug_labels, cell=64, title="Contrastive views: pairs per region; last row flipped").save(aug_path)
 

@@ -66,7 +66,7 @@ def s3_server() -> Iterator[S3TestServer]:
     """Start ``moto_server -H 127.0.0.1 -p <free port>``, wait until it answers, stop it at the end."""
     command = _moto_server_command()
     if command is None:
-        pytest.skip("moto_server not installed (pip install 'moto[server]')")
+        pytest.fail("moto_server not installed: it comes with the dev extra (pip install -e .[dev])")
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
     env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")

@@ -175,7 +175,7 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
                 np.array([lm.carina, lm.carina + 0.035, lm.carina + 0.075]), 0.018)
     airway.line(np.array([lm.cx + 0.004, lm.cx + 0.05, lm.cx + 0.09]),
                 np.array([lm.carina, lm.carina + 0.03, lm.carina + 0.055]), 0.016)
-    density -= 0.09 * gaussian_blur(airway.array(), 1.5 * s_) * (1 - lung_s)
+    density -= 0.16 * gaussian_blur(airway.array(), 1.5 * s_) * (1 - lung_s)
     bubble = (((x - (lm.cx + 0.16)) / 0.055) ** 2 + ((y - (lm.dome_l + 0.055)) / 0.04) ** 2 <= 1) & (y > lm.dome_l + 0.045)
     density -= 0.15 * gaussian_blur(bubble.astype(np.float32), 1.5 * s_)
 

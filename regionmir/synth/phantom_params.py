@@ -84,7 +84,7 @@ def sample_params(rng: np.random.Generator) -> PhantomParams:
         rotation_deg=float(rng.normal(0.0, 2.5 if view == "AP" else 1.3)),
         left_dome_drop=float(rng.uniform(0.0, 0.045)),
         aortic_knob=float(rng.uniform(0.7, 1.3)),
-        exposure=float(rng.uniform(2.2, 3.1)),
+        exposure=float(rng.uniform(1.9, 2.8)),
         gamma=float(rng.uniform(0.8, 1.25)),
         noise=float(rng.uniform(0.004, 0.02 if view == "AP" else 0.012)),
         blur_px512=float(rng.uniform(0.4, 1.3)),
