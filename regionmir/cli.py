@@ -1,21 +1,27 @@
 """The ``regionmir`` command. ``main(argv)`` takes an argument list so tests run it in-process.
 
-Subcommands of the pure library live here; later layers (training, serving) register theirs in
-:data:`EXTRA_COMMANDS` lazily, so ``regionmir synth`` never imports Ray.
+Subcommands of the pure library live here; the layers above it (training, serving) register
+theirs in the ``regionmir.commands`` entry-point group (see ``pyproject.toml``), loaded only when
+one of them runs, so ``regionmir synth`` never imports Ray and the library never imports a layer.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from typing import Callable, Sequence
 
 from .errors import RegionMIRError
 
-#: name → "module:function" taking argv; imported only when that command runs.
-EXTRA_COMMANDS: dict[str, tuple[str, str]] = {}
+ENTRY_POINT_GROUP = "regionmir.commands"
+
+
+def plugin_commands() -> dict[str, object]:
+    """Subcommands registered by installed layers: name → entry point (loaded on use)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -104,11 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in EXTRA_COMMANDS:
-        module, function = EXTRA_COMMANDS[argv[0]]
-        run: Callable[[list[str]], int] = getattr(importlib.import_module(module), function)
-        return run(argv[1:])
-    args = build_parser().parse_args(argv)
+    plugins = plugin_commands()
+    if argv and argv[0] in plugins:
+        run: Callable[[list[str]], int] = plugins[argv[0]].load()
+        return int(run(argv[1:]) or 0)
+    parser = build_parser()
+    if plugins:
+        parser.epilog = "more commands: " + ", ".join(sorted(plugins)) + " (each with --help)"
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except RegionMIRError as exc:

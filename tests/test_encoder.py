@@ -11,7 +11,7 @@ import torchvision
 from regionmir.encoder import (BACKBONES, HEADS, INPUT_MEAN, INPUT_STD, EncoderConfig,
                                RegionEncoder, list_presets, load_preset)
 
-PRESETS = ("resnet18", "resnet18-small", "resnet34", "resnet50")
+PRESETS = ("resnet10-cpu", "resnet18", "resnet18-small", "resnet34", "resnet50")
 
 
 @pytest.fixture(autouse=True)

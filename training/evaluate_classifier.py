@@ -1,0 +1,35 @@
+"""Test-split anatomy accuracy of a trained model, overall and per anatomy (driver side)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from regionmir.anatomy import ANATOMY_NAMES
+from regionmir.classification_metrics import classification_report
+from regionmir.model_contract import load_model
+
+from .roi_pipeline import crop_from_context
+
+
+def evaluate_classifier(model_dir: str, dataset, s3=None, batch_size: int = 256) -> dict:
+    """Classify every ROI row of ``dataset`` (context rows) with the model in ``model_dir``."""
+    model, contract = load_model(model_dir, s3)
+    model.eval()
+    crop = contract.crop_config
+    lookup = {a: k for k, a in enumerate(contract.class_anatomy_ids)}
+    y_true, y_pred = [], []
+    with torch.no_grad():
+        for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
+            keep = [i for i, a in enumerate(batch["anatomy_id"]) if int(a) in lookup]
+            if not keep:
+                continue
+            x = torch.from_numpy(np.stack([crop_from_context(batch["context"][i], batch["box"][i], crop)
+                                           for i in keep]))[:, None]
+            y_pred.extend(model.classify(x).argmax(1).tolist())
+            y_true.extend(lookup[int(batch["anatomy_id"][i])] for i in keep)
+    names = [ANATOMY_NAMES[a] for a in contract.class_anatomy_ids]
+    report = classification_report(np.asarray(y_true), np.asarray(y_pred), names)
+    report["model_version"] = contract.version_id
+    report["y_true"], report["y_pred"] = y_true, y_pred
+    return report

@@ -1,0 +1,30 @@
+"""Starting or joining Ray for a command: one place for the settings our machines need."""
+
+from __future__ import annotations
+
+import os
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None, object_store_mb: int = 512,
+              quiet: bool = True) -> None:
+    """Join ``address`` (or ``RAY_ADDRESS``) when given, else start a local Ray.
+
+    Local Ray declares at least 8 logical CPUs even on a 2-core laptop: Ray Train workers each hold
+    one, and Ray Data needs free slots to stream data to them — its Parquet listing task itself
+    launches footer-reading tasks, so with too few slots the pipeline deadlocks (seen with 4
+    logical CPUs and 2 workers). Logical CPUs only bound concurrency; the OS shares the cores.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local clusters; real ones configure auth
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=not quiet)
+        return
+    cores = os.cpu_count() or 2
+    ray.init(num_cpus=num_cpus or max(8, 2 * cores), include_dashboard=False,
+             object_store_memory=object_store_mb * 1024 * 1024, log_to_driver=True,
+             logging_level="WARNING" if quiet else "INFO")

@@ -1,0 +1,203 @@
+"""The per-worker training function Ray Train runs on every worker (plain PyTorch otherwise).
+
+Ray touch points, and only these: ``ray.train.get_context`` (rank), ``get_dataset_shard``
+(streamed ROI rows), ``prepare_model`` (DDP), ``get_checkpoint`` (resume after a failure) and
+``report`` (metrics + the checkpoint from rank 0). Everything else is the method:
+
+* ``pretrain``: two augmented views of each ROI, one forward pass over both, NT-Xent (SimCLR) or
+  supervised-contrastive loss with negatives gathered from every worker.
+* ``finetune``: anatomy cross-entropy on one lightly augmented view; ``cotrain`` adds the
+  contrastive loss on two views (the paper's co-training baseline). Validation accuracy each
+  epoch, all-reduced across workers; the checkpoint records whether it is the best so far.
+
+Every checkpoint is a model directory (``model.pt`` + ``contract.json``, see
+:mod:`regionmir.model_contract`) plus ``train_state.pt`` (optimizer, scheduler, epoch, history).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from regionmir.augmentation import AugmentationConfig, augment_region
+from regionmir.boxes import Box
+from regionmir.contrastive_losses import NTXentLoss, SupervisedContrastiveLoss
+from regionmir.distributed import gather, gather_with_grad
+from regionmir.encoder import EncoderConfig, RegionEncoder
+from regionmir.model_contract import ModelContract, load_model, save_model
+from regionmir.roi_crop import CropConfig
+
+from .roi_pipeline import crop_from_context
+
+TRAIN_STATE_FILE = "train_state.pt"
+
+
+def _views(batch: dict[str, np.ndarray], crop: CropConfig, aug: AugmentationConfig,
+           rng: np.random.Generator, count: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``count`` augmented views of every row: tensors (B, 1, S, S) and anatomy ids (B,)."""
+    views: list[list[np.ndarray]] = [[] for _ in range(count)]
+    labels: list[list[int]] = [[] for _ in range(count)]
+    for context, box, anatomy in zip(batch["context"], batch["box"], batch["anatomy_id"]):
+        image = context.astype(np.float32) / 255.0
+        region = Box(*[float(v) for v in box])
+        for k in range(count):
+            view, label = augment_region(image, region, int(anatomy), crop, aug, rng)
+            views[k].append(view)
+            labels[k].append(label)
+    return ([torch.from_numpy(np.stack(v))[:, None] for v in views],
+            [torch.as_tensor(lab, dtype=torch.long) for lab in labels])
+
+
+def _class_index(class_ids: list[int]) -> torch.Tensor:
+    lookup = torch.full((64,), -1, dtype=torch.long)
+    lookup[torch.as_tensor(class_ids)] = torch.arange(len(class_ids))
+    return lookup
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(int(config.get("threads", 1)))
+    torch.manual_seed(config["seed"])
+    stage, cotrain = config["stage"], bool(config.get("cotrain"))
+    crop = CropConfig(**config["crop"])
+    encoder_config = EncoderConfig.from_dict(config["encoder"])
+    class_ids = list(config["class_ids"])
+    lookup = _class_index(class_ids)
+
+    model = RegionEncoder(encoder_config)
+    if config.get("init_dir"):
+        # Start from a pretrained encoder: backbone (and projection) weights; new heads stay fresh.
+        pretrained, _ = load_model(config["init_dir"], map_location="cpu")
+        state = {k: v for k, v in pretrained.state_dict().items()
+                 if k.startswith(("backbone.", "projection_head."))}
+        model.load_state_dict(state, strict=False)
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    use_amp = device.type == "cuda"
+
+    contrastive = (SupervisedContrastiveLoss if config.get("objective") == "supcon" else NTXentLoss)(
+        temperature=float(config.get("temperature", 0.1)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(config["lr"]),
+                                  weight_decay=float(config.get("weight_decay", 1e-4)))
+    epochs = int(config["epochs"])
+    steps = int(config["steps_per_epoch"])
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=float(config["lr"]),
+                                                    total_steps=max(1, epochs * steps), pct_start=0.15)
+    aug = AugmentationConfig.from_dict(config["augmentation"])
+
+    start_epoch, best_val, history = 0, -1.0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            restored, _ = load_model(directory, map_location="cpu")
+            getattr(model, "module", model).load_state_dict(restored.state_dict())
+            state = torch.load(os.path.join(directory, TRAIN_STATE_FILE), map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_val, history = state["epoch"], state["best_val"], state["history"]
+        if rank == 0:
+            print(f"[train] resumed from the checkpoint of epoch {start_epoch}", flush=True)
+
+    train_shard = ray.train.get_dataset_shard("train")
+    valid_shard = ray.train.get_dataset_shard("valid") if config.get("has_valid") else None
+    batch_size = int(config["batch_size"])
+
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        rng = np.random.default_rng([config["seed"], epoch, rank])
+        started = time.perf_counter()
+        seen, loss_sum, correct, classified, steps_done = 0, 0.0, 0, 0, 0
+        for batch in train_shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
+                                              local_shuffle_buffer_size=config.get("shuffle_buffer", 2048),
+                                              local_shuffle_seed=int(config["seed"]) * 1000 + epoch * 10 + rank,
+                                              prefetch_batches=2):
+            if steps_done >= steps:
+                break  # equal step counts on every worker keep DDP and the gathers in lock-step
+            n_views = 2 if (stage == "pretrain" or cotrain) else 1
+            views, anatomy = _views(batch, crop, aug, rng, n_views)
+            x = torch.cat(views).to(device)
+            labels = [lookup[a].to(device) for a in anatomy]
+            heads = ("projection",) if stage == "pretrain" else (("projection", "logits") if cotrain else ("logits",))
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                out = model(x, heads=heads)
+            loss = torch.zeros((), device=device)
+            if "projection" in out:
+                z1, z2 = out["projection"].float().chunk(2)
+                gathered = None
+                if world > 1:
+                    gathered = (gather_with_grad(z1), gather_with_grad(z2), gather(labels[0]))
+                loss = loss + contrastive(z1, z2, labels[0], gathered=gathered, rank=rank)
+            if "logits" in out:
+                logits = out["logits"].float()
+                targets = torch.cat(labels)[: logits.shape[0]]
+                loss = loss + F.cross_entropy(logits, targets) * (1.0 if not cotrain else float(config.get("ce_weight", 1.0)))
+                correct += int((logits.argmax(1) == targets).sum())
+                classified += int(targets.numel())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            seen += views[0].shape[0]
+            loss_sum += float(loss.detach()) * views[0].shape[0]
+            steps_done += 1
+        elapsed = time.perf_counter() - started
+        seen_all, loss_all, correct_all, classified_all, time_sum = _all_reduce_sum(
+            [seen, loss_sum, correct, classified, elapsed], device)
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": loss_all / max(1.0, seen_all),
+            "crops_per_s": seen_all / max(1e-9, time_sum / world),
+            "train_crops": int(seen_all),
+        }
+        if stage == "finetune":
+            metrics["train_accuracy"] = correct_all / max(1.0, classified_all)
+        if valid_shard is not None and stage == "finetune":
+            model.eval()
+            v_correct, v_total = 0, 0
+            with torch.no_grad():
+                for batch in valid_shard.iter_batches(batch_size=256, batch_format="numpy"):
+                    x = torch.from_numpy(np.stack([crop_from_context(c, b, crop) for c, b in
+                                                   zip(batch["context"], batch["box"])]))[:, None].to(device)
+                    targets = lookup[torch.as_tensor(batch["anatomy_id"], dtype=torch.long)].to(device)
+                    logits = getattr(model, "module", model).classify(x)
+                    v_correct += int((logits.argmax(1) == targets).sum())
+                    v_total += int(targets.numel())
+            v_correct, v_total = _all_reduce_sum([v_correct, v_total], device)
+            metrics["val_accuracy"] = v_correct / max(1.0, v_total)
+        score = metrics.get("val_accuracy", -metrics["loss"])
+        metrics["is_best"] = bool(score > best_val)
+        best_val = max(best_val, score)
+        history.append(metrics)
+        if rank == 0:
+            parts = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()]
+            print(f"[train] {stage} epoch {epoch + 1}/{epochs}: " + ", ".join(parts), flush=True)
+            with tempfile.TemporaryDirectory() as directory:
+                contract = ModelContract(stage=stage, encoder=encoder_config.to_dict(),
+                                         class_anatomy_ids=tuple(class_ids), crop=asdict(crop),
+                                         training={**config.get("contract_training", {}), "epoch": epoch + 1,
+                                                   "metrics": metrics})
+                save_model(directory, model, contract)
+                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "epoch": epoch + 1, "best_val": best_val, "history": history},
+                           os.path.join(directory, TRAIN_STATE_FILE))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        else:
+            ray.train.report(metrics)
