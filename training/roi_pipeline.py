@@ -14,8 +14,8 @@ read are logged by image id, counted, and skipped; when more than ``max_bad_frac
 films an actor has seen are unreadable it stops the job with a clear error.
 
 The optional **crop cache** writes these rows as Parquet shards per split under
-``{cache_root}/{key}/``; ``key`` hashes the data set's labels and the crop settings, so a later run
-with the same data and settings reads the shards instead of decoding films again.
+``{cache_root}/{split}-{key}/``; ``key`` hashes that split's labels and the crop settings, so a
+later run with the same data and settings reads the shards instead of decoding films again.
 """
 
 from __future__ import annotations
@@ -170,13 +170,13 @@ def list_images(data: str, s3: S3Options | None, splits: Iterable[str]) -> tuple
     return by_split, reader.report
 
 
-def cache_key(records: dict[str, list[ImageRecord]], config: RoiPipelineConfig) -> str:
+def cache_key(records: list[ImageRecord], config: RoiPipelineConfig) -> str:
+    """Hash of one split's labels (films, boxes) and the crop settings."""
     digest = hashlib.sha256(json.dumps(config.fingerprint(), sort_keys=True).encode())
-    for split in sorted(records):
-        for r in records[split]:
-            digest.update(f"{split}|{r.image_id}|{r.image_uri}|".encode())
-            for region in r.regions:
-                digest.update(f"{region.anatomy_id}:{region.box.as_list()};".encode())
+    for r in records:
+        digest.update(f"{r.split}|{r.image_id}|{r.image_uri}|".encode())
+        for region in r.regions:
+            digest.update(f"{region.anatomy_id}:{region.box.as_list()};".encode())
     return digest.hexdigest()[:20]
 
 
@@ -187,44 +187,62 @@ def roi_dataset(records: list[ImageRecord], config: RoiPipelineConfig, s3: S3Opt
 
     films = ray.data.from_items(image_rows(records), override_num_blocks=max(1, min(len(records), 64)))
     return films.map_batches(ContextCropper, fn_constructor_args=(config, asdict(s3) if s3 else None),
-                             batch_size=4, concurrency=concurrency, num_cpus=1)
+                             batch_size=4, compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=1)
 
 
 def cached_roi_datasets(records: dict[str, list[ImageRecord]], config: RoiPipelineConfig,
                         cache_root: str, s3: S3Options | None, concurrency: int = 2) -> dict[str, Any]:
-    """Per-split Ray Datasets read from the Parquet crop cache, building it first if needed."""
+    """Per-split Ray Datasets read from the Parquet crop cache, building a split's shards first
+    when no complete cache of exactly these films and settings exists.
+
+    Each split lives in ``{cache_root}/{split}-{key}/``; its ``_COMPLETE.json`` is written last,
+    so an interrupted build is simply rebuilt.
+    """
     import ray
 
-    key = cache_key(records, config)
-    root = storage.join(cache_root, key)
-    marker = storage.join(root, COMPLETE_MARKER)
-    fs, _ = pyarrow_filesystem(root, s3)
-    if storage.exists(marker, s3):
-        info = json.loads(storage.read_text(marker, s3))
-        log.info("crop cache hit: %s (%s rows)", root, info.get("rows"))
-        print(f"[data] crop cache hit: {root} ({info.get('rows')} crops)", flush=True)
-    else:
-        started = time.perf_counter()
-        counts = {}
-        for split, films in records.items():
-            if not films:
-                continue
-            print(f"[data] decoding {len(films)} {split} films into the crop cache {root}", flush=True)
-            target = storage.join(root, split)
-            roi_dataset(films, config, s3, concurrency).write_parquet(
-                pyarrow_filesystem(target, s3)[1], filesystem=fs)
-            counts[split] = ray.data.read_parquet(pyarrow_filesystem(target, s3)[1], filesystem=fs).count()
-        info = {"format": CACHE_FORMAT, "key": key, "rows": sum(counts.values()), "rows_by_split": counts,
-                "films": {s: len(v) for s, v in records.items()}, "settings": config.fingerprint(),
-                "seconds": round(time.perf_counter() - started, 1)}
-        storage.write_text(marker, json.dumps(info, indent=1), s3)
-        print(f"[data] crop cache written: {info['rows']} crops in {info['seconds']} s", flush=True)
-    datasets = {}
+    datasets, info = {}, {}
     for split, films in records.items():
-        if films and (info.get("rows_by_split") or {}).get(split):
-            target = pyarrow_filesystem(storage.join(root, split), s3)[1]
-            datasets[split] = ray.data.read_parquet(target, filesystem=fs)
-    return {"datasets": datasets, "cache": root, "info": info}
+        if not films:
+            continue
+        root = storage.join(cache_root, f"{split}-{cache_key(films, config)}")
+        marker = storage.join(root, COMPLETE_MARKER)
+        fs, path = pyarrow_filesystem(root, s3)
+        if storage.exists(marker, s3):
+            split_info = json.loads(storage.read_text(marker, s3))
+            print(f"[data] crop cache hit: {root} ({split_info['rows']} {split} crops)", flush=True)
+        else:
+            started = time.perf_counter()
+            print(f"[data] decoding {len(films)} {split} films into the crop cache {root}", flush=True)
+            roi_dataset(films, config, s3, concurrency).write_parquet(path, filesystem=fs)
+            rows = ray.data.read_parquet(path, filesystem=fs).count()
+            split_info = {"format": CACHE_FORMAT, "split": split, "films": len(films), "rows": rows,
+                          "expected_rows": expected_crop_count(films, config.anatomy_ids),
+                          "settings": config.fingerprint(), "seconds": round(time.perf_counter() - started, 1)}
+            storage.write_text(marker, json.dumps(split_info, indent=1), s3)
+            print(f"[data] crop cache written: {rows} {split} crops from {len(films)} films "
+                  f"in {split_info['seconds']} s", flush=True)
+        info[split] = split_info
+        datasets[split] = _open_cached_split(path, fs, split_info) if split_info["rows"] else None
+    return {"datasets": {k: v for k, v in datasets.items() if v is not None}, "info": info}
+
+
+#: Cached splits smaller than this are loaded on the driver into the object store in one piece.
+IN_MEMORY_LIMIT_BYTES = 1 << 30
+
+
+def _open_cached_split(path: str, fs, split_info: dict):
+    """A small split is read once on the driver (``from_arrow``): no listing or read tasks, so
+    the trainers' streaming split starts at once, which matters on a laptop where every Ray task
+    may need a fresh worker process. Large splits stream from Parquet (``read_parquet``)."""
+    import pyarrow.parquet as pq
+    import ray
+
+    size = int(split_info["rows"]) * int(split_info["settings"]["crop"]["size"] *
+                                         split_info["settings"]["context_scale"]) ** 2
+    if size > IN_MEMORY_LIMIT_BYTES:
+        return ray.data.read_parquet(path, filesystem=fs)
+    table = pq.read_table(path, filesystem=fs)
+    return ray.data.from_arrow(table)
 
 
 def expected_crop_count(records: list[ImageRecord], anatomy_ids: Iterable[int]) -> int:

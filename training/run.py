@@ -125,7 +125,7 @@ def run_training(options: TrainOptions, s3: S3Options | None = None) -> dict[str
     cache_root = default_cache_root(options)
     if cache_root:
         cached = cached_roi_datasets(records, pipeline, cache_root, s3, options.data_concurrency)
-        datasets, train_rows = cached["datasets"], cached["info"]["rows_by_split"]["train"]
+        datasets, train_rows = cached["datasets"], cached["info"]["train"]["rows"]
     else:
         datasets = {split: roi_dataset(films, pipeline, s3, options.data_concurrency)
                     for split, films in records.items() if films}

@@ -89,13 +89,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state = {k: v for k, v in pretrained.state_dict().items()
                  if k.startswith(("backbone.", "projection_head."))}
         model.load_state_dict(state, strict=False)
+    # DDP reduces gradients of every trainable parameter each step: heads this stage does not use
+    # are frozen, so the reduction never waits for gradients that will not come.
+    unused = ("embedding_layer.", "classification_head.") if stage == "pretrain" else \
+        (() if cotrain else ("projection_head.",))
+    for name, parameter in model.named_parameters():
+        if name.startswith(unused):
+            parameter.requires_grad_(False)
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     use_amp = device.type == "cuda"
 
     contrastive = (SupervisedContrastiveLoss if config.get("objective") == "supcon" else NTXentLoss)(
         temperature=float(config.get("temperature", 0.1)))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(config["lr"]),
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=float(config["lr"]),
                                   weight_decay=float(config.get("weight_decay", 1e-4)))
     epochs = int(config["epochs"])
     steps = int(config["steps_per_epoch"])
