@@ -113,7 +113,20 @@ def _similarity_logits(
     return logits, self_column, positive_column
 
 
-class NTXentLoss(nn.Module):
+class _TemperatureScaledLoss(nn.Module):
+    """Shared by both losses: the temperature τ that divides the cosine similarities."""
+
+    def __init__(self, temperature: float = 0.1):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive; got {temperature}")
+        self.temperature = float(temperature)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
+
+
+class NTXentLoss(_TemperatureScaledLoss):
     """SimCLR's normalised temperature-scaled cross-entropy (Chen et al. 2020, arXiv 2002.05709).
 
     Implements: "Given a set {x̃_k} including a positive pair of examples x̃_i and x̃_j, the
@@ -133,12 +146,6 @@ class NTXentLoss(nn.Module):
         returns: scalar, mean over this rank's 2B anchors.
     """
 
-    def __init__(self, temperature: float = 0.1):
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive; got {temperature}")
-        self.temperature = float(temperature)
-
     def forward(
         self,
         z1: Tensor,
@@ -157,11 +164,9 @@ class NTXentLoss(nn.Module):
         logits = logits.scatter(1, self_column[:, None], float("-inf"))
         return F.cross_entropy(logits, positive_column)
 
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"
 
 
-class SupervisedContrastiveLoss(nn.Module):
+class SupervisedContrastiveLoss(_TemperatureScaledLoss):
     """Supervised contrastive loss, the "L_out" form (Khosla et al. 2020, arXiv 2004.11362, eq. 2).
 
     Implements ``L_out = Σ_i -1/|P(i)| Σ_{p∈P(i)} log exp(z_i·z_p/τ) / Σ_{a∈A(i)} exp(z_i·z_a/τ)``,
@@ -185,12 +190,6 @@ class SupervisedContrastiveLoss(nn.Module):
         rank: this rank's position in ``gathered``.
         returns: scalar, mean over this rank's 2B anchors.
     """
-
-    def __init__(self, temperature: float = 0.1):
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive; got {temperature}")
-        self.temperature = float(temperature)
 
     def forward(
         self,
@@ -230,5 +229,3 @@ class SupervisedContrastiveLoss(nn.Module):
         mean_log_prob_positive = torch.where(is_positive, log_prob, 0.0).sum(dim=1) / positives_per_anchor
         return -mean_log_prob_positive.mean()
 
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}"
