@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test venv clean lint
+.PHONY: demo test test-slow venv clean lint
 
 venv: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml Makefile
 test: $(STAMP)
 	$(VENV)/bin/lint-imports --config pyproject.toml
 	$(PY) -m pytest -q
+
+# Ray Train integration and fault tests: minutes each on a 2-core machine.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
 
 demo: $(STAMP)
 	$(PY) -m regionmir.demo --out $(DEMO_OUT)

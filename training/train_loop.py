@@ -110,7 +110,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                                     total_steps=max(1, epochs * steps), pct_start=0.15)
     aug = AugmentationConfig.from_dict(config["augmentation"])
 
-    start_epoch, best_val, history = 0, -1.0, []
+    start_epoch, best_val, history = 0, float("-inf"), []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as directory:

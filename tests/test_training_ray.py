@@ -1,0 +1,93 @@
+"""Distributed training on a real local Ray cluster: 2 CPU workers, data and checkpoints in an
+S3 test server, fine-tuning from the pretrained checkpoint, and recovery from a killed worker.
+
+These start Ray Train worker groups, which takes minutes on a 2-core machine: they are marked
+``slow`` and run with ``make test-slow`` (``pytest -m slow``), not in the default ``make test``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def regionmir(args: list[str], env: dict[str, str], timeout: float = 1500) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "regionmir.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture()
+def s3_env(s3_server):
+    env = dict(os.environ, REGIONMIR_S3_ENDPOINT=s3_server.endpoint_url, AWS_ACCESS_KEY_ID="testing",
+               AWS_SECRET_ACCESS_KEY="testing", RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def test_two_workers_pretrain_from_s3_then_finetune_from_its_checkpoint(s3_server, s3_env):
+    bucket = s3_server.make_bucket("train")
+    data, pre, fine = f"{bucket}/phantoms", f"{bucket}/runs/pretrain", f"{bucket}/runs/finetune"
+    assert regionmir(["synth", "--out", data, "--images", "20", "--size", "160", "--quiet"], s3_env).returncode == 0
+
+    run = regionmir(["pretrain", "--data", data, "--out", pre, "--workers", "2", "--epochs", "1",
+                     "--batch-size", "16"], s3_env)
+    assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-3000:]
+    summary = json.loads(run.stdout[run.stdout.index("{"):])
+    assert summary["final_metrics"]["epoch"] == 1 and summary["model_version"].startswith("pretrain-")
+
+    fs = s3_server.filesystem()
+    fs.invalidate_cache()
+    root = pre.split("://", 1)[1]
+    contract = json.loads(fs.cat_file(f"{root}/best/contract.json"))
+    assert contract["stage"] == "pretrain" and contract["intensity_convention"].startswith("float32")
+    assert len(contract["class_anatomy_ids"]) == 29
+    assert fs.glob(f"{root}/ray/run/**/contract.json"), "epoch checkpoints are written to S3"
+    assert fs.exists(f"{root.split('/')[0]}/phantoms/crop-cache")  # the crop cache sits beside the data
+
+    run = regionmir(["finetune", "--data", data, "--init", pre, "--out", fine, "--workers", "2",
+                     "--epochs", "1", "--batch-size", "16"], s3_env)
+    assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-3000:]
+    summary = json.loads(run.stdout[run.stdout.index("{"):])
+    assert 0.0 <= summary["best_metrics"]["val_accuracy"] <= 1.0
+    fs.invalidate_cache()
+    contract = json.loads(fs.cat_file(f"{fine.split('://', 1)[1]}/best/contract.json"))
+    assert contract["stage"] == "finetune" and contract["training"]["init"] == pre
+
+
+def test_a_killed_worker_resumes_from_its_checkpoint_and_finishes_every_epoch(tmp_path):
+    import psutil
+
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    data, out = tmp_path / "phantoms", tmp_path / "run"
+    assert regionmir(["synth", "--out", str(data), "--images", "20", "--size", "160", "--quiet"], env).returncode == 0
+    process = subprocess.Popen([sys.executable, "-m", "regionmir.cli", "pretrain", "--data", str(data),
+                                "--out", str(out), "--workers", "2", "--epochs", "3", "--batch-size", "16",
+                                "--max-failures", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    killed = None
+    deadline = time.monotonic() + 1200
+    while killed is None and time.monotonic() < deadline and process.poll() is None:
+        if list(Path(out, "ray").rglob("contract.json")):  # the first epoch's checkpoint is stored
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                if any("RayTrainWorker" in part for part in (proc.info["cmdline"] or [])):
+                    proc.kill()
+                    killed = proc.info["pid"]
+                    break
+        time.sleep(0.5)
+    output, _ = process.communicate(timeout=1500)
+    assert killed is not None, "no training worker was found to kill:\n" + output[-3000:]
+    assert process.returncode == 0, output[-5000:]
+    assert "resumed from the checkpoint of epoch" in output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_metrics"]["epoch"] == 3
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs[-1] == 3
