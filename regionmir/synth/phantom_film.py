@@ -185,14 +185,16 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
     for side, sign in (("right", -1.0), ("left", 1.0)):
         cp = lm.cp_r if side == "right" else lm.cp_l
         for k in range(11):
-            y0 = lm.apex - 0.045 + k * 0.052 * params.height_scale
+            # real rib cages are not a ladder: spacing, width and curvature vary rib to rib
+            y0 = lm.apex - 0.045 + k * 0.052 * params.height_scale + float(rng.normal(0, 0.004))
             if y0 > cp + 0.02:
                 break
             t = np.linspace(0.0, 1.0, 28)
             d_end = float(g.lateral_border(np.array([y0 + 0.06]), side)[0]) + 0.012
             d = 0.03 + (d_end - 0.03) * np.sin(t * np.pi / 2) ** 0.9
-            yy = y0 - 0.03 * np.sin(np.pi * np.clip(t * 1.1, 0, 1)) + 0.09 * t ** 3
-            width = 0.021 if k > 0 else 0.016
+            arc = 0.03 * float(rng.uniform(0.8, 1.2))
+            yy = y0 - arc * np.sin(np.pi * np.clip(t * 1.1, 0, 1)) + 0.09 * t ** 3
+            width = (0.021 if k > 0 else 0.016) * float(rng.uniform(0.85, 1.15))
             bones_post.line(lm.cx + sign * d, yy, width, 1.0)
             bones_post.line(lm.cx + sign * d, yy, width * 0.45, 0.7)   # marrow: cortex a little brighter
             # lateral turn and anterior rib, descending medially towards the sternum
@@ -270,7 +272,7 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
             cx_b, cy_b = lm.cx + sign * 0.6 * w, min(lm.dome_r, lm.dome_l) - 0.02
             breast = np.clip(1 - ((x - cx_b) / 0.2) ** 2 - ((y - cy_b) / 0.12) ** 2, 0, None) ** 0.5
             density += 0.04 * params.soft_tissue * gaussian_blur(breast.astype(np.float32), 3 * s_)
-    density += 0.05 * gaussian_blur(vessel_map, 1.0 * s_) * visible_lung
+    density += 0.045 * gaussian_blur(vessel_map, 1.3 * s_) * visible_lung
     density += 0.05 * gaussian_blur(hila, 6 * s_) * (0.4 + 0.6 * lung_s)
     density += extra * body
 
