@@ -55,7 +55,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 
 from .errors import ImageReadError, ImageTooLargeError, UnsupportedImageError
 from .identifiers import hash_identifier
-from .image_reader import DEFAULT_MAX_PIXELS, DecodedImage, ImageInfo
+from .decoded_image import DEFAULT_MAX_PIXELS, DecodedImage, ImageInfo
 from .intensity import rescale_to_unit
 
 #: Photometric interpretations read as greyscale.

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ImageReadError, ImageTooLargeError, UnsupportedImageError
-from .image_reader import DEFAULT_MAX_PIXELS, DecodedImage, ImageInfo
+from .decoded_image import DEFAULT_MAX_PIXELS, DecodedImage, ImageInfo
 from .intensity import rescale_to_unit
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
