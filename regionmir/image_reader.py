@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 
 from .decoded_image import DEFAULT_MAX_PIXELS, DecodedImage, ImageInfo
 from .errors import ImageReadError
