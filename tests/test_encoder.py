@@ -136,10 +136,11 @@ def test_config_round_trips_through_a_dict_and_json():
         EncoderConfig(backbone="vgg16")
     with pytest.raises(ValueError):
         EncoderConfig(embedding_dim=0)
-    assert set(BACKBONES) == {"resnet18", "resnet34", "resnet50"}
+    assert set(BACKBONES) == {"resnet10", "resnet18", "resnet34", "resnet50"}
 
 
 @pytest.mark.parametrize("preset, low, high", [
+    ("resnet10-cpu", 4.89e6, 4.91e6),  # one BasicBlock per stage
     ("resnet18", 11.1e6, 11.2e6),
     ("resnet34", 21.2e6, 21.3e6),
     ("resnet50", 23.4e6, 23.6e6),
