@@ -62,6 +62,13 @@ def test_two_workers_pretrain_from_s3_then_finetune_from_its_checkpoint(s3_serve
     assert contract["stage"] == "finetune" and contract["training"]["init"] == pre
 
 
+def _registered_checkpoints(snapshot: Path) -> int:
+    try:
+        return len(json.loads(snapshot.read_text()).get("checkpoint_results", []))
+    except (OSError, ValueError):  # not written yet, or caught mid-write
+        return 0
+
+
 def test_a_killed_worker_resumes_from_its_checkpoint_and_finishes_every_epoch(tmp_path):
     import psutil
 
@@ -75,8 +82,11 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_finishes_every_epoch(tm
                                text=True)
     killed = None
     deadline = time.monotonic() + 1200
+    snapshot = out / "ray" / "run" / "checkpoint_manager_snapshot.json"
     while killed is None and time.monotonic() < deadline and process.poll() is None:
-        if list(Path(out, "ray").rglob("contract.json")):  # the first epoch's checkpoint is stored
+        # Kill only once Ray Train has *registered* the first checkpoint (its manager snapshot
+        # lists it); a checkpoint still being uploaded is not one a restart can resume from.
+        if _registered_checkpoints(snapshot):
             for proc in psutil.process_iter(["pid", "cmdline"]):
                 if any("RayTrainWorker" in part for part in (proc.info["cmdline"] or [])):
                     proc.kill()
@@ -89,5 +99,9 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_finishes_every_epoch(tm
     assert "resumed from the checkpoint of epoch" in output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_metrics"]["epoch"] == 3
+    # resumed, not restarted: each epoch was trained (and checkpointed) exactly once
+    trained = sorted(json.loads(path.read_text())["training"]["epoch"]
+                     for path in (out / "ray" / "run").glob("checkpoint_*/contract.json"))
+    assert trained == [1, 2, 3]
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs[-1] == 3
