@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
@@ -248,7 +247,3 @@ def _open_cached_split(path: str, fs, split_info: dict):
 def expected_crop_count(records: list[ImageRecord], anatomy_ids: Iterable[int]) -> int:
     wanted = set(anatomy_ids)
     return sum(1 for r in records for region in r.regions if region.anatomy_id in wanted)
-
-
-def steps_per_epoch(rows: int, batch_size: int, workers: int) -> int:
-    return max(1, math.floor(rows / workers / batch_size))

@@ -88,7 +88,6 @@ def _export(checkpoint, target: str, s3: S3Options | None) -> None:
 
 
 def run_training(options: TrainOptions, s3: S3Options | None = None) -> dict[str, Any]:
-    import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
