@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from regionmir import storage
@@ -59,7 +59,6 @@ class TrainOptions:
     resume: bool = False
     address: str | None = None
     data_concurrency: int = 2
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def region_ids(regions: str) -> tuple[int, ...]:
@@ -181,7 +180,7 @@ def run_training(options: TrainOptions, s3: S3Options | None = None) -> dict[str
     storage.write_text(storage.join(options.out, "metrics.jsonl"),
                        "".join(json.dumps(m, sort_keys=True) + "\n" for m in history), s3)
     summary = {
-        "stage": options.stage, "options": {k: v for k, v in asdict(options).items() if k != "extra"},
+        "stage": options.stage, "options": asdict(options),
         "model_version": contract.version_id, "best": storage.join(options.out, "best"),
         "best_metrics": best[1] if best else {}, "final_metrics": result.metrics,
         "films": {k: len(v) for k, v in records.items()}, "train_crops": train_rows,
