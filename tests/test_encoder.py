@@ -46,7 +46,7 @@ def test_bundled_presets_are_listed_and_load():
 def test_output_shapes_and_unit_norm_embedding(models_by_preset, preset):
     model = models_by_preset[preset]
     config = model.config
-    assert model.feature_dim == (2048 if config.backbone == "resnet50" else 512)
+    assert model.feature_dim == (2048 if config.backbone == "resnet50" else 8 * config.width)
     for side in (96, 64):
         with torch.no_grad():
             out = model(torch.rand(2, 1, side, side))
@@ -140,7 +140,7 @@ def test_config_round_trips_through_a_dict_and_json():
 
 
 @pytest.mark.parametrize("preset, low, high", [
-    ("resnet10-cpu", 4.89e6, 4.91e6),  # one BasicBlock per stage
+    ("resnet10-cpu", 1.22e6, 1.23e6),  # one BasicBlock per stage, half the stock width
     ("resnet18", 11.1e6, 11.2e6),
     ("resnet34", 21.2e6, 21.3e6),
     ("resnet50", 23.4e6, 23.6e6),
@@ -151,3 +151,27 @@ def test_backbone_parameter_counts_are_the_stock_resnets_minus_fc(models_by_pres
     assert low < backbone_params < high
     heads = model.num_parameters() - backbone_params
     assert heads < 5e6  # the heads are small next to the backbone
+
+
+def test_a_narrow_resnet10_has_the_stock_layout_at_a_fraction_of_the_width():
+    narrow = RegionEncoder(EncoderConfig(backbone="resnet10", width=16, crop_size=32, num_classes=29))
+    stock = RegionEncoder(EncoderConfig(backbone="resnet10", crop_size=32, num_classes=29))
+    assert narrow.backbone.conv1.out_channels == 16 and narrow.backbone.conv1.in_channels == 1
+    assert [narrow.backbone.layer4[0].conv2.out_channels, narrow.feature_dim] == [128, 128]
+    assert stock.feature_dim == 512
+    # the same parameter names (checkpoints stay torchvision-shaped), ~1/16 of the weights
+    assert narrow.state_dict().keys() == stock.state_dict().keys()
+    narrow_backbone = sum(p.numel() for p in narrow.backbone.parameters())
+    stock_backbone = sum(p.numel() for p in stock.backbone.parameters())
+    assert 1 / 20 < narrow_backbone / stock_backbone < 1 / 12
+    out = narrow.eval()(torch.rand(3, 1, 32, 32))
+    assert out["logits"].shape == (3, 29) and out["embedding"].shape == (3, 128)
+    # every conv is initialised (not left at zeros) and BatchNorm starts as the identity
+    assert all(float(m.weight.abs().sum()) > 0 for m in narrow.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_only_resnet10_can_be_narrowed():
+    with pytest.raises(ValueError, match="only resnet10"):
+        EncoderConfig(backbone="resnet18", width=32)
+    with pytest.raises(ValueError, match="width"):
+        EncoderConfig(backbone="resnet10", width=0)
