@@ -86,14 +86,54 @@ def _export(checkpoint, target: str, s3: S3Options | None) -> None:
                 storage.write_bytes(storage.join(target, name), handle.read(), s3)
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One model trained in a run (see :mod:`training.train_loop`). ``init``: ``None``,
+    ``"dir:URI"`` (a model directory) or ``"phase:NAME"`` (an earlier phase's final weights)."""
+
+    name: str
+    stage: str                              # pretrain | finetune
+    epochs: int
+    objective: str = "simclr"
+    cotrain: bool = False
+    init: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.stage not in ("pretrain", "finetune"):
+            raise ValueError(f"unknown stage {self.stage!r}")
+        if self.epochs < 1:
+            raise ValueError(f"phase {self.name}: epochs must be at least 1, got {self.epochs}")
+
+
 def run_training(options: TrainOptions, s3: S3Options | None = None) -> dict[str, Any]:
+    """``regionmir pretrain`` / ``finetune``: one phase, exported to ``OUT/best`` and ``OUT/final``."""
+    if options.stage not in ("pretrain", "finetune"):
+        raise ValueError(f"unknown stage {options.stage!r}")
+    phase = Phase(name=options.stage, stage=options.stage, epochs=options.epochs, objective=options.objective,
+                  cotrain=options.cotrain, init=f"dir:{options.init}" if options.init else None)
+    summary = run_phases(options, [phase], s3)
+    only = summary["phases"][phase.name]
+    return {**summary, "stage": options.stage, **only}
+
+
+def run_phases(options: TrainOptions, phases: list[Phase], s3: S3Options | None = None) -> dict[str, Any]:
+    """Train ``phases`` in order in one Ray Train run (one worker group, one ``fit``).
+
+    With one phase its models go to ``OUT/best`` and ``OUT/final``; with several, to
+    ``OUT/<phase>/best`` and ``OUT/<phase>/final``. Returns (and writes as ``OUT/summary.json``)
+    the settings, data, timings and, per phase, the best model, its version and metrics.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     started = time.perf_counter()
     s3 = s3 or S3Options.from_env()
-    if options.stage not in ("pretrain", "finetune"):
-        raise ValueError(f"unknown stage {options.stage!r}")
+    names = [p.name for p in phases]
+    if len(set(names)) != len(names):
+        raise ValueError(f"phase names must be unique, got {names}")
+    for phase in phases:
+        if phase.init and phase.init.startswith("phase:") and phase.init[6:] not in names[:names.index(phase.name)]:
+            raise ValueError(f"phase {phase.name} starts from {phase.init[6:]!r}, which is not an earlier phase")
     # Fail fast on the driver: storage problems surface here, not in ten workers' logs.
     check_reachable(options.data, s3)
     check_reachable(options.out, s3, write=True)
@@ -103,10 +143,12 @@ def run_training(options: TrainOptions, s3: S3Options | None = None) -> dict[str
                                         "or choose another --out")
     encoder = load_preset(options.preset)
     class_ids = region_ids(options.regions)
-    init_dir = None
-    if options.init:
-        init_dir, init_contract = read_contract(options.init, s3)
-        encoder = init_contract.encoder_config
+    init_dirs = {}
+    for phase in phases:
+        if phase.init and phase.init.startswith("dir:"):
+            init_dir, init_contract = read_contract(phase.init[4:], s3)
+            init_dirs[phase.name] = init_dir
+            encoder = init_contract.encoder_config
     from dataclasses import replace
 
     encoder = replace(encoder, num_classes=len(class_ids))
@@ -114,7 +156,8 @@ def run_training(options: TrainOptions, s3: S3Options | None = None) -> dict[str
     pipeline = RoiPipelineConfig(crop=crop, anatomy_ids=class_ids, max_bad_fraction=options.max_bad_fraction)
 
     start_ray(options.address)
-    splits = ("train", "valid") if options.stage == "finetune" else ("train",)
+    needs_valid = any(p.stage == "finetune" for p in phases)
+    splits = ("train", "valid") if needs_valid else ("train",)
     records, label_report = list_images(options.data, s3, splits)
     if not records["train"]:
         raise DatasetError(options.data, "no training films found (split 'train' is empty)")
@@ -129,24 +172,22 @@ def run_training(options: TrainOptions, s3: S3Options | None = None) -> dict[str
                     for split, films in records.items() if films}
         train_rows = expected_crop_count(records["train"], class_ids)
     steps = max(1, train_rows // options.workers // options.batch_size)
-    if options.gpu:
-        aug_threads = 1
-    else:
-        aug_threads = max(1, (os.cpu_count() or 2) // options.workers)
-    if options.stage == "pretrain" or options.cotrain:
-        augmentation = AugmentationConfig.contrastive()
-    else:
-        augmentation = AugmentationConfig.fine_tuning()
+    aug_threads = 1 if options.gpu else max(1, (os.cpu_count() or 2) // options.workers)
+    phase_configs = []
+    for phase in phases:
+        contrastive_views = phase.stage == "pretrain" or phase.cotrain
+        augmentation = AugmentationConfig.contrastive() if contrastive_views else AugmentationConfig.fine_tuning()
+        init = f"dir:{init_dirs[phase.name]}" if phase.name in init_dirs else phase.init
+        phase_configs.append({
+            **asdict(phase), "init": init, "steps_per_epoch": steps, "augmentation": augmentation.to_dict(),
+            "contract_training": {"stage": phase.stage, "objective": phase.objective, "cotrain": phase.cotrain,
+                                  "data": options.data, "preset": options.preset, "regions": options.regions,
+                                  "seed": options.seed, "init": phase.init}})
     config = {
-        "stage": options.stage, "objective": options.objective, "cotrain": options.cotrain,
-        "encoder": encoder.to_dict(), "crop": asdict(crop), "class_ids": list(class_ids),
-        "epochs": options.epochs, "steps_per_epoch": steps, "batch_size": options.batch_size,
-        "lr": options.lr, "weight_decay": options.weight_decay, "temperature": options.temperature,
-        "seed": options.seed, "augmentation": augmentation.to_dict(), "init_dir": init_dir,
-        "has_valid": "valid" in datasets, "threads": aug_threads,
-        "contract_training": {"stage": options.stage, "objective": options.objective, "cotrain": options.cotrain,
-                              "data": options.data, "preset": options.preset, "regions": options.regions,
-                              "seed": options.seed, "init": options.init},
+        "phases": phase_configs, "encoder": encoder.to_dict(), "crop": asdict(crop), "class_ids": list(class_ids),
+        "batch_size": options.batch_size, "lr": options.lr, "weight_decay": options.weight_decay,
+        "temperature": options.temperature, "seed": options.seed, "has_valid": "valid" in datasets,
+        "threads": aug_threads,
     }
     storage_fs, storage_path = pyarrow_filesystem(storage.join(options.out, "ray"), s3)
     trainer = TorchTrainer(
@@ -160,29 +201,32 @@ def run_training(options: TrainOptions, s3: S3Options | None = None) -> dict[str
                              checkpoint_config=CheckpointConfig(num_to_keep=None)),
         datasets=datasets,
     )
-    print(f"[train] {options.stage}{' (co-training)' if options.cotrain else ''}: {options.workers} worker(s), "
-          f"{'GPU' if options.gpu else 'CPU'}, {options.epochs} epoch(s) x {steps} step(s) of "
-          f"{options.batch_size}, {len(class_ids)} regions, preset {options.preset}", flush=True)
+    plan = ", ".join(f"{p.name} ({p.epochs} epoch{'s' if p.epochs > 1 else ''})" for p in phases)
+    print(f"[train] {options.workers} worker(s), {'GPU' if options.gpu else 'CPU'}, {steps} step(s) of "
+          f"{options.batch_size} per epoch, {len(class_ids)} regions, preset {options.preset}: {plan}", flush=True)
     result = trainer.fit()
     if result.error:
         raise result.error
+    reported = [(checkpoint, metrics) for checkpoint, metrics in result.best_checkpoints]
+    per_phase: dict[str, Any] = {}
     history = []
-    best = None
-    for checkpoint, metrics in result.best_checkpoints:
-        history.append(metrics)
-        if best is None or _score(metrics) > _score(best[1]):
-            best = (checkpoint, metrics)
-    history.sort(key=lambda m: m.get("epoch", 0))
-    _export(result.checkpoint, storage.join(options.out, "final"), s3)
-    if best is not None:
-        _export(best[0] if options.stage == "finetune" else result.checkpoint, storage.join(options.out, "best"), s3)
-    _, contract = read_contract(storage.join(options.out, "best"), s3)
+    for phase in phases:
+        mine = sorted(((c, m) for c, m in reported if m.get("phase") == phase.name), key=lambda cm: cm[1]["epoch"])
+        if not mine:
+            raise DatasetError(options.out, f"the run reported no checkpoint for phase {phase.name}")
+        history += [m for _, m in mine]
+        final = mine[-1]
+        best = max(mine, key=lambda cm: _score(cm[1])) if phase.stage == "finetune" else final
+        target = options.out if len(phases) == 1 else storage.join(options.out, phase.name)
+        _export(final[0], storage.join(target, "final"), s3)
+        _export(best[0], storage.join(target, "best"), s3)
+        _, contract = read_contract(storage.join(target, "best"), s3)
+        per_phase[phase.name] = {"best": storage.join(target, "best"), "model_version": contract.version_id,
+                                 "best_metrics": best[1], "final_metrics": final[1]}
     storage.write_text(storage.join(options.out, "metrics.jsonl"),
                        "".join(json.dumps(m, sort_keys=True) + "\n" for m in history), s3)
     summary = {
-        "stage": options.stage, "options": asdict(options),
-        "model_version": contract.version_id, "best": storage.join(options.out, "best"),
-        "best_metrics": best[1] if best else {}, "final_metrics": result.metrics,
+        "options": asdict(options), "phases": per_phase,
         "films": {k: len(v) for k, v in records.items()}, "train_crops": train_rows,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -190,7 +234,6 @@ def run_training(options: TrainOptions, s3: S3Options | None = None) -> dict[str
     return summary
 
 
-def _score(metrics: dict[str, Any]) -> float:
-    if "val_accuracy" in metrics:
-        return float(metrics["val_accuracy"])
-    return float(metrics.get("epoch", 0))
+def _score(metrics: dict[str, Any]) -> tuple[float, int]:
+    """Best = highest validation accuracy, the later epoch on a tie (no validation: the last)."""
+    return float(metrics.get("val_accuracy", 0.0)), int(metrics.get("epoch", 0))
