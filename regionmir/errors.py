@@ -19,6 +19,18 @@ class RegionMIRError(Exception):
             self.reason = reason
         super().__init__(f"{self.source}: {message}" if self.source else message)
 
+    def __reduce__(self):
+        # Pickle by fields, not by the formatted message, so the error survives a trip through
+        # another process (a Ray task, a multiprocessing worker) as itself.
+        return (_rebuild, (type(self), dict(self.__dict__)))
+
+
+def _rebuild(cls: type, state: dict) -> "RegionMIRError":
+    error = cls.__new__(cls)
+    error.__dict__.update(state)
+    Exception.__init__(error, f"{error.source}: {error.message}" if error.source else error.message)
+    return error
+
 
 class ImageReadError(RegionMIRError):
     """A file could not be decoded: truncated, corrupt, not an image."""
