@@ -44,11 +44,12 @@ def test_a_run_refuses_a_plan_that_cannot_be_trained_before_starting_ray(tmp_pat
 def test_the_markdown_table_has_every_arm_the_paper_and_every_anatomy():
     rows = [{"arm": arm, "name": ARMS[arm], "test_accuracy": acc, "balanced_accuracy": acc, "val_accuracy": 0.9,
              "per_anatomy": {"left lung": acc, "right lung": 1.0}, "train_minutes": 1.5,
-             "epochs": {f"{arm}-1": 2}} for arm, acc in (("a", 0.5), ("c", 0.975))]
+             "epochs": {f"{arm}-1": 2}, "val_accuracy_by_epoch": [] if arm == "a" else [0.4, 0.975]}
+            for arm, acc in (("a", 0.5), ("c", 0.975))]
     table = markdown_table({"rows": rows, "paper": {"region pretraining (paper)": 94.12}, "data": "D",
                             "train_films": 70, "train_crops": 2030, "test_films": 20, "preset": "p",
                             "workers": 2, "minutes": 12.5})
-    assert "| a | supervised from scratch | 2 | 90.00 % | 50.00 % |" in table
-    assert "| c | SupCon region pretraining + fine-tune | 2 | 90.00 % | 97.50 % |" in table
+    assert "| a | supervised from scratch | 2 | – | 90.00 % | 50.00 % |" in table
+    assert "| c | SupCon region pretraining + fine-tune | 2 | 40.0 → 97.5 | 90.00 % | 97.50 % |" in table
     assert "94.12 %" in table and "70 training films" in table
     assert "| left lung | 50.0 | 97.5 |" in table and "| right lung | 100.0 | 100.0 |" in table

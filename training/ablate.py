@@ -16,7 +16,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
 from typing import Sequence
 
 from regionmir import storage
@@ -75,7 +74,7 @@ def run_ablation(base: TrainOptions, pretrain_epochs: int, finetune_epochs: int,
     pipeline = RoiPipelineConfig(crop=CropConfig(size=crop_size, margin=0.15), anatomy_ids=region_ids(base.regions))
     test_data = cached_roi_datasets(records, pipeline, default_cache_root(base) or storage.join(out, "crop-cache"),
                                     s3)["datasets"]["test"]
-    epoch_seconds = _phase_seconds(summary, s3)
+    epoch_seconds, curves = _phase_history(summary, s3)
     rows = []
     for arm, phases in plan:
         last = phases[-1].name
@@ -87,6 +86,7 @@ def run_ablation(base: TrainOptions, pretrain_epochs: int, finetune_epochs: int,
                      "per_anatomy": {k: v["accuracy"] for k, v in report["per_class"].items()},
                      "model_version": report["model_version"], "model": summary["phases"][last]["best"],
                      "train_minutes": round(sum(epoch_seconds.get(p.name, 0.0) for p in phases) / 60, 1),
+                     "val_accuracy_by_epoch": curves.get(last, []),
                      "epochs": {p.name: p.epochs for p in phases}})
         print(f"[ablate] ({arm}) {ARMS[arm]}: test accuracy {report['accuracy']:.4f}", flush=True)
     result = {"rows": rows, "paper": PAPER, "pretrain_epochs": pretrain_epochs, "finetune_epochs": finetune_epochs,
@@ -100,14 +100,17 @@ def run_ablation(base: TrainOptions, pretrain_epochs: int, finetune_epochs: int,
     return result
 
 
-def _phase_seconds(summary: dict, s3: S3Options | None) -> dict[str, float]:
-    """Training seconds per phase, from the per-epoch metrics the run wrote."""
+def _phase_history(summary: dict, s3: S3Options | None) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Training seconds and the validation-accuracy curve per phase, from the run's per-epoch metrics."""
     seconds: dict[str, float] = {}
+    curves: dict[str, list[float]] = {}
     path = storage.join(summary["options"]["out"], "metrics.jsonl")
     for line in storage.read_text(path, s3).splitlines():
         m = json.loads(line)
         seconds[m["phase"]] = seconds.get(m["phase"], 0.0) + m["train_crops"] / max(1e-9, m["crops_per_s"])
-    return seconds
+        if "val_accuracy" in m:
+            curves.setdefault(m["phase"], []).append(round(float(m["val_accuracy"]), 4))
+    return seconds, curves
 
 
 def markdown_table(result: dict) -> str:
@@ -115,15 +118,17 @@ def markdown_table(result: dict) -> str:
     lines = [f"Data: {result['data']} ({result['train_films']} training films, {result['train_crops']} training "
              f"crops, {result['test_films']} test films); preset {result['preset']}, {result['workers']} worker(s); "
              f"{result['minutes']} min in all.", "",
-             "| arm | method | epochs | validation accuracy | test accuracy | balanced test accuracy | training min |",
-             "|---|---|---|---|---|---|---|"]
+             "| arm | method | epochs | validation accuracy by (fine-tuning) epoch | best validation | test accuracy "
+             "| balanced test accuracy | training min |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         val = f"{100 * r['val_accuracy']:.2f} %" if r.get("val_accuracy") is not None else "–"
+        curve = " → ".join(f"{100 * v:.1f}" for v in r.get("val_accuracy_by_epoch", [])) or "–"
         epochs = " + ".join(str(e) for e in r["epochs"].values())
-        lines.append(f"| {r['arm']} | {r['name']} | {epochs} | {val} | {100 * r['test_accuracy']:.2f} % | "
+        lines.append(f"| {r['arm']} | {r['name']} | {epochs} | {curve} | {val} | {100 * r['test_accuracy']:.2f} % | "
                      f"{100 * r['balanced_accuracy']:.2f} % | {r['train_minutes']} |")
     for name, value in result["paper"].items():
-        lines.append(f"| – | {name} | | | {value:.2f} % | | |")
+        lines.append(f"| – | {name} | | | | {value:.2f} % | | |")
     anatomies = sorted({a for r in rows for a in r["per_anatomy"]})
     lines += ["", "| anatomy | " + " | ".join(f"({r['arm']})" for r in rows) + " |",
               "|---|" + "---|" * len(rows)]
