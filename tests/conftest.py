@@ -17,6 +17,7 @@ from typing import Iterator
 
 import pytest
 
+from indexing.local_milvus import LocalMilvusServer, MilvusLiteServer, MilvusStandaloneServer
 from regionmir.storage import S3Options
 
 
@@ -94,3 +95,51 @@ def s3_server() -> Iterator[S3TestServer]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+# --------------------------------------------------------------------------------- Milvus servers
+#
+# Two server kinds for the contract tests of indexing.region_index (the third backend, a
+# milvus-lite file, needs no server): ``milvus_lite_server`` runs ``milvus-lite server`` and
+# ``milvus_standalone`` runs the C++ Milvus standalone of the PyPI package ``milvus``
+# (``milvus-server``). Both are session-scoped, listen on free 127.0.0.1 ports, keep their data in
+# a temporary folder, and can be restarted on the same data (``restart()``; the URI may change).
+# A missing package fails the tests: both come with the dev extra.
+
+
+def _check_milvus_package(name: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        pytest.fail(f"the PyPI package {name!r} is not installed: it comes with the dev extra "
+                    "(pip install -e .[dev])")
+
+
+@pytest.fixture(scope="session")
+def milvus_lite_server(tmp_path_factory) -> Iterator[LocalMilvusServer]:
+    """A ``milvus-lite server`` on a free 127.0.0.1 port for the whole session."""
+    _check_milvus_package("milvus-lite")
+    root = tmp_path_factory.mktemp("milvus-lite-server")
+    server = MilvusLiteServer(root / "data", root)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def milvus_standalone(request, tmp_path_factory) -> Iterator[LocalMilvusServer]:
+    """A real Milvus standalone (PyPI package ``milvus``) on free 127.0.0.1 ports for the session."""
+    version = _check_milvus_package("milvus")
+    cache = getattr(request.config, "cache", None)
+    bin_cache = cache.mkdir(f"milvus-server-{version}-bin") if cache is not None else None
+    root = tmp_path_factory.mktemp("milvus-standalone")
+    server = MilvusStandaloneServer(root / "data", root, bin_cache)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,819 @@
+"""The Milvus store for ROI embeddings: one row per (image, anatomy region, model version).
+
+One class, :class:`RegionIndex`, speaks to every Milvus this project runs against through the
+same ``pymilvus.MilvusClient`` calls:
+
+* a milvus-lite file, ``RegionIndex("path/regions.db")`` (tests, demos, one process only: the
+  file is locked by the process that opened it);
+* a milvus-lite server (``milvus-lite server --data-dir DIR --port P``) or a real Milvus,
+  ``RegionIndex("http://host:19530")``; the token comes from ``$MILVUS_TOKEN`` unless given.
+
+Rows (:class:`RegionRow`) carry an image *identifier*, the region, where its box lies, the
+acquisition view, the data split, pseudonymous patient/study hashes (never the identifiers
+themselves: the caller hashes them with :func:`regionmir.identifiers.hash_identifier`), the model
+version and the L2-normalised embedding. The primary key is :func:`row_key` of (image id, anatomy
+id, model version), so indexing the same images again replaces rows instead of duplicating them.
+
+Collections are versioned by name (``regions_v1``, ``regions_v2`` ...) and served through an alias
+(:meth:`RegionIndex.point_alias`): build and check a new collection, then switch the alias in one
+call; searches through the alias never see a half-built index.
+
+A bulk job::
+
+    index = RegionIndex("http://milvus:19530")
+    index.create_collection("regions_v2", dim=128, exist_ok=True)
+    index.upsert("regions_v2", rows)          # batched by bytes, any iterable of RegionRow
+    index.flush("regions_v2")
+    index.verify("regions_v2", expected=n)    # exact row count or CountMismatchError
+    index.point_alias("regions", "regions_v2")
+
+and a query: ``index.search("regions", vectors, k=10, anatomy="left lung", view="PA")``.
+
+Every failure is a :class:`RegionIndexError` naming the URI, the collection and the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import grpc
+import numpy as np
+from pymilvus import DataType, MilvusClient
+from pymilvus.client.types import LoadState
+from pymilvus.exceptions import ConnectionConfigException, MilvusException
+
+from regionmir.anatomy import ANATOMY_NAMES, NUM_ANATOMIES
+from regionmir.anatomy import anatomy_id as resolve_anatomy_id
+from regionmir.identifiers import HASH_HEX_CHARS
+
+T = TypeVar("T")
+
+#: Environment variable holding the Milvus token (``user:password`` or an API key).
+TOKEN_ENV = "MILVUS_TOKEN"
+
+#: Upper bound of one upsert call. Milvus refuses gRPC messages over 64 MB; half leaves headroom
+#: for the protocol overhead our estimate does not see.
+DEFAULT_MAX_BATCH_BYTES = 32 * 1024 * 1024
+
+#: Similarity: vectors are L2-normalised, scores are cosine similarities (1.0 = same direction).
+METRIC_TYPE = "COSINE"
+
+#: Vector index types offered, with their default build parameters.
+INDEX_TYPES: dict[str, dict[str, int]] = {
+    "HNSW": {"M": 16, "efConstruction": 200},
+    "IVF_FLAT": {"nlist": 128},
+    "FLAT": {},
+}
+
+#: Search-time defaults: HNSW candidate list (raised to k when k is larger) and IVF lists probed.
+DEFAULT_SEARCH_EF = 64
+DEFAULT_NPROBE = 16
+
+#: Largest k Milvus answers in one search.
+MAX_TOP_K = 16384
+
+#: Largest vector dimension Milvus accepts.
+MAX_DIM = 32768
+
+#: VARCHAR fields and their maximum lengths (in bytes, as Milvus counts them).
+VARCHAR_FIELDS: dict[str, int] = {
+    "key": 64,
+    "anatomy": 64,
+    "image_id": 256,
+    "image_uri": 2048,
+    "view": 32,
+    "split": 32,
+    "patient_hash": 64,
+    "study_hash": 64,
+    "model_version": 128,
+}
+
+#: Every field of a region collection, in schema order.
+FIELDS: tuple[str, ...] = (
+    "key",
+    "vector",
+    "anatomy_id",
+    "anatomy",
+    "image_id",
+    "image_uri",
+    "box",
+    "view",
+    "split",
+    "patient_hash",
+    "study_hash",
+    "model_version",
+)
+#: What a search hands back for each hit (everything but the vector).
+OUTPUT_FIELDS: tuple[str, ...] = tuple(f for f in FIELDS if f != "vector")
+
+_SCHEMA_DESCRIPTION = "RegionMIR ROI embeddings, schema v1"
+_KEY_HEX_CHARS = 32  # 128 bits of SHA-256
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+_HASH_RE = re.compile(rf"^(|[0-9a-f]{{{HASH_HEX_CHARS}}})$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_NORM_TOLERANCE = 1e-3
+_ROW_OVERHEAD_BYTES = 128  # per-row protocol overhead in the byte estimate (generous)
+
+
+# --------------------------------------------------------------------------------------- errors
+
+
+class RegionIndexError(RuntimeError):
+    """Base class: the Milvus store failed. Names the URI, the collection (or alias) and why.
+
+    ``reason`` is a short machine key (``unavailable``, ``locked``, ``not_found``, ...).
+    """
+
+    reason = "index_error"
+
+    def __init__(self, uri: str, collection: str | None, message: str, *, reason: str | None = None):
+        self.uri = uri
+        self.collection = collection
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        where = f"Milvus at {uri}" + (f", collection {collection!r}" if collection else "")
+        super().__init__(f"{where}: {message}")
+
+
+class IndexUnavailableError(RegionIndexError):
+    """The server cannot be reached (down, wrong address, refused) or the local file not opened."""
+
+    reason = "unavailable"
+
+
+class IndexLockedError(IndexUnavailableError):
+    """A milvus-lite file is held by another process (milvus-lite allows one process per file)."""
+
+    reason = "locked"
+
+
+class IndexNotFoundError(RegionIndexError):
+    """The collection or alias does not exist."""
+
+    reason = "not_found"
+
+
+class DimensionMismatchError(RegionIndexError):
+    """Vectors whose length differs from the collection's dimension."""
+
+    reason = "dimension_mismatch"
+
+
+class SchemaMismatchError(RegionIndexError):
+    """An existing collection does not have the region schema (or the dimension asked for)."""
+
+    reason = "schema_mismatch"
+
+
+class CountMismatchError(RegionIndexError):
+    """The collection does not hold the number of rows expected. ``expected`` and ``actual``."""
+
+    reason = "count_mismatch"
+
+    def __init__(self, uri: str, collection: str, expected: int, actual: int):
+        self.expected = expected
+        self.actual = actual
+        super().__init__(uri, collection, f"expected {expected} rows, found {actual}")
+
+
+# ----------------------------------------------------------------------------------------- rows
+
+
+def row_key(image_id: str, anatomy_id: int, model_version: str) -> str:
+    """The primary key of a row: 32 hex characters of SHA-256 over (image id, anatomy id, model).
+
+    Deterministic across runs and machines, so indexing the same image again with the same model
+    replaces its rows. The three parts are JSON-encoded before hashing, so no choice of strings
+    can make two different triples collide by concatenation.
+    """
+    if isinstance(anatomy_id, bool) or not isinstance(anatomy_id, (int, np.integer)):
+        raise TypeError(f"anatomy_id must be an int, got {type(anatomy_id).__name__}")
+    payload = json.dumps(["regionmir-roi-v1", str(image_id), int(anatomy_id), str(model_version)])
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:_KEY_HEX_CHARS]
+
+
+@dataclass(frozen=True, eq=False)
+class RegionRow:
+    """One ROI embedding to index. Validated on construction (``ValueError`` says which field).
+
+    ``image_id`` is an identifier (a DICOM SOP Instance UID, a data set's image id), not a path:
+    where the image lies goes in ``image_uri``. ``box`` is (x1, y1, x2, y2) in image pixels.
+    ``patient_hash``/``study_hash`` are :func:`regionmir.identifiers.hash_identifier` outputs
+    (16 lowercase hex) or ``""``; clear identifiers are refused. ``vector`` is converted to a
+    1-D float32 array and must be L2-normalised.
+    """
+
+    image_id: str
+    anatomy_id: int
+    anatomy: str
+    image_uri: str
+    box: tuple[float, float, float, float]
+    view: str
+    split: str
+    patient_hash: str
+    study_hash: str
+    model_version: str
+    vector: np.ndarray = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.anatomy_id, bool) or not isinstance(self.anatomy_id, (int, np.integer)):
+            raise TypeError(f"anatomy_id must be an int, got {self.anatomy_id!r}")
+        if not 0 <= int(self.anatomy_id) < NUM_ANATOMIES:
+            raise ValueError(f"anatomy_id {self.anatomy_id} is outside 0..{NUM_ANATOMIES - 1}")
+        object.__setattr__(self, "anatomy_id", int(self.anatomy_id))
+        if self.anatomy != ANATOMY_NAMES[self.anatomy_id]:
+            raise ValueError(
+                f"anatomy {self.anatomy!r} does not match anatomy_id {self.anatomy_id} "
+                f"({ANATOMY_NAMES[self.anatomy_id]!r})"
+            )
+        for name in ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash",
+                     "model_version"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+            if _CONTROL_RE.search(value):
+                raise ValueError(f"{name} contains control characters: {value!r}")
+            limit = VARCHAR_FIELDS[name]
+            if len(value.encode("utf-8")) > limit:
+                raise ValueError(f"{name} is longer than {limit} bytes: {value[:80]!r}...")
+        if not self.image_id:
+            raise ValueError("image_id is empty")
+        if "/" in self.image_id or "\\" in self.image_id:
+            raise ValueError(f"image_id must be an identifier, not a path: {self.image_id!r} "
+                             "(put the location in image_uri)")
+        if not self.model_version:
+            raise ValueError("model_version is empty")
+        for name in ("patient_hash", "study_hash"):
+            if not _HASH_RE.match(getattr(self, name)):
+                raise ValueError(
+                    f"{name} must be a {HASH_HEX_CHARS}-hex regionmir.identifiers.hash_identifier "
+                    f"output or empty, got {getattr(self, name)!r} (never store identifiers in clear)"
+                )
+        box = tuple(float(v) for v in self.box)
+        if len(box) != 4 or not all(math.isfinite(v) for v in box):
+            raise ValueError(f"box must be 4 finite numbers (x1, y1, x2, y2), got {self.box!r}")
+        if not (box[2] > box[0] and box[3] > box[1]):
+            raise ValueError(f"box must have x2 > x1 and y2 > y1, got {box!r}")
+        object.__setattr__(self, "box", box)
+        vector = np.asarray(self.vector, dtype=np.float32)
+        if vector.ndim != 1 or vector.size == 0:
+            raise ValueError(f"vector must be 1-D and non-empty, got shape {vector.shape}")
+        if not np.all(np.isfinite(vector)):
+            raise ValueError("vector has NaN or infinite values")
+        norm = float(np.linalg.norm(vector))
+        if abs(norm - 1.0) > _NORM_TOLERANCE:
+            raise ValueError(f"vector must be L2-normalised, its norm is {norm:.4f}")
+        object.__setattr__(self, "vector", vector)
+
+    @property
+    def key(self) -> str:
+        """The primary key, :func:`row_key` of this row."""
+        return row_key(self.image_id, self.anatomy_id, self.model_version)
+
+    def to_entity(self) -> dict[str, Any]:
+        """The row as the dict Milvus inserts."""
+        return {
+            "key": self.key,
+            "vector": self.vector,
+            "anatomy_id": self.anatomy_id,
+            "anatomy": self.anatomy,
+            "image_id": self.image_id,
+            "image_uri": self.image_uri,
+            "box": list(self.box),
+            "view": self.view,
+            "split": self.split,
+            "patient_hash": self.patient_hash,
+            "study_hash": self.study_hash,
+            "model_version": self.model_version,
+        }
+
+
+@dataclass(frozen=True)
+class RegionHit:
+    """One search result. ``score`` is the cosine similarity (1.0 for the same direction)."""
+
+    key: str
+    score: float
+    anatomy: str
+    anatomy_id: int
+    image_id: str
+    image_uri: str
+    box: tuple[float, float, float, float]
+    view: str
+    split: str
+    patient_hash: str
+    study_hash: str
+    model_version: str
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """What :meth:`RegionIndex.upsert` sent: rows and the number of calls (batches) it took."""
+
+    rows: int
+    batches: int
+
+
+# -------------------------------------------------------------------------------------- filters
+
+
+def quote_filter_value(value: str) -> str:
+    """A Milvus filter string literal for ``value``: double-quoted, ``\\`` and ``"`` escaped.
+
+    Whatever a user sends stays one literal (``PA" or 1==1 or "`` matches nothing rather than
+    everything). Control characters are refused (``ValueError``): no field holds them.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"filter values must be str, got {type(value).__name__}")
+    if _CONTROL_RE.search(value):
+        raise ValueError(f"filter value contains control characters: {value!r}")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def build_filter(
+    *,
+    anatomy: str | int | None = None,
+    view: str | None = None,
+    split: str | None = None,
+    model_version: str | None = None,
+) -> str:
+    """The Milvus boolean expression for the given constraints (``""`` when there are none).
+
+    ``anatomy`` is a region name, alias or id, resolved by :func:`regionmir.anatomy.anatomy_id`
+    (an unknown name raises :class:`regionmir.errors.UnknownAnatomyError` with suggestions);
+    the other values are compared for equality through :func:`quote_filter_value`.
+    """
+    clauses = []
+    if anatomy is not None:
+        clauses.append(f"anatomy_id == {resolve_anatomy_id(anatomy)}")
+    for name, value in (("view", view), ("split", split), ("model_version", model_version)):
+        if value is not None:
+            clauses.append(f"{name} == {quote_filter_value(value)}")
+    return " and ".join(clauses)
+
+
+# -------------------------------------------------------------------------------------- helpers
+
+
+def _display_uri(uri: str) -> str:
+    """``uri`` without any user:password part, for messages."""
+    if uri.endswith(".db"):
+        return uri
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return uri
+
+
+def _check_name(name: str, what: str = "collection") -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(
+            f"invalid {what} name {name!r}: letters, digits and '_', starting with a letter or '_'"
+        )
+    return name
+
+
+def _lite_file_locked(path: str) -> bool:
+    """True when another process holds the lock of the milvus-lite data directory ``path``."""
+    lock = Path(path) / "LOCK"
+    if sys.platform == "win32" or not lock.is_file():
+        return False
+    import fcntl
+
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _entity_bytes(entity: dict[str, Any]) -> int:
+    """A generous estimate of an entity's size on the wire."""
+    size = _ROW_OVERHEAD_BYTES + 4 * len(entity["vector"]) + 4 * 4 + 8
+    for name in VARCHAR_FIELDS:
+        size += len(entity[name].encode("utf-8")) + 8
+    return size
+
+
+def _is_not_loaded(exc: MilvusException) -> bool:
+    return exc.code == 101 or "not loaded" in str(exc.message).lower() or "call load()" in str(exc.message)
+
+
+def _is_not_found(exc: MilvusException) -> bool:
+    # 100: collection not found (both backends); 1600: alias not found (Milvus 2.3).
+    return exc.code in (100, 1600)
+
+
+def _is_unavailable(exc: MilvusException) -> bool:
+    message = str(exc.message).lower()
+    return exc.code == 2 or "fail connecting" in message or "unavailable" in message
+
+
+# ---------------------------------------------------------------------------------------- index
+
+
+class RegionIndex:
+    """A connection to one Milvus (file or server) holding region collections.
+
+    ``uri``: a milvus-lite file path ending in ``.db`` or ``http(s)://host:port``. ``token``:
+    defaults to ``$MILVUS_TOKEN`` (ignored for files). ``consistency_level``: used for collection
+    creation and every query/search; ``"Strong"`` (default) sees every acknowledged write, which
+    bulk jobs and tests need; a read-only service may pass ``"Bounded"`` for lower latency.
+    ``search_ef``/``nprobe``: default HNSW and IVF search parameters. ``timeout``: seconds per
+    call (``None``: pymilvus's default); ``connect_timeout``: seconds to reach the server.
+
+    Raises :class:`IndexUnavailableError` when the server cannot be reached and
+    :class:`IndexLockedError` when a milvus-lite file is held by another process.
+    """
+
+    def __init__(
+        self,
+        uri: str | os.PathLike,
+        token: str | None = None,
+        *,
+        consistency_level: str = "Strong",
+        search_ef: int = DEFAULT_SEARCH_EF,
+        nprobe: int = DEFAULT_NPROBE,
+        timeout: float | None = None,
+        connect_timeout: float = 10.0,
+    ):
+        self.uri = os.fspath(uri)
+        self.display_uri = _display_uri(self.uri)
+        self.is_local_file = self.uri.endswith(".db")
+        if not self.is_local_file and not self.uri.startswith(("http://", "https://")):
+            raise ValueError(f"Milvus URI must be a .db file or http(s)://host:port, got {self.display_uri!r}")
+        self.consistency_level = consistency_level
+        self.search_ef = int(search_ef)
+        self.nprobe = int(nprobe)
+        self.timeout = timeout
+        if token is None:
+            token = os.environ.get(TOKEN_ENV, "")
+        self._loaded: set[str] = set()  # names this client has seen loaded
+        try:
+            self._client: MilvusClient | None = MilvusClient(
+                uri=self.uri, token="" if self.is_local_file else token, timeout=connect_timeout
+            )
+        except ConnectionConfigException as exc:
+            if self.is_local_file and _lite_file_locked(self.uri):
+                raise IndexLockedError(
+                    self.display_uri, None,
+                    "the milvus-lite file is locked: another process owns it (milvus-lite allows "
+                    "one process per file). Let that process do the work, or run "
+                    "`milvus-lite server --data-dir <dir> --port <port>` and connect every "
+                    "process to http://127.0.0.1:<port>",
+                ) from exc
+            raise IndexUnavailableError(self.display_uri, None, f"cannot open: {exc.message}") from exc
+        except MilvusException as exc:
+            raise IndexUnavailableError(self.display_uri, None, f"cannot connect: {exc.message}") from exc
+
+    # -- plumbing
+
+    @property
+    def client(self) -> MilvusClient:
+        if self._client is None:
+            raise RegionIndexError(self.display_uri, None, "this RegionIndex is closed", reason="closed")
+        return self._client
+
+    def _call(self, collection: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one pymilvus call, turning its errors into :class:`RegionIndexError` subclasses."""
+        if self.timeout is not None:
+            kwargs.setdefault("timeout", self.timeout)
+        try:
+            return fn(*args, **kwargs)
+        except MilvusException as exc:
+            if _is_unavailable(exc):
+                raise IndexUnavailableError(self.display_uri, collection, f"unreachable: {exc.message}") from exc
+            if _is_not_found(exc):
+                raise IndexNotFoundError(self.display_uri, collection, f"does not exist ({exc.message})") from exc
+            raise RegionIndexError(self.display_uri, collection, str(exc.message), reason="milvus_error") from exc
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise IndexUnavailableError(self.display_uri, collection, f"unreachable: {code}") from exc
+            raise RegionIndexError(self.display_uri, collection, f"gRPC error {exc}", reason="milvus_error") from exc
+
+    def _loaded_call(self, collection: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A query/search on a loaded collection: load it first if this client has not seen it
+        loaded, and if the server still answers "not loaded" (it restarted), load and retry once."""
+        if collection not in self._loaded:
+            state = self._call(collection, self.client.get_load_state, collection).get("state")
+            if state != LoadState.Loaded:
+                self._call(collection, self.client.load_collection, collection)
+            self._loaded.add(collection)
+        try:
+            return self._call(collection, fn, *args, **kwargs)
+        except RegionIndexError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, MilvusException) and _is_not_loaded(cause)):
+                raise
+        self._call(collection, self.client.load_collection, collection)
+        return self._call(collection, fn, *args, **kwargs)
+
+    def _require(self, name: str) -> None:
+        if not self._call(name, self.client.has_collection, name):
+            raise IndexNotFoundError(self.display_uri, name, "no such collection or alias")
+
+    def _dimension(self, name: str) -> int:
+        """The vector dimension of collection (or alias) ``name``; checks it has the region schema."""
+        description = self._call(name, self.client.describe_collection, name)
+        fields = {f["name"]: f for f in description.get("fields", [])}
+        missing = [f for f in FIELDS if f not in fields]
+        if missing:
+            raise SchemaMismatchError(self.display_uri, name, f"not a region collection: no field(s) {missing}")
+        return int(fields["vector"]["params"]["dim"])
+
+    def _is_alias(self, name: str) -> bool:
+        aliases = self._call(name, self.client.list_aliases)
+        return name in (aliases.get("aliases") or [])
+
+    # -- collections
+
+    def create_collection(
+        self,
+        name: str,
+        dim: int,
+        *,
+        index_type: str = "HNSW",
+        index_params: dict[str, int] | None = None,
+        exist_ok: bool = False,
+    ) -> None:
+        """Create (and load) region collection ``name`` with ``dim``-long vectors.
+
+        ``index_type``: ``HNSW`` (default; M=16, efConstruction=200), ``IVF_FLAT`` (nlist=128) or
+        ``FLAT``; ``index_params`` override those defaults. ``exist_ok``: when the collection
+        exists, check its schema and dimension and keep it (re-runs of a bulk job) instead of
+        failing.
+        """
+        _check_name(name)
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
+            raise ValueError(f"dim must be an int in 1..{MAX_DIM}, got {dim!r}")
+        index_type = index_type.upper()
+        if index_type not in INDEX_TYPES:
+            raise ValueError(f"index_type must be one of {sorted(INDEX_TYPES)}, got {index_type!r}")
+        if self._call(name, self.client.has_collection, name):
+            if not exist_ok:
+                raise RegionIndexError(self.display_uri, name, "already exists", reason="exists")
+            existing = self._dimension(name)
+            if existing != dim:
+                raise SchemaMismatchError(self.display_uri, name, f"exists with dim {existing}, not {dim}")
+            self._call(name, self.client.load_collection, name)
+            self._loaded.add(name)
+            return
+
+        schema = MilvusClient.create_schema(
+            auto_id=False, enable_dynamic_field=False, description=_SCHEMA_DESCRIPTION
+        )
+        schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=VARCHAR_FIELDS["key"])
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("anatomy_id", DataType.INT32)
+        schema.add_field("anatomy", DataType.VARCHAR, max_length=VARCHAR_FIELDS["anatomy"])
+        schema.add_field("image_id", DataType.VARCHAR, max_length=VARCHAR_FIELDS["image_id"])
+        schema.add_field("image_uri", DataType.VARCHAR, max_length=VARCHAR_FIELDS["image_uri"])
+        schema.add_field("box", DataType.ARRAY, element_type=DataType.FLOAT, max_capacity=4)
+        for name_ in ("view", "split", "patient_hash", "study_hash", "model_version"):
+            schema.add_field(name_, DataType.VARCHAR, max_length=VARCHAR_FIELDS[name_])
+
+        params = {**INDEX_TYPES[index_type], **(index_params or {})}
+        index = MilvusClient.prepare_index_params()
+        index.add_index(field_name="vector", index_type=index_type, metric_type=METRIC_TYPE, params=params)
+        self._call(name, self.client.create_collection, name, schema=schema, index_params=index,
+                   consistency_level=self.consistency_level)
+        self._call(name, self.client.load_collection, name)
+        self._loaded.add(name)
+
+    def drop(self, name: str, *, missing_ok: bool = False) -> None:
+        """Drop collection ``name``. Refuses while an alias points at it or when ``name`` is an alias."""
+        _check_name(name)
+        if not self._call(name, self.client.has_collection, name):
+            if missing_ok:
+                return
+            raise IndexNotFoundError(self.display_uri, name, "no such collection")
+        if self._is_alias(name):
+            raise RegionIndexError(self.display_uri, name, "is an alias, not a collection", reason="is_alias")
+        aliases = self._call(name, self.client.list_aliases, name).get("aliases") or []
+        if aliases:
+            raise RegionIndexError(
+                self.display_uri, name,
+                f"still served by alias(es) {sorted(aliases)}: point them elsewhere first",
+                reason="in_use",
+            )
+        self._call(name, self.client.drop_collection, name)
+        self._loaded.discard(name)
+
+    # -- aliases
+
+    def point_alias(self, alias: str, collection: str) -> str | None:
+        """Make ``alias`` name ``collection`` (create it or switch it); returns the previous target.
+
+        The collection is loaded first, so searches through the alias never hit an unloaded
+        collection: the switch itself is one metadata change on the server.
+        """
+        _check_name(alias, "alias")
+        _check_name(collection)
+        self._require(collection)
+        if self._is_alias(collection):
+            raise RegionIndexError(self.display_uri, collection, "is an alias; point at a collection",
+                                   reason="is_alias")
+        self._call(collection, self.client.load_collection, collection)
+        self._loaded.add(collection)
+        previous = None
+        if self._call(alias, self.client.has_collection, alias):
+            if not self._is_alias(alias):
+                raise RegionIndexError(self.display_uri, alias, "is a collection, cannot be an alias",
+                                       reason="not_alias")
+            previous = str(self._call(alias, self.client.describe_alias, alias)["collection_name"])
+            self._call(alias, self.client.alter_alias, collection, alias)
+        else:
+            self._call(alias, self.client.create_alias, collection, alias)
+        return previous
+
+    def alias_target(self, alias: str) -> str | None:
+        """The collection ``alias`` points at, or ``None`` when there is no such alias yet.
+
+        Raises :class:`RegionIndexError` (reason ``not_alias``) when ``alias`` names a collection.
+        """
+        _check_name(alias, "alias")
+        if not self._call(alias, self.client.has_collection, alias):
+            return None
+        if not self._is_alias(alias):
+            raise RegionIndexError(self.display_uri, alias, "is a collection, not an alias", reason="not_alias")
+        return str(self._call(alias, self.client.describe_alias, alias)["collection_name"])
+
+    # -- writing
+
+    def upsert(
+        self,
+        name: str,
+        rows: Iterable[RegionRow],
+        *,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    ) -> UpsertResult:
+        """Insert or replace ``rows`` (any iterable, consumed once) in collection ``name``.
+
+        Rows are sent in batches whose estimated size stays under ``max_batch_bytes`` (Milvus
+        refuses calls over 64 MB). A row whose key appears twice in one batch is sent once (the
+        last one wins). Raises :class:`DimensionMismatchError` before sending anything of a row
+        whose vector does not have the collection's dimension. Call :meth:`flush` at the end.
+        """
+        _check_name(name)
+        if max_batch_bytes <= 0:
+            raise ValueError("max_batch_bytes must be positive")
+        dim = self._dimension(name)
+        batch: dict[str, dict[str, Any]] = {}
+        batch_bytes = 0
+        sent_rows = batches = 0
+
+        def send() -> None:
+            nonlocal batch, batch_bytes, sent_rows, batches
+            if batch:
+                self._call(name, self.client.upsert, name, list(batch.values()))
+                sent_rows += len(batch)
+                batches += 1
+            batch, batch_bytes = {}, 0
+
+        for row in rows:
+            if not isinstance(row, RegionRow):
+                raise TypeError(f"upsert takes RegionRow objects, got {type(row).__name__}")
+            if row.vector.shape[0] != dim:
+                raise DimensionMismatchError(
+                    self.display_uri, name,
+                    f"row {row.image_id!r}/{row.anatomy!r} has a {row.vector.shape[0]}-d vector, "
+                    f"the collection holds {dim}-d vectors",
+                )
+            entity = row.to_entity()
+            size = _entity_bytes(entity)
+            if size > max_batch_bytes:
+                raise ValueError(f"one row ({size} bytes) is larger than max_batch_bytes={max_batch_bytes}")
+            previous = batch.pop(entity["key"], None)
+            if previous is not None:
+                batch_bytes -= _entity_bytes(previous)
+            if batch_bytes + size > max_batch_bytes:
+                send()
+            batch[entity["key"]] = entity
+            batch_bytes += size
+        send()
+        return UpsertResult(rows=sent_rows, batches=batches)
+
+    def flush(self, name: str) -> None:
+        """Seal and persist what was inserted into ``name`` (once, at the end of a bulk job)."""
+        _check_name(name)
+        self._require(name)
+        self._call(name, self.client.flush, name)
+
+    # -- reading
+
+    def count(self, name: str) -> int:
+        """The exact number of rows in ``name`` (collection or alias); replaced rows count once."""
+        _check_name(name)
+        self._require(name)
+        result = self._loaded_call(
+            name, self.client.query, name, filter="", output_fields=["count(*)"],
+            consistency_level=self.consistency_level,
+        )
+        return int(result[0]["count(*)"])
+
+    def verify(self, name: str, expected: int) -> int:
+        """Check that ``name`` holds exactly ``expected`` rows; raises :class:`CountMismatchError`."""
+        actual = self.count(name)
+        if actual != expected:
+            raise CountMismatchError(self.display_uri, name, expected, actual)
+        return actual
+
+    def search(
+        self,
+        name: str,
+        vectors: Sequence[float] | Sequence[Sequence[float]] | np.ndarray,
+        k: int = 10,
+        *,
+        anatomy: str | int | None = None,
+        view: str | None = None,
+        split: str | None = None,
+        model_version: str | None = None,
+        ef: int | None = None,
+    ) -> list[list[RegionHit]]:
+        """The ``k`` nearest rows of each query vector in ``name`` (a collection or an alias).
+
+        ``vectors``: one vector or a 2-D array of them (normalised or not: cosine similarity).
+        Filters keep rows of that region (name, alias or id), view, split and model version;
+        values are escaped, never interpolated raw. ``ef``: HNSW candidate list size (default
+        :attr:`search_ef`, raised to ``k``). Returns one list of :class:`RegionHit` per query,
+        best first.
+        """
+        _check_name(name)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_TOP_K:
+            raise ValueError(f"k must be an int in 1..{MAX_TOP_K}, got {k!r}")
+        queries = np.asarray(vectors, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        if queries.ndim != 2 or queries.shape[0] == 0:
+            raise ValueError(f"vectors must be one vector or a 2-D array, got shape {queries.shape}")
+        if not np.all(np.isfinite(queries)):
+            raise ValueError("query vectors have NaN or infinite values")
+        expression = build_filter(anatomy=anatomy, view=view, split=split, model_version=model_version)
+        dim = self._dimension(name)
+        if queries.shape[1] != dim:
+            raise DimensionMismatchError(
+                self.display_uri, name, f"query vectors are {queries.shape[1]}-d, the collection holds {dim}-d"
+            )
+        params = {"ef": max(int(ef or self.search_ef), k), "nprobe": self.nprobe}
+        results = self._loaded_call(
+            name, self.client.search, name, data=list(queries), filter=expression, limit=k,
+            output_fields=list(OUTPUT_FIELDS), search_params={"metric_type": METRIC_TYPE, "params": params},
+            consistency_level=self.consistency_level,
+        )
+        return [[self._hit(h) for h in hits] for hits in results]
+
+    @staticmethod
+    def _hit(hit: dict[str, Any]) -> RegionHit:
+        entity = hit["entity"]
+        return RegionHit(
+            key=str(entity["key"]),
+            score=float(hit["distance"]),
+            anatomy=str(entity["anatomy"]),
+            anatomy_id=int(entity["anatomy_id"]),
+            image_id=str(entity["image_id"]),
+            image_uri=str(entity["image_uri"]),
+            box=tuple(float(v) for v in entity["box"]),  # type: ignore[arg-type]
+            view=str(entity["view"]),
+            split=str(entity["split"]),
+            patient_hash=str(entity["patient_hash"]),
+            study_hash=str(entity["study_hash"]),
+            model_version=str(entity["model_version"]),
+        )
+
+    # -- lifetime
+
+    def close(self) -> None:
+        """Close the connection (idempotent). A milvus-lite file stays locked by this process."""
+        if self._client is not None:
+            try:
+                self._client.close()
+            finally:
+                self._client = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RegionIndex({self.display_uri!r})"
