@@ -1,0 +1,175 @@
+"""Index and search benchmark: is indexing as fast as the encoder, and is Milvus search exact enough?
+
+Measured side by side in one run:
+
+* ``encoder_rois_per_s``: the model embedding in-memory crops of the same films (one torch thread,
+  as each encoder actor of ``regionmir index`` has);
+* ``index_rois_per_s``: ``regionmir index`` end to end — Ray Data decoding and cropping the films,
+  the encoder actor, and the driver upserting into milvus-lite — in steady state (from its first
+  written batch; ``index_rois_per_s_total`` includes Ray start-up) and ``ratio_to_encoder``;
+* ``search``: per backend (milvus-lite file, Milvus standalone server) and database size (10k,
+  100k rows), single-query latency p50/p99 (k=10, HNSW M=16 efConstruction=200, ef=64) and
+  ``recall_at_10`` against exact NumPy search. The vectors are synthetic: 29 anatomy clusters on
+  the unit sphere with spread like the fine-tuned embeddings', not random noise (uniform random
+  128-d vectors have no neighbourhood structure for any index to use).
+
+Run: ``.venv/bin/python benchmarks/index_search.py`` (``--sizes 10000`` for a quick run). The last
+line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from regionmir.anatomy import ANATOMY_NAMES, STANDARD_29_IDS  # noqa: E402
+from regionmir.dataset import open_dataset  # noqa: E402
+from regionmir.encoder import RegionEncoder, load_preset  # noqa: E402
+from regionmir.image_reader import read_image  # noqa: E402
+from regionmir.model_contract import ModelContract, load_model, save_model  # noqa: E402
+from regionmir.retrieval_metrics import exact_knn  # noqa: E402
+from regionmir.roi_crop import roi_crop  # noqa: E402
+
+
+def make_model(directory: str) -> str:
+    torch.manual_seed(0)
+    config = load_preset("resnet10-cpu")
+    contract = ModelContract(stage="finetune", encoder=config.to_dict(), class_anatomy_ids=tuple(STANDARD_29_IDS),
+                             crop={"size": config.crop_size, "margin": 0.15}, training={"benchmark": True})
+    save_model(directory, RegionEncoder(config), contract)
+    return directory
+
+
+def encoder_rate(data: str, model_dir: str, batch_size: int = 256) -> tuple[float, int]:
+    model, contract = load_model(model_dir)
+    model.eval()
+    torch.set_num_threads(1)
+    crops = []
+    for record in open_dataset(data).iter_images():
+        if record.split != "train":
+            continue
+        pixels = read_image(record.image_uri).pixels
+        crops += [roi_crop(pixels, r.box, contract.crop_config) for r in record.regions
+                  if r.anatomy_id in contract.class_anatomy_ids]
+    x = torch.from_numpy(np.stack(crops))[:, None]
+    with torch.no_grad():
+        model.embed(x[:batch_size])  # warm-up
+        started = time.perf_counter()
+        for start in range(0, len(x), batch_size):
+            model.embed(x[start:start + batch_size])
+    return len(x) / (time.perf_counter() - started), len(x)
+
+
+def clustered_vectors(n: int, dim: int, rng: np.random.Generator, spread: float = 0.35) -> tuple[np.ndarray, np.ndarray]:
+    centres = rng.normal(size=(len(STANDARD_29_IDS), dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = rng.integers(0, len(STANDARD_29_IDS), size=n)
+    vectors = centres[labels] + rng.normal(scale=spread / np.sqrt(dim), size=(n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors.astype(np.float32), np.asarray(STANDARD_29_IDS)[labels]
+
+
+def search_level(backend: str, uri: str, n: int, dim: int, queries: int, rng: np.random.Generator) -> dict:
+    from indexing.region_index import RegionIndex, RegionRow
+
+    database, anatomy_ids = clustered_vectors(n, dim, rng)
+    probes, _ = clustered_vectors(queries, dim, rng)
+    index = RegionIndex(uri)
+    name = f"bench_{n}"
+    index.drop(name, missing_ok=True)
+    index.create_collection(name, dim, index_type="HNSW")
+    started = time.perf_counter()
+    chunk = 5000
+    for start in range(0, n, chunk):
+        index.upsert(name, [RegionRow(image_id=f"img-{i}", anatomy_id=int(anatomy_ids[i]),
+                                      anatomy=ANATOMY_NAMES[int(anatomy_ids[i])], image_uri=f"bench/{i}.png",
+                                      box=(0.0, 0.0, 10.0, 10.0), view="PA", split="train", patient_hash="",
+                                      study_hash="", model_version="bench", vector=database[i])
+                            for i in range(start, min(n, start + chunk))])
+    index.flush(name)
+    index.verify(name, n)
+    insert_s = time.perf_counter() - started
+    exact, _ = exact_knn(probes, database, 10)
+    latencies, recalls = [], []
+    index.search(name, probes[:1], 10)  # warm-up (load)
+    for q in range(queries):
+        t0 = time.perf_counter()
+        hits = index.search(name, probes[q:q + 1], 10)[0]
+        latencies.append((time.perf_counter() - t0) * 1000)
+        found = {int(h.image_id.split("-")[1]) for h in hits}
+        recalls.append(len(found & set(exact[q].tolist())) / 10)
+    index.drop(name)
+    index.close()
+    return {"backend": backend, "vectors": n, "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+            "p99_ms": round(float(np.percentile(latencies, 99)), 2), "recall_at_10": round(float(np.mean(recalls)), 4),
+            "insert_rows_per_s": round(n / insert_s, 1), "queries": queries}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--films", type=int, default=200, help="phantom films for the indexing measurement")
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--backends", default="milvus-lite,milvus-standalone")
+    args = parser.parse_args()
+    from indexing.build import index_data
+    from indexing.local_milvus import MilvusLiteServer, MilvusStandaloneServer
+    from regionmir.synth.dataset_writer import write_phantom_dataset
+
+    work = tempfile.mkdtemp(prefix="regionmir-index-bench-")
+    data = os.path.join(work, "data")
+    print(f"[bench] synthesising {args.films} phantom films into {data}", flush=True)
+    write_phantom_dataset(data, images=args.films, size=256, seed=0, progress=False)
+    model_dir = make_model(os.path.join(work, "model"))
+    encoder_rois_per_s, rois = encoder_rate(data, model_dir)
+    print(f"[bench] encoder alone: {encoder_rois_per_s:.0f} ROIs/s over {rois} ROIs", flush=True)
+    summary = index_data(data, model_dir, os.path.join(work, "index.db"), collection="regions")
+    result: dict = {
+        "index_rois_per_s": summary["rows_per_s_steady"], "index_rois_per_s_total": summary["rows_per_s"],
+        "encoder_rois_per_s": round(encoder_rois_per_s, 1),
+        "ratio_to_encoder": round(summary["rows_per_s_steady"] / encoder_rois_per_s, 3),
+        "index_rows": summary["rows"], "search": [],
+    }
+    print(f"[bench] regionmir index: {summary['rows_per_s_steady']} ROIs/s steady, {summary['rows_per_s']} with "
+          f"start-up; ratio to the encoder {result['ratio_to_encoder']}", flush=True)
+    rng = np.random.default_rng(0)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    for backend in args.backends.split(","):
+        server = None
+        if backend == "milvus-lite":
+            uri = os.path.join(work, "search.db")
+        elif backend == "milvus-standalone":
+            server = MilvusStandaloneServer(os.path.join(work, "milvus"), log_dir=work)
+            server.start()
+            uri = server.uri
+        elif backend == "milvus-lite-server":
+            server = MilvusLiteServer(os.path.join(work, "lite-server"), log_dir=work)
+            server.start()
+            uri = server.uri
+        else:
+            raise SystemExit(f"unknown backend {backend}")
+        try:
+            for n in sizes:
+                level = search_level(backend, uri, n, 128, args.queries, rng)
+                print(f"[bench] {backend} {n} vectors: p50 {level['p50_ms']} ms, p99 {level['p99_ms']} ms, "
+                      f"recall@10 {level['recall_at_10']}", flush=True)
+                result["search"].append(level)
+        finally:
+            if server is not None:
+                server.stop()
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

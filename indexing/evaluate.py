@@ -1,0 +1,181 @@
+"""``regionmir evaluate``: query the index the way the service will and measure retrieval.
+
+Queries are the test-split ROIs, embedded by the model; the database is what the alias holds,
+restricted to the train split (the paper retrieves "images with similar regions from training
+samples"); relevant = same anatomy. Reports anatomy-classification accuracy (the model's
+classifier on the queries), precision@1/5/10, mAP@10, MRR@10 and hit rate@k — overall and per
+anatomy — as ``metrics.json`` and ``report.md``, with ``confusion_matrix.png`` and
+``retrieval_examples.png`` (query crops beside their top results, framed green/red).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Sequence
+
+import numpy as np
+
+from regionmir import storage
+from regionmir.anatomy import ANATOMY_NAMES
+from regionmir.classification_metrics import classification_report, confusion_matrix, plot_confusion_matrix
+from regionmir.errors import DatasetError, RegionMIRError
+from regionmir.image_reader import read_image
+from regionmir.model_contract import read_contract
+from regionmir.retrieval_grid import QueryRow, RetrievedCrop, retrieval_grid
+from regionmir.retrieval_metrics import retrieval_report
+from regionmir.roi_crop import roi_crop
+from regionmir.boxes import Box
+from regionmir.storage import S3Options
+
+from .build import DEFAULT_ALIAS
+from .region_index import RegionIndex
+
+KS = (1, 5, 10)
+
+
+def evaluate(data: str, model: str, milvus: str, report_dir: str, collection: str = DEFAULT_ALIAS,
+             query_split: str = "test", database_split: str | None = "train", k: int = 10,
+             examples: int = 8, address: str | None = None, s3: S3Options | None = None,
+             max_bad_fraction: float = 0.05) -> dict:
+    from training.roi_pipeline import list_images
+
+
+    started = time.perf_counter()
+    s3 = s3 or S3Options.from_env()
+    model_dir, contract = read_contract(model, s3)
+    records, _ = list_images(data, s3, (query_split,))
+    if not records[query_split]:
+        raise DatasetError(data, f"no films in the query split {query_split!r}")
+    index = RegionIndex(milvus)
+    try:
+        return _evaluate(index, data, model_dir, contract, records, report_dir, collection, query_split,
+                         database_split, k, examples, address, s3, max_bad_fraction, started)
+    finally:
+        index.close()  # also on failure: milvus-lite admits one open client per file
+
+
+def _evaluate(index, data, model_dir, contract, records, report_dir, collection, query_split, database_split, k,
+              examples, address, s3, max_bad_fraction, started) -> dict:
+    from training.ray_runtime import start_ray
+
+    from .roi_embedding import SkippedFilms, embedding_dataset
+
+    database_rows = index.count(collection)
+    start_ray(address)
+    queries: dict[str, list] = {"vector": [], "anatomy_id": [], "predicted_anatomy_id": [], "crop": [],
+                                "confidence": []}
+    skipped = SkippedFilms(data, len(records[query_split]), max_bad_fraction)
+    for batch in embedding_dataset(records[query_split], model_dir, contract.crop_config, contract.class_anatomy_ids,
+                                   s3).iter_batches(batch_size=256, batch_format="numpy"):
+        batch = skipped.filter(batch)
+        for name in queries:
+            queries[name].extend(batch[name])
+    vectors = np.stack(queries["vector"]).astype(np.float32)
+    truth = np.asarray(queries["anatomy_id"], dtype=np.int64)
+    print(f"[evaluate] {len(truth)} {query_split} queries against {database_rows} rows of {collection} "
+          f"(database split: {database_split or 'all'})", flush=True)
+    hits, latencies = [], []
+    for start in range(0, len(vectors), 64):
+        t0 = time.perf_counter()
+        hits += index.search(collection, vectors[start:start + 64], k, split=database_split)
+        latencies.append((time.perf_counter() - t0) * 1000 / len(vectors[start:start + 64]))
+    retrieved = np.full((len(truth), k), -1, dtype=np.int64)
+    for q, row in enumerate(hits):
+        for r, hit in enumerate(row[:k]):
+            retrieved[q, r] = hit.anatomy_id
+    retrieval = retrieval_report(truth, retrieved, ks=KS, label_names=ANATOMY_NAMES)
+    class_ids = list(contract.class_anatomy_ids)
+    position = {a: i for i, a in enumerate(class_ids)}
+    names = [ANATOMY_NAMES[a] for a in class_ids]
+    y_true = np.asarray([position[a] for a in truth])
+    y_pred = np.asarray([position[int(a)] for a in queries["predicted_anatomy_id"]])
+    classification = classification_report(y_true, y_pred, names)
+    os.makedirs(report_dir, exist_ok=True) if "://" not in report_dir else None
+    per_anatomy = {}
+    for name, entry in retrieval["per_anatomy"].items():
+        per_anatomy[name] = {"queries": entry["num_queries"],
+                             "accuracy": classification["per_class"].get(name, {}).get("accuracy"),
+                             **{m: entry[m] for m in ("p@1", "p@5", "p@10", "map@10", "mrr@10", "hit@10")}}
+    metrics = {
+        "accuracy": classification["accuracy"], "balanced_accuracy": classification["balanced_accuracy"],
+        **{m: retrieval[m] for m in retrieval if m.startswith(("p@", "map@", "mrr@", "hit@"))},
+        "macro": retrieval["macro"], "per_anatomy": per_anatomy,
+        "top_confusions": classification["top_confusions"],
+        "queries": int(len(truth)), "films_skipped": skipped.count, "database_rows": database_rows, "collection": collection,
+        "database_split": database_split, "query_split": query_split, "model_version": contract.version_id,
+        "search_ms_per_query_p50": round(float(np.median(latencies)), 3), "k": k,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    matrix = confusion_matrix(y_true, y_pred, len(names))
+    cm_path = plot_confusion_matrix(matrix, names, os.path.join(report_dir, "confusion_matrix.png"),
+                                    title=f"Anatomy classification of {len(truth)} {query_split} regions "
+                                          f"(accuracy {metrics['accuracy']:.1%})")
+    examples_path = os.path.join(report_dir, "retrieval_examples.png")
+    _draw_examples(queries, truth, hits, retrieval, examples, examples_path, contract.crop_config, s3)
+    metrics["pictures"] = {"confusion_matrix": str(cm_path), "retrieval_examples": examples_path}
+    storage.write_text(storage.join(report_dir, "metrics.json"), json.dumps(metrics, indent=1), s3)
+    storage.write_text(storage.join(report_dir, "report.md"), markdown_report(metrics), s3)
+    return metrics
+
+
+def _draw_examples(queries, truth, hits, retrieval, count, path, crop, s3, per_row: int = 6) -> None:
+    """One query from each of ``count`` anatomies: the worst by p@10 first, then spread over the rest."""
+    by_anatomy = sorted(retrieval["per_anatomy"].items(), key=lambda kv: kv[1]["p@10"])
+    chosen_names = [name for name, _ in by_anatomy[: count // 2]]
+    rest = [name for name, _ in by_anatomy[count // 2:]]
+    chosen_names += rest[:: max(1, len(rest) // max(1, count - len(chosen_names)))][: count - len(chosen_names)]
+    films: dict[str, np.ndarray] = {}
+    rows = []
+    for name in chosen_names:
+        q = int(np.flatnonzero(truth == ANATOMY_NAMES.index(name))[0])
+        results = []
+        for hit in hits[q][:per_row]:
+            if hit.image_uri not in films:
+                films[hit.image_uri] = read_image(hit.image_uri, s3=s3).pixels
+            results.append(RetrievedCrop(roi_crop(films[hit.image_uri], Box(*hit.box), crop), hit.anatomy,
+                                         hit.score, hit.anatomy_id == truth[q]))
+        rows.append(QueryRow(queries["crop"][q], name, results))
+    retrieval_grid(rows, title="Test queries and their nearest training regions (green: same anatomy)").save(path)
+
+
+def markdown_report(metrics: dict) -> str:
+    lines = [f"# Retrieval evaluation — model {metrics['model_version']}", "",
+             f"{metrics['queries']} {metrics['query_split']} queries against {metrics['database_rows']} rows of "
+             f"`{metrics['collection']}` (database split: {metrics['database_split'] or 'all'}); "
+             f"search p50 {metrics['search_ms_per_query_p50']} ms per query.", "",
+             "| metric | value |", "|---|---|"]
+    for name in ("accuracy", "balanced_accuracy", "p@1", "p@5", "p@10", "map@10", "mrr@10", "hit@1", "hit@5", "hit@10"):
+        if name in metrics:
+            lines.append(f"| {name} | {metrics[name]:.4f} |")
+    lines += ["", "| anatomy | queries | accuracy | p@1 | p@10 | mAP@10 | MRR@10 |", "|---|---|---|---|---|---|---|"]
+    for name, e in sorted(metrics["per_anatomy"].items(), key=lambda kv: kv[1]["p@10"]):
+        accuracy = f"{e['accuracy']:.3f}" if e["accuracy"] is not None else "–"
+        lines.append(f"| {name} | {e['queries']} | {accuracy} | {e['p@1']:.3f} | {e['p@10']:.3f} | "
+                     f"{e['map@10']:.3f} | {e['mrr@10']:.3f} |")
+    lines += ["", "![confusion matrix](confusion_matrix.png)", "", "![retrieval examples](retrieval_examples.png)", ""]
+    return "\n".join(lines)
+
+
+def evaluate_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="regionmir evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--milvus", required=True)
+    parser.add_argument("--collection", default=DEFAULT_ALIAS)
+    parser.add_argument("--report", required=True, help="folder for metrics.json, report.md and the pictures")
+    parser.add_argument("--query-split", default="test")
+    parser.add_argument("--database-split", default="train", help="'all' to search every indexed split")
+    parser.add_argument("--address")
+    args = parser.parse_args(list(argv))
+    try:
+        metrics = evaluate(args.data, args.model, args.milvus, args.report, args.collection, args.query_split,
+                           None if args.database_split == "all" else args.database_split, address=args.address)
+    except RegionMIRError as exc:
+        print(f"regionmir evaluate: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in metrics.items() if k not in ("per_anatomy", "top_confusions")}, indent=1))
+    return 0

@@ -1,0 +1,175 @@
+"""Ray Data batch inference: every ROI of a data set → its retrieval embedding.
+
+Two stages, both streaming:
+
+1. :class:`RegionCropper` (CPU tasks): decode each film once, clamp its boxes, and cut every
+   region of the model's vocabulary at the model's crop size (the same :func:`roi_crop` the
+   training pipeline and the service use);
+2. :class:`RegionEmbedder` (an actor pool, one GPU per actor when ``gpu``): load the model once
+   per actor and write L2-normalised embeddings (``eval()`` mode: BatchNorm running statistics).
+
+Rows carry what the index stores — anatomy, image id and URI, the box in the film's pixels, view,
+split, salted patient/study hashes — never raw identifiers. An unreadable film is logged by image
+id and becomes one placeholder row (``anatomy_id`` -1, ``skip_reason`` set) that the consumer
+counts and drops (:class:`SkippedFilms`), stopping the job when there are too many.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from typing import Any, Iterable
+
+import numpy as np
+
+from regionmir.boxes import Box
+from regionmir.errors import DatasetError, RegionMIRError
+from regionmir.region_record import ImageRecord, RegionRecord, clamp_to_image
+from regionmir.roi_crop import CropConfig, roi_crop
+from regionmir.scan_report import ScanReport
+from regionmir.storage import S3Options
+
+log = logging.getLogger("regionmir.indexing")
+
+ROW_FIELDS = ("anatomy_id", "image_id", "image_uri", "box", "view", "split", "patient_hash", "study_hash")
+
+
+def film_rows(records: Iterable[ImageRecord], anatomy_ids: Iterable[int]) -> list[dict[str, str]]:
+    """Films as small JSON rows for ``ray.data.from_items`` (labels only, no pixels)."""
+    wanted = set(anatomy_ids)
+    rows = []
+    for record in records:
+        regions = [[r.anatomy_id, *r.box.as_list()] for r in record.regions if r.anatomy_id in wanted]
+        if regions:
+            rows.append({"film": json.dumps({
+                "image_uri": record.image_uri, "image_id": record.image_id, "split": record.split,
+                "view": record.view, "patient_hash": record.patient_hash, "study_hash": record.study_hash,
+                "regions": regions})})
+    return rows
+
+
+class RegionCropper:
+    """Ray Data callable class: films → one row per region with its model-size crop."""
+
+    def __init__(self, crop: dict, s3: dict | None = None):
+        self.crop = CropConfig(**crop)
+        self.s3 = S3Options(**s3) if s3 else None
+        self.seen = 0
+        self.bad = 0
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        from regionmir.image_reader import read_image
+
+        out: dict[str, list] = {"crop": [], "skip_reason": [], **{name: [] for name in ROW_FIELDS}}
+        for text in batch["film"]:
+            film = json.loads(str(text))
+            try:
+                pixels = read_image(film["image_uri"], s3=self.s3).pixels
+            except RegionMIRError as exc:
+                # One placeholder row (anatomy_id -1) tells the driver which film was skipped and
+                # why; the driver counts them and stops the job when there are too many. (An error
+                # raised here would reach the driver only as Ray's text.)
+                log.warning("skipping film %s: %s (%s)", film["image_id"], exc.reason, exc.message)
+                out["crop"].append(np.zeros((self.crop.size, self.crop.size), np.float32))
+                out["skip_reason"].append(exc.reason)
+                out["anatomy_id"].append(-1)
+                out["box"].append(np.asarray([0, 0, 1, 1], dtype=np.float32))
+                for name in ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash"):
+                    out[name].append(film[name])
+                continue
+            height, width = pixels.shape
+            record = ImageRecord(image_uri=film["image_uri"], image_id=film["image_id"], split=film["split"],
+                                 regions=tuple(RegionRecord(film["image_uri"], film["image_id"], int(a),
+                                                            Box(x1, y1, x2, y2), film["split"])
+                                               for a, x1, y1, x2, y2 in film["regions"]))
+            record = clamp_to_image(record, width, height, ScanReport(source=film["image_id"]))
+            for region in record.regions:
+                out["crop"].append(roi_crop(pixels, region.box, self.crop))
+                out["skip_reason"].append("")
+                out["anatomy_id"].append(region.anatomy_id)
+                out["box"].append(np.asarray(region.box.as_list(), dtype=np.float32))
+                for name in ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash"):
+                    out[name].append(film[name])
+        size = self.crop.size
+        return {
+            "crop": np.stack(out["crop"]) if out["crop"] else np.zeros((0, size, size), np.float32),
+            "box": np.stack(out["box"]) if out["box"] else np.zeros((0, 4), np.float32),
+            "anatomy_id": np.asarray(out["anatomy_id"], dtype=np.int32),
+            **{name: np.asarray(out[name], dtype=object)
+               for name in ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash", "skip_reason")},
+        }
+
+
+class RegionEmbedder:
+    """Ray Data actor: the encoder, loaded once; crops → L2-normalised embeddings (+ the classifier's
+    anatomy and confidence). The crops stay in the rows (4 KB each at 32 px) for pictures."""
+
+    def __init__(self, model_dir: str, s3: dict | None = None, threads: int = 1):
+        import torch
+
+        from regionmir.model_contract import load_model
+
+        torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.contract = load_model(model_dir, S3Options(**s3) if s3 else None)
+        self.model.eval().to(self.device)
+        self.class_ids = np.asarray(self.contract.class_anatomy_ids, dtype=np.int32)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(batch["crop"], dtype=np.float32))[:, None].to(self.device)
+        with torch.no_grad():
+            out = self.model(x, heads=("embedding", "logits"))
+        probabilities = torch.softmax(out["logits"].float(), dim=1)
+        confidence, index = probabilities.max(dim=1)
+        batch["vector"] = out["embedding"].float().cpu().numpy()
+        batch["predicted_anatomy_id"] = self.class_ids[index.cpu().numpy()]
+        batch["confidence"] = confidence.cpu().numpy().astype(np.float32)
+        return batch
+
+
+def embedding_dataset(records: list[ImageRecord], model_dir: str, crop: CropConfig, anatomy_ids: Iterable[int],
+                      s3: S3Options | None, *, gpu: bool = False, encoders: int = 1, batch_size: int = 256):
+    """A streaming Ray Dataset of ROI rows with ``vector`` (and the classifier's prediction)."""
+    import ray
+
+    films = film_rows(records, anatomy_ids)
+    if not films:
+        raise DatasetError("data", "no films with regions of the model's vocabulary in this split")
+    s3_dict = asdict(s3) if s3 else None
+    crops = ray.data.from_items(films, override_num_blocks=max(1, min(len(films), 64))).map_batches(
+        RegionCropper, fn_constructor_kwargs={"crop": asdict(crop), "s3": s3_dict},
+        batch_size=4, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
+    return crops.map_batches(RegionEmbedder, fn_constructor_kwargs={"model_dir": model_dir, "s3": s3_dict},
+                             batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=encoders),
+                             num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1)
+
+
+class SkippedFilms:
+    """The consumer's side of skipped films: drops placeholder rows, counts them by reason, and
+    stops the job (``DatasetError``) once more than ``max_bad_fraction`` of ``total`` films failed."""
+
+    def __init__(self, source: str, total: int, max_bad_fraction: float):
+        self.source, self.total, self.max_bad_fraction = source, total, max_bad_fraction
+        self.allowed = int(max_bad_fraction * total)
+        self.by_reason: dict[str, int] = {}
+        self.examples: list[str] = []
+
+    @property
+    def count(self) -> int:
+        return sum(self.by_reason.values())
+
+    def filter(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        bad = np.asarray(batch["anatomy_id"]) < 0
+        for i in np.flatnonzero(bad):
+            reason = str(batch["skip_reason"][i])
+            self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+            if len(self.examples) < 5:
+                self.examples.append(str(batch["image_id"][i]))
+        if self.count > self.allowed:
+            raise DatasetError(self.source, f"{self.count} of {self.total} films were unreadable, over the allowed "
+                                            f"{self.max_bad_fraction:.0%} ({self.allowed}): {self.by_reason}, e.g. "
+                                            f"{', '.join(self.examples)}")
+        return {name: values[~bad] for name, values in batch.items()} if bad.any() else batch
