@@ -38,6 +38,7 @@ import hashlib
 import json
 import math
 import os
+import time
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -468,9 +469,7 @@ class RegionIndex:
             token = os.environ.get(TOKEN_ENV, "")
         self._loaded: set[str] = set()  # names this client has seen loaded
         try:
-            self._client: MilvusClient | None = MilvusClient(
-                uri=self.uri, token="" if self.is_local_file else token, timeout=connect_timeout
-            )
+            self._client: MilvusClient | None = self._connect(token, connect_timeout)
         except ConnectionConfigException as exc:
             if self.is_local_file and _lite_file_locked(self.uri):
                 raise IndexLockedError(
@@ -483,6 +482,20 @@ class RegionIndex:
             raise IndexUnavailableError(self.display_uri, None, f"cannot open: {exc.message}") from exc
         except MilvusException as exc:
             raise IndexUnavailableError(self.display_uri, None, f"cannot connect: {exc.message}") from exc
+
+    def _connect(self, token: str, connect_timeout: float, attempts: int = 3) -> MilvusClient:
+        """A client; a server that refuses a fresh connection for a moment (gRPC ``UNAVAILABLE``,
+        e.g. milvus-lite answering "Too many pings" while an earlier client's channel winds down)
+        is retried twice, a second apart. Anything else fails at once."""
+        for attempt in range(attempts):
+            try:
+                return MilvusClient(uri=self.uri, token="" if self.is_local_file else token,
+                                    timeout=connect_timeout)
+            except MilvusException as exc:
+                if self.is_local_file or attempt == attempts - 1 or isinstance(exc, ConnectionConfigException):
+                    raise
+                time.sleep(1.0)
+        raise AssertionError("unreachable")
 
     # -- plumbing
 
