@@ -144,7 +144,6 @@ def dataloader_rate(files: list[str], crop: CropConfig, args) -> float:
 def _ray_loop(config: dict) -> None:
     import ray.train
 
-    crop = CropConfig(**config["crop"])
     shard = ray.train.get_dataset_shard("train")
     stepper = Stepper(config["threads"])
 
@@ -153,7 +152,6 @@ def _ray_loop(config: dict) -> None:
             for batch in shard.iter_torch_batches(batch_size=config["batch_size"], drop_last=True,
                                                   prefetch_batches=4):
                 yield batch["x"], batch["y"]
-    del crop
     rate = timed(batches(), stepper, config["warmup"], config["steps"])
     ray.train.report({"crops_per_s": rate})
 
