@@ -208,7 +208,6 @@ def main() -> int:
     print(f"[bench] floor (in-memory tensors): {results['floor_crops_per_s']:.1f} crops/s", flush=True)
     results["dataloader_crops_per_s"] = dataloader_rate(files, crop, args)
     print(f"[bench] torch DataLoader: {results['dataloader_crops_per_s']:.1f} crops/s", flush=True)
-    import ray
 
     # The same source the trainers read: the crop cache as opened by training.roi_pipeline (small
     # splits are read once into the object store, large ones stream from Parquet).
