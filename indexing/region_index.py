@@ -191,6 +191,9 @@ class CountMismatchError(RegionIndexError):
 # ----------------------------------------------------------------------------------------- rows
 
 
+_KEY_RE = re.compile(f"[0-9a-f]{{{_KEY_HEX_CHARS}}}")
+
+
 def row_key(image_id: str, anatomy_id: int, model_version: str) -> str:
     """The primary key of a row: 32 hex characters of SHA-256 over (image id, anatomy id, model).
 
@@ -468,6 +471,8 @@ class RegionIndex:
         if token is None:
             token = os.environ.get(TOKEN_ENV, "")
         self._loaded: set[str] = set()  # names this client has seen loaded
+        if self.is_local_file and os.path.dirname(self.uri):
+            os.makedirs(os.path.dirname(self.uri), exist_ok=True)  # milvus-lite wants the folder to exist
         try:
             self._client: MilvusClient | None = self._connect(token, connect_timeout)
         except ConnectionConfigException as exc:
@@ -733,15 +738,48 @@ class RegionIndex:
 
     # -- reading
 
-    def count(self, name: str) -> int:
-        """The exact number of rows in ``name`` (collection or alias); replaced rows count once."""
+    def count(
+        self,
+        name: str,
+        *,
+        anatomy: str | int | None = None,
+        view: str | None = None,
+        split: str | None = None,
+        model_version: str | None = None,
+    ) -> int:
+        """The exact number of rows in ``name`` (collection or alias); replaced rows count once.
+
+        The optional constraints are those of :meth:`search` (e.g. the rows of one model version).
+        """
         _check_name(name)
         self._require(name)
+        expression = build_filter(anatomy=anatomy, view=view, split=split, model_version=model_version)
         result = self._loaded_call(
-            name, self.client.query, name, filter="", output_fields=["count(*)"],
+            name, self.client.query, name, filter=expression, output_fields=["count(*)"],
             consistency_level=self.consistency_level,
         )
         return int(result[0]["count(*)"])
+
+    def get(self, name: str, keys: Sequence[str]) -> dict[str, RegionHit]:
+        """The rows with these primary keys, by key (missing keys are absent; ``score`` is NaN).
+
+        Keys are :func:`row_key` values (32 lowercase hex characters); anything else raises
+        ``ValueError`` before a query is built, so no key reaches an expression unchecked.
+        """
+        _check_name(name)
+        keys = list(dict.fromkeys(keys))
+        bad = [k for k in keys if not isinstance(k, str) or not _KEY_RE.fullmatch(k)]
+        if bad:
+            raise ValueError(f"not a region key (32 lowercase hex characters): {bad[0]!r}")
+        if not keys:
+            return {}
+        self._require(name)
+        rows = self._loaded_call(
+            name, self.client.query, name, filter="key in [" + ", ".join(quote_filter_value(k) for k in keys) + "]",
+            output_fields=list(OUTPUT_FIELDS), consistency_level=self.consistency_level,
+        )
+        hits = (self._hit({"entity": row, "distance": float("nan")}) for row in rows)
+        return {hit.key: hit for hit in hits}
 
     def verify(self, name: str, expected: int) -> int:
         """Check that ``name`` holds exactly ``expected`` rows; raises :class:`CountMismatchError`."""

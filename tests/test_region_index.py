@@ -225,6 +225,28 @@ def test_a_changed_vector_replaces_the_old_one(index):
 
 
 @pytest.mark.integration
+def test_rows_are_fetched_by_key_and_counted_by_filter(index):
+    name, rows = filled(index)
+    index.upsert(name, make_rows(12, seed=5, model_version="m2", prefix="new"))
+    assert index.count(name) == N_ROWS + 12
+    assert index.count(name, model_version="m1") == N_ROWS
+    assert index.count(name, model_version="m2") == 12
+    assert index.count(name, model_version="m3") == 0
+    assert index.count(name, anatomy="heart", model_version="m1") == sum(r.anatomy_id == 9 for r in rows)
+
+    wanted = [rows[3].key, rows[200].key, "0" * 32]  # the last one was never written
+    found = index.get(name, wanted + [rows[3].key])
+    assert set(found) == {rows[3].key, rows[200].key}
+    got = found[rows[200].key]
+    assert (got.image_id, got.anatomy_id, got.box, got.view) == (rows[200].image_id, rows[200].anatomy_id,
+                                                                 rows[200].box, rows[200].view)
+    assert index.get(name, []) == {}
+    for bad in ('" or key != "', "0" * 31, "G" * 32, 7):
+        with pytest.raises(ValueError, match="not a region key"):
+            index.get(name, [bad])
+
+
+@pytest.mark.integration
 def test_filtered_search_returns_the_region_asked_for_and_the_exact_match_first(index):
     name, rows = filled(index)
     queries = [rows[i] for i in (0, 7, 28, 100, 299)]
@@ -381,3 +403,12 @@ def test_a_lite_file_held_by_another_process_is_a_clear_error(tmp_path):
         except subprocess.TimeoutExpired:
             holder.kill()
             holder.wait()
+
+
+@pytest.mark.integration
+def test_a_lite_file_in_a_folder_not_yet_made_is_created(tmp_path):
+    path = tmp_path / "new" / "nested" / "regions.db"
+    with RegionIndex(str(path)) as index:
+        name, _ = filled(index, make_rows(12))
+        assert index.count(name) == 12
+    assert path.exists()
