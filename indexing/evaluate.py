@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from typing import Sequence
 
@@ -94,7 +95,6 @@ def _evaluate(index, data, model_dir, contract, records, report_dir, collection,
     y_true = np.asarray([position[a] for a in truth])
     y_pred = np.asarray([position[int(a)] for a in queries["predicted_anatomy_id"]])
     classification = classification_report(y_true, y_pred, names)
-    os.makedirs(report_dir, exist_ok=True) if "://" not in report_dir else None
     per_anatomy = {}
     for name, entry in retrieval["per_anatomy"].items():
         per_anatomy[name] = {"queries": entry["num_queries"],
@@ -111,12 +111,18 @@ def _evaluate(index, data, model_dir, contract, records, report_dir, collection,
         "seconds": round(time.perf_counter() - started, 1),
     }
     matrix = confusion_matrix(y_true, y_pred, len(names))
-    cm_path = plot_confusion_matrix(matrix, names, os.path.join(report_dir, "confusion_matrix.png"),
-                                    title=f"Anatomy classification of {len(truth)} {query_split} regions "
-                                          f"(accuracy {metrics['accuracy']:.1%})")
-    examples_path = os.path.join(report_dir, "retrieval_examples.png")
-    _draw_examples(queries, truth, hits, retrieval, examples, examples_path, contract.crop_config, s3)
-    metrics["pictures"] = {"confusion_matrix": str(cm_path), "retrieval_examples": examples_path}
+    with tempfile.TemporaryDirectory(prefix="regionmir-report-") as scratch:  # pictures are drawn locally,
+        cm_local, examples_local = os.path.join(scratch, "cm.png"), os.path.join(scratch, "examples.png")
+        plot_confusion_matrix(matrix, names, cm_local,
+                              title=f"Anatomy classification of {len(truth)} {query_split} regions "
+                                    f"(accuracy {metrics['accuracy']:.1%})")
+        _draw_examples(queries, truth, hits, retrieval, examples, examples_local, contract.crop_config, s3)
+        metrics["pictures"] = {}
+        for name, local in (("confusion_matrix", cm_local), ("retrieval_examples", examples_local)):
+            target = storage.join(report_dir, f"{name}.png")  # then copied to the report folder, local or s3://
+            with open(local, "rb") as f:
+                storage.write_bytes(target, f.read(), s3)
+            metrics["pictures"][name] = target
     storage.write_text(storage.join(report_dir, "metrics.json"), json.dumps(metrics, indent=1), s3)
     storage.write_text(storage.join(report_dir, "report.md"), markdown_report(metrics), s3)
     return metrics
