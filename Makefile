@@ -26,7 +26,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 demo: $(STAMP)
-	$(PY) -m training.demo --out $(DEMO_OUT)
+	$(PY) -m indexing.demo --out $(DEMO_OUT)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

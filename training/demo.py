@@ -7,7 +7,7 @@
 3. the fine-tuned model on the test split: overall accuracy, the worst regions, and a
    confusion-matrix picture.
 
-Indexing and serving join as later stages land.
+``python -m indexing.demo`` (``make demo``) goes on to index and evaluate.
 """
 
 from __future__ import annotations
@@ -64,8 +64,7 @@ def train_and_test(data: str, out: str, pretrain_epochs: int, finetune_epochs: i
             "confusion_matrix": picture, "training_seconds": summary["seconds"]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo-output")
     parser.add_argument("--images", type=int, default=60)
     parser.add_argument("--size", type=int, default=256)
@@ -73,23 +72,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrain-epochs", type=int, default=2)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--objective", choices=("simclr", "supcon"), default="supcon")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
+
+
+def synthesise_and_train(args: argparse.Namespace) -> dict:
+    """Steps 1–3: pictures and phantom data, pretraining + fine-tuning, the test accuracy."""
     if os.path.exists(os.path.join(args.out, "training")):
         import shutil
 
         shutil.rmtree(os.path.join(args.out, "training"))  # a demo run always trains afresh
     pictures = run_demo(args.out, args.images, args.size, args.seed)
     trained = train_and_test(pictures["data"], args.out, args.pretrain_epochs, args.finetune_epochs, args.objective)
-    summary = {"films": pictures["films"], "splits": pictures["splits"], **trained,
-               "seconds": round(time.perf_counter() - started, 1)}
-    print(json.dumps(summary, indent=1, default=str))
+    return {"data": pictures["data"], "films": pictures["films"], "splits": pictures["splits"], **trained,
+            "pictures": {**pictures["pictures"], "confusion_matrix": trained["confusion_matrix"]}}
+
+
+def print_pictures(pictures: dict) -> None:
     print("\nPictures:")
-    for name, path in {**pictures["pictures"], "confusion_matrix": trained["confusion_matrix"]}.items():
-        print(f"  {name:16s} {os.path.abspath(path)}")
-    print(f"\nTest accuracy of the fine-tuned model: {trained['test_accuracy']:.2%} "
-          f"({trained['test_crops']} test crops, {len(pictures['splits'])} splits); "
-          f"demo finished in {summary['seconds']} s.")
+    for name, path in pictures.items():
+        print(f"  {name:20s} {os.path.abspath(path) if '://' not in str(path) else path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    summary = synthesise_and_train(args)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(summary, indent=1, default=str))
+    print_pictures(summary["pictures"])
+    print(f"\nTest accuracy of the fine-tuned model: {summary['test_accuracy']:.2%} "
+          f"({summary['test_crops']} test crops); demo finished in {summary['seconds']} s.")
     return 0
 
 
