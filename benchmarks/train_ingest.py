@@ -153,7 +153,11 @@ def _ray_loop(config: dict) -> None:
                                                   prefetch_batches=4):
                 yield batch["x"], batch["y"]
     rate = timed(batches(), stepper, config["warmup"], config["steps"])
-    ray.train.report({"crops_per_s": rate})
+    # Ray Train V2 hands back (Result.metrics) only metrics reported with a checkpoint.
+    with tempfile.TemporaryDirectory() as folder:
+        with open(os.path.join(folder, "rate.json"), "w") as f:
+            json.dump({"crops_per_s": rate}, f)
+        ray.train.report({"crops_per_s": rate}, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def ray_rate(dataset, crop: CropConfig, args, storage: str) -> float:
@@ -174,6 +178,8 @@ def ray_rate(dataset, crop: CropConfig, args, storage: str) -> float:
     result = trainer.fit()
     if result.error:
         raise result.error
+    if not result.metrics:
+        raise RuntimeError(f"the Ray Train run reported no rate (result: {result})")
     return float(result.metrics["crops_per_s"])
 
 
