@@ -8,7 +8,8 @@ Measured side by side in one run:
   the encoder actor, and the driver upserting into milvus-lite — in steady state (from its first
   written batch; ``index_rois_per_s_total`` includes Ray start-up) and ``ratio_to_encoder``;
 * ``search``: per backend (milvus-lite file, Milvus standalone server) and database size (10k,
-  100k rows), single-query latency p50/p99 (k=10, HNSW M=16 efConstruction=200, ef=64) and
+  100k rows) and HNSW search list size (``--ef``, default the service's and 512), single-query
+  latency p50/p99 (k=10, HNSW M=16 efConstruction=200) and
   ``recall_at_10`` against exact NumPy search. The vectors are synthetic: 29 anatomy clusters on
   the unit sphere with spread like the fine-tuned embeddings', not random noise (uniform random
   128-d vectors have no neighbourhood structure for any index to use).
@@ -32,6 +33,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from indexing.region_index import DEFAULT_SEARCH_EF  # noqa: E402
 from regionmir.anatomy import ANATOMY_NAMES, STANDARD_29_IDS  # noqa: E402
 from regionmir.dataset import open_dataset  # noqa: E402
 from regionmir.encoder import RegionEncoder, load_preset  # noqa: E402
@@ -79,7 +81,8 @@ def clustered_vectors(n: int, dim: int, rng: np.random.Generator, spread: float 
     return vectors.astype(np.float32), np.asarray(STANDARD_29_IDS)[labels]
 
 
-def search_level(backend: str, uri: str, n: int, dim: int, queries: int, rng: np.random.Generator) -> dict:
+def search_levels(backend: str, uri: str, n: int, dim: int, queries: int, efs: list[int],
+                  rng: np.random.Generator, consistency: str = "Bounded") -> list[dict]:
     from indexing.region_index import RegionIndex, RegionRow
 
     database, anatomy_ids = clustered_vectors(n, dim, rng)
@@ -97,29 +100,42 @@ def search_level(backend: str, uri: str, n: int, dim: int, queries: int, rng: np
                                       study_hash="", model_version="bench", vector=database[i])
                             for i in range(start, min(n, start + chunk))])
     index.flush(name)
-    index.verify(name, n)
+    index.verify(name, n)  # counted with Strong consistency
     insert_s = time.perf_counter() - started
+    # Searched at the service's level: "Strong" makes a Milvus server wait for its next time tick
+    # (~200 ms) on every search.
+    index.consistency_level = consistency
     exact, _ = exact_knn(probes, database, 10)
-    latencies, recalls = [], []
     index.search(name, probes[:1], 10)  # warm-up (load)
-    for q in range(queries):
-        t0 = time.perf_counter()
-        hits = index.search(name, probes[q:q + 1], 10)[0]
-        latencies.append((time.perf_counter() - t0) * 1000)
-        found = {int(h.image_id.split("-")[1]) for h in hits}
-        recalls.append(len(found & set(exact[q].tolist())) / 10)
+    levels = []
+    for ef in efs:
+        latencies, recalls = [], []
+        for q in range(queries):
+            t0 = time.perf_counter()
+            hits = index.search(name, probes[q:q + 1], 10, ef=ef)[0]
+            latencies.append((time.perf_counter() - t0) * 1000)
+            found = {int(h.image_id.split("-")[1]) for h in hits}
+            recalls.append(len(found & set(exact[q].tolist())) / 10)
+        levels.append({"backend": backend, "vectors": n, "ef": ef, "consistency": consistency,
+                       "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+                       "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+                       "recall_at_10": round(float(np.mean(recalls)), 4),
+                       "insert_rows_per_s": round(n / insert_s, 1), "queries": queries})
     index.drop(name)
     index.close()
-    return {"backend": backend, "vectors": n, "p50_ms": round(float(np.percentile(latencies, 50)), 2),
-            "p99_ms": round(float(np.percentile(latencies, 99)), 2), "recall_at_10": round(float(np.mean(recalls)), 4),
-            "insert_rows_per_s": round(n / insert_s, 1), "queries": queries}
+    return levels
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--films", type=int, default=200, help="phantom films for the indexing measurement")
     parser.add_argument("--sizes", default="10000,100000")
-    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--ef", default=f"{DEFAULT_SEARCH_EF},512",
+                        help="HNSW search list sizes to measure (the service's default first)")
+    parser.add_argument("--skip-index", action="store_true", help="search levels only")
+    parser.add_argument("--consistency", default="Bounded", choices=("Strong", "Bounded", "Eventually"),
+                        help="consistency level of the timed searches (the service uses Bounded)")
     parser.add_argument("--backends", default="milvus-lite,milvus-standalone")
     args = parser.parse_args()
     from indexing.build import index_data
@@ -128,22 +144,26 @@ def main() -> int:
 
     work = tempfile.mkdtemp(prefix="regionmir-index-bench-")
     data = os.path.join(work, "data")
-    print(f"[bench] synthesising {args.films} phantom films into {data}", flush=True)
-    write_phantom_dataset(data, images=args.films, size=256, seed=0, progress=False)
-    model_dir = make_model(os.path.join(work, "model"))
-    encoder_rois_per_s, rois = encoder_rate(data, model_dir)
-    print(f"[bench] encoder alone: {encoder_rois_per_s:.0f} ROIs/s over {rois} ROIs", flush=True)
-    summary = index_data(data, model_dir, os.path.join(work, "index.db"), collection="regions")
-    result: dict = {
-        "index_rois_per_s": summary["rows_per_s_steady"], "index_rois_per_s_total": summary["rows_per_s"],
-        "encoder_rois_per_s": round(encoder_rois_per_s, 1),
-        "ratio_to_encoder": round(summary["rows_per_s_steady"] / encoder_rois_per_s, 3),
-        "index_rows": summary["rows"], "search": [],
-    }
-    print(f"[bench] regionmir index: {summary['rows_per_s_steady']} ROIs/s steady, {summary['rows_per_s']} with "
-          f"start-up; ratio to the encoder {result['ratio_to_encoder']}", flush=True)
+    if not args.skip_index:
+        print(f"[bench] synthesising {args.films} phantom films into {data}", flush=True)
+        write_phantom_dataset(data, images=args.films, size=256, seed=0, progress=False)
+    result: dict = {"search": []}
+    if not args.skip_index:
+        model_dir = make_model(os.path.join(work, "model"))
+        encoder_rois_per_s, rois = encoder_rate(data, model_dir)
+        print(f"[bench] encoder alone: {encoder_rois_per_s:.0f} ROIs/s over {rois} ROIs", flush=True)
+        summary = index_data(data, model_dir, os.path.join(work, "index.db"), collection="regions")
+        result.update({
+            "index_rois_per_s": summary["rows_per_s_steady"], "index_rois_per_s_total": summary["rows_per_s"],
+            "encoder_rois_per_s": round(encoder_rois_per_s, 1),
+            "ratio_to_encoder": round(summary["rows_per_s_steady"] / encoder_rois_per_s, 3),
+            "index_rows": summary["rows"],
+        })
+        print(f"[bench] regionmir index: {summary['rows_per_s_steady']} ROIs/s steady, {summary['rows_per_s']} "
+              f"with start-up; ratio to the encoder {result['ratio_to_encoder']}", flush=True)
     rng = np.random.default_rng(0)
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    efs = [int(e) for e in args.ef.split(",") if e]
     for backend in args.backends.split(","):
         server = None
         if backend == "milvus-lite":
@@ -160,10 +180,11 @@ def main() -> int:
             raise SystemExit(f"unknown backend {backend}")
         try:
             for n in sizes:
-                level = search_level(backend, uri, n, 128, args.queries, rng)
-                print(f"[bench] {backend} {n} vectors: p50 {level['p50_ms']} ms, p99 {level['p99_ms']} ms, "
-                      f"recall@10 {level['recall_at_10']}", flush=True)
-                result["search"].append(level)
+                for level in search_levels(backend, uri, n, 128, args.queries, efs, rng, args.consistency):
+                    print(f"[bench] {backend} {n} vectors, ef {level['ef']}: p50 {level['p50_ms']} ms, "
+                          f"p99 {level['p99_ms']} ms, recall@10 {level['recall_at_10']} "
+                          f"(inserted at {level['insert_rows_per_s']} rows/s)", flush=True)
+                    result["search"].append(level)
         finally:
             if server is not None:
                 server.stop()
