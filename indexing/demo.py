@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     trained = synthesise_and_train(args)
     indexed = index_and_evaluate(trained["data"], trained["model"], args.out, args.milvus)
-    pictures = {**trained.pop("pictures"), **indexed.pop("pictures")}
+    pictures = {**trained.pop("pictures"), **{f"report_{k}": v for k, v in indexed.pop("pictures").items()}}
     summary = {**trained, **indexed, "seconds": round(time.perf_counter() - started, 1)}
     print(json.dumps(summary, indent=1, default=str))
     print_pictures(pictures)
