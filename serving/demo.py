@@ -1,0 +1,129 @@
+"""A small, self-contained service to try (and test) without training anything:
+
+    python -m serving.demo --out DIR [--images 10] [--size 160] [--seed 3] [--model MODEL_DIR]
+
+writes phantom films (``DIR/data``), an encoder (``DIR/model``: the given model, or a randomly
+initialised ``resnet10-cpu`` — its embeddings and classifier mean nothing, but every code path
+runs), the anatomy atlas learned from the training films beside it (``DIR/model/atlas.json``) and a
+milvus-lite index of every region of the training films (``DIR/regions.db``, alias ``regions``),
+embedded in this process without Ray. Then::
+
+    regionmir serve --model DIR/model --milvus DIR/regions.db
+
+It runs as its own process on purpose: milvus-lite locks the ``.db`` file for the life of the
+process that opened it, and the service's search replica must be the only one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def build_demo(out: str, images: int = 10, size: int = 160, seed: int = 3, model: str | None = None,
+               data: str | None = None) -> dict:
+    import numpy as np
+    import torch
+
+    from indexing.region_index import RegionIndex, RegionRow
+    from regionmir.anatomy import ANATOMY_NAMES, STANDARD_29_IDS
+    from regionmir.anatomy_atlas import AnatomyAtlas
+    from regionmir.dataset import open_dataset
+    from regionmir.encoder import RegionEncoder, load_preset
+    from regionmir.image_reader import read_image
+    from regionmir.model_contract import ModelContract, load_model, save_model
+    from regionmir.roi_crop import roi_crops
+    from regionmir.synth.dataset_writer import write_phantom_dataset
+
+    started = time.perf_counter()
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    data_dir = data or str(root / "data")
+    if data is None and not (root / "data" / "synth_info.json").exists():
+        write_phantom_dataset(data_dir, images=images, size=size, seed=seed, progress=False)
+    model_dir = model or str(root / "model")
+    if model is None and not (root / "model" / "contract.json").exists():
+        torch.manual_seed(seed)
+        config = load_preset("resnet10-cpu")
+        contract = ModelContract(stage="finetune", encoder=config.to_dict(), class_anatomy_ids=tuple(STANDARD_29_IDS),
+                                 crop={"size": config.crop_size, "margin": 0.15}, training={"demo": "random init"})
+        save_model(model_dir, RegionEncoder(config), contract)
+    encoder, contract = load_model(model_dir)
+    encoder.eval()
+    wanted = set(contract.class_anatomy_ids)
+
+    records = list(open_dataset(data_dir).iter_images(split="train"))
+    atlas = AnatomyAtlas.fit_records(records, source=f"train split of {data_dir}")
+    atlas_path = atlas.save(model_dir)
+
+    db = str(root / "regions.db")
+    index = RegionIndex(db)
+    collection = "regions_demo"
+    index.create_collection(collection, contract.encoder_config.embedding_dim, exist_ok=True)
+    rows = []
+    for record in records:
+        pixels = read_image(record.image_uri).pixels
+        regions = [r for r in record.regions if r.anatomy_id in wanted]
+        crops = roi_crops(pixels, [r.box for r in regions], contract.crop_config)
+        with torch.inference_mode():
+            vectors = encoder(torch.from_numpy(crops)[:, None], heads=("embedding",))["embedding"].numpy()
+        for region, vector in zip(regions, vectors):
+            rows.append(RegionRow(image_id=record.image_id, anatomy_id=region.anatomy_id,
+                                  anatomy=ANATOMY_NAMES[region.anatomy_id], image_uri=record.image_uri,
+                                  box=tuple(region.box.as_list()), view=record.view or "PA", split=record.split,
+                                  patient_hash=record.patient_hash, study_hash=record.study_hash,
+                                  model_version=contract.version_id, vector=np.asarray(vector, np.float32)))
+    index.upsert(collection, rows)
+    index.flush(collection)
+    index.verify(collection, len(rows))
+    index.point_alias("regions", collection)
+    index.close()
+    films = [r.image_uri for r in open_dataset(data_dir).iter_images() if r.split != "train"]
+    return {"data": data_dir, "model": model_dir, "atlas": atlas_path, "milvus": db, "collection": "regions",
+            "rows": len(rows), "train_films": len(records), "query_films": films,
+            "model_version": contract.version_id, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def build_demo_subprocess(out: str, **kw) -> dict:
+    """:func:`build_demo` in a child process (so this process never locks the ``.db`` file)."""
+    import subprocess
+
+    args = [sys.executable, "-m", "serving.demo", "--out", str(out), "--json"]
+    for key, value in kw.items():
+        if value is not None:
+            args += [f"--{key}", str(value)]
+    env = dict(os.environ)
+    project = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = project + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=project, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"serving.demo failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m serving.demo", description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--images", type=int, default=10)
+    p.add_argument("--size", type=int, default=160)
+    p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--model", help="serve this trained model instead of a random one")
+    p.add_argument("--data", help="index this data set instead of writing phantoms")
+    p.add_argument("--json", action="store_true", help="print only the summary as one JSON line")
+    args = p.parse_args(argv)
+    summary = build_demo(args.out, images=args.images, size=args.size, seed=args.seed, model=args.model,
+                         data=args.data)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(json.dumps(summary, indent=1))
+        print(f"\nnow: regionmir serve --model {summary['model']} --milvus {summary['milvus']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

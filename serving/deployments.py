@@ -1,0 +1,325 @@
+"""The Ray Serve application: an encoder, a search deployment and a FastAPI ingress.
+
+* ``encoder`` (:class:`EncoderDeployment`): loads the model once per replica (on a GPU when the
+  replica has one) and merges concurrent requests with ``@serve.batch`` into one forward pass;
+  autoscaled on ongoing requests.
+* ``search`` (:class:`SearchDeployment`): owns the :class:`~indexing.region_index.RegionIndex`.
+  A milvus-lite ``.db`` file may be opened by one process only, so for a file it runs exactly one
+  replica; against a Milvus server (``http://``) it autoscales like the others.
+* ``ingress`` (:class:`QueryIngress`): the HTTP API of :mod:`serving.api`; decodes uploads, crops,
+  localises with the atlas, calls the other two through their handles.
+
+:func:`build_app` turns :class:`~serving.config.ServeSettings` into the bound application;
+:func:`start_service` starts (or joins) Ray, Serve's HTTP proxy and the application, and waits until
+``/readyz`` answers 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from regionmir.anatomy_atlas import AnatomyAtlas, AtlasError
+from regionmir.model_contract import ModelContract, read_contract
+from regionmir.storage import S3Options
+
+from .config import ServeSettings
+from .metrics import get_metrics
+from .runtime import EncoderRuntime, SearchRuntime
+
+log = logging.getLogger("ray.serve")
+
+ENCODER = "encoder"
+SEARCH = "search"
+INGRESS = "ingress"
+
+#: Environment variables handed to every replica (object storage, Milvus token, id salt), so a
+#: remote cluster's replicas reach what the command line could reach.
+FORWARDED_ENV = ("REGIONMIR_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                 "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
+                 "REGIONMIR_S3_PATH_STYLE", "REGIONMIR_S3_ANON", "MILVUS_TOKEN", "REGIONMIR_ID_SALT")
+
+
+@serve.deployment(name=ENCODER)
+class EncoderDeployment:
+    """The encoder: crop stacks → embeddings and class probabilities, batched across requests."""
+
+    def __init__(self, model_dir: str, settings: dict):
+        enc = settings["encoder"]
+        self.runtime = EncoderRuntime(model_dir, threads=enc.get("torch_threads") or None)
+        self.crop_size = self.runtime.crop_size
+        self._batched.set_max_batch_size(int(enc["max_batch_size"]))
+        self._batched.set_batch_wait_timeout_s(float(enc["batch_wait_timeout_ms"]) / 1000.0)
+        self.metrics = get_metrics()
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def _batched(self, stacks: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        sizes = [int(s.shape[0]) for s in stacks]
+        merged = np.concatenate(stacks, axis=0)
+        out = await asyncio.to_thread(self.runtime.forward, merged)  # keeps the loop free for health checks
+        self.metrics.batch_size.observe(len(stacks))
+        self.metrics.batch_crops.observe(int(merged.shape[0]))
+        results, start = [], 0
+        for n in sizes:
+            results.append({"embeddings": out["embeddings"][start:start + n],
+                            "probabilities": out["probabilities"][start:start + n]})
+            start += n
+        return results
+
+    async def embed(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        crops = np.asarray(crops, dtype=np.float32)
+        if crops.ndim != 3 or crops.shape[1:] != (self.crop_size, self.crop_size) or crops.shape[0] < 1:
+            raise ValueError(f"expected crops (N>=1, {self.crop_size}, {self.crop_size}), got {crops.shape}")
+        return await self._batched(crops)
+
+    def info(self) -> dict[str, Any]:
+        return self.runtime.info()
+
+
+@serve.deployment(name=SEARCH)
+class SearchDeployment:
+    """The index: searches, look-ups by key, row counts (and the rows gauge)."""
+
+    def __init__(self, settings: dict, model_version: str):
+        search = settings["search"]
+        self.runtime = SearchRuntime(settings["milvus"], settings["collection"], model_version,
+                                     consistency_level=search["consistency_level"], search_ef=search["search_ef"])
+        self.metrics = get_metrics()
+        self._last_gauge = 0.0
+        self._update_gauge()
+
+    def _update_gauge(self) -> dict[str, Any]:
+        status = self.runtime.status()
+        self.metrics.index_rows.set(status["rows"], tags={"scope": "collection"})
+        self.metrics.index_rows.set(status["model_rows"], tags={"scope": "model"})
+        self._last_gauge = time.monotonic()
+        return status
+
+    def search(self, vector: np.ndarray, k: int, anatomy: int | None, view: str | None) -> list[dict]:
+        hits = self.runtime.search(vector, k, anatomy, view)
+        if time.monotonic() - self._last_gauge > 30:
+            try:
+                self._update_gauge()
+            except Exception:  # the gauge never fails a search
+                pass
+        return hits
+
+    def get(self, keys: list[str]) -> dict[str, dict]:
+        return self.runtime.get(keys)
+
+    def status(self) -> dict[str, Any]:
+        return self._update_gauge()
+
+    def check_health(self) -> None:
+        # Serve restarts a replica whose index connection is gone (raises when unreachable).
+        self.runtime.index.count(self.runtime.collection)
+
+
+class RayBackend:
+    """The backend of :func:`serving.api.create_app` over deployment handles."""
+
+    def __init__(self, encoder: DeploymentHandle, search: DeploymentHandle):
+        self.encoder = encoder
+        self.search_handle = search
+
+    async def embed(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        return await self.encoder.embed.remote(crops)
+
+    async def search(self, vector: np.ndarray, k: int, anatomy: int | None, view: str | None) -> list[dict]:
+        return await self.search_handle.search.remote(np.asarray(vector, dtype=np.float32), k, anatomy, view)
+
+    async def get_rows(self, keys: list[str]) -> dict[str, dict]:
+        return await self.search_handle.get.remote(list(keys))
+
+    async def index_status(self) -> dict[str, Any]:
+        return await self.search_handle.status.remote()
+
+    async def encoder_status(self) -> dict[str, Any]:
+        return await self.encoder.info.remote()
+
+
+@serve.deployment(name=INGRESS)
+@serve.ingress()
+class QueryIngress:
+    """The HTTP front door (FastAPI, built per replica by ``__serve_build_asgi_app__``)."""
+
+    def __init__(self, settings: dict, contract_json: str, atlas_json: str | None,
+                 encoder: DeploymentHandle | None = None, search: DeploymentHandle | None = None,
+                 backend_app: str | None = None):
+        if backend_app:  # an extra front door onto another application's encoder and index
+            encoder = serve.get_deployment_handle(ENCODER, app_name=backend_app)
+            search = serve.get_deployment_handle(SEARCH, app_name=backend_app)
+        assert encoder is not None and search is not None
+        self.settings = ServeSettings.from_dict(settings, "deployment settings")
+        self.contract = ModelContract.from_json(contract_json)
+        self.atlas = AnatomyAtlas.from_json(atlas_json) if atlas_json else None
+        self.backend = RayBackend(encoder, search)
+
+    def __serve_build_asgi_app__(self):
+        from .api import create_app
+
+        return create_app(self.settings, self.backend, self.contract, self.atlas)
+
+
+# ------------------------------------------------------------------------------------ building
+
+
+def resolve_gpus(value: float | str) -> float:
+    """GPUs per encoder replica: ``"auto"`` → 1 when the cluster has a GPU, else 0."""
+    if value == "auto":
+        import ray
+
+        return 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    return float(value)
+
+
+def _scaling(d: Any) -> dict[str, Any]:
+    """Deployment options for replica counts: fixed when min == max, else an autoscaling config."""
+    if d.min_replicas == d.max_replicas:
+        return {"num_replicas": d.max_replicas}
+    config = {"min_replicas": d.min_replicas, "max_replicas": d.max_replicas,
+              "target_ongoing_requests": d.target_ongoing_requests,
+              "upscale_delay_s": d.upscale_delay_s, "downscale_delay_s": d.downscale_delay_s}
+    if d.initial_replicas is not None:
+        config["initial_replicas"] = d.initial_replicas
+    return {"autoscaling_config": config}
+
+
+def _actor_options(num_cpus: float, num_gpus: float = 0.0) -> dict[str, Any]:
+    options: dict[str, Any] = {"num_cpus": num_cpus}
+    if num_gpus:
+        options["num_gpus"] = num_gpus
+    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    if env:
+        options["runtime_env"] = {"env_vars": env}
+    return options
+
+
+def load_atlas(settings: ServeSettings, model_dir: str) -> AnatomyAtlas | None:
+    """The atlas of ``atlas.path``, else ``MODEL/atlas.json``; ``None`` (with a warning) when there is none."""
+    s3 = S3Options.from_env()
+    where = settings.atlas.path or model_dir
+    try:
+        return AnatomyAtlas.load(where, s3)
+    except AtlasError as exc:
+        if settings.atlas.path:
+            raise
+        log.warning("no anatomy atlas (%s): anatomy-only queries will be refused; draw boxes", exc)
+        return None
+
+
+def build_app(settings: ServeSettings, *, atlas: AnatomyAtlas | None = None, backend_app: str | None = None):
+    """The bound Serve application for ``settings`` (validated here).
+
+    ``atlas``: use this one instead of loading ``atlas.path`` / ``MODEL/atlas.json``.
+    ``backend_app``: build only an ingress that uses the encoder and search deployments of that
+    (already running) application — a second front door with other settings (e.g. another API key).
+    """
+    settings.validate()
+    model_dir, contract = read_contract(settings.model, S3Options.from_env())
+    if atlas is None:
+        atlas = load_atlas(settings, model_dir)
+    data = settings.to_dict()
+    atlas_json = atlas.to_json() if atlas is not None else None
+    ingress_opts = dict(max_ongoing_requests=settings.ingress.max_ongoing_requests,
+                        ray_actor_options=_actor_options(settings.ingress.num_cpus), **_scaling(settings.ingress))
+    if backend_app:
+        return QueryIngress.options(**ingress_opts).bind(data, contract.to_json(), atlas_json, None, None, backend_app)
+
+    enc = settings.encoder
+    gpus = resolve_gpus(enc.gpus_per_replica)
+    encoder = EncoderDeployment.options(
+        max_ongoing_requests=enc.max_ongoing_requests, ray_actor_options=_actor_options(enc.num_cpus, gpus),
+        **_scaling(enc)).bind(model_dir, data)
+
+    sch = settings.search
+    if settings.index_is_file:
+        if sch.max_replicas != 1 or sch.min_replicas != 1:
+            log.info("search: a milvus-lite file allows one process: running exactly 1 replica")
+        search_scaling: dict[str, Any] = {"num_replicas": 1}
+    else:
+        search_scaling = _scaling(sch)
+    search = SearchDeployment.options(
+        max_ongoing_requests=sch.max_ongoing_requests, ray_actor_options=_actor_options(sch.num_cpus),
+        **search_scaling).bind(data, contract.version_id)
+    return QueryIngress.options(**ingress_opts).bind(data, contract.to_json(), atlas_json, encoder, search)
+
+
+def init_ray(settings: ServeSettings) -> None:
+    """Join ``ray.address`` / ``$RAY_ADDRESS``, or start a local Ray sized by ``ray.*``."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local clusters; real ones configure auth
+    # On a small, busy machine the raylet gives up when the node's metrics agent is slow to come
+    # up; workers prestarted at the same moment (one per logical CPU) make that likely. Serve starts
+    # the workers it needs anyway.
+    os.environ.setdefault("RAY_enable_worker_prestart", "0")
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")
+    address = settings.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False,
+                              "object_store_memory": settings.ray.object_store_mb * 1024 * 1024,
+                              "log_to_driver": False, "logging_level": "WARNING"}
+    if settings.ray.num_cpus:
+        kwargs["num_cpus"] = settings.ray.num_cpus
+    if settings.ray.metrics_export_port:
+        kwargs["_metrics_export_port"] = settings.ray.metrics_export_port
+    attempts = 4
+    for attempt in range(attempts):
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as exc:  # a node start-up that timed out on an overloaded machine: try again
+            if attempt == attempts - 1 or "timed out" not in str(exc).lower():
+                raise
+            log.warning("local Ray did not start (%s); retrying", exc)
+            ray.shutdown()
+            time.sleep(5)
+
+
+def start_service(settings: ServeSettings, *, atlas: AnatomyAtlas | None = None, ready_timeout_s: float = 300.0,
+                  backend_app: str | None = None, route_prefix: str | None = None,
+                  app_name: str | None = None) -> str:
+    """Start Ray (if needed), Serve's HTTP proxy on ``http.host:http.port`` and the application;
+    wait until its ``/readyz`` answers 200. Returns the base URL."""
+    init_ray(settings)
+    serve.start(http_options={"host": settings.http.host, "port": settings.http.port})
+    prefix = route_prefix or settings.http.route_prefix
+    app = build_app(settings, atlas=atlas, backend_app=backend_app)
+    serve.run(app, name=app_name or settings.app_name, route_prefix=prefix, blocking=False)
+    host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::", "") else settings.http.host
+    base = f"http://{host}:{settings.http.port}{prefix.rstrip('/')}"
+    wait_ready(base, ready_timeout_s)
+    return base
+
+
+def wait_ready(base: str, timeout_s: float) -> dict[str, Any]:
+    """Poll ``base/readyz`` until 200; raises ``TimeoutError`` with the last answer."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=10) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            last = exc.read().decode(errors="replace")[:500]
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise TimeoutError(f"{base}/readyz not ready after {timeout_s:.0f} s; last answer: {last}")

@@ -1,0 +1,158 @@
+"""What the deployments hold, as plain classes (no Ray): the loaded encoder and the index connection.
+
+:class:`EncoderRuntime` loads the model once and turns crop stacks into embeddings and anatomy
+probabilities; :class:`SearchRuntime` owns the :class:`~indexing.region_index.RegionIndex` and
+answers searches, look-ups by key and its own status. The Ray Serve deployments
+(:mod:`serving.deployments`) wrap them; :class:`LocalBackend` calls them in-process (tests, a
+laptop without Ray).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from indexing.region_index import (
+    OUTPUT_FIELDS,
+    RegionHit,
+    RegionIndex,
+    quote_filter_value,
+)
+from regionmir.model_contract import load_model
+
+#: Row keys are 32 lowercase hex characters (:func:`indexing.region_index.row_key`).
+KEY_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+class EncoderRuntime:
+    """The encoder in eval mode on the best device: crops ``(N, S, S)`` → embeddings + probabilities."""
+
+    def __init__(self, model_dir: str, *, device: str | None = None, threads: int | None = None):
+        import torch
+
+        from regionmir.storage import S3Options
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        model, contract = load_model(model_dir, S3Options.from_env())
+        self.model = model.eval().to(self.device)
+        self.contract = contract
+        self.class_ids = np.asarray(contract.class_anatomy_ids, dtype=np.int64)
+        self.crop_size = contract.crop_config.size
+
+    def info(self) -> dict[str, Any]:
+        return {"model_version": self.contract.version_id, "device": str(self.device),
+                "crop_size": self.crop_size, "classes": int(self.class_ids.size),
+                "embedding_dim": int(self.contract.encoder_config.embedding_dim)}
+
+    def forward(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        """``crops`` float32 ``(N, S, S)`` in [0, 1] → ``embeddings`` ``(N, D)`` (L2-normalised) and
+        ``probabilities`` ``(N, C)`` over :attr:`class_ids`."""
+        import torch
+
+        crops = np.ascontiguousarray(crops, dtype=np.float32)
+        if crops.ndim != 3 or crops.shape[1:] != (self.crop_size, self.crop_size):
+            raise ValueError(f"expected crops (N, {self.crop_size}, {self.crop_size}), got {crops.shape}")
+        if crops.shape[0] == 0:
+            dim = int(self.contract.encoder_config.embedding_dim)
+            return {"embeddings": np.zeros((0, dim), np.float32),
+                    "probabilities": np.zeros((0, self.class_ids.size), np.float32)}
+        x = torch.from_numpy(crops)[:, None].to(self.device)
+        with torch.inference_mode():
+            out = self.model(x, heads=("embedding", "logits"))
+            probabilities = torch.softmax(out["logits"].float(), dim=1)
+        return {"embeddings": out["embedding"].float().cpu().numpy(),
+                "probabilities": probabilities.cpu().numpy().astype(np.float32)}
+
+
+def hit_to_dict(hit: RegionHit) -> dict[str, Any]:
+    data = asdict(hit)
+    data["box"] = [float(v) for v in hit.box]
+    return data
+
+
+class SearchRuntime:
+    """The index connection of one process (a milvus-lite file may have only one)."""
+
+    def __init__(self, milvus_uri: str, collection: str, model_version: str, *,
+                 consistency_level: str = "Bounded", search_ef: int = 64):
+        self.index = RegionIndex(milvus_uri, consistency_level=consistency_level, search_ef=search_ef)
+        self.collection = collection
+        self.model_version = model_version
+
+    def search(self, vector: Sequence[float], k: int, anatomy: int | None = None,
+               view: str | None = None) -> list[dict[str, Any]]:
+        hits = self.index.search(self.collection, np.asarray(vector, dtype=np.float32), k=k, anatomy=anatomy,
+                                 view=view, model_version=self.model_version)
+        return [hit_to_dict(h) for h in hits[0]]
+
+    def get(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Rows by primary key (``key`` → row without the vector); unknown keys are left out.
+
+        ``RegionIndex`` has no look-up by key, so this queries through its client (keys are
+        checked against :data:`KEY_RE` first and quoted, never interpolated raw).
+        """
+        keys = [k for k in keys if isinstance(k, str) and KEY_RE.match(k)]
+        if not keys:
+            return {}
+        expression = "key in [" + ", ".join(quote_filter_value(k) for k in keys) + "]"
+        index = self.index
+        rows = index._loaded_call(self.collection, index.client.query, self.collection, filter=expression,
+                                  output_fields=list(OUTPUT_FIELDS), consistency_level=index.consistency_level)
+        out = {}
+        for row in rows:
+            out[str(row["key"])] = hit_to_dict(RegionIndex._hit({"entity": row, "distance": float("nan")}))
+        return out
+
+    def count_for_model(self) -> int:
+        index = self.index
+        result = index._loaded_call(
+            self.collection, index.client.query, self.collection,
+            filter=f"model_version == {quote_filter_value(self.model_version)}",
+            output_fields=["count(*)"], consistency_level=index.consistency_level)
+        return int(result[0]["count(*)"])
+
+    def status(self) -> dict[str, Any]:
+        """``rows`` in the collection, ``model_rows`` of the served model version; raises when unreachable."""
+        return {"collection": self.collection, "rows": self.index.count(self.collection),
+                "model_rows": self.count_for_model(), "model_version": self.model_version,
+                "uri": self.index.display_uri}
+
+    def close(self) -> None:
+        self.index.close()
+
+
+class LocalBackend:
+    """The backend interface of :func:`serving.api.create_app`, in-process (no Ray)."""
+
+    def __init__(self, encoder: EncoderRuntime, search: SearchRuntime):
+        self.encoder = encoder
+        self.search_runtime = search
+
+    async def embed(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        return await asyncio.to_thread(self.encoder.forward, crops)
+
+    async def search(self, vector: np.ndarray, k: int, anatomy: int | None, view: str | None) -> list[dict]:
+        return await asyncio.to_thread(self.search_runtime.search, vector, k, anatomy, view)
+
+    async def get_rows(self, keys: Sequence[str]) -> dict[str, dict]:
+        return await asyncio.to_thread(self.search_runtime.get, list(keys))
+
+    async def index_status(self) -> dict[str, Any]:
+        return await asyncio.to_thread(self.search_runtime.status)
+
+    async def encoder_status(self) -> dict[str, Any]:
+        return self.encoder.info()
+
+
+def monotonic_ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 2)
