@@ -269,6 +269,10 @@ def init_ray(settings: ServeSettings) -> None:
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
     os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")
+    # Likewise Serve's controller kills an HTTP proxy that is slow to answer its first checks
+    # (5 s by default) while `serve.start` waits for it; give a slow start more room.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+    os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
     address = settings.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
@@ -299,7 +303,16 @@ def start_service(settings: ServeSettings, *, atlas: AnatomyAtlas | None = None,
     """Start Ray (if needed), Serve's HTTP proxy on ``http.host:http.port`` and the application;
     wait until its ``/readyz`` answers 200. Returns the base URL."""
     init_ray(settings)
-    serve.start(http_options={"host": settings.http.host, "port": settings.http.port})
+    http_options = {"host": settings.http.host, "port": settings.http.port}
+    try:
+        serve.start(http_options=http_options)
+    except Exception as exc:  # the proxy was replaced while starting (a slow machine): the controller lives on
+        import ray
+
+        if not isinstance(exc, (ray.exceptions.ActorDiedError, TimeoutError)):
+            raise
+        log.warning("Serve's HTTP proxy restarted during start-up (%s); carrying on", type(exc).__name__)
+        serve.start(http_options=http_options)
     prefix = route_prefix or settings.http.route_prefix
     app = build_app(settings, atlas=atlas, backend_app=backend_app)
     serve.run(app, name=app_name or settings.app_name, route_prefix=prefix, blocking=False)
