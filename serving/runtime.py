@@ -18,12 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from indexing.region_index import (
-    OUTPUT_FIELDS,
-    RegionHit,
-    RegionIndex,
-    quote_filter_value,
-)
+from indexing.region_index import RegionHit, RegionIndex
 from regionmir.model_contract import load_model
 
 #: Row keys are 32 lowercase hex characters (:func:`indexing.region_index.row_key`).
@@ -96,30 +91,14 @@ class SearchRuntime:
         return [hit_to_dict(h) for h in hits[0]]
 
     def get(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Rows by primary key (``key`` → row without the vector); unknown keys are left out.
-
-        ``RegionIndex`` has no look-up by key, so this queries through its client (keys are
-        checked against :data:`KEY_RE` first and quoted, never interpolated raw).
-        """
+        """Rows by primary key (``key`` → row without the vector); unknown or malformed keys are left out."""
         keys = [k for k in keys if isinstance(k, str) and KEY_RE.match(k)]
         if not keys:
             return {}
-        expression = "key in [" + ", ".join(quote_filter_value(k) for k in keys) + "]"
-        index = self.index
-        rows = index._loaded_call(self.collection, index.client.query, self.collection, filter=expression,
-                                  output_fields=list(OUTPUT_FIELDS), consistency_level=index.consistency_level)
-        out = {}
-        for row in rows:
-            out[str(row["key"])] = hit_to_dict(RegionIndex._hit({"entity": row, "distance": float("nan")}))
-        return out
+        return {key: hit_to_dict(hit) for key, hit in self.index.get(self.collection, keys).items()}
 
     def count_for_model(self) -> int:
-        index = self.index
-        result = index._loaded_call(
-            self.collection, index.client.query, self.collection,
-            filter=f"model_version == {quote_filter_value(self.model_version)}",
-            output_fields=["count(*)"], consistency_level=index.consistency_level)
-        return int(result[0]["count(*)"])
+        return self.index.count(self.collection, model_version=self.model_version)
 
     def status(self) -> dict[str, Any]:
         """``rows`` in the collection, ``model_rows`` of the served model version; raises when unreachable."""
