@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test test-slow venv clean lint
+.PHONY: demo test test-slow venv clean lint system-deps
 
 venv: $(STAMP)
 
@@ -17,7 +17,15 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-test: $(STAMP)
+# Real servers the tests start: Chromium (the web-page test) and Prometheus, from Debian.
+system-deps:
+	@if ! command -v chromium >/dev/null || ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	  echo "installing Debian packages chromium prometheus"; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends chromium prometheus; \
+	fi
+
+test: $(STAMP) system-deps
 	$(VENV)/bin/lint-imports --config pyproject.toml
 	$(PY) -m pytest -q
 

@@ -16,7 +16,9 @@ import itertools
 import json
 import math
 import os
+import shutil
 import socket
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +87,13 @@ def test_grafana_dashboard_and_prometheus_alerts_parse():
     assert {"RegionMIRHighErrorRate", "RegionMIRHighP99Latency", "RegionMIRNoHealthyReplicas"} <= names
     for rule in rules:
         assert rule["expr"].strip() and rule["labels"]["severity"] and rule["annotations"]["summary"]
+    # Prometheus' own checker parses every PromQL expression (Debian package `prometheus`).
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: install the Debian package prometheus (make system-deps)"
+    checked = subprocess.run([promtool, "check", "rules", str(SERVING / "prometheus_alerts.yml")],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in checked.stdout
 
 
 # --------------------------------------------------------------------------------- the service
@@ -385,3 +394,49 @@ def test_metrics_reach_the_ray_metrics_endpoint(service):
         assert Path(record_image).stem not in ours  # no image ids in metric labels
     rows = [line for line in ours.splitlines() if line.startswith("ray_regionmir_serve_index_rows")]
     assert any(math.isclose(float(line.rsplit(" ", 1)[1]), service.demo["rows"]) for line in rows), rows
+
+
+@integration
+def test_a_prometheus_server_scrapes_the_search_latency_histogram(service, tmp_path):
+    """A real Prometheus (Debian package) scrapes Ray's metrics endpoint; PromQL sees the histogram."""
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus missing: install the Debian package prometheus (make system-deps)"
+    for _ in range(3):
+        _good_query(service)
+    port = _free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
+        "rule_files": [str(SERVING / "prometheus_alerts.yml")],
+        "scrape_configs": [{"job_name": "ray", "static_configs": [
+            {"targets": [f"127.0.0.1:{service.metrics_port}"]}]}],
+    }))
+    log = open(tmp_path / "prometheus.log", "w")
+    server = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                               f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    api = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        deadline, found, quantile = time.monotonic() + 150, [], []
+        while time.monotonic() < deadline and not (found and quantile):
+            assert server.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
+            try:
+                found = requests.get(f"{api}/query", timeout=5, params={
+                    "query": 'ray_regionmir_serve_latency_seconds_bucket{stage="search"}'}).json()["data"]["result"]
+                quantile = requests.get(f"{api}/query", timeout=5, params={
+                    "query": 'histogram_quantile(0.99, sum by (le, stage) '
+                             '(ray_regionmir_serve_latency_seconds_bucket{stage="total"}))'}).json()["data"]["result"]
+            except (requests.RequestException, KeyError, ValueError):
+                found, quantile = [], []
+            time.sleep(2)
+        assert found, "Prometheus never scraped the search latency histogram"
+        assert {series["metric"]["stage"] for series in found} == {"search"}
+        assert any(float(series["value"][1]) > 0 for series in found)  # queries were counted
+        assert quantile and float(quantile[0]["value"][1]) > 0  # a p99 of the total latency, in seconds
+        targets = requests.get(f"{api}/targets", timeout=5).json()["data"]["activeTargets"]
+        assert [t["health"] for t in targets] == ["up"]
+        rules = requests.get(f"{api}/rules", timeout=5).json()["data"]["groups"]
+        assert {r["name"] for g in rules for r in g["rules"]} >= {"RegionMIRHighErrorRate", "RegionMIRHighP99Latency"}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
