@@ -41,26 +41,36 @@ KS = (1, 5, 10)
 def evaluate(data: str, model: str, milvus: str, report_dir: str, collection: str = DEFAULT_ALIAS,
              query_split: str = "test", database_split: str | None = "train", k: int = 10,
              examples: int = 8, address: str | None = None, s3: S3Options | None = None,
-             max_bad_fraction: float = 0.05) -> dict:
+             max_bad_fraction: float = 0.05, localize_films: int = 10) -> dict:
+    """``localize_films``: how many query films to localise every region of, from the film alone,
+    as anatomy-only queries are (0: skip); their mean IoU is ``localization_miou``."""
     from training.roi_pipeline import list_images
 
+    from .localization_eval import localization_report, model_atlas
 
     started = time.perf_counter()
     s3 = s3 or S3Options.from_env()
     model_dir, contract = read_contract(model, s3)
-    records, _ = list_images(data, s3, (query_split,))
+    records, _ = list_images(data, s3, tuple(dict.fromkeys((query_split, "train"))))
     if not records[query_split]:
         raise DatasetError(data, f"no films in the query split {query_split!r}")
+    localization: dict = {}
+    if localize_films > 0:
+        atlas = model_atlas(model_dir, records["train"], s3, source=f"train split of {data}")
+        films = records[query_split][:localize_films]
+        print(f"[evaluate] localising every region of {len(films)} {query_split} films from the film alone "
+              f"(atlas of {atlas.images} films + the model's classifier)", flush=True)
+        localization = localization_report(atlas, films, model_dir, s3)
     index = RegionIndex(milvus)
     try:
         return _evaluate(index, data, model_dir, contract, records, report_dir, collection, query_split,
-                         database_split, k, examples, address, s3, max_bad_fraction, started)
+                         database_split, k, examples, address, s3, max_bad_fraction, started, localization)
     finally:
         index.close()  # also on failure: milvus-lite admits one open client per file
 
 
 def _evaluate(index, data, model_dir, contract, records, report_dir, collection, query_split, database_split, k,
-              examples, address, s3, max_bad_fraction, started) -> dict:
+              examples, address, s3, max_bad_fraction, started, localization) -> dict:
     from training.ray_runtime import start_ray
 
     from .roi_embedding import SkippedFilms, embedding_dataset
@@ -108,6 +118,7 @@ def _evaluate(index, data, model_dir, contract, records, report_dir, collection,
         "queries": int(len(truth)), "films_skipped": skipped.count, "database_rows": database_rows, "collection": collection,
         "database_split": database_split, "query_split": query_split, "model_version": contract.version_id,
         "search_ms_per_query_p50": round(float(np.median(latencies)), 3), "k": k,
+        **localization,
         "seconds": round(time.perf_counter() - started, 1),
     }
     matrix = confusion_matrix(y_true, y_pred, len(names))
@@ -162,6 +173,12 @@ def markdown_report(metrics: dict) -> str:
         accuracy = f"{e['accuracy']:.3f}" if e["accuracy"] is not None else "–"
         lines.append(f"| {name} | {e['queries']} | {accuracy} | {e['p@1']:.3f} | {e['p@10']:.3f} | "
                      f"{e['map@10']:.3f} | {e['mrr@10']:.3f} |")
+    if metrics.get("localization_miou") is not None:
+        lines += ["", f"Anatomy-only queries (no box): every region of {metrics['localization_films']} "
+                      f"{metrics['query_split']} films located from the film alone — mean IoU with the labelled "
+                      f"boxes {metrics['localization_miou']:.3f} (atlas prior alone "
+                      f"{metrics['localization_prior_miou']:.3f}; IoU ≥ 0.5 for "
+                      f"{metrics['localization_iou_at_0_5']:.1%} of {metrics['localization_regions']} regions)."]
     lines += ["", "![confusion matrix](confusion_matrix.png)", "", "![retrieval examples](retrieval_examples.png)", ""]
     return "\n".join(lines)
 
@@ -176,10 +193,13 @@ def evaluate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--query-split", default="test")
     parser.add_argument("--database-split", default="train", help="'all' to search every indexed split")
     parser.add_argument("--address")
+    parser.add_argument("--localize-films", type=int, default=10,
+                        help="query films whose regions are localised without a box (0: skip)")
     args = parser.parse_args(list(argv))
     try:
         metrics = evaluate(args.data, args.model, args.milvus, args.report, args.collection, args.query_split,
-                           None if args.database_split == "all" else args.database_split, address=args.address)
+                           None if args.database_split == "all" else args.database_split, address=args.address,
+                           localize_films=args.localize_films)
     except RegionMIRError as exc:
         print(f"regionmir evaluate: {exc}", file=sys.stderr)
         return 2

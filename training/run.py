@@ -6,6 +6,7 @@ Output layout (``--out``, local or ``s3://``)::
                                optimizer state); a restarted job resumes from the latest
     OUT/best/                  the best model (finetune: highest validation accuracy; pretrain: last)
     OUT/final/                 the last epoch's model
+                               (fine-tuned models also hold atlas.json: the training boxes' atlas)
     OUT/metrics.jsonl          one line of metrics per epoch
     OUT/summary.json           settings, data, timings, final metrics
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 from regionmir import storage
 from regionmir.anatomy import ANATOMY_NAMES, STANDARD_29_IDS
+from regionmir.anatomy_atlas import AnatomyAtlas
 from regionmir.augmentation import AugmentationConfig
 from regionmir.encoder import load_preset
 from regionmir.errors import DatasetError
@@ -208,6 +210,10 @@ def run_phases(options: TrainOptions, phases: list[Phase], s3: S3Options | None 
     if result.error:
         raise result.error
     reported = [(checkpoint, metrics) for checkpoint, metrics in result.best_checkpoints]
+    # Fine-tuned models carry the anatomy atlas of their training boxes (atlas.json): the service
+    # uses it to find a region on a film when a user names the region without drawing a box.
+    atlas = (AnatomyAtlas.fit_records(records["train"], s3=s3, source=f"train split of {options.data}")
+             if any(p.stage == "finetune" for p in phases) else None)
     per_phase: dict[str, Any] = {}
     history = []
     for phase in phases:
@@ -220,6 +226,9 @@ def run_phases(options: TrainOptions, phases: list[Phase], s3: S3Options | None 
         target = options.out if len(phases) == 1 else storage.join(options.out, phase.name)
         _export(final[0], storage.join(target, "final"), s3)
         _export(best[0], storage.join(target, "best"), s3)
+        if atlas is not None and phase.stage == "finetune":
+            for kind in ("best", "final"):
+                atlas.save(storage.join(target, kind), s3)
         _, contract = read_contract(storage.join(target, "best"), s3)
         per_phase[phase.name] = {"best": storage.join(target, "best"), "model_version": contract.version_id,
                                  "best_metrics": best[1], "final_metrics": final[1]}
