@@ -33,8 +33,9 @@ test: $(STAMP) system-deps
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+# `make demo SERVE=1` keeps the query service up at the end (Ctrl-C stops it).
 demo: $(STAMP)
-	$(PY) -m indexing.demo --out $(DEMO_OUT)
+	$(PY) -m serving.full_demo --out $(DEMO_OUT)$(if $(SERVE), --keep-serving)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

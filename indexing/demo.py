@@ -25,16 +25,17 @@ def _step(message: str) -> None:
     print(f"[demo] {message}", file=sys.stderr, flush=True)
 
 
-def index_and_evaluate(data: str, model: str, out: str, milvus: str | None = None) -> dict:
+def index_and_evaluate(data: str, model: str, out: str, milvus: str | None = None, localize_films: int = 3) -> dict:
     milvus = milvus or os.path.join(out, "regions.db")
     _step(f"indexing the train split with {model} into {milvus}")
     built = index_data(data, model, milvus, split="train")
     _step("evaluating retrieval: test regions as queries against the train split")
-    metrics = evaluate(data, model, milvus, os.path.join(out, "report"))
+    metrics = evaluate(data, model, milvus, os.path.join(out, "report"), localize_films=localize_films)
     return {"milvus": milvus, "index": {k: built[k] for k in ("collection", "rows", "rows_per_s", "films_skipped",
                                                                "regions_skipped", "seconds")},
             "retrieval": {k: metrics[k] for k in ("accuracy", "p@1", "p@5", "p@10", "map@10", "mrr@10", "queries",
                                                    "search_ms_per_query_p50")},
+            "localization_miou": metrics.get("localization_miou"),
             "report": os.path.join(out, "report", "report.md"), "pictures": metrics["pictures"]}
 
 

@@ -41,9 +41,11 @@ KS = (1, 5, 10)
 def evaluate(data: str, model: str, milvus: str, report_dir: str, collection: str = DEFAULT_ALIAS,
              query_split: str = "test", database_split: str | None = "train", k: int = 10,
              examples: int = 8, address: str | None = None, s3: S3Options | None = None,
-             max_bad_fraction: float = 0.05, localize_films: int = 10) -> dict:
+             max_bad_fraction: float = 0.05, localize_films: int = 10, embed: str = "auto") -> dict:
     """``localize_films``: how many query films to localise every region of, from the film alone,
-    as anatomy-only queries are (0: skip); their mean IoU is ``localization_miou``."""
+    as anatomy-only queries are (0: skip); their mean IoU is ``localization_miou``.
+    ``embed``: where the queries are embedded — ``ray`` (Ray Data), ``local`` (this process) or
+    ``auto`` (this process for a few dozen films, see :data:`~indexing.roi_embedding.IN_PROCESS_MAX_FILMS`)."""
     from training.roi_pipeline import list_images
 
     from .localization_eval import localization_report, model_atlas
@@ -64,24 +66,30 @@ def evaluate(data: str, model: str, milvus: str, report_dir: str, collection: st
     index = RegionIndex(milvus)
     try:
         return _evaluate(index, data, model_dir, contract, records, report_dir, collection, query_split,
-                         database_split, k, examples, address, s3, max_bad_fraction, started, localization)
+                         database_split, k, examples, address, s3, max_bad_fraction, started, localization, embed)
     finally:
         index.close()  # also on failure: milvus-lite admits one open client per file
 
 
 def _evaluate(index, data, model_dir, contract, records, report_dir, collection, query_split, database_split, k,
-              examples, address, s3, max_bad_fraction, started, localization) -> dict:
+              examples, address, s3, max_bad_fraction, started, localization, embed) -> dict:
     from training.ray_runtime import start_ray
 
-    from .roi_embedding import SkippedFilms, embedding_dataset
+    from .roi_embedding import IN_PROCESS_MAX_FILMS, SkippedFilms, embedded_batches
 
     database_rows = index.count(collection)
-    start_ray(address)
+    if embed == "ray" or (embed == "auto" and len(records[query_split]) > IN_PROCESS_MAX_FILMS):
+        start_ray(address)
+        embed = "ray"
+    else:
+        embed = "local"
+    print(f"[evaluate] embedding {len(records[query_split])} {query_split} films "
+          f"{'with Ray Data' if embed == 'ray' else 'in this process'}", flush=True)
     queries: dict[str, list] = {"vector": [], "anatomy_id": [], "predicted_anatomy_id": [], "crop": [],
                                 "confidence": []}
     skipped = SkippedFilms(data, len(records[query_split]), max_bad_fraction)
-    for batch in embedding_dataset(records[query_split], model_dir, contract.crop_config, contract.class_anatomy_ids,
-                                   s3).iter_batches(batch_size=256, batch_format="numpy"):
+    for batch in embedded_batches(records[query_split], model_dir, contract.crop_config, contract.class_anatomy_ids,
+                                  s3, mode=embed):
         batch = skipped.filter(batch)
         for name in queries:
             queries[name].extend(batch[name])
@@ -195,11 +203,14 @@ def evaluate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--address")
     parser.add_argument("--localize-films", type=int, default=10,
                         help="query films whose regions are localised without a box (0: skip)")
+    parser.add_argument("--embed", choices=("auto", "ray", "local"), default="auto",
+                        help="embed the queries with Ray Data, in this process, or auto: in this process up to "
+                             "32 query films (default)")
     args = parser.parse_args(list(argv))
     try:
         metrics = evaluate(args.data, args.model, args.milvus, args.report, args.collection, args.query_split,
                            None if args.database_split == "all" else args.database_split, address=args.address,
-                           localize_films=args.localize_films)
+                           localize_films=args.localize_films, embed=args.embed)
     except RegionMIRError as exc:
         print(f"regionmir evaluate: {exc}", file=sys.stderr)
         return 2

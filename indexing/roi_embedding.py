@@ -147,6 +147,39 @@ def embedding_dataset(records: list[ImageRecord], model_dir: str, crop: CropConf
                              num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1)
 
 
+#: Query sets up to this many films are embedded in the calling process by default: starting Ray
+#: and its actors (each a fresh process importing torch) costs more than the work itself.
+IN_PROCESS_MAX_FILMS = 32
+
+
+def embedded_batches(records: list[ImageRecord], model_dir: str, crop: CropConfig, anatomy_ids: Iterable[int],
+                     s3: S3Options | None, *, mode: str = "auto", batch_size: int = 256, films_per_batch: int = 8):
+    """Numpy batches of embedded ROI rows (as :func:`embedding_dataset` streams them).
+
+    ``mode``: ``"ray"`` (Ray Data, the caller has started Ray), ``"local"`` (the same cropper and
+    embedder called in this process, every core for torch) or ``"auto"`` (local up to
+    :data:`IN_PROCESS_MAX_FILMS` films)."""
+    if mode not in ("auto", "ray", "local"):
+        raise ValueError(f"embedding mode must be auto, ray or local, got {mode!r}")
+    if mode == "ray" or (mode == "auto" and len(records) > IN_PROCESS_MAX_FILMS):
+        yield from embedding_dataset(records, model_dir, crop, anatomy_ids, s3,
+                                     batch_size=batch_size).iter_batches(batch_size=batch_size, batch_format="numpy")
+        return
+    import os
+
+    films = film_rows(records, anatomy_ids)
+    if not films:
+        raise DatasetError("data", "no films with regions of the model's vocabulary in this split")
+    s3_dict = asdict(s3) if s3 else None
+    cropper = RegionCropper(asdict(crop), s3_dict)
+    embedder = RegionEmbedder(model_dir, s3_dict, threads=os.cpu_count() or 1)
+    for start in range(0, len(films), films_per_batch):
+        chunk = np.asarray([f["film"] for f in films[start:start + films_per_batch]], dtype=object)
+        batch = cropper({"film": chunk})
+        if len(batch["anatomy_id"]):
+            yield embedder(batch)
+
+
 class SkippedFilms:
     """The consumer's side of skipped films: drops placeholder rows, counts them by reason, and
     stops the job (``DatasetError``) once more than ``max_bad_fraction`` of ``total`` films failed."""

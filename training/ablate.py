@@ -153,7 +153,7 @@ def ablate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(list(argv))
     base = TrainOptions(data=args.data, out=args.out, workers=args.workers, gpu=args.gpu, batch_size=args.batch_size,
-                        preset=args.preset, regions=args.regions, seed=args.seed)
+                        preset=args.preset, regions=args.regions, seed=args.seed, also_cache=("test",))
     try:
         result = run_ablation(base, args.pretrain_epochs, args.finetune_epochs, tuple(args.arms))
     except RegionMIRError as exc:

@@ -37,7 +37,7 @@ def _step(message: str) -> None:
 
 def train_and_test(data: str, out: str, pretrain_epochs: int, finetune_epochs: int, objective: str,
                    workers: int = 2) -> dict:
-    options = TrainOptions(data=data, out=os.path.join(out, "training"), workers=workers)
+    options = TrainOptions(data=data, out=os.path.join(out, "training"), workers=workers, also_cache=("test",))
     phases = [Phase("pretrain", "pretrain", pretrain_epochs, objective=objective),
               Phase("finetune", "finetune", finetune_epochs, init="phase:pretrain")]
     _step(f"training on Ray: {objective} pretraining ({pretrain_epochs} epochs), then fine-tuning "

@@ -191,38 +191,101 @@ def roi_dataset(records: list[ImageRecord], config: RoiPipelineConfig, s3: S3Opt
 
 def cached_roi_datasets(records: dict[str, list[ImageRecord]], config: RoiPipelineConfig,
                         cache_root: str, s3: S3Options | None, concurrency: int = 2) -> dict[str, Any]:
-    """Per-split Ray Datasets read from the Parquet crop cache, building a split's shards first
+    """Per-split Ray Datasets read from the Parquet crop cache, building the missing splits first
     when no complete cache of exactly these films and settings exists.
 
     Each split lives in ``{cache_root}/{split}-{key}/``; its ``_COMPLETE.json`` is written last,
-    so an interrupted build is simply rebuilt.
+    so an interrupted build is simply rebuilt. Every missing split is built in ONE pass of the
+    cropping pipeline (one pool of actors, each film decoded once) whose rows stream back to this
+    process and are written as Parquet shards here: on a small machine each Ray actor or write task
+    is a fresh process that imports torch, and starting them once instead of once per split (plus
+    a write task per block) is most of a demo-sized build.
     """
-    import ray
-
-    datasets, info = {}, {}
+    datasets, info, missing = {}, {}, {}
     for split, films in records.items():
         if not films:
             continue
         root = storage.join(cache_root, f"{split}-{cache_key(films, config)}")
         marker = storage.join(root, COMPLETE_MARKER)
-        fs, path = pyarrow_filesystem(root, s3)
         if storage.exists(marker, s3):
-            split_info = json.loads(storage.read_text(marker, s3))
-            print(f"[data] crop cache hit: {root} ({split_info['rows']} {split} crops)", flush=True)
+            info[split] = json.loads(storage.read_text(marker, s3))
+            print(f"[data] crop cache hit: {root} ({info[split]['rows']} {split} crops)", flush=True)
         else:
-            started = time.perf_counter()
-            print(f"[data] decoding {len(films)} {split} films into the crop cache {root}", flush=True)
-            roi_dataset(films, config, s3, concurrency).write_parquet(path, filesystem=fs)
-            rows = ray.data.read_parquet(path, filesystem=fs).count()
-            split_info = {"format": CACHE_FORMAT, "split": split, "films": len(films), "rows": rows,
-                          "expected_rows": expected_crop_count(films, config.anatomy_ids),
-                          "settings": config.fingerprint(), "seconds": round(time.perf_counter() - started, 1)}
-            storage.write_text(marker, json.dumps(split_info, indent=1), s3)
-            print(f"[data] crop cache written: {rows} {split} crops from {len(films)} films "
-                  f"in {split_info['seconds']} s", flush=True)
-        info[split] = split_info
-        datasets[split] = _open_cached_split(path, fs, split_info) if split_info["rows"] else None
-    return {"datasets": {k: v for k, v in datasets.items() if v is not None}, "info": info}
+            missing[split] = root
+    if missing:
+        info.update(_build_cache({s: records[s] for s in missing}, missing, config, s3, concurrency))
+    for split, split_info in info.items():
+        root = missing.get(split) or storage.join(cache_root, f"{split}-{cache_key(records[split], config)}")
+        fs, path = pyarrow_filesystem(root, s3)
+        if split_info["rows"]:
+            datasets[split] = _open_cached_split(path, fs, split_info)
+    return {"datasets": datasets, "info": info}
+
+
+#: Rows per Parquet shard of the crop cache (~2 MB at the default 128-pixel context).
+SHARD_ROWS = 2048
+
+
+def _build_cache(records: dict[str, list[ImageRecord]], roots: dict[str, str], config: RoiPipelineConfig,
+                 s3: S3Options | None, concurrency: int) -> dict[str, dict]:
+    """Crop the films of every split in ``records`` in one streaming pass; write each split's shards
+    under ``roots[split]`` and its ``_COMPLETE.json`` last."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    started = time.perf_counter()
+    films = [film for split_films in records.values() for film in split_films]
+    expected = {split: expected_crop_count(split_films, config.anatomy_ids) for split, split_films in records.items()}
+    print(f"[data] decoding {len(films)} films ({', '.join(f'{len(v)} {k}' for k, v in records.items())}) "
+          f"into the crop cache: {sum(expected.values())} crops expected", flush=True)
+    targets = {}
+    for split, root in roots.items():
+        fs, path = pyarrow_filesystem(root, s3)
+        fs.create_dir(path, recursive=True)
+        fs.delete_dir_contents(path, missing_dir_ok=True)  # shards of an interrupted build
+        targets[split] = (fs, path)
+    pending: dict[str, list] = {split: [] for split in roots}
+    buffered = dict.fromkeys(roots, 0)
+    rows = dict.fromkeys(roots, 0)
+    shards = dict.fromkeys(roots, 0)
+
+    def flush(split: str) -> None:
+        if not pending[split]:
+            return
+        fs, path = targets[split]
+        table = pa.concat_tables(pending[split])
+        pq.write_table(table, f"{path}/part-{shards[split]:05d}.parquet", filesystem=fs)
+        shards[split] += 1
+        rows[split] += table.num_rows
+        pending[split], buffered[split] = [], 0
+
+    last_line = time.perf_counter()
+    for batch in roi_dataset(films, config, s3, concurrency).iter_batches(batch_size=None, batch_format="pyarrow"):
+        for split in roots:
+            part = batch.filter(pc.equal(batch["split"], split))
+            if part.num_rows:
+                pending[split].append(part)
+                buffered[split] += part.num_rows
+                if buffered[split] >= SHARD_ROWS:
+                    flush(split)
+        if time.perf_counter() - last_line > 10:
+            done = sum(rows.values()) + sum(buffered.values())
+            print(f"[data] crop cache: {done}/{sum(expected.values())} crops "
+                  f"({done / (time.perf_counter() - started):.0f} crops/s)", flush=True)
+            last_line = time.perf_counter()
+    seconds = round(time.perf_counter() - started, 1)
+    info = {}
+    for split, root in roots.items():
+        flush(split)
+        info[split] = {"format": CACHE_FORMAT, "split": split, "films": len(records[split]), "rows": rows[split],
+                       "expected_rows": expected[split], "shards": shards[split], "settings": config.fingerprint(),
+                       "seconds": seconds}
+        storage.write_text(storage.join(root, COMPLETE_MARKER), json.dumps(info[split], indent=1), s3)
+        print(f"[data] crop cache written: {rows[split]} {split} crops from {len(records[split])} films "
+              f"in {root}", flush=True)
+    print(f"[data] crop cache built in {seconds} s", flush=True)
+    return info
 
 
 #: Cached splits smaller than this are loaded on the driver into the object store in one piece.

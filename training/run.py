@@ -61,6 +61,9 @@ class TrainOptions:
     resume: bool = False
     address: str | None = None
     data_concurrency: int = 2
+    #: Splits cached in the same pass as the training splits, for a step that follows (e.g. the
+    #: test split the demo and ``ablate`` evaluate on); never handed to the trainer.
+    also_cache: tuple[str, ...] = ()
 
 
 def region_ids(regions: str) -> tuple[int, ...]:
@@ -160,15 +163,18 @@ def run_phases(options: TrainOptions, phases: list[Phase], s3: S3Options | None 
     start_ray(options.address)
     needs_valid = any(p.stage == "finetune" for p in phases)
     splits = ("train", "valid") if needs_valid else ("train",)
-    records, label_report = list_images(options.data, s3, splits)
+    cache_root = default_cache_root(options)
+    extra = tuple(s for s in options.also_cache if s not in splits) if cache_root else ()
+    records, label_report = list_images(options.data, s3, splits + extra)
     if not records["train"]:
         raise DatasetError(options.data, "no training films found (split 'train' is empty)")
     if label_report.total_issues:
         print("[data] label scan:\n" + label_report.summary(), flush=True)
-    cache_root = default_cache_root(options)
     if cache_root:
         cached = cached_roi_datasets(records, pipeline, cache_root, s3, options.data_concurrency)
-        datasets, train_rows = cached["datasets"], cached["info"]["train"]["rows"]
+        datasets = {k: v for k, v in cached["datasets"].items() if k in splits}
+        train_rows = cached["info"]["train"]["rows"]
+        records = {k: v for k, v in records.items() if k in splits}
     else:
         datasets = {split: roi_dataset(films, pipeline, s3, options.data_concurrency)
                     for split, films in records.items() if films}

@@ -1,0 +1,276 @@
+"""Query-service load benchmark: what does the HTTP service cost over calling the parts directly,
+and does it scale with concurrent clients?
+
+Measured side by side in one run, on one phantom data set and model:
+
+* ``floor_p50_ms``: one box query done in this process with no Ray and no HTTP — decode the PNG,
+  crop the box, the encoder's forward pass (one torch thread, as one encoder replica has) and the
+  milvus-lite search (a copy of the service's index file) — the least the service could take;
+* ``levels``: the service (``serving.deployments``: FastAPI ingress → encoder → search on Ray Serve)
+  driven over HTTP by 1, 4 and 16 concurrent clients, each sending box queries back to back for
+  ``--seconds``; with ``@serve.batch`` on (``max_batch_size`` 16) and off (``max_batch_size`` 1):
+  ``p50_ms``, ``p99_ms``, ``qps`` (answers per second), ``errors`` (any non-200 or failed call);
+* ``replicas_over_time``: running encoder replicas, sampled each second from ``serve.status()``
+  from the first level to after the load stops (the encoder autoscales between ``--min-replicas``
+  and ``--max-replicas`` on ongoing requests; it must rise under load and fall after);
+* ratios: ``single_client_p50_to_floor`` (goal ≤ 1.3) and ``qps_16_to_1`` (goal ≥ 2.5), for the
+  batching-on levels.
+
+Run: ``.venv/bin/python benchmarks/serve_load.py`` (``--seconds 10`` for a quick run). The model is
+a randomly initialised ``resnet10-cpu`` unless ``--model`` names a trained one: latency does not
+depend on what the weights learned. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from serving.config import ServeSettings  # noqa: E402
+from serving.demo import build_demo_subprocess  # noqa: E402
+
+APP = "regionmir"
+
+
+def percentile(values: list[float], q: float) -> float:
+    return round(float(np.percentile(np.asarray(values), q)), 2) if values else float("nan")
+
+
+def query_box(film_png: bytes) -> str:
+    """A box in the middle-left of the film (a lung field on the phantoms), in its pixels."""
+    from regionmir.image_reader import read_image
+
+    h, w = read_image(film_png, source="query").pixels.shape[:2]
+    return f"{int(w * 0.15)},{int(h * 0.2)},{int(w * 0.45)},{int(h * 0.7)}"
+
+
+def floor_latency(demo: dict, film_png: bytes, box: str, queries: int, k: int, workdir: str) -> dict:
+    """The same decode → crop → encode → search as a box query, in this process (no Ray, no HTTP)."""
+    import torch
+
+    from regionmir.boxes import Box
+    from regionmir.image_reader import read_image
+    from regionmir.roi_crop import roi_crops
+    from serving.runtime import EncoderRuntime, SearchRuntime
+
+    torch.set_num_threads(1)
+    db_copy = os.path.join(workdir, "floor-regions.db")
+    shutil.copyfile(demo["milvus"], db_copy)  # milvus-lite: one process per file; the service gets the original
+    encoder = EncoderRuntime(demo["model"], device="cpu", threads=1)
+    search = SearchRuntime(db_copy, "regions", encoder.contract.version_id)
+    coords = [float(v) for v in box.split(",")]
+    times = []
+    try:
+        for i in range(queries + 5):
+            started = time.perf_counter()
+            pixels = read_image(film_png, source="query").pixels
+            crops = roi_crops(pixels, [Box(*coords)], encoder.contract.crop_config)
+            vector = encoder.forward(crops)["embeddings"][0]
+            hits = search.search(vector, k)
+            elapsed = (time.perf_counter() - started) * 1000.0
+            assert len(hits) == k, f"floor search returned {len(hits)} hits, wanted {k}"
+            if i >= 5:  # warm-up
+                times.append(elapsed)
+    finally:
+        search.close()
+    return {"p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99), "queries": len(times)}
+
+
+class ReplicaSampler(threading.Thread):
+    """Running encoder replicas once a second (``serve.status()``), with the level running then."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.samples: list[dict] = []
+        self.label = "start-up"
+        self.stop = threading.Event()
+        self.t0 = time.perf_counter()
+
+    def running(self) -> int:
+        from ray import serve
+
+        try:
+            app = serve.status().applications.get(APP)
+            states = app.deployments["encoder"].replica_states if app else {}
+        except Exception:
+            return -1
+        return int(sum(n for state, n in states.items() if str(getattr(state, "value", state)) == "RUNNING"))
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.samples.append({"t_s": round(time.perf_counter() - self.t0, 1), "encoder_replicas": self.running(),
+                                 "phase": self.label})
+            self.stop.wait(1.0)
+
+
+def drive(base: str, film_png: bytes, box: str, clients: int, seconds: float, k: int) -> dict:
+    """``clients`` threads, each posting box queries back to back for ``seconds``."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def client() -> None:
+        session = requests.Session()
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                response = session.post(base + "/v1/search", files={"image": ("film.png", film_png, "image/png")},
+                                        data={"box": box, "k": str(k)}, timeout=60)
+                ok = response.status_code == 200 and len(response.json()["results"]) == k
+                reason = "" if ok else f"HTTP {response.status_code}: {response.text[:200]}"
+            except Exception as exc:  # a refused or timed-out call is an error, not a crash
+                ok, reason = False, f"{type(exc).__name__}: {exc}"
+            elapsed = (time.perf_counter() - started) * 1000.0
+            with lock:
+                if ok:
+                    latencies.append(elapsed)
+                else:
+                    errors.append(reason)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    if errors:
+        print(f"[bench]   first error: {errors[0]}", flush=True)
+    return {"p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
+            "qps": round(len(latencies) / wall, 2), "answers": len(latencies), "errors": len(errors)}
+
+
+def settings_for(demo: dict, port: int, batching: bool, args: argparse.Namespace) -> ServeSettings:
+    return ServeSettings.from_dict({
+        "model": demo["model"], "milvus": demo["milvus"], "app_name": APP,
+        "http": {"host": "127.0.0.1", "port": port},
+        "encoder": {"min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
+                    "target_ongoing_requests": args.target_ongoing, "upscale_delay_s": 2.0,
+                    "downscale_delay_s": args.downscale_delay, "torch_threads": 1,
+                    "max_batch_size": 16 if batching else 1, "batch_wait_timeout_ms": 5.0 if batching else 0.0},
+        "ingress": {"min_replicas": 1, "max_replicas": 1},
+        "ray": {"num_cpus": 8}}, "benchmark settings")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", help="work folder (default: a temporary one, removed after)")
+    p.add_argument("--model", help="a trained model directory (default: random resnet10-cpu weights)")
+    p.add_argument("--images", type=int, default=12, help="phantom films (70%% indexed)")
+    p.add_argument("--size", type=int, default=256, help="phantom film side in pixels")
+    p.add_argument("--seconds", type=float, default=25.0, help="load per level")
+    p.add_argument("--clients", default="1,4,16")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--min-replicas", type=int, default=1)
+    p.add_argument("--max-replicas", type=int, default=3)
+    p.add_argument("--target-ongoing", type=float, default=2.0)
+    p.add_argument("--downscale-delay", type=float, default=10.0)
+    p.add_argument("--floor-queries", type=int, default=100)
+    args = p.parse_args()
+    clients_levels = [int(c) for c in args.clients.split(",")]
+
+    workdir = args.out or tempfile.mkdtemp(prefix="serve-load-")
+    os.makedirs(workdir, exist_ok=True)
+    t0 = time.perf_counter()
+    print(f"[bench] building the phantom index in {workdir}", flush=True)
+    demo = build_demo_subprocess(os.path.join(workdir, "demo"), images=args.images, size=args.size, seed=5,
+                                 model=args.model)
+    film_png = open(demo["query_films"][0], "rb").read()
+    box = query_box(film_png)
+    print(f"[bench] {demo['rows']} indexed regions; query film {os.path.basename(demo['query_films'][0])} "
+          f"box {box}", flush=True)
+
+    floor = floor_latency(demo, film_png, box, args.floor_queries, args.k, workdir)
+    print(f"[bench] floor (in-process decode+crop+encode+search): p50 {floor['p50_ms']} ms, "
+          f"p99 {floor['p99_ms']} ms", flush=True)
+
+    import ray
+    from ray import serve
+
+    from serving.deployments import start_service
+
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    levels: list[dict] = []
+    sampler = ReplicaSampler()
+    try:
+        for batching in (True, False):
+            label = "on" if batching else "off"
+            print(f"[bench] deploying the service with batching {label}", flush=True)
+            base = start_service(settings_for(demo, port, batching, args), ready_timeout_s=600)
+            if not sampler.is_alive():
+                sampler.start()
+            sampler.label = f"warm-up batching {label}"
+            drive(base, film_png, box, 1, 5.0, args.k)  # warm-up: first calls build handles and caches
+            for clients in clients_levels:
+                sampler.label = f"{clients} clients batching {label}"
+                level = {"clients": clients, "batching": batching, **drive(base, film_png, box, clients,
+                                                                             args.seconds, args.k)}
+                level["encoder_replicas_max"] = max((s["encoder_replicas"] for s in sampler.samples
+                                                     if s["phase"] == sampler.label), default=0)
+                levels.append(level)
+                print(f"[bench] {clients:>2} clients, batching {label}: p50 {level['p50_ms']} ms, "
+                      f"p99 {level['p99_ms']} ms, {level['qps']} q/s, {level['errors']} errors, "
+                      f"up to {level['encoder_replicas_max']} encoder replicas", flush=True)
+            if batching:  # watch the encoder scale back down with no load
+                sampler.label = "idle after load"
+                deadline = time.perf_counter() + args.downscale_delay + 60
+                while time.perf_counter() < deadline:
+                    if sampler.samples and sampler.samples[-1]["phase"] == "idle after load" and \
+                            sampler.samples[-1]["encoder_replicas"] == args.min_replicas:
+                        break
+                    time.sleep(1)
+                time.sleep(2)
+                print(f"[bench] idle: {sampler.samples[-1]['encoder_replicas']} encoder replica(s) "
+                      f"{sampler.samples[-1]['t_s']} s into the run", flush=True)
+    finally:
+        sampler.stop.set()
+        if ray.is_initialized():
+            serve.shutdown()
+            ray.shutdown()
+        if not args.out:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    on = {lv["clients"]: lv for lv in levels if lv["batching"]}
+    off = {lv["clients"]: lv for lv in levels if not lv["batching"]}
+    first, last = min(clients_levels), max(clients_levels)
+    samples = sampler.samples
+    loaded = [s["encoder_replicas"] for s in samples if "clients" in s["phase"]]
+    idle = [s["encoder_replicas"] for s in samples if s["phase"] == "idle after load"]
+    result = {
+        "floor_p50_ms": floor["p50_ms"], "floor_p99_ms": floor["p99_ms"],
+        "levels": levels,
+        "replicas_over_time": samples,
+        "single_client_p50_to_floor": round(on[first]["p50_ms"] / floor["p50_ms"], 2),
+        f"qps_{last}_to_{first}": round(on[last]["qps"] / on[first]["qps"], 2) if on[first]["qps"] else None,
+        f"qps_{last}_to_{first}_no_batching": round(off[last]["qps"] / off[first]["qps"], 2)
+        if off.get(first) and off[first]["qps"] else None,
+        "errors": sum(lv["errors"] for lv in levels),
+        "replicas_rose": bool(loaded) and max(loaded) > args.min_replicas,
+        "replicas_fell": bool(idle) and idle[-1] < max(loaded or [0]),
+        "indexed_regions": demo["rows"], "seconds_per_level": args.seconds,
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
