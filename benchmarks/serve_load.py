@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
@@ -61,6 +60,7 @@ def floor_latency(demo: dict, film_png: bytes, box: str, queries: int, k: int, w
     """The same decode → crop → encode → search as a box query, in this process (no Ray, no HTTP)."""
     import torch
 
+    from indexing.region_index import copy_lite_index
     from regionmir.boxes import Box
     from regionmir.image_reader import read_image
     from regionmir.roi_crop import roi_crops
@@ -68,7 +68,7 @@ def floor_latency(demo: dict, film_png: bytes, box: str, queries: int, k: int, w
 
     torch.set_num_threads(1)
     db_copy = os.path.join(workdir, "floor-regions.db")
-    shutil.copyfile(demo["milvus"], db_copy)  # milvus-lite: one process per file; the service gets the original
+    copy_lite_index(demo["milvus"], db_copy)  # milvus-lite: one process per file; the service gets the original
     encoder = EncoderRuntime(demo["model"], device="cpu", threads=1)
     search = SearchRuntime(db_copy, "regions", encoder.contract.version_id)
     coords = [float(v) for v in box.split(",")]
@@ -160,6 +160,7 @@ def settings_for(demo: dict, port: int, batching: bool, args: argparse.Namespace
         "http": {"host": "127.0.0.1", "port": port},
         "encoder": {"min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
                     "target_ongoing_requests": args.target_ongoing, "upscale_delay_s": 2.0,
+                    "look_back_period_s": 5.0,
                     "downscale_delay_s": args.downscale_delay, "torch_threads": 1,
                     "max_batch_size": 16 if batching else 1, "batch_wait_timeout_ms": 5.0 if batching else 0.0},
         "ingress": {"min_replicas": 1, "max_replicas": 1},

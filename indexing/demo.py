@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 
 from training.demo import add_arguments, print_pictures, synthesise_and_train
 
@@ -25,10 +26,15 @@ def _step(message: str) -> None:
     print(f"[demo] {message}", file=sys.stderr, flush=True)
 
 
-def index_and_evaluate(data: str, model: str, out: str, milvus: str | None = None, localize_films: int = 3) -> dict:
+def index_and_evaluate(data: str, model: str, out: str, milvus: str | None = None, localize_films: int = 3,
+                       after_index: Callable[[str], None] | None = None) -> dict:
+    """Index the train split, then evaluate; ``after_index(milvus)`` is called between the two
+    (the full demo starts the service there, while the evaluation runs)."""
     milvus = milvus or os.path.join(out, "regions.db")
     _step(f"indexing the train split with {model} into {milvus}")
     built = index_data(data, model, milvus, split="train")
+    if after_index is not None:
+        after_index(milvus)
     _step("evaluating retrieval: test regions as queries against the train split")
     metrics = evaluate(data, model, milvus, os.path.join(out, "report"), localize_films=localize_films)
     return {"milvus": milvus, "index": {k: built[k] for k in ("collection", "rows", "rows_per_s", "films_skipped",

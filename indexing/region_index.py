@@ -390,6 +390,24 @@ def _check_name(name: str, what: str = "collection") -> str:
     return name
 
 
+def copy_lite_index(source: str, target: str) -> str:
+    """Copy a flushed milvus-lite index (a ``.db`` folder, or a single file) to ``target`` for
+    another process to open — milvus-lite lets one process own a file for that process's life.
+    The owner's lock is left behind; an existing ``target`` is replaced."""
+    import shutil
+
+    if os.path.isdir(target):
+        shutil.rmtree(target)
+    elif os.path.exists(target):
+        os.remove(target)
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    if os.path.isdir(source):
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("LOCK"))
+    else:
+        shutil.copyfile(source, target)
+    return target
+
+
 def _lite_file_locked(path: str) -> bool:
     """True when another process holds the lock of the milvus-lite data directory ``path``."""
     lock = Path(path) / "LOCK"
@@ -488,18 +506,19 @@ class RegionIndex:
         except MilvusException as exc:
             raise IndexUnavailableError(self.display_uri, None, f"cannot connect: {exc.message}") from exc
 
-    def _connect(self, token: str, connect_timeout: float, attempts: int = 3) -> MilvusClient:
+    def _connect(self, token: str, connect_timeout: float, attempts: int = 4) -> MilvusClient:
         """A client; a server that refuses a fresh connection for a moment (gRPC ``UNAVAILABLE``,
-        e.g. milvus-lite answering "Too many pings" while an earlier client's channel winds down)
-        is retried twice, a second apart. Anything else fails at once."""
+        e.g. milvus-lite answering "Too many pings" while an earlier client's channel on the same
+        file winds down, slower on a busy machine) is retried, 1, 2 and 3 s apart. A bad URI or
+        token fails at once."""
         for attempt in range(attempts):
             try:
                 return MilvusClient(uri=self.uri, token="" if self.is_local_file else token,
                                     timeout=connect_timeout)
             except MilvusException as exc:
-                if self.is_local_file or attempt == attempts - 1 or isinstance(exc, ConnectionConfigException):
+                if attempt == attempts - 1 or isinstance(exc, ConnectionConfigException):
                     raise
-                time.sleep(1.0)
+                time.sleep(1.0 + attempt)
         raise AssertionError("unreachable")
 
     # -- plumbing

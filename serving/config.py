@@ -68,6 +68,7 @@ class DeploymentSettings:
     max_ongoing_requests: int = 16
     upscale_delay_s: float = 3.0
     downscale_delay_s: float = 60.0
+    look_back_period_s: float = 30.0     # ongoing requests are averaged over this window
     num_cpus: float = 0.5
 
 
@@ -183,6 +184,8 @@ class ServeSettings:
                 raise ConfigError(f"{name}: need 0 <= min_replicas <= max_replicas and max_replicas >= 1")
             if d.target_ongoing_requests <= 0 or d.max_ongoing_requests < 1:
                 raise ConfigError(f"{name}: target_ongoing_requests and max_ongoing_requests must be positive")
+            if d.look_back_period_s <= 0 or d.upscale_delay_s < 0 or d.downscale_delay_s < 0:
+                raise ConfigError(f"{name}: look_back_period_s must be positive, the delays >= 0")
         enc = self.encoder
         if enc.max_batch_size < 1 or enc.batch_wait_timeout_ms < 0:
             raise ConfigError("encoder: max_batch_size >= 1 and batch_wait_timeout_ms >= 0")

@@ -189,7 +189,8 @@ def _scaling(d: Any) -> dict[str, Any]:
         return {"num_replicas": d.max_replicas}
     config = {"min_replicas": d.min_replicas, "max_replicas": d.max_replicas,
               "target_ongoing_requests": d.target_ongoing_requests,
-              "upscale_delay_s": d.upscale_delay_s, "downscale_delay_s": d.downscale_delay_s}
+              "upscale_delay_s": d.upscale_delay_s, "downscale_delay_s": d.downscale_delay_s,
+              "look_back_period_s": d.look_back_period_s}
     if d.initial_replicas is not None:
         config["initial_replicas"] = d.initial_replicas
     return {"autoscaling_config": config}

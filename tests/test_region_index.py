@@ -412,3 +412,18 @@ def test_a_lite_file_in_a_folder_not_yet_made_is_created(tmp_path):
         name, _ = filled(index, make_rows(12))
         assert index.count(name) == 12
     assert path.exists()
+
+
+@pytest.mark.integration
+def test_a_copy_of_a_held_lite_file_opens_with_every_row(tmp_path):
+    """The demo and the load benchmark hand the service a copy of the index this process holds."""
+    from indexing.region_index import copy_lite_index
+
+    original = tmp_path / "built.db"
+    with RegionIndex(str(original)) as index:
+        name, rows = filled(index, make_rows(20))
+        index.point_alias("regions", name)
+        copy = copy_lite_index(str(original), str(tmp_path / "serving" / "regions.db"))
+        with RegionIndex(copy) as served:  # a second file: this process may hold both
+            assert served.count("regions") == 20
+            assert served.get("regions", [rows[3].key])[rows[3].key].image_id == rows[3].image_id
