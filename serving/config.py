@@ -138,14 +138,18 @@ class ServeSettings:
 
     @classmethod
     def load(cls, path: str | None = None, env: Mapping[str, str] | None = None,
-             overrides: Mapping[str, Any] | None = None) -> ServeSettings:
-        """Defaults, then the file ``path`` (or ``$REGIONMIR_SERVE_CONFIG``), then the environment,
-        then ``overrides`` (dotted keys such as ``"http.port"``, from the command line)."""
+             overrides: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None,
+             data_source: str = "settings") -> ServeSettings:
+        """Defaults, then the file ``path`` (or ``$REGIONMIR_SERVE_CONFIG``), then ``data`` (the same
+        nested settings as a mapping, e.g. Ray Serve application ``args``; errors name ``data_source``),
+        then the environment, then ``overrides`` (dotted keys such as ``"http.port"``, from the command line)."""
         env = os.environ if env is None else env
         settings = cls()
         path = path or env.get(CONFIG_ENV) or None
         if path:
             _merge(settings, read_config_file(path), path, "")
+        if data:
+            _merge(settings, dict(data), data_source, "")
         for name, value in sorted(env.items()):
             if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
                 dotted = ".".join(part.lower() for part in name[len(ENV_PREFIX):].split("__"))

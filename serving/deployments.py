@@ -9,7 +9,8 @@
 * ``ingress`` (:class:`QueryIngress`): the HTTP API of :mod:`serving.api`; decodes uploads, crops,
   localises with the atlas, calls the other two through their handles.
 
-:func:`build_app` turns :class:`~serving.config.ServeSettings` into the bound application;
+:func:`build_app` turns :class:`~serving.config.ServeSettings` into the bound application
+(:func:`app_builder` does it from Ray Serve application ``args``, for config-file deploys such as KubeRay's);
 :func:`start_service` starts (or joins) Ray, Serve's HTTP proxy and the application, and waits until
 ``/readyz`` answers 200.
 """
@@ -254,6 +255,16 @@ def build_app(settings: ServeSettings, *, atlas: AnatomyAtlas | None = None, bac
         max_ongoing_requests=sch.max_ongoing_requests, ray_actor_options=_actor_options(sch.num_cpus),
         **search_scaling).bind(data, contract.version_id)
     return QueryIngress.options(**ingress_opts).bind(data, contract.to_json(), atlas_json, encoder, search)
+
+
+def app_builder(args: dict[str, Any]):
+    """The application for Ray Serve config-file deploys (``serve deploy``, KubeRay's ``serveConfigV2``):
+    ``import_path: serving.deployments:app_builder`` with the settings of a ``regionmir serve`` config
+    file as the application's ``args``. As for the command, the environment comes after them
+    (``REGIONMIR_API_KEY`` from a Secret, ``REGIONMIR_SERVE__SECTION__KEY``); unknown keys are refused.
+    ``http.*`` and ``ray.*`` do not apply here: Serve's ``http_options`` and the cluster do."""
+    settings = ServeSettings.load(data=args, data_source="application args")
+    return build_app(settings)
 
 
 def init_ray(settings: ServeSettings) -> None:
