@@ -1,0 +1,899 @@
+"""Offline checks of what ``k8s/`` asks a cluster to run (no cluster, no network).
+
+* Built-in kinds (Namespace, ConfigMap, Secret, Ingress): the strict Kubernetes 1.31 JSON schemas
+  bundled with ``kubernetes-validate`` (unknown fields fail).
+* KubeRay kinds (RayJob, RayService): no CRD schema is available offline, so a hand-written schema
+  of the top-level and spec fields we use (``additionalProperties: false`` at every level), whose
+  pod templates (head, workers, job submitter) are the strict Kubernetes ``PodTemplateSpec``;
+  every ``serveConfigV2`` parsed by Ray Serve's own ``ServeDeploySchema`` and ``AutoscalingConfig``
+  (plus a key diff: those models ignore unknown keys), its ``args`` by ``ServeSettings`` (which
+  refuses unknown keys), and RayJob entrypoints by the argument parsers of the real CLI (rebuilt
+  from the source, without importing the training code).
+* prometheus-operator kinds: the ``cloudcoil`` pydantic models, plus the same key diff.
+* Consistency: the Ray pin of pyproject.toml = the Dockerfile's base image = every ``rayVersion``
+  = every image tag; serveConfigV2 ``args`` agree with its per-deployment overrides and with the
+  ConfigMap; the PrometheusRule holds exactly ``serving/prometheus_alerts.yml``; monitors scrape
+  ports the pods declare.
+
+The raw files are checked without ``kubectl``; the rendered overlays (``kubectl kustomize``) only
+when ``kubectl`` is on PATH. Each kind of check is shown to fail on a typo'd field at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import functools
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "k8s"
+K8S_VERSION = "1.31"
+OVERLAYS = ["overlays/dev", "overlays/dev/jobs", "overlays/prod", "overlays/prod/jobs"]
+#: Files under k8s/ that are not whole Kubernetes objects: kustomize inputs and Helm values.
+NOT_MANIFESTS = ("kustomization.yaml",)
+PATCH_SUFFIX = ".patch.yaml"
+HELM_VALUES = K8S / "milvus" / "values.yaml"
+ENV_CONFIGMAP = K8S / "base" / "env-configmap.yaml"
+
+
+# ------------------------------------------------------------------------------------ inputs
+
+
+@functools.cache
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+@functools.cache
+def ray_version() -> str:
+    for dep in pyproject()["project"]["dependencies"]:
+        m = re.fullmatch(r"ray(\[[^\]]*\])?==([0-9][\w.]*)", dep.replace(" ", ""))
+        if m:
+            return m.group(2)
+    raise AssertionError("pyproject.toml pins no ray==X")
+
+
+def load_all(path: Path) -> list[Any]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def manifest_files() -> list[Path]:
+    return sorted(p for p in K8S.rglob("*.yaml")
+                  if p.name not in NOT_MANIFESTS and not p.name.endswith(PATCH_SUFFIX) and p != HELM_VALUES)
+
+
+@functools.cache
+def raw_documents() -> list[tuple[str, dict]]:
+    """Every object of the files under k8s/ (shared: copy before changing one)."""
+    out = []
+    for path in manifest_files():
+        for i, doc in enumerate(load_all(path)):
+            out.append((f"{path.relative_to(ROOT)}#{i} {doc.get('kind')}/{doc.get('metadata', {}).get('name')}", doc))
+    return out
+
+
+@functools.cache
+def env_configmap() -> dict[str, str]:
+    (doc,) = load_all(ENV_CONFIGMAP)
+    assert doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "regionmir-env"
+    return doc["data"]
+
+
+@functools.cache
+def render(overlay: str) -> list[dict]:
+    result = subprocess.run(["kubectl", "kustomize", str(K8S / overlay)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"kubectl kustomize {overlay} failed:\n{result.stderr}"
+    return [d for d in yaml.safe_load_all(result.stdout) if d is not None]
+
+
+# Ray Serve's own pydantic models warn about pydantic-v1 idioms when imported: not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None,
+                                   reason="kubectl not on PATH: the rendered overlays are not checked "
+                                          "(the raw files under k8s/ still are)")
+
+
+# ------------------------------------------------------------------ key diff for lenient models
+
+
+def unknown_keys(given: Any, parsed: Any, path: str = "") -> list[str]:
+    """Keys of ``given`` that a model dropped while parsing (``parsed`` is its dump): typos."""
+    out: list[str] = []
+    if isinstance(given, dict) and isinstance(parsed, dict):
+        for key, value in given.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key not in parsed:
+                out.append(where)
+            else:
+                out += unknown_keys(value, parsed[key], where)
+    elif isinstance(given, list) and isinstance(parsed, list):
+        for i, (a, b) in enumerate(zip(given, parsed)):
+            out += unknown_keys(a, b, f"{path}[{i}]")
+    return out
+
+
+# ------------------------------------------------------------------------------ built-in kinds
+
+
+def builtin_problems(doc: dict) -> list[str]:
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return [f"{'.'.join(map(str, exc.path)) or '(top)'}: {exc.message}"]
+    except kubernetes_validate.SchemaNotFoundError as exc:
+        return [exc.message]
+    return []
+
+
+# ------------------------------------------------------------------------------- KubeRay kinds
+
+K8S_DEFS = "https://kubernetes.io/api/_definitions.json#/$defs/"
+
+
+def _k8s(name: str) -> dict:
+    return {"$ref": K8S_DEFS + name}
+
+
+def _obj(properties: dict, required: tuple[str, ...] = ()) -> dict:
+    return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
+
+
+_STR, _BOOL, _NUM = {"type": "string"}, {"type": "boolean"}, {"type": "number"}
+_INT0, _INT1 = {"type": "integer", "minimum": 0}, {"type": "integer", "minimum": 1}
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_POD_TEMPLATE = {"$ref": "https://kubernetes.io/api/podtemplatespec/v1"}  # the strict PodTemplateSpec
+
+# Field names from KubeRay's ray.io/v1 Go types (ray-operator/apis/ray/v1/*_types.go). Only fields
+# KubeRay documents for current releases; the RayService health thresholds
+# (serviceUnhealthySecondThreshold, deploymentUnhealthySecondThreshold) are left out on purpose:
+# the operator ignores them since KubeRay issue 1685, so setting them would mislead.
+_HEAD_GROUP = _obj({
+    "rayStartParams": _STRING_MAP, "template": _POD_TEMPLATE, "serviceType": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
+    "headService": _k8s("io.k8s.api.core.v1.Service"), "enableIngress": _BOOL,
+}, required=("rayStartParams", "template"))
+_WORKER_GROUP = _obj({
+    "groupName": _STR, "replicas": _INT0, "minReplicas": _INT0, "maxReplicas": _INT0, "idleTimeoutSeconds": _INT0,
+    "rayStartParams": _STRING_MAP, "template": _POD_TEMPLATE, "numOfHosts": _INT1, "suspend": _BOOL,
+    "scaleStrategy": _obj({"workersToDelete": {"type": "array", "items": _STR}}),
+}, required=("groupName", "minReplicas", "maxReplicas", "rayStartParams", "template"))
+_AUTOSCALER = _obj({
+    "upscalingMode": {"enum": ["Default", "Aggressive", "Conservative"]}, "idleTimeoutSeconds": _INT0,
+    "resources": _k8s("io.k8s.api.core.v1.ResourceRequirements"), "image": _STR,
+    "imagePullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
+    "securityContext": _k8s("io.k8s.api.core.v1.SecurityContext"),
+    "env": {"type": "array", "items": _k8s("io.k8s.api.core.v1.EnvVar")},
+    "envFrom": {"type": "array", "items": _k8s("io.k8s.api.core.v1.EnvFromSource")},
+    "volumeMounts": {"type": "array", "items": _k8s("io.k8s.api.core.v1.VolumeMount")},
+})
+_RAY_CLUSTER_SPEC = _obj({
+    "rayVersion": _STR, "enableInTreeAutoscaling": _BOOL, "autoscalerOptions": _AUTOSCALER,
+    "headGroupSpec": _HEAD_GROUP, "workerGroupSpecs": {"type": "array", "items": _WORKER_GROUP},
+    "headServiceAnnotations": _STRING_MAP, "suspend": _BOOL,
+}, required=("rayVersion", "headGroupSpec"))
+# Our own policy rides along in `required`: every RayJob cleans up after itself and has a deadline.
+_RAYJOB_SPEC = _obj({
+    "entrypoint": _STR, "submissionMode": {"enum": ["K8sJobMode", "HTTPMode", "InteractiveMode"]},
+    "shutdownAfterJobFinishes": _BOOL, "ttlSecondsAfterFinished": _INT0, "activeDeadlineSeconds": _INT1,
+    "backoffLimit": _INT0, "rayClusterSpec": _RAY_CLUSTER_SPEC, "submitterPodTemplate": _POD_TEMPLATE,
+    "submitterConfig": _obj({"backoffLimit": _INT0}), "runtimeEnvYAML": _STR, "jobId": _STR,
+    "metadata": _STRING_MAP, "entrypointNumCpus": _NUM, "entrypointNumGpus": _NUM, "entrypointResources": _STR,
+    "suspend": _BOOL,
+}, required=("entrypoint", "submissionMode", "shutdownAfterJobFinishes", "ttlSecondsAfterFinished",
+             "activeDeadlineSeconds", "backoffLimit", "rayClusterSpec"))
+_RAYSERVICE_SPEC = _obj({
+    "serveConfigV2": _STR, "rayClusterConfig": _RAY_CLUSTER_SPEC,
+    "upgradeStrategy": _obj({"type": {"enum": ["NewCluster", "NewClusterWithIncrementalUpgrade", "None"]}}),
+    "serveService": _k8s("io.k8s.api.core.v1.Service"), "excludeHeadPodFromServeSvc": _BOOL,
+}, required=("serveConfigV2", "rayClusterConfig"))
+
+
+def _kuberay_schema(kind: str, spec: dict) -> dict:
+    return _obj({"apiVersion": {"const": "ray.io/v1"}, "kind": {"const": kind},
+                 "metadata": _k8s("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"), "spec": spec},
+                required=("apiVersion", "kind", "metadata", "spec"))
+
+
+KUBERAY_SCHEMAS = {"RayJob": _kuberay_schema("RayJob", _RAYJOB_SPEC),
+                   "RayService": _kuberay_schema("RayService", _RAYSERVICE_SPEC)}
+
+
+@functools.cache
+def k8s_registry():
+    import kubernetes_validate
+    from referencing import Registry, Resource
+
+    folder = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema" / f"v{K8S_VERSION}.0-local-strict"
+    resources = []
+    for name in ("_definitions.json", "podtemplatespec-v1.json"):
+        contents = json.loads((folder / name).read_text())
+        resources.append((contents["$id"], Resource.from_contents(contents)))
+    return Registry().with_resources(resources)
+
+
+@functools.cache
+def kuberay_validator(kind: str):
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(KUBERAY_SCHEMAS[kind], registry=k8s_registry())
+
+
+def schema_problems(doc: dict, kind: str) -> list[str]:
+    validator = kuberay_validator(kind)
+    return [f"{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+            for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))]
+
+
+def _containers(template: dict) -> list[dict]:
+    return template.get("spec", {}).get("containers", [])
+
+
+def _gpus(container: dict) -> int:
+    limits = container.get("resources", {}).get("limits", {})
+    return int(limits.get("nvidia.com/gpu", 0))
+
+
+def _cpus(container: dict) -> float:
+    value = str(container.get("resources", {}).get("limits", {}).get("cpu", "0"))
+    return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
+
+
+def image_problems(image: str, where: str, gpu: bool) -> list[str]:
+    ray = ray_version()
+    name, _, tag = image.rpartition(":")
+    if name.rsplit("/", 1)[-1] != "regionmir":
+        return [f"{where}: image {image!r} is not the project's image (regionmir:{ray}[-gpu], see Dockerfile)"]
+    if tag not in (ray, f"{ray}-gpu"):
+        return [f"{where}: image tag {tag!r} is neither {ray!r} nor {ray + '-gpu'!r} (the Ray pin of pyproject.toml)"]
+    if gpu and not tag.endswith("-gpu"):
+        return [f"{where}: a pod with GPUs runs the CPU image {image!r}"]
+    return []
+
+
+def env_source_problems(container: dict, where: str, *, secret: bool = True) -> list[str]:
+    refs = {(k, v["name"]) for src in container.get("envFrom", []) for k, v in src.items() if isinstance(v, dict)}
+    wanted = {("configMapRef", "regionmir-env")} | ({("secretRef", "regionmir-s3")} if secret else set())
+    return [f"{where}: envFrom lacks {kind} {name}" for kind, name in sorted(wanted - refs)]
+
+
+def ray_cluster_problems(spec: dict, where: str) -> list[str]:
+    problems = []
+    if spec.get("rayVersion") != ray_version():
+        problems.append(f"{where}.rayVersion: {spec.get('rayVersion')!r} != the ray pin {ray_version()!r} of pyproject.toml")
+    head = spec["headGroupSpec"]
+    if head.get("rayStartParams", {}).get("num-cpus") != "0":
+        problems.append(f"{where}.headGroupSpec.rayStartParams: num-cpus must be \"0\" (no work on the head)")
+    groups = [("headGroupSpec", head)] + [(f"workerGroupSpecs[{g.get('groupName')}]", g)
+                                          for g in spec.get("workerGroupSpecs", [])]
+    images = set()
+    for label, group in groups:
+        template = group["template"]
+        for c in _containers(template):
+            images.add(c.get("image"))
+            problems += image_problems(c.get("image", ""), f"{where}.{label}", gpu=_gpus(c) > 0)
+            problems += env_source_problems(c, f"{where}.{label}")
+            if _gpus(c) and not any(t.get("key") == "nvidia.com/gpu" for t in template["spec"].get("tolerations", [])):
+                problems.append(f"{where}.{label}: GPU pods need a toleration for the nvidia.com/gpu taint")
+        if label != "headGroupSpec" and not (group["minReplicas"] <= group.get("replicas", group["minReplicas"])
+                                             <= group["maxReplicas"]):
+            problems.append(f"{where}.{label}: need minReplicas <= replicas <= maxReplicas")
+    if len(images) > 1:
+        problems.append(f"{where}: head and workers run different images {sorted(images)} (one Ray, one Python)")
+    return problems
+
+
+def worker_resources(spec: dict, at: str = "replicas") -> tuple[int, float]:
+    """(GPUs, CPUs) of the worker groups, with ``at`` (replicas or maxReplicas) pods each."""
+    gpus, cpus = 0, 0.0
+    for group in spec.get("workerGroupSpecs", []):
+        n = group.get(at, group.get("minReplicas", 0))
+        for c in _containers(group["template"]):
+            gpus += n * _gpus(c)
+            cpus += n * _cpus(c)
+    return gpus, cpus
+
+
+# --- RayJob entrypoints: parsed by the real CLI's argument parsers (rebuilt from the source)
+
+
+class _StrictParser(argparse.ArgumentParser):
+    def error(self, message: str):  # raise instead of exiting
+        raise ValueError(message)
+
+
+def _literal(node: ast.AST) -> Any:
+    if isinstance(node, ast.Name) and node.id in ("int", "float", "str"):
+        return {"int": int, "float": float, "str": str}[node.id]
+    return ast.literal_eval(node)
+
+
+@functools.cache
+def cli_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of ``regionmir COMMAND`` as its module builds it: the ``add_argument`` calls of
+    the entry-point function and of the module's functions it calls (defaults and help left out).
+    Abbreviations are refused: a manifest spells every flag in full."""
+    target = pyproject()["project"]["entry-points"]["regionmir.commands"][command]
+    module, function = target.split(":")
+    tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    parser = _StrictParser(prog=f"regionmir {command}", add_help=False, allow_abbrev=False)
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        for node in ast.walk(functions[name]):
+            if not isinstance(node, ast.Call):
+                continue
+            if isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":
+                kwargs = {kw.arg: _literal(kw.value) for kw in node.keywords
+                          if kw.arg in ("required", "choices", "action", "type", "nargs", "dest")}
+                parser.add_argument(*[_literal(a) for a in node.args], **kwargs)
+            elif isinstance(node.func, ast.Name) and node.func.id in functions:
+                visit(node.func.id)
+
+    visit(function)
+    return parser
+
+
+def expand(text: str, env: dict[str, str], where: str) -> str:
+    """``$NAME`` / ``${NAME}`` as the shell expands them, from the ConfigMap; unknown names fail."""
+    def sub(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        if name not in env:
+            raise ValueError(f"{where}: ${name} is not a key of ConfigMap regionmir-env")
+        return env[name]
+
+    return re.sub(r"\$(?:\{(\w+)\}|(\w+))", sub, text)
+
+
+def entrypoint_problems(spec: dict, where: str) -> list[str]:
+    env = env_configmap()
+    try:
+        argv = shlex.split(expand(spec["entrypoint"], env, f"{where}.entrypoint"))
+    except ValueError as exc:
+        return [str(exc)]
+    scripts = pyproject()["project"]["scripts"]
+    if len(argv) < 2 or argv[0] not in scripts:
+        return [f"{where}.entrypoint: must start with one of {sorted(scripts)} and a command"]
+    command = argv[1]
+    if command not in pyproject()["project"]["entry-points"]["regionmir.commands"]:
+        return [f"{where}.entrypoint: unknown command {command!r}"]
+    try:
+        args = cli_parser(command).parse_args(argv[2:])
+    except ValueError as exc:
+        return [f"{where}.entrypoint: regionmir {command}: {exc}"]
+    problems = []
+    cluster = spec["rayClusterSpec"]
+    gpus, cpus = worker_resources(cluster)
+    wants = getattr(args, "workers", None) or getattr(args, "encoders", None) or 1
+    if args.gpu and wants > gpus:
+        problems.append(f"{where}: --gpu with {wants} workers/encoders but the worker groups have {gpus} GPUs")
+    if not args.gpu and gpus:
+        problems.append(f"{where}: the worker groups request {gpus} GPUs but the entrypoint has no --gpu")
+    if not args.gpu and wants > cpus:
+        problems.append(f"{where}: {wants} CPU workers/encoders but the worker groups have {cpus:g} CPUs")
+    if re.search(r"\$\w|\$\{", spec["entrypoint"]):
+        # KubeRay's submitter pod runs the entrypoint through a shell: it must see the variables too.
+        template = spec.get("submitterPodTemplate")
+        if template is None:
+            problems.append(f"{where}: the entrypoint uses $variables: give a submitterPodTemplate with envFrom")
+        else:
+            for c in _containers(template):
+                problems += env_source_problems(c, f"{where}.submitterPodTemplate", secret=False)
+                head_image = _containers(cluster["headGroupSpec"]["template"])[0]["image"]
+                if c.get("image") != head_image:
+                    problems.append(f"{where}.submitterPodTemplate: image {c.get('image')!r} != the head's {head_image!r}")
+    return problems
+
+
+# --- serveConfigV2
+
+
+@functools.cache
+def serve_deployment_names() -> frozenset[str]:
+    tree = ast.parse((ROOT / "serving" / "deployments.py").read_text())
+    names = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            for t in node.targets:
+                if isinstance(t, ast.Name):
+                    names[t.id] = node.value.value
+    return frozenset(names[k] for k in ("ENCODER", "SEARCH", "INGRESS"))
+
+
+def import_path_problems(import_path: str, where: str) -> list[str]:
+    """``module:attr`` must name a module-level builder function with one parameter (read from the
+    source: importing serving.deployments would load torch)."""
+    module, _, attr = import_path.partition(":")
+    path = ROOT / (module.replace(".", "/") + ".py")
+    if not attr or not path.exists():
+        return [f"{where}: import_path {import_path!r} is not module:attribute of this project"]
+    tree = ast.parse(path.read_text())
+    fn = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == attr), None)
+    if fn is None:
+        return [f"{where}: {module} has no module-level function {attr!r}"]
+    if len(fn.args.args) + len(fn.args.kwonlyargs) != 1:
+        return [f"{where}: {import_path} must take exactly one parameter (Ray Serve passes the args dict)"]
+    return []
+
+
+def expected_scaling(d: Any) -> dict[str, Any]:
+    """What serving.deployments._scaling makes of a deployment's settings (kept in step by hand:
+    importing serving.deployments would load torch)."""
+    if d.min_replicas == d.max_replicas:
+        return {"num_replicas": d.max_replicas}
+    auto = {"min_replicas": d.min_replicas, "max_replicas": d.max_replicas,
+            "target_ongoing_requests": d.target_ongoing_requests,
+            "upscale_delay_s": d.upscale_delay_s, "downscale_delay_s": d.downscale_delay_s}
+    if d.initial_replicas is not None:
+        auto["initial_replicas"] = d.initial_replicas
+    return {"autoscaling_config": auto}
+
+
+def serve_config_problems(text: str, where: str) -> list[str]:
+    from pydantic import ValidationError
+    from ray.serve.config import AutoscalingConfig
+    from ray.serve.schema import ServeDeploySchema
+
+    from serving.config import ConfigError, ServeSettings
+
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return [f"{where}: not YAML ({exc})"]
+    try:
+        parsed = ServeDeploySchema.model_validate(config)
+    except ValidationError as exc:
+        return [f"{where}: {exc}"]
+    problems = [f"{where}: unknown key {k!r} (Ray Serve ignores it)"
+                for k in unknown_keys(config, parsed.model_dump(exclude_unset=True, mode="json"))]
+    apps = config.get("applications", [])
+    if [a.get("name") for a in apps] != ["regionmir"]:
+        problems.append(f"{where}: expected one application named regionmir")
+    env = env_configmap()
+    for i, app in enumerate(apps):
+        at = f"{where}.applications[{i}]"
+        if app.get("route_prefix") != "/":
+            problems.append(f"{at}.route_prefix: the page and API live at /")
+        problems += import_path_problems(app.get("import_path", ""), f"{at}.import_path")
+        try:
+            settings = ServeSettings.load(data=app.get("args") or {}, env={}, data_source=f"{at}.args").validate()
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        if settings.model != env["REGIONMIR_MODEL_URI"]:
+            problems.append(f"{at}.args.model {settings.model!r} != ConfigMap REGIONMIR_MODEL_URI {env['REGIONMIR_MODEL_URI']!r}")
+        if settings.milvus != env["REGIONMIR_MILVUS_URI"]:
+            problems.append(f"{at}.args.milvus {settings.milvus!r} != ConfigMap REGIONMIR_MILVUS_URI")
+        if isinstance(settings.encoder.gpus_per_replica, str):
+            problems.append(f"{at}.args.encoder.gpus_per_replica: give a number on Kubernetes ('auto' looks at the "
+                            "GPUs present at build time, none while the GPU workers are scaled down)")
+        overrides = {d.get("name"): d for d in app.get("deployments", [])}
+        if set(overrides) != serve_deployment_names():
+            problems.append(f"{at}.deployments: expected options for exactly {sorted(serve_deployment_names())}, "
+                            f"got {sorted(map(str, overrides))}")
+        for name, d in overrides.items():
+            dat = f"{at}.deployments[{name}]"
+            auto = d.get("autoscaling_config")
+            if auto is not None:
+                try:
+                    model = AutoscalingConfig.model_validate(auto)
+                except ValidationError as exc:
+                    problems.append(f"{dat}.autoscaling_config: {exc}")
+                else:
+                    problems += [f"{dat}.autoscaling_config: unknown key {k!r}" for k in
+                                 unknown_keys(auto, model.model_dump(exclude_unset=True, mode="json"))]
+            if name not in serve_deployment_names():
+                continue
+            # Serve applies these over what the builder made from args: they must say the same.
+            s = getattr(settings, name)
+            mine = {k: d[k] for k in ("num_replicas", "autoscaling_config") if k in d}
+            if mine != expected_scaling(s):
+                problems.append(f"{dat}: replicas {mine} != what args.{name} builds {expected_scaling(s)}")
+            if d.get("max_ongoing_requests") != s.max_ongoing_requests:
+                problems.append(f"{dat}.max_ongoing_requests != args.{name}.max_ongoing_requests")
+            actor = d.get("ray_actor_options")
+            if actor is None:
+                # Without it Serve keeps the builder's options, which copy S3 credentials into runtime_env.
+                problems.append(f"{dat}: set ray_actor_options (num_cpus, num_gpus)")
+                continue
+            gpus = float(settings.encoder.gpus_per_replica) if name == "encoder" and not isinstance(
+                settings.encoder.gpus_per_replica, str) else 0.0
+            if actor.get("num_cpus") != s.num_cpus or float(actor.get("num_gpus", 0)) != gpus:
+                problems.append(f"{dat}.ray_actor_options {actor} != args.{name} (num_cpus {s.num_cpus}, num_gpus {gpus:g})")
+    return problems
+
+
+def _serve_config(doc: dict) -> dict:
+    return yaml.safe_load(doc["spec"]["serveConfigV2"])
+
+
+def rayservice_problems(doc: dict, where: str) -> list[str]:
+    spec = doc["spec"]
+    problems = serve_config_problems(spec["serveConfigV2"], f"{where}.serveConfigV2")
+    if problems:
+        return problems
+    config = _serve_config(doc)
+    cluster = spec["rayClusterConfig"]
+    port = config.get("http_options", {}).get("port", 8000)
+    head = _containers(cluster["headGroupSpec"]["template"])[0]
+    if {"name": "serve", "containerPort": port} not in head.get("ports", []):
+        problems.append(f"{where}: the head container must declare the Serve port {{name: serve, containerPort: {port}}}")
+    for group in cluster.get("workerGroupSpecs", []):
+        for c in _containers(group["template"]):
+            if {"name": "serve", "containerPort": port} not in c.get("ports", []):
+                problems.append(f"{where}: worker group {group['groupName']} must declare the Serve port {port} "
+                                "(proxies run on every node)")
+    encoder = next(d for d in config["applications"][0]["deployments"] if d["name"] == "encoder")
+    per_replica = float(encoder.get("ray_actor_options", {}).get("num_gpus", 0))
+    if per_replica:
+        max_replicas = encoder.get("autoscaling_config", {}).get("max_replicas", encoder.get("num_replicas", 1))
+        gpus, _ = worker_resources(cluster, at="maxReplicas" if cluster.get("enableInTreeAutoscaling") else "replicas")
+        if max_replicas * per_replica > gpus:
+            problems.append(f"{where}: up to {max_replicas} encoder replicas x {per_replica:g} GPU, "
+                            f"but the worker groups reach {gpus} GPUs")
+    for c in [head] + [c for g in cluster.get("workerGroupSpecs", []) for c in _containers(g["template"])]:
+        keys = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in c.get("env", [])}
+        if keys.get("REGIONMIR_API_KEY") != {"name": "regionmir-api-key", "key": "api-key"}:
+            problems.append(f"{where}: container {c['name']} must take REGIONMIR_API_KEY from Secret regionmir-api-key")
+    return problems
+
+
+def kuberay_problems(doc: dict, where: str) -> list[str]:
+    if doc.get("kind") not in KUBERAY_SCHEMAS:
+        return [f"{where}: no schema for {doc.get('kind')} here"]
+    problems = schema_problems(doc, doc["kind"])
+    if problems:
+        return [f"{where}: {p}" for p in problems]
+    spec = doc["spec"]
+    if doc["kind"] == "RayJob":
+        return ray_cluster_problems(spec["rayClusterSpec"], f"{where}.rayClusterSpec") + entrypoint_problems(spec, where)
+    return ray_cluster_problems(spec["rayClusterConfig"], f"{where}.rayClusterConfig") + rayservice_problems(doc, where)
+
+
+# ------------------------------------------------------------------- prometheus-operator kinds
+
+
+@functools.cache
+def prometheus_models() -> dict[str, Any]:
+    from cloudcoil.models.prometheus_operator.v1 import PodMonitor, PrometheusRule, ServiceMonitor
+
+    return {"PodMonitor": PodMonitor, "ServiceMonitor": ServiceMonitor, "PrometheusRule": PrometheusRule}
+
+
+def prometheus_problems(doc: dict, where: str) -> list[str]:
+    from pydantic import ValidationError
+
+    model = prometheus_models().get(doc["kind"])
+    if model is None:
+        return [f"{where}: no model for {doc['kind']}"]
+    try:
+        parsed = model.model_validate(doc)
+    except ValidationError as exc:
+        return [f"{where}: {exc}"]
+    return [f"{where}: unknown key {k!r}" for k in
+            unknown_keys(doc, parsed.model_dump(by_alias=True, exclude_unset=True, mode="json"))]
+
+
+# ---------------------------------------------------------------------------------- dispatcher
+
+
+def document_problems(doc: dict, where: str) -> list[str]:
+    api = doc.get("apiVersion", "")
+    if api.startswith("ray.io/"):
+        return kuberay_problems(doc, where)
+    if api.startswith("monitoring.coreos.com/"):
+        return prometheus_problems(doc, where)
+    return [f"{where}: {p}" for p in builtin_problems(doc)]
+
+
+def assert_valid(doc: dict, where: str) -> None:
+    problems = document_problems(doc, where)
+    assert not problems, "\n".join(problems)
+
+
+# ======================================================================================= tests
+
+
+def test_ray_pin_dockerfile_and_torch_agree():
+    ray = ray_version()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    froms = re.findall(r"^FROM\s+(\S+)", dockerfile, re.M)
+    assert froms, "Dockerfile has no FROM"
+    for image in froms:
+        name, _, tag = image.partition(":")
+        assert name == "rayproject/ray" and tag.startswith(f"{ray}-py311"), \
+            f"Dockerfile base {image} is not rayproject/ray:{ray}-py311[-gpu] (the ray pin of pyproject.toml)"
+    assert "${GPU_SUFFIX}" in froms[0] and re.search(r"^ARG GPU_SUFFIX", dockerfile, re.M), "the -gpu build arg is gone"
+    pins = {d.split("==")[0]: d for d in pyproject()["project"]["dependencies"] if d.startswith(("torch==", "torchvision=="))}
+    for pin in pins.values():
+        assert pin in dockerfile, f"Dockerfile does not install {pin} (pyproject.toml)"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "demo-output"} <= set(ignored)
+
+
+def test_there_is_something_to_check():
+    kinds = {doc["kind"] for _, doc in raw_documents()}
+    assert {"Namespace", "ConfigMap", "Secret", "Ingress", "RayJob", "RayService", "PodMonitor", "ServiceMonitor",
+            "PrometheusRule"} <= kinds
+    steps = {doc["metadata"]["labels"]["regionmir.io/step"] for _, doc in raw_documents() if doc["kind"] == "RayJob"}
+    assert steps == {"pretrain", "finetune", "index"}
+
+
+@pytest.mark.parametrize("where,doc", raw_documents(), ids=[w for w, _ in raw_documents()])
+def test_manifest_file(where, doc):
+    assert_valid(doc, where)
+
+
+def serve_configs_in_files() -> list[tuple[str, str]]:
+    """Every serveConfigV2 under k8s/, overlay patches included (they replace the whole string)."""
+    out = []
+    for path in sorted(K8S.rglob("*.yaml")):
+        for doc in load_all(path):
+            text = doc.get("spec", {}).get("serveConfigV2") if isinstance(doc, dict) else None
+            if text:
+                out.append((str(path.relative_to(ROOT)), text))
+    return out
+
+
+@pytest.mark.parametrize("where,text", serve_configs_in_files(), ids=[w for w, _ in serve_configs_in_files()])
+def test_serve_config(where, text):
+    problems = serve_config_problems(text, where)
+    assert not problems, "\n".join(problems)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rendered_overlay(overlay):
+    docs = render(overlay)
+    assert docs, f"{overlay} renders nothing"
+    problems = []
+    for doc in docs:
+        problems += document_problems(doc, f"{overlay}: {doc['kind']}/{doc['metadata']['name']}")
+    assert not problems, "\n".join(problems)
+    dev = overlay.startswith("overlays/dev")
+    for doc in docs:
+        for c in _pod_containers(doc):
+            assert c["image"].endswith(f":{ray_version()}" if dev else f":{ray_version()}-gpu"), (overlay, c["image"])
+            assert not (dev and _gpus(c)), f"{overlay}: the dev overlay asks for GPUs"
+
+
+def _pod_containers(doc: dict) -> list[dict]:
+    spec = doc.get("spec", {})
+    cluster = spec.get("rayClusterSpec") or spec.get("rayClusterConfig")
+    if not cluster:
+        return []
+    templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster.get("workerGroupSpecs", [])]
+    if spec.get("submitterPodTemplate"):
+        templates.append(spec["submitterPodTemplate"])
+    return [c for t in templates for c in _containers(t)]
+
+
+@needs_kubectl
+def test_rendered_overlays_contain_what_they_should():
+    kinds = lambda overlay: sorted(d["kind"] for d in render(overlay))  # noqa: E731
+    assert kinds("overlays/prod") == ["ConfigMap", "ConfigMap", "Namespace", "PodMonitor", "PodMonitor",
+                                      "PrometheusRule", "RayService", "ServiceMonitor"]
+    assert kinds("overlays/dev") == ["ConfigMap", "Namespace", "RayService"]
+    assert kinds("overlays/prod/jobs") == kinds("overlays/dev/jobs") == ["RayJob"] * 3
+    for doc in render("overlays/prod") + render("overlays/prod/jobs"):
+        assert doc["metadata"].get("namespace") == "regionmir" or doc["kind"] == "Namespace", doc["metadata"]
+    dashboard = next(d for d in render("overlays/prod") if d["metadata"]["name"] == "regionmir-grafana-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    (content,) = dashboard["data"].values()
+    assert json.loads(content) == json.loads((ROOT / "serving" / "grafana_dashboard.json").read_text())
+
+
+def test_prometheus_rule_holds_the_serving_alert_rules():
+    (rule,) = [d for _, d in raw_documents() if d["kind"] == "PrometheusRule"]
+    alerts = yaml.safe_load((ROOT / "serving" / "prometheus_alerts.yml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"], \
+        "k8s/monitoring/prometheusrule.yaml and serving/prometheus_alerts.yml differ: edit both"
+
+
+def test_dashboard_generator_points_at_the_serving_dashboard():
+    (kustomization,) = load_all(ROOT / "serving" / "kustomization.yaml")
+    (generator,) = kustomization["configMapGenerator"]
+    assert generator["options"]["labels"] == {"grafana_dashboard": "1"}
+    (entry,) = generator["files"]
+    assert entry.split("=")[-1] == "grafana_dashboard.json" and (ROOT / "serving" / "grafana_dashboard.json").exists()
+    (monitoring,) = load_all(K8S / "monitoring" / "kustomization.yaml")
+    assert "../../serving" in monitoring["resources"]
+
+
+def test_monitors_scrape_ports_the_pods_declare():
+    docs = [d for _, d in raw_documents()]
+    (service,) = [d for d in docs if d["kind"] == "RayService"]
+    cluster = service["spec"]["rayClusterConfig"]
+    head_ports = {p["name"]: p["containerPort"] for c in _containers(cluster["headGroupSpec"]["template"])
+                  for p in c.get("ports", [])}
+    for monitor in (d for d in docs if d["kind"] == "PodMonitor"):
+        node_type = monitor["spec"]["selector"]["matchLabels"]["ray.io/node-type"]
+        wanted = {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
+        if node_type == "head":
+            assert wanted == {"metrics", "as-metrics", "dash-metrics"}
+            assert {head_ports.get(p) for p in wanted} == {8080, 44217, 44227}, head_ports
+        else:
+            assert wanted == {"metrics"}
+            for d in docs:
+                spec = d.get("spec", {})
+                for g in (spec.get("rayClusterSpec") or spec.get("rayClusterConfig") or {}).get("workerGroupSpecs", []):
+                    assert g["rayStartParams"]["metrics-export-port"] == "8080", d["metadata"]["name"]
+                    for c in _containers(g["template"]):
+                        assert {"name": "metrics", "containerPort": 8080} in c["ports"], d["metadata"]["name"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["metrics-export-port"] == "8080"
+    (milvus,) = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    assert [e["port"] for e in milvus["spec"]["endpoints"]] == ["metrics"]
+    assert milvus["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+def test_milvus_values_use_the_shared_object_store():
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    assert values["minio"]["enabled"] is False
+    s3 = values["externalS3"]
+    assert s3["enabled"] is True and s3["bucketName"]
+    assert not s3["accessKey"] and not s3["secretKey"], "credentials belong on the helm command line, not in git"
+    endpoint = env_configmap()["REGIONMIR_S3_ENDPOINT"]
+    host, _, port = endpoint.split("://", 1)[1].partition(":")
+    assert (s3["host"], str(s3["port"]), s3["useSSL"]) == (host, port or "443", endpoint.startswith("https"))
+    assert values["metrics"]["enabled"] is True
+    # Scraped once, by k8s/monitoring/milvus-servicemonitor.yaml (which selects the release `milvus`).
+    assert values["metrics"]["serviceMonitor"]["enabled"] is False
+    assert env_configmap()["REGIONMIR_MILVUS_URI"] == "http://milvus:19530"
+
+
+def test_ingress_points_at_the_kuberay_serve_service():
+    docs = [d for _, d in raw_documents()]
+    (service,) = [d for d in docs if d["kind"] == "RayService"]
+    (ingress,) = [d for d in docs if d["kind"] == "Ingress"]
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": f"{service['metadata']['name']}-serve-svc",
+                       "port": {"number": _serve_config(service)["http_options"]["port"]}}
+
+
+def test_secret_templates_match_what_the_pods_reference():
+    secrets = {d["metadata"]["name"]: set(d["stringData"]) for _, d in raw_documents() if d["kind"] == "Secret"}
+    assert secrets == {"regionmir-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
+                       "regionmir-api-key": {"api-key"}}
+    for path in manifest_files():
+        if "secrets" not in path.parts:
+            assert "kind: Secret" not in path.read_text(), f"{path}: Secrets stay templates in k8s/secrets"
+    for name in ("base", "jobs", "monitoring"):
+        (k,) = load_all(K8S / name / "kustomization.yaml")
+        assert not any("secret" in r for r in k["resources"]), "kubectl apply -k must not overwrite real Secrets"
+
+
+def test_application_args_come_between_the_file_and_the_environment():
+    from serving.config import ConfigError, ServeSettings
+
+    args = {"model": "s3://m", "milvus": "http://milvus:19530", "encoder": {"max_replicas": 4, "gpus_per_replica": 1}}
+    settings = ServeSettings.load(data=args, env={"REGIONMIR_SERVE__ENCODER__MAX_REPLICAS": "8",
+                                                  "REGIONMIR_API_KEY": "k"}, data_source="application args")
+    assert (settings.encoder.max_replicas, settings.encoder.gpus_per_replica, settings.auth.api_key) == (8, 1, "k")
+    with pytest.raises(ConfigError, match=r"application args: unknown setting 'encoder.max_replica'"):
+        ServeSettings.load(data={"encoder": {"max_replica": 4}}, env={}, data_source="application args")
+
+
+# ----------------------------------------------------- a wrong field fails (one of each kind)
+
+
+def _raw(kind: str, name: str | None = None) -> dict:
+    for _, doc in raw_documents():
+        if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name):
+            return copy.deepcopy(doc)
+    raise KeyError(kind)
+
+
+def _rename(mapping: dict, old: str, new: str) -> None:
+    mapping[new] = mapping.pop(old)
+
+
+def test_a_wrong_field_in_a_builtin_kind_fails():
+    import kubernetes_validate
+
+    ingress = _raw("Ingress")
+    _rename(ingress["spec"], "ingressClassName", "ingressClass")
+    with pytest.raises(kubernetes_validate.ValidationError, match="ingressClass"):
+        kubernetes_validate.validate(ingress, K8S_VERSION, strict=True)
+    assert any("'ingressClass' was unexpected" in p for p in document_problems(ingress, "ingress"))
+
+
+@pytest.mark.parametrize("mutate,name", [
+    (lambda d: _rename(d["spec"], "upgradeStrategy", "upgradeStratgy"), "upgradeStratgy"),
+    (lambda d: _rename(d["spec"]["rayClusterConfig"], "enableInTreeAutoscaling", "enableInTreeAutoScaling"),
+     "enableInTreeAutoScaling"),
+    (lambda d: _rename(d["spec"]["rayClusterConfig"]["workerGroupSpecs"][0], "maxReplicas", "maxReplica"), "maxReplica"),
+    # an embedded pod template is the strict Kubernetes PodTemplateSpec
+    (lambda d: _rename(d["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0],
+                       "envFrom", "envfrom"), "envfrom"),
+    (lambda d: d["spec"].__setitem__("serviceUnhealthySecondThreshold", 900), "serviceUnhealthySecondThreshold"),
+], ids=["spec", "rayClusterConfig", "workerGroupSpec", "pod-template", "deprecated-threshold"])
+def test_a_wrong_field_in_a_rayservice_fails(mutate, name):
+    service = _raw("RayService")
+    assert not document_problems(service, "RayService")
+    mutate(service)
+    problems = document_problems(service, "RayService")
+    assert any(f"'{name}' was unexpected" in p for p in problems), problems
+
+
+def test_a_wrong_field_or_flag_in_a_rayjob_fails():
+    job = _raw("RayJob", "regionmir-pretrain")
+    _rename(job["spec"], "shutdownAfterJobFinishes", "shutdownAfterJobFinish")
+    assert any("'shutdownAfterJobFinish' was unexpected" in p for p in document_problems(job, "RayJob"))
+    for wrong, message in [("--epochs 50", "--epoch"), ("--gpu", "--gpus"), ("--objective supcon", "--objective supconn"),
+                           ("$REGIONMIR_DATA_URI", "$REGIONMIR_DATA_URL")]:
+        job = _raw("RayJob", "regionmir-pretrain")
+        job["spec"]["entrypoint"] = job["spec"]["entrypoint"].replace(wrong, message)
+        problems = document_problems(job, "RayJob")
+        assert any(message.split()[-1].lstrip("$") in p for p in problems), (message, problems)
+    job = _raw("RayJob", "regionmir-index")
+    job["spec"]["entrypoint"] = job["spec"]["entrypoint"].replace("--encoders 2", "--encoders 3")
+    assert any("3 workers/encoders but the worker groups have 2 GPUs" in p for p in document_problems(job, "RayJob"))
+
+
+def test_a_ray_version_or_image_out_of_step_with_pyproject_fails():
+    job = _raw("RayJob", "regionmir-index")
+    job["spec"]["rayClusterSpec"]["rayVersion"] = "2.59.0"
+    assert any("rayVersion: '2.59.0' != the ray pin" in p for p in document_problems(job, "RayJob"))
+    job = _raw("RayJob", "regionmir-index")
+    job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"] = "regionmir:2.59.0-gpu"
+    problems = document_problems(job, "RayJob")
+    assert any("image tag '2.59.0-gpu'" in p for p in problems) and any("different images" in p for p in problems)
+
+
+def _edit_serve_config(edit) -> list[str]:
+    service = _raw("RayService")
+    config = _serve_config(service)
+    edit(config)
+    return serve_config_problems(yaml.safe_dump(config), "serveConfigV2")
+
+
+@pytest.mark.parametrize("edit,name", [
+    (lambda c: _rename(c["applications"][0], "route_prefix", "route_prefx"), "route_prefx"),
+    (lambda c: _rename(c["http_options"], "port", "prot"), "prot"),
+    (lambda c: _rename(c["applications"][0]["deployments"][0], "autoscaling_config", "autoscalling_config"),
+     "autoscalling_config"),
+    (lambda c: _rename(c["applications"][0]["deployments"][0]["autoscaling_config"], "target_ongoing_requests",
+                       "target_ongoing_request"), "target_ongoing_request"),
+    (lambda c: _rename(c["applications"][0]["deployments"][0]["ray_actor_options"], "num_gpus", "num_gpu"), "num_gpu"),
+    (lambda c: _rename(c["applications"][0]["args"]["encoder"], "max_replicas", "max_replica"), "encoder.max_replica"),
+], ids=["application", "http_options", "deployment", "autoscaling_config", "ray_actor_options", "args"])
+def test_a_wrong_field_in_serve_config_fails(edit, name):
+    assert not _edit_serve_config(lambda c: None)
+    problems = _edit_serve_config(edit)
+    assert any(f"{name}'" in p for p in problems), problems
+
+
+def test_serve_config_overrides_that_disagree_with_args_fail():
+    def edit(c):
+        c["applications"][0]["deployments"][0]["autoscaling_config"]["max_replicas"] = 9
+    problems = _edit_serve_config(edit)
+    assert any("deployments[encoder]: replicas" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("kind,edit,name", [
+    ("PrometheusRule", lambda d: _rename(d["spec"]["groups"][0]["rules"][0], "annotations", "annotation"), "annotation"),
+    ("PodMonitor", lambda d: _rename(d["spec"], "podMetricsEndpoints", "podMetricEndpoints"), "podMetricEndpoints"),
+    ("ServiceMonitor", lambda d: _rename(d["spec"]["endpoints"][0], "scrapeTimeout", "scrape_timeout"), "scrape_timeout"),
+], ids=["PrometheusRule", "PodMonitor", "ServiceMonitor"])
+def test_a_wrong_field_in_a_prometheus_operator_kind_fails(kind, edit, name):
+    doc = _raw(kind)
+    edit(doc)
+    problems = document_problems(doc, kind)
+    assert any(name in p for p in problems), problems
