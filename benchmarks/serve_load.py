@@ -10,9 +10,10 @@ Measured side by side in one run, on one phantom data set and model:
   driven over HTTP by 1, 4 and 16 concurrent clients, each sending box queries back to back for
   ``--seconds``; with ``@serve.batch`` on (``max_batch_size`` 16) and off (``max_batch_size`` 1):
   ``p50_ms``, ``p99_ms``, ``qps`` (answers per second), ``errors`` (any non-200 or failed call);
-* ``replicas_over_time``: running encoder replicas, sampled each second from ``serve.status()``
-  from the first level to after the load stops (the encoder autoscales between ``--min-replicas``
-  and ``--max-replicas`` on ongoing requests; it must rise under load and fall after);
+* ``replicas_over_time``: running encoder and ingress replicas, sampled each second from
+  ``serve.status()`` from the first level to after the load stops (the encoder autoscales between
+  ``--min-replicas`` and ``--max-replicas``, the ingress — decoding and cropping — between 1 and
+  ``--max-ingress``, on ongoing requests; they must rise under load and fall after);
 * ratios: ``single_client_p50_to_floor`` (goal ≤ 1.3) and ``qps_16_to_1`` (goal ≥ 2.5), for the
   batching-on levels.
 
@@ -90,7 +91,8 @@ def floor_latency(demo: dict, film_png: bytes, box: str, queries: int, k: int, w
 
 
 class ReplicaSampler(threading.Thread):
-    """Running encoder replicas once a second (``serve.status()``), with the level running then."""
+    """Running encoder and ingress replicas once a second (``serve.status()``), with the level
+    running then."""
 
     def __init__(self):
         super().__init__(daemon=True)
@@ -99,19 +101,23 @@ class ReplicaSampler(threading.Thread):
         self.stop = threading.Event()
         self.t0 = time.perf_counter()
 
-    def running(self) -> int:
+    def running(self) -> dict[str, int]:
         from ray import serve
 
-        try:
-            app = serve.status().applications.get(APP)
-            states = app.deployments["encoder"].replica_states if app else {}
-        except Exception:
-            return -1
-        return int(sum(n for state, n in states.items() if str(getattr(state, "value", state)) == "RUNNING"))
+        counts = {}
+        for name in ("encoder", "ingress"):
+            try:
+                app = serve.status().applications.get(APP)
+                states = app.deployments[name].replica_states if app else {}
+                counts[f"{name}_replicas"] = int(sum(n for state, n in states.items()
+                                                     if str(getattr(state, "value", state)) == "RUNNING"))
+            except Exception:
+                counts[f"{name}_replicas"] = -1
+        return counts
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.samples.append({"t_s": round(time.perf_counter() - self.t0, 1), "encoder_replicas": self.running(),
+            self.samples.append({"t_s": round(time.perf_counter() - self.t0, 1), **self.running(),
                                  "phase": self.label})
             self.stop.wait(1.0)
 
@@ -163,7 +169,8 @@ def settings_for(demo: dict, port: int, batching: bool, args: argparse.Namespace
                     "look_back_period_s": 5.0,
                     "downscale_delay_s": args.downscale_delay, "torch_threads": 1,
                     "max_batch_size": 16 if batching else 1, "batch_wait_timeout_ms": 5.0 if batching else 0.0},
-        "ingress": {"min_replicas": 1, "max_replicas": 1},
+        "ingress": {"min_replicas": 1, "max_replicas": args.max_ingress, "target_ongoing_requests": args.target_ongoing,
+                    "upscale_delay_s": 2.0, "downscale_delay_s": args.downscale_delay, "look_back_period_s": 5.0},
         "ray": {"num_cpus": 8}}, "benchmark settings")
 
 
@@ -178,6 +185,7 @@ def main() -> int:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--max-replicas", type=int, default=3)
+    p.add_argument("--max-ingress", type=int, default=2, help="ingress replicas at most (decoding, crops)")
     p.add_argument("--target-ongoing", type=float, default=2.0)
     p.add_argument("--downscale-delay", type=float, default=10.0)
     p.add_argument("--floor-queries", type=int, default=100)
@@ -224,22 +232,26 @@ def main() -> int:
                 sampler.label = f"{clients} clients batching {label}"
                 level = {"clients": clients, "batching": batching, **drive(base, film_png, box, clients,
                                                                              args.seconds, args.k)}
-                level["encoder_replicas_max"] = max((s["encoder_replicas"] for s in sampler.samples
-                                                     if s["phase"] == sampler.label), default=0)
+                for name in ("encoder", "ingress"):
+                    level[f"{name}_replicas_max"] = max((s[f"{name}_replicas"] for s in sampler.samples
+                                                         if s["phase"] == sampler.label), default=0)
                 levels.append(level)
                 print(f"[bench] {clients:>2} clients, batching {label}: p50 {level['p50_ms']} ms, "
                       f"p99 {level['p99_ms']} ms, {level['qps']} q/s, {level['errors']} errors, "
-                      f"up to {level['encoder_replicas_max']} encoder replicas", flush=True)
+                      f"up to {level['encoder_replicas_max']} encoder / {level['ingress_replicas_max']} ingress "
+                      "replicas", flush=True)
             if batching:  # watch the encoder scale back down with no load
                 sampler.label = "idle after load"
                 deadline = time.perf_counter() + args.downscale_delay + 60
                 while time.perf_counter() < deadline:
-                    if sampler.samples and sampler.samples[-1]["phase"] == "idle after load" and \
-                            sampler.samples[-1]["encoder_replicas"] == args.min_replicas:
+                    last = sampler.samples[-1] if sampler.samples else {}
+                    if last.get("phase") == "idle after load" and last["encoder_replicas"] == args.min_replicas \
+                            and last["ingress_replicas"] == 1:
                         break
                     time.sleep(1)
                 time.sleep(2)
-                print(f"[bench] idle: {sampler.samples[-1]['encoder_replicas']} encoder replica(s) "
+                print(f"[bench] idle: {sampler.samples[-1]['encoder_replicas']} encoder / "
+                      f"{sampler.samples[-1]['ingress_replicas']} ingress replica(s) "
                       f"{sampler.samples[-1]['t_s']} s into the run", flush=True)
     finally:
         sampler.stop.set()
@@ -253,8 +265,8 @@ def main() -> int:
     off = {lv["clients"]: lv for lv in levels if not lv["batching"]}
     first, last = min(clients_levels), max(clients_levels)
     samples = sampler.samples
-    loaded = [s["encoder_replicas"] for s in samples if "clients" in s["phase"]]
-    idle = [s["encoder_replicas"] for s in samples if s["phase"] == "idle after load"]
+    loaded = [s["encoder_replicas"] + s["ingress_replicas"] for s in samples if "clients" in s["phase"]]
+    idle = [s["encoder_replicas"] + s["ingress_replicas"] for s in samples if s["phase"] == "idle after load"]
     result = {
         "floor_p50_ms": floor["p50_ms"], "floor_p99_ms": floor["p99_ms"],
         "levels": levels,
@@ -264,7 +276,7 @@ def main() -> int:
         f"qps_{last}_to_{first}_no_batching": round(off[last]["qps"] / off[first]["qps"], 2)
         if off.get(first) and off[first]["qps"] else None,
         "errors": sum(lv["errors"] for lv in levels),
-        "replicas_rose": bool(loaded) and max(loaded) > args.min_replicas,
+        "replicas_rose": bool(loaded) and max(loaded) > args.min_replicas + 1,
         "replicas_fell": bool(idle) and idle[-1] < max(loaded or [0]),
         "indexed_regions": demo["rows"], "seconds_per_level": args.seconds,
         "wall_s": round(time.perf_counter() - t0, 1),

@@ -71,6 +71,19 @@ class DeploymentSettings:
     look_back_period_s: float = 30.0     # ongoing requests are averaged over this window
     num_cpus: float = 0.5
 
+    def serve_scaling(self) -> dict[str, Any]:
+        """Ray Serve deployment options for the replica count: ``num_replicas`` when min == max,
+        else an ``autoscaling_config``."""
+        if self.min_replicas == self.max_replicas:
+            return {"num_replicas": self.max_replicas}
+        config: dict[str, Any] = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
+                                  "target_ongoing_requests": self.target_ongoing_requests,
+                                  "upscale_delay_s": self.upscale_delay_s, "downscale_delay_s": self.downscale_delay_s,
+                                  "look_back_period_s": self.look_back_period_s}
+        if self.initial_replicas is not None:
+            config["initial_replicas"] = self.initial_replicas
+        return {"autoscaling_config": config}
+
 
 @dataclass
 class EncoderSettings(DeploymentSettings):

@@ -184,19 +184,6 @@ def resolve_gpus(value: float | str) -> float:
     return float(value)
 
 
-def _scaling(d: Any) -> dict[str, Any]:
-    """Deployment options for replica counts: fixed when min == max, else an autoscaling config."""
-    if d.min_replicas == d.max_replicas:
-        return {"num_replicas": d.max_replicas}
-    config = {"min_replicas": d.min_replicas, "max_replicas": d.max_replicas,
-              "target_ongoing_requests": d.target_ongoing_requests,
-              "upscale_delay_s": d.upscale_delay_s, "downscale_delay_s": d.downscale_delay_s,
-              "look_back_period_s": d.look_back_period_s}
-    if d.initial_replicas is not None:
-        config["initial_replicas"] = d.initial_replicas
-    return {"autoscaling_config": config}
-
-
 def _actor_options(num_cpus: float, num_gpus: float = 0.0) -> dict[str, Any]:
     options: dict[str, Any] = {"num_cpus": num_cpus}
     if num_gpus:
@@ -234,7 +221,8 @@ def build_app(settings: ServeSettings, *, atlas: AnatomyAtlas | None = None, bac
     data = settings.to_dict()
     atlas_json = atlas.to_json() if atlas is not None else None
     ingress_opts = dict(max_ongoing_requests=settings.ingress.max_ongoing_requests,
-                        ray_actor_options=_actor_options(settings.ingress.num_cpus), **_scaling(settings.ingress))
+                        ray_actor_options=_actor_options(settings.ingress.num_cpus),
+                        **settings.ingress.serve_scaling())
     if backend_app:
         return QueryIngress.options(**ingress_opts).bind(data, contract.to_json(), atlas_json, None, None, backend_app)
 
@@ -242,7 +230,7 @@ def build_app(settings: ServeSettings, *, atlas: AnatomyAtlas | None = None, bac
     gpus = resolve_gpus(enc.gpus_per_replica)
     encoder = EncoderDeployment.options(
         max_ongoing_requests=enc.max_ongoing_requests, ray_actor_options=_actor_options(enc.num_cpus, gpus),
-        **_scaling(enc)).bind(model_dir, data)
+        **enc.serve_scaling()).bind(model_dir, data)
 
     sch = settings.search
     if settings.index_is_file:
@@ -250,7 +238,7 @@ def build_app(settings: ServeSettings, *, atlas: AnatomyAtlas | None = None, bac
             log.info("search: a milvus-lite file allows one process: running exactly 1 replica")
         search_scaling: dict[str, Any] = {"num_replicas": 1}
     else:
-        search_scaling = _scaling(sch)
+        search_scaling = sch.serve_scaling()
     search = SearchDeployment.options(
         max_ongoing_requests=sch.max_ongoing_requests, ray_actor_options=_actor_options(sch.num_cpus),
         **search_scaling).bind(data, contract.version_id)

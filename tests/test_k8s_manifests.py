@@ -437,19 +437,6 @@ def import_path_problems(import_path: str, where: str) -> list[str]:
     return []
 
 
-def expected_scaling(d: Any) -> dict[str, Any]:
-    """What serving.deployments._scaling makes of a deployment's settings (kept in step by hand:
-    importing serving.deployments would load torch)."""
-    if d.min_replicas == d.max_replicas:
-        return {"num_replicas": d.max_replicas}
-    auto = {"min_replicas": d.min_replicas, "max_replicas": d.max_replicas,
-            "target_ongoing_requests": d.target_ongoing_requests,
-            "upscale_delay_s": d.upscale_delay_s, "downscale_delay_s": d.downscale_delay_s}
-    if d.initial_replicas is not None:
-        auto["initial_replicas"] = d.initial_replicas
-    return {"autoscaling_config": auto}
-
-
 def serve_config_problems(text: str, where: str) -> list[str]:
     from pydantic import ValidationError
     from ray.serve.config import AutoscalingConfig
@@ -509,8 +496,8 @@ def serve_config_problems(text: str, where: str) -> list[str]:
             # Serve applies these over what the builder made from args: they must say the same.
             s = getattr(settings, name)
             mine = {k: d[k] for k in ("num_replicas", "autoscaling_config") if k in d}
-            if mine != expected_scaling(s):
-                problems.append(f"{dat}: replicas {mine} != what args.{name} builds {expected_scaling(s)}")
+            if mine != s.serve_scaling():
+                problems.append(f"{dat}: replicas {mine} != what args.{name} builds {s.serve_scaling()}")
             if d.get("max_ongoing_requests") != s.max_ongoing_requests:
                 problems.append(f"{dat}.max_ongoing_requests != args.{name}.max_ongoing_requests")
             actor = d.get("ray_actor_options")
