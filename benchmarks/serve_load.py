@@ -10,7 +10,7 @@ Measured side by side in one run, on one phantom data set and model:
   driven over HTTP by 1, 4 and 16 concurrent clients, each sending box queries back to back for
   ``--seconds``; with ``@serve.batch`` on (``max_batch_size`` 16) and off (``max_batch_size`` 1):
   ``p50_ms``, ``p99_ms``, ``qps`` (answers per second), ``errors`` (any non-200 or failed call);
-* ``replicas_over_time``: running encoder and ingress replicas, sampled each second from
+* ``replicas_over_time``: encoder and ingress replicas running (and starting), sampled each second from
   ``serve.status()`` from the first level to after the load stops (the encoder autoscales between
   ``--min-replicas`` and ``--max-replicas``, the ingress — decoding and cropping — between 1 and
   ``--max-ingress``, on ongoing requests; they must rise under load and fall after);
@@ -102,17 +102,20 @@ class ReplicaSampler(threading.Thread):
         self.t0 = time.perf_counter()
 
     def running(self) -> dict[str, int]:
+        """Per deployment, replicas RUNNING and replicas the autoscaler asked for that are still
+        STARTING (a new replica imports torch: tens of seconds on a busy 2-core machine)."""
         from ray import serve
 
         counts = {}
+        try:
+            app = serve.status().applications.get(APP)
+        except Exception:
+            app = None
         for name in ("encoder", "ingress"):
-            try:
-                app = serve.status().applications.get(APP)
-                states = app.deployments[name].replica_states if app else {}
-                counts[f"{name}_replicas"] = int(sum(n for state, n in states.items()
-                                                     if str(getattr(state, "value", state)) == "RUNNING"))
-            except Exception:
-                counts[f"{name}_replicas"] = -1
+            states = app.deployments[name].replica_states if app and name in app.deployments else {}
+            by_state = {str(getattr(state, "value", state)): int(n) for state, n in states.items()}
+            counts[f"{name}_replicas"] = by_state.get("RUNNING", 0)
+            counts[f"{name}_starting"] = by_state.get("STARTING", 0)
         return counts
 
     def run(self) -> None:
@@ -233,19 +236,21 @@ def main() -> int:
                 level = {"clients": clients, "batching": batching, **drive(base, film_png, box, clients,
                                                                              args.seconds, args.k)}
                 for name in ("encoder", "ingress"):
-                    level[f"{name}_replicas_max"] = max((s[f"{name}_replicas"] for s in sampler.samples
-                                                         if s["phase"] == sampler.label), default=0)
+                    level[f"{name}_replicas_max"] = max((s[f"{name}_replicas"] + s[f"{name}_starting"]
+                                                         for s in sampler.samples if s["phase"] == sampler.label),
+                                                        default=0)
                 levels.append(level)
                 print(f"[bench] {clients:>2} clients, batching {label}: p50 {level['p50_ms']} ms, "
                       f"p99 {level['p99_ms']} ms, {level['qps']} q/s, {level['errors']} errors, "
                       f"up to {level['encoder_replicas_max']} encoder / {level['ingress_replicas_max']} ingress "
-                      "replicas", flush=True)
+                      "replicas (running or starting)", flush=True)
             if batching:  # watch the encoder scale back down with no load
                 sampler.label = "idle after load"
                 deadline = time.perf_counter() + args.downscale_delay + 60
                 while time.perf_counter() < deadline:
                     last = sampler.samples[-1] if sampler.samples else {}
-                    if last.get("phase") == "idle after load" and last["encoder_replicas"] == args.min_replicas \
+                    if last.get("phase") == "idle after load" and last["encoder_starting"] == 0 and \
+                            last["ingress_starting"] == 0 and last["encoder_replicas"] == args.min_replicas \
                             and last["ingress_replicas"] == 1:
                         break
                     time.sleep(1)
@@ -265,8 +270,11 @@ def main() -> int:
     off = {lv["clients"]: lv for lv in levels if not lv["batching"]}
     first, last = min(clients_levels), max(clients_levels)
     samples = sampler.samples
-    loaded = [s["encoder_replicas"] + s["ingress_replicas"] for s in samples if "clients" in s["phase"]]
-    idle = [s["encoder_replicas"] + s["ingress_replicas"] for s in samples if s["phase"] == "idle after load"]
+    def placed(s: dict) -> int:  # running + starting: what the autoscaler decided
+        return s["encoder_replicas"] + s["encoder_starting"] + s["ingress_replicas"] + s["ingress_starting"]
+
+    loaded = [placed(s) for s in samples if "clients" in s["phase"]]
+    idle = [placed(s) for s in samples if s["phase"] == "idle after load"]
     result = {
         "floor_p50_ms": floor["p50_ms"], "floor_p99_ms": floor["p99_ms"],
         "levels": levels,
