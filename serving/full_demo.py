@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
               "anatomy-only queries over HTTP")
         served = {"url": base + "/", "api": base + "/docs", **query_service(base, trained["data"], films=2)}
         timings["after_evaluation_until_answered_s"] = round(time.perf_counter() - t, 1)
-        pictures = {**trained.pop("pictures"), **indexed.pop("pictures")}
+        pictures = {**trained.pop("pictures"), **{f"report_{k}": v for k, v in indexed.pop("pictures").items()}}
         summary = {**trained, **indexed, "service": served, "timings": timings,
                    "seconds": round(time.perf_counter() - started, 1)}
         with open(os.path.join(args.out, "summary.json"), "w") as f:
