@@ -406,7 +406,8 @@ def test_a_prometheus_server_scrapes_the_search_latency_histogram(service, tmp_p
     port = _free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
+        # 5 s: a scrape of Ray's endpoint can take seconds on a busy 2-core machine (timeout = interval)
+        "global": {"scrape_interval": "5s", "scrape_timeout": "5s", "evaluation_interval": "5s"},
         "rule_files": [str(SERVING / "prometheus_alerts.yml")],
         "scrape_configs": [{"job_name": "ray", "static_configs": [
             {"targets": [f"127.0.0.1:{service.metrics_port}"]}]}],
@@ -432,8 +433,13 @@ def test_a_prometheus_server_scrapes_the_search_latency_histogram(service, tmp_p
         assert {series["metric"]["stage"] for series in found} == {"search"}
         assert any(float(series["value"][1]) > 0 for series in found)  # queries were counted
         assert quantile and float(quantile[0]["value"][1]) > 0  # a p99 of the total latency, in seconds
-        targets = requests.get(f"{api}/targets", timeout=5).json()["data"]["activeTargets"]
-        assert [t["health"] for t in targets] == ["up"]
+        health: list[str] = []
+        for _ in range(12):  # the last scrape may have been slow: wait for one that succeeds
+            health = [t["health"] for t in requests.get(f"{api}/targets", timeout=5).json()["data"]["activeTargets"]]
+            if health == ["up"]:
+                break
+            time.sleep(5)
+        assert health == ["up"], health
         rules = requests.get(f"{api}/rules", timeout=5).json()["data"]["groups"]
         assert {r["name"] for g in rules for r in g["rules"]} >= {"RegionMIRHighErrorRate", "RegionMIRHighP99Latency"}
     finally:
