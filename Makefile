@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test test-slow venv clean lint system-deps
+.PHONY: demo test test-slow test-cluster venv clean lint system-deps
 
 venv: $(STAMP)
 
@@ -32,6 +32,11 @@ test: $(STAMP) system-deps
 # Ray Train integration and fault tests: minutes each on a 2-core machine.
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# A 3-node Ray cluster on this machine (head + 2 worker nodes): distributed pretraining across the
+# worker nodes survives one of them being killed (about 10 minutes on 2 cores; CI runs it too).
+test-cluster: $(STAMP)
+	$(PY) -m pytest -q -m slow tests/test_multinode_cluster.py
 
 # `make demo SERVE=1` keeps the query service up at the end (Ctrl-C stops it).
 demo: $(STAMP)

@@ -98,7 +98,7 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_finishes_every_epoch(tm
     assert process.returncode == 0, output[-5000:]
     assert "resumed from the checkpoint of epoch" in output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["final_metrics"]["epoch"] == 3
+    assert summary["phases"]["pretrain"]["final_metrics"]["epoch"] == 3
     # resumed, not restarted: each epoch was trained (and checkpointed) exactly once
     trained = sorted(json.loads(path.read_text())["training"]["epoch"]
                      for path in (out / "ray" / "run").glob("checkpoint_*/contract.json"))

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from regionmir.errors import RegionMIRError
 
-from .run import TrainOptions, run_training
+from .run import PLACEMENTS, TrainOptions, run_training
 
 SCALING_HELP = ("Defaults fit a 2-core laptop (resnet10-cpu preset, 32 px crops, 2 CPU workers). On a "
                 "GPU cluster: --gpu --workers N --preset resnet18 --batch-size 256 --epochs 50.")
@@ -38,6 +38,9 @@ def _common(parser: argparse.ArgumentParser, stage: str) -> None:
                         help="stop when more than this fraction of films cannot be read")
     parser.add_argument("--resume", action="store_true", help="continue the run already in --out")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    parser.add_argument("--placement", type=str.upper, choices=PLACEMENTS, default="PACK",
+                        help="where the workers go on a cluster: PACK (fewest nodes, default), SPREAD (across "
+                             "nodes, best effort), STRICT_SPREAD (one node per worker)")
 
 
 def _run(options: TrainOptions) -> int:
@@ -77,4 +80,4 @@ def _shared(args: argparse.Namespace) -> dict:
                 batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, seed=args.seed,
                 preset=args.preset, regions=args.regions, crop_cache=args.crop_cache,
                 max_failures=args.max_failures, max_bad_fraction=args.max_bad_fraction, resume=args.resume,
-                address=args.address)
+                address=args.address, placement=args.placement)

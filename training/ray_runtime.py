@@ -22,7 +22,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, object_st
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=not quiet)
+        # the workers' progress lines ("[train] ...", resumptions) belong in the job's output
+        ray.init(address=address, log_to_driver=True, logging_level="WARNING" if quiet else "INFO")
         return
     cores = os.cpu_count() or 2
     ray.init(num_cpus=num_cpus or max(8, 2 * cores), include_dashboard=False,

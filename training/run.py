@@ -35,6 +35,7 @@ from .ray_runtime import start_ray
 from .train_loop import train_loop_per_worker
 
 RUN_NAME = "run"
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 @dataclass
@@ -61,6 +62,9 @@ class TrainOptions:
     resume: bool = False
     address: str | None = None
     data_concurrency: int = 2
+    #: Where the worker group's bundles go: PACK (fewest nodes), SPREAD (as many nodes as possible,
+    #: best effort) or STRICT_SPREAD (one node per worker, else wait for nodes).
+    placement: str = "PACK"
     #: Splits cached in the same pass as the training splits, for a step that follows (e.g. the
     #: test split the demo and ``ablate`` evaluate on); never handed to the trainer.
     also_cache: tuple[str, ...] = ()
@@ -132,6 +136,8 @@ def run_phases(options: TrainOptions, phases: list[Phase], s3: S3Options | None 
     from ray.train.torch import TorchConfig, TorchTrainer
 
     started = time.perf_counter()
+    if options.placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {options.placement!r}")
     s3 = s3 or S3Options.from_env()
     names = [p.name for p in phases]
     if len(set(names)) != len(names):
@@ -203,15 +209,16 @@ def run_phases(options: TrainOptions, phases: list[Phase], s3: S3Options | None 
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if options.gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=options.workers, use_gpu=options.gpu,
-                                     resources_per_worker={"CPU": 1, **({"GPU": 1} if options.gpu else {})}),
+                                     resources_per_worker={"CPU": 1, **({"GPU": 1} if options.gpu else {})},
+                                     placement_strategy=options.placement),
         run_config=RunConfig(name=RUN_NAME, storage_path=storage_path, storage_filesystem=storage_fs,
                              failure_config=FailureConfig(max_failures=options.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=None)),
         datasets=datasets,
     )
     plan = ", ".join(f"{p.name} ({p.epochs} epoch{'s' if p.epochs > 1 else ''})" for p in phases)
-    print(f"[train] {options.workers} worker(s), {'GPU' if options.gpu else 'CPU'}, {steps} step(s) of "
-          f"{options.batch_size} per epoch, {len(class_ids)} regions, preset {options.preset}: {plan}", flush=True)
+    print(f"[train] {options.workers} worker(s) ({options.placement}), {'GPU' if options.gpu else 'CPU'}, "
+          f"{steps} step(s) of {options.batch_size} per epoch, {len(class_ids)} regions, preset {options.preset}: {plan}", flush=True)
     result = trainer.fit()
     if result.error:
         raise result.error

@@ -8,7 +8,8 @@ Ray's start-up (seconds on a cluster, minutes on a 2-core laptop) is paid once. 
 ``steps_per_epoch``, ``augmentation``, ``init`` (``None``, ``"dir:URI"`` a model directory, or
 ``"phase:NAME"`` the final weights of an earlier phase) and ``contract_training``.
 
-Ray touch points, and only these: ``ray.train.get_context`` (rank), ``get_dataset_shard``
+Ray touch points, and only these: ``ray.train.get_context`` (rank), the runtime context's node id
+(printed once per worker, so an operator sees where the group landed), ``get_dataset_shard``
 (streamed ROI rows), ``prepare_model`` (DDP), ``get_checkpoint`` (resume after a failure) and
 ``report`` (metrics + the checkpoint from rank 0). Everything else is the method:
 
@@ -103,10 +104,13 @@ def _restore(checkpoint) -> dict[str, Any] | None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray
     import ray.train
 
     context = ray.train.get_context()
     rank = context.get_world_rank()
+    print(f"[train] worker {rank}/{context.get_world_size()} on node {ray.get_runtime_context().get_node_id()}",
+          flush=True)
     torch.set_num_threads(int(config.get("threads", 1)))
     phases = config["phases"]
     resume = _restore(ray.train.get_checkpoint())

@@ -1,0 +1,143 @@
+"""A real 3-node Ray cluster on this machine (head + 2 worker nodes, each its own ``ray start``):
+distributed pretraining spreads its workers over both worker nodes; one worker node is killed
+mid-run (SIGKILL to every process of that node) and the job resumes from its last checkpoint on
+the node that is left.
+
+The training test starts a cluster and a Ray Train run (about 10 minutes on 2 cores): it is marked
+``slow``, kept out of ``make test`` (20-minute budget) and run by ``make test-cluster``, which CI
+runs after ``make test`` (``.ci/run``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster.local_cluster import ClusterError, LocalRayCluster
+
+NODE_LINE = re.compile(r"\[train\] worker (\d+)/(\d+) on node ([0-9a-f]{56})")
+
+
+def test_a_node_name_that_does_not_exist_is_refused_by_name(tmp_path):
+    cluster = LocalRayCluster(tmp_path)
+    with pytest.raises(ClusterError, match="start the head"):
+        cluster.add_worker("worker-1", cpus=2)
+    with pytest.raises(ClusterError, match="no node named 'worker-9'"):
+        cluster.kill("worker-9")
+    with pytest.raises(ClusterError, match="no local cluster recorded"):
+        LocalRayCluster.load(tmp_path / "nowhere")
+
+
+@pytest.fixture()
+def three_nodes(tmp_path) -> LocalRayCluster:
+    cluster = LocalRayCluster(tmp_path / "cluster", head_cpus=0, dashboard=True)
+    try:
+        cluster.start_head()
+        cluster.add_worker("worker-1", cpus=4)
+        cluster.add_worker("worker-2", cpus=4)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+class _Output:
+    """Collects a child process's output lines as they come (a reader thread)."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.lines: list[str] = []
+        self.started = time.monotonic()
+        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            self.lines.append(f"[+{time.monotonic() - self.started:6.1f} s] {line}")
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def worker_nodes(self, start: int = 0) -> dict[int, str]:
+        """world rank -> node id, from the workers' start lines after line ``start``."""
+        return {int(m.group(1)): m.group(3) for line in self.lines[start:] if (m := NODE_LINE.search(line))}
+
+
+def _registered_checkpoints(snapshot: Path) -> int:
+    try:
+        return len(json.loads(snapshot.read_text()).get("checkpoint_results", []))
+    except (OSError, ValueError):  # not written yet, or caught mid-write
+        return 0
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_pretrain_spreads_over_worker_nodes_and_survives_losing_one(three_nodes, tmp_path):
+    cluster = three_nodes
+    nodes = {row["NodeManagerPort"]: row for row in cluster.ray_nodes()}
+    assert len(nodes) == 3 and all(row["Alive"] for row in nodes.values())
+    names = cluster.node_names_by_id()
+    assert sorted(names.values()) == ["head", "worker-1", "worker-2"]
+
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    data, out = tmp_path / "phantoms", tmp_path / "run"
+    made = subprocess.run([sys.executable, "-m", "regionmir.cli", "synth", "--out", str(data), "--images", "20",
+                           "--size", "160", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "regionmir.cli", "pretrain", "--data", str(data), "--out", str(out),
+         "--workers", "2", "--epochs", "2", "--batch-size", "16", "--max-failures", "2",
+         "--address", cluster.address, "--placement", "SPREAD"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = _Output(process)
+    snapshot = out / "ray" / "run" / "checkpoint_manager_snapshot.json"
+    killed, first_group, lines_at_kill = None, {}, 0
+    deadline = time.monotonic() + 1500
+    try:
+        while killed is None and time.monotonic() < deadline and process.poll() is None:
+            first_group = output.worker_nodes()
+            # Kill only once Ray Train has *registered* the first epoch's checkpoint: a checkpoint
+            # still being written is not one a restart can resume from.
+            if len(first_group) == 2 and _registered_checkpoints(snapshot):
+                victim = names[first_group[1]]  # the node that holds rank 1
+                lines_at_kill = len(output.lines)
+                cluster.kill(victim)
+                output.lines.append(f"[+{time.monotonic() - output.started:6.1f} s] test: killed {victim}\n")
+                killed = victim
+            time.sleep(0.5)
+        process.wait(timeout=max(60.0, deadline - time.monotonic()))
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log = output.text()
+    (tmp_path / "pretrain.log").write_text(log)
+    milestones = ("crop cache", "Started training worker group", "epoch", "resumed", f"killed", "Traceback")
+    print("".join(line for line in output.lines if any(word in line for word in milestones)))
+    assert killed is not None, "the run ended before a worker node could be killed:\n" + log[-4000:]
+
+    # the first worker group spread over both worker nodes, none on the head (0 CPUs, as in production)
+    assert sorted(names[node] for node in first_group.values()) == ["worker-1", "worker-2"], first_group
+    assert not cluster.nodes[killed].alive()
+
+    assert process.returncode == 0, log[-6000:]
+    assert "resumed from the checkpoint of epoch" in log
+    # the restarted group runs on what is left: the other worker node
+    survivors = {names.get(node, node) for node in output.worker_nodes(lines_at_kill).values()}
+    assert survivors and killed not in survivors, survivors
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["phases"]["pretrain"]["final_metrics"]["epoch"] == 2
+    # resumed, not restarted: every epoch was trained (and checkpointed) exactly once
+    trained = sorted(json.loads(path.read_text())["training"]["epoch"]
+                     for path in (out / "ray" / "run").glob("checkpoint_*/contract.json"))
+    assert trained == [1, 2]
+    rows = {row["NodeManagerPort"]: row["Alive"] for row in cluster.ray_nodes()}
+    assert rows[cluster.nodes[killed].node_manager_port] is False  # the head saw the node die
