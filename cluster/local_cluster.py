@@ -84,7 +84,8 @@ def _session_members(session: int) -> list[int]:
     return members
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1 right now (checked, not reserved)."""
     sockets, ports = [], []
     try:
         for _ in range(count):
@@ -132,6 +133,10 @@ class LocalRayCluster:
         self.env = dict(env if env is not None else os.environ)
         self.env.setdefault("RAY_AUTH_MODE", "disabled")
         self.env.pop("RAY_ADDRESS", None)
+        # Jobs submitted to the cluster run their entrypoint (`regionmir ...`) from this Python's bin.
+        bin_dir = os.path.dirname(self.python)
+        if bin_dir not in self.env.get("PATH", "").split(os.pathsep):
+            self.env["PATH"] = bin_dir + os.pathsep + self.env.get("PATH", "")
         self.nodes: dict[str, NodeProcess] = {}
         self.address: str | None = None
         self.dashboard_url: str | None = None
@@ -146,7 +151,7 @@ class LocalRayCluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # Ray's unix sockets live under the temp dir and must stay short (107 bytes).
         self.temp_dir = tempfile.mkdtemp(prefix="rmc-")
-        gcs_port, client_port, dashboard_port = _free_ports(3)
+        gcs_port, client_port, dashboard_port = free_ports(3)
         extra = ["--head", f"--port={gcs_port}", f"--ray-client-server-port={client_port}",
                  f"--temp-dir={self.temp_dir}", f"--include-dashboard={'true' if self.dashboard else 'false'}"]
         if self.dashboard:
@@ -168,7 +173,7 @@ class LocalRayCluster:
 
     def _start_node(self, name: str, cpus: int, gpus: int, resources: dict[str, float], extra: list[str],
                     head: bool) -> NodeProcess:
-        ports = dict(zip(NODE_PORTS, _free_ports(len(NODE_PORTS))))
+        ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS))))
         first = _free_port_block(WORKER_PORT_BLOCK, start=20000 + self._next_worker_port)
         self._next_worker_port = first + WORKER_PORT_BLOCK - 20000
         command = [self.python, "-m", "ray.scripts.scripts", "start", "--node-ip-address=127.0.0.1",

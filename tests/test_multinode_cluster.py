@@ -1,9 +1,10 @@
-"""A real 3-node Ray cluster on this machine (head + 2 worker nodes, each its own ``ray start``):
-distributed pretraining spreads its workers over both worker nodes; one worker node is killed
+"""A real 3-node Ray cluster on this machine (head + 2 worker nodes, each its own ``ray start``;
+the head has 0 CPUs, as in production). The query service deploys across it and answers; then
+distributed pretraining spreads its workers over both worker nodes, one worker node is killed
 mid-run (SIGKILL to every process of that node) and the job resumes from its last checkpoint on
 the node that is left.
 
-The training test starts a cluster and a Ray Train run (about 10 minutes on 2 cores): it is marked
+The cluster tests start a cluster and a Ray Train run (about 10 minutes on 2 cores): it is marked
 ``slow``, kept out of ``make test`` (20-minute budget) and run by ``make test-cluster``, which CI
 runs after ``make test`` (``.ci/run``).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.local_cluster import ClusterError, LocalRayCluster
+from cluster.local_cluster import ClusterError, LocalRayCluster, free_ports
 
 NODE_LINE = re.compile(r"\[train\] worker (\d+)/(\d+) on node ([0-9a-f]{56})")
 
@@ -36,9 +38,9 @@ def test_a_node_name_that_does_not_exist_is_refused_by_name(tmp_path):
         LocalRayCluster.load(tmp_path / "nowhere")
 
 
-@pytest.fixture()
-def three_nodes(tmp_path) -> LocalRayCluster:
-    cluster = LocalRayCluster(tmp_path / "cluster", head_cpus=0, dashboard=True)
+@pytest.fixture(scope="module")
+def three_nodes(tmp_path_factory) -> LocalRayCluster:
+    cluster = LocalRayCluster(tmp_path_factory.mktemp("cluster"), head_cpus=0, dashboard=True)
     try:
         cluster.start_head()
         cluster.add_worker("worker-1", cpus=4)
@@ -69,6 +71,75 @@ class _Output:
         return {int(m.group(1)): m.group(3) for line in self.lines[start:] if (m := NODE_LINE.search(line))}
 
 
+def _env() -> dict[str, str]:
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _actors_by_class(cluster: LocalRayCluster) -> dict[str, list[str]]:
+    """Alive actors' class name -> the names of the nodes they run on (Ray's state API, via the head)."""
+    from ray.util.state import list_actors
+
+    names = cluster.node_names_by_id()
+    placed: dict[str, list[str]] = {}
+    for actor in list_actors(address=cluster.dashboard_url, filters=[("state", "=", "ALIVE")], limit=1000):
+        placed.setdefault(actor.class_name, []).append(names.get(actor.node_id, actor.node_id))
+    return placed
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_query_service_deploys_across_the_worker_nodes_and_answers(three_nodes, tmp_path):
+    import requests
+
+    from serving.demo import build_demo_subprocess
+
+    cluster = three_nodes
+    demo = build_demo_subprocess(str(tmp_path / "demo"), images=6, size=160, seed=3)
+    port = free_ports(1)[0]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "regionmir.cli", "serve", "--address", cluster.address, "--model", demo["model"],
+         "--milvus", demo["milvus"], "--host", "127.0.0.1", "--port", str(port)],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = _Output(process)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 900
+        ready = "query service ready at"
+        while time.monotonic() < deadline and process.poll() is None and ready not in output.text():
+            time.sleep(1)
+        assert "query service ready at" in output.text(), output.text()[-4000:]
+        film = Path(demo["query_films"][0]).read_bytes()
+        answer = requests.post(base + "/v1/search", files={"image": ("film.png", film, "image/png")},
+                               data={"anatomy": "cardiac silhouette", "k": "5"}, timeout=120)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["query"]["box_source"] == "atlas" and len(body["results"]) == 5
+        crop = requests.get(base + body["results"][0]["crop_url"], timeout=60)
+        assert crop.status_code == 200 and crop.headers["content-type"] == "image/png"
+
+        placed = _actors_by_class(cluster)
+        replicas = {cls.rsplit(":", 1)[-1]: nodes for cls, nodes in placed.items() if cls.startswith("ServeReplica")}
+        assert set(replicas) >= {"ingress", "encoder", "search"}, placed
+        on = {node for nodes in replicas.values() for node in nodes}
+        # replicas need CPUs, which only the worker nodes have; Serve's controller stays on the head
+        assert on <= {"worker-1", "worker-2"}, replicas
+        assert placed["ServeController"] == ["head"]
+        print(f"[cluster] service replicas: {replicas}; proxies on {sorted(placed.get('ProxyActor', []))}")
+    finally:
+        process.send_signal(signal.SIGINT)  # `regionmir serve` shuts Serve down on Ctrl-C
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    assert process.returncode == 0, output.text()[-3000:]
+    deadline = time.monotonic() + 60  # nothing left behind for the next job
+    while "ServeController" in _actors_by_class(cluster) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert "ServeController" not in _actors_by_class(cluster)
+
+
 def _registered_checkpoints(snapshot: Path) -> int:
     try:
         return len(json.loads(snapshot.read_text()).get("checkpoint_results", []))
@@ -85,8 +156,7 @@ def test_pretrain_spreads_over_worker_nodes_and_survives_losing_one(three_nodes,
     names = cluster.node_names_by_id()
     assert sorted(names.values()) == ["head", "worker-1", "worker-2"]
 
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    env.pop("RAY_ADDRESS", None)
+    env = _env()
     data, out = tmp_path / "phantoms", tmp_path / "run"
     made = subprocess.run([sys.executable, "-m", "regionmir.cli", "synth", "--out", str(data), "--images", "20",
                            "--size", "160", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
