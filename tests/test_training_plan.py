@@ -53,3 +53,21 @@ def test_the_markdown_table_has_every_arm_the_paper_and_every_anatomy():
     assert "| c | SupCon region pretraining + fine-tune | 2 | 40.0 → 97.5 | 90.00 % | 97.50 % |" in table
     assert "94.12 %" in table and "70 training films" in table
     assert "| left lung | 50.0 | 97.5 |" in table and "| right lung | 100.0 | 100.0 |" in table
+
+
+def test_the_placement_choices_of_the_command_are_the_ones_a_run_accepts(tmp_path):
+    import argparse
+
+    from training.cli import _common
+    from training.run import PLACEMENTS
+
+    parser = argparse.ArgumentParser()
+    _common(parser, "pretrain")
+    choices = next(a.choices for a in parser._actions if a.dest == "placement")
+    assert set(choices) == set(PLACEMENTS)
+    assert parser.parse_args(["--data", "d", "--out", "o"]).placement == "PACK"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--data", "d", "--out", "o", "--placement", "EVERYWHERE"])
+    with pytest.raises(ValueError, match="placement must be one of"):
+        run_phases(TrainOptions(data=str(tmp_path), out=str(tmp_path / "o"), placement="EVERYWHERE"),
+                   [Phase("pretrain", "pretrain", 1)])

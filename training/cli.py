@@ -13,7 +13,7 @@ from typing import Sequence
 
 from regionmir.errors import RegionMIRError
 
-from .run import PLACEMENTS, TrainOptions, run_training
+from .run import TrainOptions, run_training
 
 SCALING_HELP = ("Defaults fit a 2-core laptop (resnet10-cpu preset, 32 px crops, 2 CPU workers). On a "
                 "GPU cluster: --gpu --workers N --preset resnet18 --batch-size 256 --epochs 50.")
@@ -38,7 +38,7 @@ def _common(parser: argparse.ArgumentParser, stage: str) -> None:
                         help="stop when more than this fraction of films cannot be read")
     parser.add_argument("--resume", action="store_true", help="continue the run already in --out")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    parser.add_argument("--placement", type=str.upper, choices=PLACEMENTS, default="PACK",
+    parser.add_argument("--placement", choices=("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"), default="PACK",
                         help="where the workers go on a cluster: PACK (fewest nodes, default), SPREAD (across "
                              "nodes, best effort), STRICT_SPREAD (one node per worker)")
 
