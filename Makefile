@@ -26,7 +26,7 @@ system-deps:
 	fi
 
 test: $(STAMP) system-deps
-	$(VENV)/bin/lint-imports --config pyproject.toml
+	$(VENV)/bin/lint-imports pyproject.toml
 	$(PY) -m pytest -q
 
 # Ray Train integration and fault tests: minutes each on a 2-core machine.

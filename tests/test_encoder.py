@@ -167,7 +167,7 @@ def test_a_narrow_resnet10_has_the_stock_layout_at_a_fraction_of_the_width():
     out = narrow.eval()(torch.rand(3, 1, 32, 32))
     assert out["logits"].shape == (3, 29) and out["embedding"].shape == (3, 128)
     # every conv is initialised (not left at zeros) and BatchNorm starts as the identity
-    assert all(float(m.weight.abs().sum()) > 0 for m in narrow.modules() if isinstance(m, torch.nn.Conv2d))
+    assert all(float(m.weight.detach().abs().sum()) > 0 for m in narrow.modules() if isinstance(m, torch.nn.Conv2d))
 
 
 def test_only_resnet10_can_be_narrowed():
