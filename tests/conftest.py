@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,8 +15,13 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from local_process import free_port
 
-from indexing.local_milvus import LocalMilvusServer, MilvusLiteServer, MilvusStandaloneServer
+from indexing.local_milvus import (
+    LocalMilvusServer,
+    MilvusLiteServer,
+    MilvusStandaloneServer,
+)
 from regionmir.storage import S3Options
 
 
@@ -51,10 +55,16 @@ class S3TestServer:
         fs.invalidate_cache()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray (``training.ray_runtime.start_ray``) for one module, shut down after it."""
+    import ray
+
+    from training.ray_runtime import start_ray
+
+    start_ray()
+    yield
+    ray.shutdown()
 
 
 def _moto_server_command() -> str | None:
@@ -68,7 +78,7 @@ def s3_server() -> Iterator[S3TestServer]:
     command = _moto_server_command()
     if command is None:
         pytest.fail("moto_server not installed: it comes with the dev extra (pip install -e .[dev])")
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
     process = subprocess.Popen([command, "-H", "127.0.0.1", "-p", str(port)], env=env,

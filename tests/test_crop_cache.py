@@ -11,21 +11,16 @@ import pytest
 from regionmir.anatomy import STANDARD_29_IDS
 from regionmir.roi_crop import CropConfig
 from regionmir.synth.dataset_writer import write_phantom_dataset
-from training.roi_pipeline import (COMPLETE_MARKER, RoiPipelineConfig, cache_key, cached_roi_datasets,
-                                   expected_crop_count, list_images)
+from training.roi_pipeline import (
+    COMPLETE_MARKER,
+    RoiPipelineConfig,
+    cache_key,
+    cached_roi_datasets,
+    expected_crop_count,
+    list_images,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # Ray Data start-up: minutes on 2 cores
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    from training.ray_runtime import start_ray
-
-    start_ray()
-    yield
-    ray.shutdown()
 
 
 def test_every_split_is_cached_in_one_pass_and_read_back(tmp_path, ray_local, capsys):

@@ -19,16 +19,6 @@ from regionmir.synth.dataset_writer import write_phantom_dataset
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # Ray Data start-up: minutes on 2 cores
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    from training.ray_runtime import start_ray
-    import ray
-
-    start_ray()
-    yield
-    ray.shutdown()
-
-
 def make_model(directory: Path, seed: int) -> str:
     torch.manual_seed(seed)
     config = load_preset("resnet10-cpu")

@@ -10,14 +10,11 @@ are checked without Ray.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import itertools
 import json
 import math
-import os
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -27,6 +24,7 @@ import numpy as np
 import pytest
 import requests
 import yaml
+from local_process import ahead_of_other_work, free_port
 from PIL import Image
 
 from regionmir.anatomy import ANATOMY_NAMES
@@ -99,33 +97,6 @@ def test_grafana_dashboard_and_prometheus_alerts_parse():
 # --------------------------------------------------------------------------------- the service
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-@contextlib.contextmanager
-def _ahead_of_other_work():
-    """Start Ray a little ahead of whatever else the machine runs (root only; restored after).
-
-    Ray 2.60's raylet aborts its start-up when the node's metrics agent has not written its port
-    within ~30 s, which happens on a 2-core machine that is busy with other jobs. The Ray
-    processes started meanwhile inherit this priority; nothing else changes."""
-    boosted = False
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        try:
-            os.nice(-5)
-            boosted = True
-        except OSError:
-            pass
-    try:
-        yield
-    finally:
-        if boosted:
-            os.nice(5)
-
-
-
 @dataclass
 class Service:
     base: str
@@ -149,14 +120,14 @@ def service(tmp_path_factory):
 
     started = time.perf_counter()
     demo = build_demo_subprocess(str(tmp_path_factory.mktemp("serve_demo")), images=6, size=160, seed=3)
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     common = {"model": demo["model"], "milvus": demo["milvus"], "http": {"host": "127.0.0.1", "port": port},
               "limits": {"max_upload_mb": 0.25, "max_pixels": 250_000, "max_k": 50},
               "encoder": {"min_replicas": 1, "max_replicas": 2, "max_batch_size": 8, "batch_wait_timeout_ms": 5},
               "ingress": {"min_replicas": 1, "max_replicas": 1},
               "ray": {"num_cpus": 6, "metrics_export_port": metrics_port}}
     try:
-        with _ahead_of_other_work():
+        with ahead_of_other_work():
             base = start_service(ServeSettings.from_dict(common), ready_timeout_s=420)
             secure_settings = ServeSettings.from_dict({**common, "auth": {"api_key": API_KEY}})
             secure = start_service(secure_settings, backend_app="regionmir", route_prefix="/secure",
@@ -403,7 +374,7 @@ def test_a_prometheus_server_scrapes_the_search_latency_histogram(service, tmp_p
     assert binary, "prometheus missing: install the Debian package prometheus (make system-deps)"
     for _ in range(3):
         _good_query(service)
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump({
         # 5 s: a scrape of Ray's endpoint can take seconds on a busy 2-core machine (timeout = interval)

@@ -6,14 +6,12 @@ the test's tmp folder and copied to ``/tmp/regionmir_page.png``."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
 import pytest
+from local_process import ahead_of_other_work, free_port
 
 from serving.config import ServeSettings
 
@@ -22,33 +20,6 @@ pytestmark = pytest.mark.integration
 CHROMIUM = "/usr/bin/chromium"
 API_KEY = "page-test-key-" + "3" * 20
 SCREENSHOT_COPY = Path("/tmp/regionmir_page.png")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-@contextlib.contextmanager
-def _ahead_of_other_work():
-    """Start Ray a little ahead of whatever else the machine runs (root only; restored after).
-
-    Ray 2.60's raylet aborts its start-up when the node's metrics agent has not written its port
-    within ~30 s, which happens on a 2-core machine that is busy with other jobs. The Ray
-    processes started meanwhile inherit this priority; nothing else changes."""
-    boosted = False
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        try:
-            os.nice(-5)
-            boosted = True
-        except OSError:
-            pass
-    try:
-        yield
-    finally:
-        if boosted:
-            os.nice(5)
-
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +34,11 @@ def service(tmp_path_factory):
 
     demo = build_demo_subprocess(str(tmp_path_factory.mktemp("page_demo")), images=4, size=160, seed=4)
     settings = ServeSettings.from_dict({
-        "model": demo["model"], "milvus": demo["milvus"], "http": {"host": "127.0.0.1", "port": _free_port()},
+        "model": demo["model"], "milvus": demo["milvus"], "http": {"host": "127.0.0.1", "port": free_port()},
         "auth": {"api_key": API_KEY}, "ray": {"num_cpus": 4},
         "encoder": {"min_replicas": 1, "max_replicas": 1}, "ingress": {"min_replicas": 1, "max_replicas": 1}})
     try:
-        with _ahead_of_other_work():
+        with ahead_of_other_work():
             base = start_service(settings, ready_timeout_s=420)
         yield base, demo
     finally:
