@@ -33,6 +33,16 @@ def build_collection_name(alias: str, model_version: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", f"{alias}__{model_version}")
 
 
+def region_rows(batch: dict, model_version: str) -> list[RegionRow]:
+    """The index rows of one batch of embedded regions (:mod:`indexing.roi_embedding`'s columns)."""
+    return [RegionRow(image_id=str(batch["image_id"][i]), anatomy_id=int(batch["anatomy_id"][i]),
+                      anatomy=ANATOMY_NAMES[int(batch["anatomy_id"][i])], image_uri=str(batch["image_uri"][i]),
+                      box=tuple(float(v) for v in batch["box"][i]), view=str(batch["view"][i]),
+                      split=str(batch["split"][i]), patient_hash=str(batch["patient_hash"][i]),
+                      study_hash=str(batch["study_hash"][i]), model_version=model_version, vector=batch["vector"][i])
+            for i in range(len(batch["anatomy_id"]))]
+
+
 def index_data(data: str, model: str, milvus: str, collection: str = DEFAULT_ALIAS, split: str = "train",
                gpu: bool = False, encoders: int = 1, index_type: str = "HNSW", batch_size: int = 256,
                address: str | None = None, s3: S3Options | None = None, progress_every_s: float = 10.0,
@@ -72,13 +82,7 @@ def index_data(data: str, model: str, milvus: str, collection: str = DEFAULT_ALI
             batch = skipped.filter(batch)
             if not len(batch["anatomy_id"]):
                 continue
-            rows = [RegionRow(image_id=str(batch["image_id"][i]), anatomy_id=int(batch["anatomy_id"][i]),
-                              anatomy=ANATOMY_NAMES[int(batch["anatomy_id"][i])], image_uri=str(batch["image_uri"][i]),
-                              box=tuple(float(v) for v in batch["box"][i]), view=str(batch["view"][i]),
-                              split=str(batch["split"][i]), patient_hash=str(batch["patient_hash"][i]),
-                              study_hash=str(batch["study_hash"][i]), model_version=contract.version_id,
-                              vector=batch["vector"][i])
-                    for i in range(len(batch["anatomy_id"]))]
+            rows = region_rows(batch, contract.version_id)
             index.upsert(target, rows)
             keys.update(row.key for row in rows)
             written += len(rows)

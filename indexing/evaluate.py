@@ -1,10 +1,13 @@
 """``regionmir evaluate``: query the index the way the service will and measure retrieval.
 
-Queries are the test-split ROIs, embedded by the model; the database is what the alias holds,
-restricted to the train split (the paper retrieves "images with similar regions from training
-samples"); relevant = same anatomy. Reports anatomy-classification accuracy (the model's
-classifier on the queries), precision@1/5/10, mAP@10, MRR@10 and hit rate@k — overall and per
-anatomy — as ``metrics.json`` and ``report.md``, with ``confusion_matrix.png`` and
+Queries are the test-split ROIs, embedded by the model; the database is what the alias holds of
+this model's version, restricted to the train split (the paper retrieves "images with similar
+regions from training samples") and, by default, without the query's own patient; relevant = same
+anatomy. Reports anatomy-classification accuracy (the model's classifier on the queries),
+precision@1/5/10, standard mAP@k (AP divided by min(k, R), R = the relevant rows left after the
+same exclusions as the ranking), nDCG@k, MRR@k and hit rate@k — overall and per anatomy — as
+``metrics.json`` and ``report.md``, the ranked lists and R of every query as ``run.tsv`` and
+``qrels.tsv`` (see :mod:`regionmir.retrieval_run`), with ``confusion_matrix.png`` and
 ``retrieval_examples.png`` (query crops beside their top results, framed green/red).
 """
 
@@ -27,13 +30,13 @@ from regionmir.errors import DatasetError, RegionMIRError
 from regionmir.image_reader import read_image
 from regionmir.model_contract import read_contract
 from regionmir.retrieval_grid import QueryRow, RetrievedCrop, retrieval_grid
-from regionmir.retrieval_metrics import retrieval_report
+from regionmir.retrieval_run import RankedHit, RetrievalRun
 from regionmir.roi_crop import roi_crop
 from regionmir.boxes import Box
 from regionmir.storage import S3Options
 
 from .build import DEFAULT_ALIAS
-from .region_index import RegionIndex
+from .region_index import RegionIndex, row_key
 
 KS = (1, 5, 10)
 
@@ -41,8 +44,11 @@ KS = (1, 5, 10)
 def evaluate(data: str, model: str, milvus: str, report_dir: str, collection: str = DEFAULT_ALIAS,
              query_split: str = "test", database_split: str | None = "train", k: int = 10,
              examples: int = 8, address: str | None = None, s3: S3Options | None = None,
-             max_bad_fraction: float = 0.05, localize_films: int = 10, embed: str = "auto") -> dict:
-    """``localize_films``: how many query films to localise every region of, from the film alone,
+             max_bad_fraction: float = 0.05, localize_films: int = 10, embed: str = "auto",
+             exclude_same_patient: bool = True) -> dict:
+    """``exclude_same_patient``: leave the query's own patient out of its ranking and of its R
+    (other films of the same person are not what a region search is for, and would flatter it).
+    ``localize_films``: how many query films to localise every region of, from the film alone,
     as anatomy-only queries are (0: skip); their mean IoU is ``localization_miou``.
     ``embed``: where the queries are embedded — ``ray`` (Ray Data), ``local`` (this process) or
     ``auto`` (this process for a few dozen films, see :data:`~indexing.roi_embedding.IN_PROCESS_MAX_FILMS`)."""
@@ -66,18 +72,25 @@ def evaluate(data: str, model: str, milvus: str, report_dir: str, collection: st
     index = RegionIndex(milvus)
     try:
         return _evaluate(index, data, model_dir, contract, records, report_dir, collection, query_split,
-                         database_split, k, examples, address, s3, max_bad_fraction, started, localization, embed)
+                         database_split, k, examples, address, s3, max_bad_fraction, started, localization, embed,
+                         exclude_same_patient)
     finally:
         index.close()  # also on failure: milvus-lite admits one open client per file
 
 
 def _evaluate(index, data, model_dir, contract, records, report_dir, collection, query_split, database_split, k,
-              examples, address, s3, max_bad_fraction, started, localization, embed) -> dict:
+              examples, address, s3, max_bad_fraction, started, localization, embed, exclude_same_patient) -> dict:
     from training.ray_runtime import start_ray
 
     from .roi_embedding import IN_PROCESS_MAX_FILMS, SkippedFilms, embedded_batches
 
-    database_rows = index.count(collection)
+    version = contract.version_id
+    database_rows = index.count(collection, split=database_split, model_version=version)
+    if database_rows == 0:
+        raise DatasetError(collection, f"the index holds no rows of model {version} in the "
+                                       f"{database_split or 'whole'} split: run `regionmir index` with this model first")
+    if k < max(KS):
+        raise ValueError(f"k must be at least {max(KS)}, got {k}")
     if embed == "ray" or (embed == "auto" and len(records[query_split]) > IN_PROCESS_MAX_FILMS):
         start_ray(address)
         embed = "ray"
@@ -86,7 +99,7 @@ def _evaluate(index, data, model_dir, contract, records, report_dir, collection,
     print(f"[evaluate] embedding {len(records[query_split])} {query_split} films "
           f"{'with Ray Data' if embed == 'ray' else 'in this process'}", flush=True)
     queries: dict[str, list] = {"vector": [], "anatomy_id": [], "predicted_anatomy_id": [], "crop": [],
-                                "confidence": []}
+                                "confidence": [], "image_id": [], "patient_hash": []}
     skipped = SkippedFilms(data, len(records[query_split]), max_bad_fraction)
     for batch in embedded_batches(records[query_split], model_dir, contract.crop_config, contract.class_anatomy_ids,
                                   s3, mode=embed):
@@ -95,18 +108,20 @@ def _evaluate(index, data, model_dir, contract, records, report_dir, collection,
             queries[name].extend(batch[name])
     vectors = np.stack(queries["vector"]).astype(np.float32)
     truth = np.asarray(queries["anatomy_id"], dtype=np.int64)
+    patients = [str(p) if exclude_same_patient else "" for p in queries["patient_hash"]]
     print(f"[evaluate] {len(truth)} {query_split} queries against {database_rows} rows of {collection} "
-          f"(database split: {database_split or 'all'})", flush=True)
-    hits, latencies = [], []
-    for start in range(0, len(vectors), 64):
-        t0 = time.perf_counter()
-        hits += index.search(collection, vectors[start:start + 64], k, split=database_split)
-        latencies.append((time.perf_counter() - t0) * 1000 / len(vectors[start:start + 64]))
-    retrieved = np.full((len(truth), k), -1, dtype=np.int64)
+          f"(model {version}, database split: {database_split or 'all'}, "
+          f"{'without' if exclude_same_patient else 'with'} the query's own patient)", flush=True)
+    hits, latencies = search_queries(index, collection, vectors, patients, k, split=database_split,
+                                     model_version=version)
+    num_relevant = relevant_counts(index, collection, truth, patients, split=database_split, model_version=version)
+    run = RetrievalRun()
     for q, row in enumerate(hits):
-        for r, hit in enumerate(row[:k]):
-            retrieved[q, r] = hit.anatomy_id
-    retrieval = retrieval_report(truth, retrieved, ks=KS, label_names=ANATOMY_NAMES)
+        run.add(row_key(str(queries["image_id"][q]), int(truth[q]), version), ANATOMY_NAMES[truth[q]],
+                num_relevant[q], [RankedHit(h.key, h.anatomy, h.score) for h in row[:k]])
+    retrieval = run.report(KS)
+    storage.write_text(storage.join(report_dir, "run.tsv"), run.run_tsv(), s3)
+    storage.write_text(storage.join(report_dir, "qrels.tsv"), run.qrels_tsv(), s3)
     class_ids = list(contract.class_anatomy_ids)
     position = {a: i for i, a in enumerate(class_ids)}
     names = [ANATOMY_NAMES[a] for a in class_ids]
@@ -117,14 +132,16 @@ def _evaluate(index, data, model_dir, contract, records, report_dir, collection,
     for name, entry in retrieval["per_anatomy"].items():
         per_anatomy[name] = {"queries": entry["num_queries"],
                              "accuracy": classification["per_class"].get(name, {}).get("accuracy"),
-                             **{m: entry[m] for m in ("p@1", "p@5", "p@10", "map@10", "mrr@10", "hit@10")}}
+                             **{m: entry[m] for m in ("p@1", "p@5", "p@10", "map@10", "ndcg@10", "mrr@10", "hit@10")}}
     metrics = {
         "accuracy": classification["accuracy"], "balanced_accuracy": classification["balanced_accuracy"],
-        **{m: retrieval[m] for m in retrieval if m.startswith(("p@", "map@", "mrr@", "hit@"))},
+        **{m: retrieval[m] for m in retrieval if m.startswith(("p@", "map@", "ndcg@", "mrr@", "hit@"))},
         "macro": retrieval["macro"], "per_anatomy": per_anatomy,
         "top_confusions": classification["top_confusions"],
         "queries": int(len(truth)), "films_skipped": skipped.count, "database_rows": database_rows, "collection": collection,
-        "database_split": database_split, "query_split": query_split, "model_version": contract.version_id,
+        "database_split": database_split, "query_split": query_split, "model_version": version,
+        "exclude_same_patient": exclude_same_patient,
+        "files": {"run": storage.join(report_dir, "run.tsv"), "qrels": storage.join(report_dir, "qrels.tsv")},
         "search_ms_per_query_p50": round(float(np.median(latencies)), 3), "k": k,
         **localization,
         "seconds": round(time.perf_counter() - started, 1),
@@ -145,6 +162,40 @@ def _evaluate(index, data, model_dir, contract, records, report_dir, collection,
     storage.write_text(storage.join(report_dir, "metrics.json"), json.dumps(metrics, indent=1), s3)
     storage.write_text(storage.join(report_dir, "report.md"), markdown_report(metrics), s3)
     return metrics
+
+
+def search_queries(index: RegionIndex, collection: str, vectors: np.ndarray, patients: Sequence[str], k: int,
+                   **filters) -> tuple[list, list[float]]:
+    """Every query's top ``k`` (as the service searches), its own patient left out where
+    ``patients[q]`` is a hash ("" keeps every row). Queries of one patient share a search call;
+    returns the hits per query and the per-query milliseconds of each call."""
+    hits: list = [None] * len(vectors)
+    latencies: list[float] = []
+    by_patient: dict[str, list[int]] = {}
+    for q, patient in enumerate(patients):
+        by_patient.setdefault(patient, []).append(q)
+    for patient, members in by_patient.items():
+        for start in range(0, len(members), 64):
+            chunk = members[start:start + 64]
+            t0 = time.perf_counter()
+            found = index.search(collection, vectors[chunk], k, exclude_patient_hash=patient or None, **filters)
+            latencies.append((time.perf_counter() - t0) * 1000 / len(chunk))
+            for q, row in zip(chunk, found):
+                hits[q] = row
+    return hits, latencies
+
+
+def relevant_counts(index: RegionIndex, collection: str, anatomies: np.ndarray, patients: Sequence[str],
+                    **filters) -> np.ndarray:
+    """(Q,) R of every query: the rows of its anatomy under ``filters``, less its own patient's
+    rows when ``patients[q]`` is set — the same exclusions as :func:`search_queries`. One pass over
+    the index (:meth:`RegionIndex.tally`), not a count per query."""
+    tally = index.tally(collection, ("anatomy_id", "patient_hash"), **filters)
+    per_anatomy: dict[int, int] = {}
+    for (anatomy, _), n in tally.items():
+        per_anatomy[int(anatomy)] = per_anatomy.get(int(anatomy), 0) + n
+    return np.asarray([per_anatomy.get(int(a), 0) - (tally.get((int(a), p), 0) if p else 0)
+                       for a, p in zip(anatomies, patients)], dtype=np.int64)
 
 
 def _draw_examples(queries, truth, hits, retrieval, count, path, crop, s3, per_row: int = 6) -> None:
@@ -170,17 +221,22 @@ def _draw_examples(queries, truth, hits, retrieval, count, path, crop, s3, per_r
 def markdown_report(metrics: dict) -> str:
     lines = [f"# Retrieval evaluation — model {metrics['model_version']}", "",
              f"{metrics['queries']} {metrics['query_split']} queries against {metrics['database_rows']} rows of "
-             f"`{metrics['collection']}` (database split: {metrics['database_split'] or 'all'}); "
-             f"search p50 {metrics['search_ms_per_query_p50']} ms per query.", "",
+             f"`{metrics['collection']}` of model {metrics['model_version']} (database split: "
+             f"{metrics['database_split'] or 'all'}; the query's own patient "
+             f"{'excluded' if metrics.get('exclude_same_patient') else 'included'}); "
+             "mAP@k is the standard AP@k (divided by min(k, R)); every ranked list and R are in `run.tsv` and "
+             f"`qrels.tsv`; search p50 {metrics['search_ms_per_query_p50']} ms per query.", "",
              "| metric | value |", "|---|---|"]
-    for name in ("accuracy", "balanced_accuracy", "p@1", "p@5", "p@10", "map@10", "mrr@10", "hit@1", "hit@5", "hit@10"):
+    for name in ("accuracy", "balanced_accuracy", "p@1", "p@5", "p@10", "map@10", "ndcg@10", "mrr@10", "hit@1",
+                 "hit@5", "hit@10"):
         if name in metrics:
             lines.append(f"| {name} | {metrics[name]:.4f} |")
-    lines += ["", "| anatomy | queries | accuracy | p@1 | p@10 | mAP@10 | MRR@10 |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| anatomy | queries | accuracy | p@1 | p@10 | mAP@10 | nDCG@10 | MRR@10 |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, e in sorted(metrics["per_anatomy"].items(), key=lambda kv: kv[1]["p@10"]):
         accuracy = f"{e['accuracy']:.3f}" if e["accuracy"] is not None else "–"
         lines.append(f"| {name} | {e['queries']} | {accuracy} | {e['p@1']:.3f} | {e['p@10']:.3f} | "
-                     f"{e['map@10']:.3f} | {e['mrr@10']:.3f} |")
+                     f"{e['map@10']:.3f} | {e['ndcg@10']:.3f} | {e['mrr@10']:.3f} |")
     if metrics.get("localization_miou") is not None:
         lines += ["", f"Anatomy-only queries (no box): every region of {metrics['localization_films']} "
                       f"{metrics['query_split']} films located from the film alone — mean IoU with the labelled "
@@ -197,7 +253,8 @@ def evaluate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--milvus", required=True)
     parser.add_argument("--collection", default=DEFAULT_ALIAS)
-    parser.add_argument("--report", required=True, help="folder for metrics.json, report.md and the pictures")
+    parser.add_argument("--report", required=True,
+                        help="folder for metrics.json, report.md, run.tsv, qrels.tsv and the pictures")
     parser.add_argument("--query-split", default="test")
     parser.add_argument("--database-split", default="train", help="'all' to search every indexed split")
     parser.add_argument("--address")
@@ -206,11 +263,15 @@ def evaluate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--embed", choices=("auto", "ray", "local"), default="auto",
                         help="embed the queries with Ray Data, in this process, or auto: in this process up to "
                              "32 query films (default)")
+    parser.add_argument("--include-same-patient", action="store_true",
+                        help="let a query retrieve its own patient's other films (default: excluded from the "
+                             "ranking and from R)")
     args = parser.parse_args(list(argv))
     try:
         metrics = evaluate(args.data, args.model, args.milvus, args.report, args.collection, args.query_split,
                            None if args.database_split == "all" else args.database_split, address=args.address,
-                           localize_films=args.localize_films, embed=args.embed)
+                           localize_films=args.localize_films, embed=args.embed,
+                           exclude_same_patient=not args.include_same_patient)
     except RegionMIRError as exc:
         print(f"regionmir evaluate: {exc}", file=sys.stderr)
         return 2

@@ -34,13 +34,16 @@ Every failure is a :class:`RegionIndexError` naming the URI, the collection and 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import time
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,12 +354,16 @@ def build_filter(
     view: str | None = None,
     split: str | None = None,
     model_version: str | None = None,
+    exclude_patient_hash: str | None = None,
 ) -> str:
     """The Milvus boolean expression for the given constraints (``""`` when there are none).
 
     ``anatomy`` is a region name, alias or id, resolved by :func:`regionmir.anatomy.anatomy_id`
     (an unknown name raises :class:`regionmir.errors.UnknownAnatomyError` with suggestions);
     the other values are compared for equality through :func:`quote_filter_value`.
+    ``exclude_patient_hash`` drops the rows of that patient (a query film's own patient, so
+    retrieval does not just find the same person's other films); an empty hash means "patient
+    unknown" and excludes nothing, since rows without a patient are not one patient.
     """
     clauses = []
     if anatomy is not None:
@@ -364,10 +371,35 @@ def build_filter(
     for name, value in (("view", view), ("split", split), ("model_version", model_version)):
         if value is not None:
             clauses.append(f"{name} == {quote_filter_value(value)}")
+    if exclude_patient_hash:
+        if not _HASH_RE.match(exclude_patient_hash):
+            raise ValueError(f"exclude_patient_hash must be a {HASH_HEX_CHARS}-hex patient hash, "
+                             f"got {exclude_patient_hash!r}")
+        clauses.append(f"patient_hash != {quote_filter_value(exclude_patient_hash)}")
     return " and ".join(clauses)
 
 
+#: Fields a search can keep one hit per (``group_by``): ``study`` → one region per study.
+GROUP_FIELDS = {"study": "study_hash", "patient": "patient_hash", "image": "image_id"}
+
+
 # -------------------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _quiet_iterator_setup():
+    """pymilvus asks the server for a timestamp when an iterator starts; milvus-lite does not
+    implement that RPC, logs the refusal as an error (in this process) and pymilvus warns that it
+    falls back to its own clock, which is correct. Neither line means anything to a user."""
+    loggers = [logging.getLogger(n) for n in ("grpc._server", "pymilvus.client.iterator.query_iterator")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _display_uri(uri: str) -> str:
@@ -765,6 +797,7 @@ class RegionIndex:
         view: str | None = None,
         split: str | None = None,
         model_version: str | None = None,
+        exclude_patient_hash: str | None = None,
     ) -> int:
         """The exact number of rows in ``name`` (collection or alias); replaced rows count once.
 
@@ -772,12 +805,53 @@ class RegionIndex:
         """
         _check_name(name)
         self._require(name)
-        expression = build_filter(anatomy=anatomy, view=view, split=split, model_version=model_version)
+        expression = build_filter(anatomy=anatomy, view=view, split=split, model_version=model_version,
+                                  exclude_patient_hash=exclude_patient_hash)
         result = self._loaded_call(
             name, self.client.query, name, filter=expression, output_fields=["count(*)"],
             consistency_level=self.consistency_level,
         )
         return int(result[0]["count(*)"])
+
+    def tally(
+        self,
+        name: str,
+        fields: Sequence[str],
+        *,
+        view: str | None = None,
+        split: str | None = None,
+        model_version: str | None = None,
+        batch_size: int = 4096,
+    ) -> Counter:
+        """How many rows hold each combination of ``fields`` values, e.g. ``("anatomy_id",
+        "patient_hash")`` → ``Counter({(12, "3f…"): 1, …})``, under the constraints of :meth:`search`.
+
+        One pass over the matching rows (a query iterator, ``batch_size`` rows a call) instead of
+        one count per combination: how ``regionmir evaluate`` counts the relevant rows R of every
+        query at once.
+        """
+        _check_name(name)
+        fields = list(fields)
+        unknown = [f for f in fields if f not in OUTPUT_FIELDS or f in ("box",)]
+        if not fields or unknown:
+            raise ValueError(f"tally needs scalar fields of {OUTPUT_FIELDS}; got {fields}")
+        self._require(name)
+        expression = build_filter(view=view, split=split, model_version=model_version) or "anatomy_id >= 0"
+        with _quiet_iterator_setup():
+            iterator = self._loaded_call(
+                name, self.client.query_iterator, name, batch_size=batch_size, filter=expression,
+                output_fields=fields, consistency_level=self.consistency_level,
+            )
+        counts: Counter = Counter()
+        try:
+            while True:
+                rows = self._call(name, lambda **_: iterator.next())  # next() takes no timeout
+                if not rows:
+                    break
+                counts.update(tuple(row[f] for f in fields) for row in rows)
+        finally:
+            iterator.close()
+        return counts
 
     def get(self, name: str, keys: Sequence[str]) -> dict[str, RegionHit]:
         """The rows with these primary keys, by key (missing keys are absent; ``score`` is NaN).
@@ -817,16 +891,25 @@ class RegionIndex:
         view: str | None = None,
         split: str | None = None,
         model_version: str | None = None,
+        exclude_patient_hash: str | None = None,
+        group_by: str | None = None,
         ef: int | None = None,
     ) -> list[list[RegionHit]]:
         """The ``k`` nearest rows of each query vector in ``name`` (a collection or an alias).
 
         ``vectors``: one vector or a 2-D array of them (normalised or not: cosine similarity).
-        Filters keep rows of that region (name, alias or id), view, split and model version;
-        values are escaped, never interpolated raw. ``ef``: HNSW candidate list size (default
-        :attr:`search_ef`, raised to ``k``). Returns one list of :class:`RegionHit` per query,
-        best first.
+        Filters keep rows of that region (name, alias or id), view, split and model version, and
+        drop the rows of ``exclude_patient_hash``'s patient; values are escaped, never
+        interpolated raw. ``group_by`` (a key of :data:`GROUP_FIELDS`, e.g. ``"study"``) keeps
+        only the best hit of each study (patient, image), so one study cannot fill the top k;
+        rows with an empty study hash each count as their own group. ``ef``: HNSW candidate list
+        size (default :attr:`search_ef`, raised to the number of candidates asked for). Returns
+        one list of :class:`RegionHit` per query, best first.
         """
+        if group_by is not None:
+            return self._grouped_search(name, vectors, k, GROUP_FIELDS.get(group_by, ""), group_by, anatomy=anatomy,
+                                        view=view, split=split, model_version=model_version,
+                                        exclude_patient_hash=exclude_patient_hash, ef=ef)
         _check_name(name)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_TOP_K:
             raise ValueError(f"k must be an int in 1..{MAX_TOP_K}, got {k!r}")
@@ -837,7 +920,8 @@ class RegionIndex:
             raise ValueError(f"vectors must be one vector or a 2-D array, got shape {queries.shape}")
         if not np.all(np.isfinite(queries)):
             raise ValueError("query vectors have NaN or infinite values")
-        expression = build_filter(anatomy=anatomy, view=view, split=split, model_version=model_version)
+        expression = build_filter(anatomy=anatomy, view=view, split=split, model_version=model_version,
+                                  exclude_patient_hash=exclude_patient_hash)
         dim = self._dimension(name)
         if queries.shape[1] != dim:
             raise DimensionMismatchError(
@@ -850,6 +934,36 @@ class RegionIndex:
             consistency_level=self.consistency_level,
         )
         return [[self._hit(h) for h in hits] for hits in results]
+
+    def _grouped_search(self, name: str, vectors: Any, k: int, field_name: str, group_by: str, *, ef: int | None,
+                        **filters: Any) -> list[list[RegionHit]]:
+        """Best hit per group, found client-side so every Milvus (Lite, 2.3 servers) gives the same
+        answer: fetch 4k candidates, keep the first of each group, and fetch more (doubling, up to
+        :data:`MAX_TOP_K`) for the queries that found fewer than k groups in a full page."""
+        if not field_name:
+            raise ValueError(f"group_by must be one of {sorted(GROUP_FIELDS)}, got {group_by!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_TOP_K:
+            raise ValueError(f"k must be an int in 1..{MAX_TOP_K}, got {k!r}")
+        queries = np.asarray(vectors, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        grouped: list[list[RegionHit] | None] = [None] * len(queries)
+        pending = list(range(len(queries)))
+        fetch = min(MAX_TOP_K, 4 * k)
+        while pending:
+            pages = self.search(name, queries[pending], fetch, ef=max(int(ef or self.search_ef), fetch), **filters)
+            still = []
+            for q, page in zip(pending, pages):
+                best: dict[str, RegionHit] = {}
+                for hit in page:
+                    group = getattr(hit, field_name) or f"row:{hit.key}"
+                    if group not in best:
+                        best[group] = hit
+                grouped[q] = list(best.values())[:k]
+                if len(best) < k and len(page) == fetch and fetch < MAX_TOP_K:
+                    still.append(q)
+            pending, fetch = still, min(MAX_TOP_K, fetch * 2)
+        return [hits or [] for hits in grouped]
 
     @staticmethod
     def _hit(hit: dict[str, Any]) -> RegionHit:

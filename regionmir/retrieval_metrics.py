@@ -1,4 +1,4 @@
-"""Retrieval quality on the anatomy label: precision, AP/mAP, reciprocal rank, hit rate @k.
+"""Retrieval quality on the anatomy label: precision, AP/mAP, nDCG, reciprocal rank, hit rate @k.
 
 The paper judges retrieval by eye; we measure it as CheXtriev does (MICCAI 2024): a retrieved
 ROI is *relevant* when its anatomy label equals the query's. Every metric takes
@@ -10,9 +10,13 @@ as NumPy arrays (ints or strings). Lists shorter than K are padded with a value 
 query label (e.g. -1); a padded slot, or a slot beyond K when k > K, counts as *not relevant*, so a
 system that returns fewer than k items is penalised, not excused.
 
+AP@k and nDCG@k also take ``num_relevant``: (Q,) the number R of relevant items *in the
+database* for each query, counted after the same exclusions as the ranking (model version, same
+patient). AP@k is divided by min(k, R), the standard definition; no other variant is reported.
+
 Per-query functions return (Q,) arrays (``precision_at_k``, ``average_precision_at_k``,
-``reciprocal_rank_at_k``, ``hit_at_k``); ``map_at_k``, ``mrr_at_k`` and ``hit_rate_at_k`` are their
-means over queries. :func:`retrieval_report` gathers them overall and per anatomy.
+``ndcg_at_k``, ``reciprocal_rank_at_k``, ``hit_at_k``); ``map_at_k``, ``mrr_at_k`` and
+``hit_rate_at_k`` are their means over queries. :func:`retrieval_report` gathers them overall and per anatomy.
 
 For index recall (is the ANN index as good as brute force?) :func:`exact_knn` is the cosine
 ground truth and :func:`recall_at_k` compares id lists.
@@ -29,6 +33,7 @@ __all__ = [
     "precision_at_k",
     "average_precision_at_k",
     "map_at_k",
+    "ndcg_at_k",
     "reciprocal_rank_at_k",
     "mrr_at_k",
     "hit_at_k",
@@ -66,38 +71,40 @@ def precision_at_k(query_labels: np.ndarray, retrieved_labels: np.ndarray, k: in
     return relevance(query_labels, retrieved_labels, k).sum(axis=1) / k
 
 
+def _checked_num_relevant(num_relevant: np.ndarray, hits: np.ndarray) -> np.ndarray:
+    num_relevant = np.asarray(num_relevant)
+    if num_relevant.shape != (hits.shape[0],):
+        raise ValueError(f"num_relevant must be (Q,) = ({hits.shape[0]},); got {num_relevant.shape}")
+    if np.any(num_relevant < hits.sum(axis=1)):
+        raise ValueError("num_relevant is below the number of relevant items retrieved for some query "
+                         "(R must be counted after the same exclusions as the ranking)")
+    return num_relevant
+
+
 def average_precision_at_k(
     query_labels: np.ndarray,
     retrieved_labels: np.ndarray,
     k: int,
-    num_relevant: np.ndarray | None = None,
+    num_relevant: np.ndarray,
 ) -> np.ndarray:
     """(Q,) AP@k = (1 / min(k, R)) · Σ_{i≤k} P(i) · rel(i).
 
     P(i) is the precision at cut-off i, rel(i) is 1 when the i-th item is relevant, and R is the
-    number of relevant items *in the database* for that query (``num_relevant``, (Q,)). Dividing by
-    min(k, R) — the best number of hits achievable in k slots — makes a perfect ranking score 1
-    even when R > k; this is the common definition (e.g. the ``apk`` of Kaggle's ml_metrics).
+    number of relevant items *in the database* for that query (``num_relevant``, (Q,)), counted
+    after the same exclusions as the ranking. Dividing by min(k, R) — the best number of hits
+    achievable in k slots — makes a perfect ranking score 1 even when R > k, and a ranking that
+    finds one of ten relevant items at rank 1 score 0.1, not 1. This is the common definition
+    (e.g. the ``apk`` of Kaggle's ml_metrics); ``ranx`` divides by R instead, ``torchmetrics`` by
+    the relevant items retrieved.
 
-    Without ``num_relevant`` the database is unknown and R is taken as the number of relevant
-    items found in the first k, i.e. AP is normalised by the hits (the precision averaged over the
-    ranks of the hits). That rewards ordering but not completeness, and is ≥ the R-normalised AP.
-
-    A query with no relevant item (R = 0, or no hit without ``num_relevant``) has AP 0.
+    A query with no relevant item in the database (R = 0) has AP 0.
     """
     hits = relevance(query_labels, retrieved_labels, k)
+    num_relevant = _checked_num_relevant(num_relevant, hits)
     ranks = np.arange(1, k + 1)
     precision_at_each_rank = np.cumsum(hits, axis=1) / ranks
     summed = (precision_at_each_rank * hits).sum(axis=1)
-    if num_relevant is None:
-        denominator = hits.sum(axis=1)
-    else:
-        num_relevant = np.asarray(num_relevant)
-        if num_relevant.shape != (hits.shape[0],):
-            raise ValueError(f"num_relevant must be (Q,) = ({hits.shape[0]},); got {num_relevant.shape}")
-        if np.any(num_relevant < hits.sum(axis=1)):
-            raise ValueError("num_relevant is below the number of relevant items retrieved for some query")
-        denominator = np.minimum(k, num_relevant)
+    denominator = np.minimum(k, num_relevant)
     return np.divide(summed, denominator, out=np.zeros(hits.shape[0]), where=denominator > 0)
 
 
@@ -105,10 +112,31 @@ def map_at_k(
     query_labels: np.ndarray,
     retrieved_labels: np.ndarray,
     k: int,
-    num_relevant: np.ndarray | None = None,
+    num_relevant: np.ndarray,
 ) -> float:
     """mAP@k: the mean over queries of :func:`average_precision_at_k`."""
     return float(np.mean(average_precision_at_k(query_labels, retrieved_labels, k, num_relevant)))
+
+
+def ndcg_at_k(
+    query_labels: np.ndarray,
+    retrieved_labels: np.ndarray,
+    k: int,
+    num_relevant: np.ndarray,
+) -> np.ndarray:
+    """(Q,) nDCG@k with binary relevance: DCG@k / IDCG@k.
+
+    DCG@k = Σ_{i≤k} rel(i) / log2(i + 1); IDCG@k is the DCG of the ideal ranking, min(k, R)
+    relevant items first, with R = ``num_relevant`` (relevant items in the database). A query with
+    R = 0 scores 0. (This is the definition of ``ranx`` and of torchmetrics' retrieval nDCG given
+    the whole database.)
+    """
+    hits = relevance(query_labels, retrieved_labels, k)
+    num_relevant = _checked_num_relevant(num_relevant, hits)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = (hits * discounts).sum(axis=1)
+    ideal = np.concatenate([[0.0], np.cumsum(discounts)])[np.minimum(k, num_relevant)]
+    return np.divide(dcg, ideal, out=np.zeros(hits.shape[0]), where=ideal > 0)
 
 
 def reciprocal_rank_at_k(query_labels: np.ndarray, retrieved_labels: np.ndarray, k: int) -> np.ndarray:
@@ -137,17 +165,16 @@ def _per_query_metrics(
     query_labels: np.ndarray,
     retrieved_labels: np.ndarray,
     ks: Sequence[int],
-    num_relevant: np.ndarray | None,
+    num_relevant: np.ndarray,
 ) -> dict[str, np.ndarray]:
     metrics: dict[str, np.ndarray] = {}
-    for k in ks:
-        metrics[f"p@{k}"] = precision_at_k(query_labels, retrieved_labels, k)
-    for k in ks:
-        metrics[f"map@{k}"] = average_precision_at_k(query_labels, retrieved_labels, k, num_relevant)
-    for k in ks:
-        metrics[f"mrr@{k}"] = reciprocal_rank_at_k(query_labels, retrieved_labels, k)
-    for k in ks:
-        metrics[f"hit@{k}"] = hit_at_k(query_labels, retrieved_labels, k)
+    for name, metric in (("p", precision_at_k), ("map", average_precision_at_k), ("ndcg", ndcg_at_k),
+                         ("mrr", reciprocal_rank_at_k), ("hit", hit_at_k)):
+        for k in ks:
+            if metric in (average_precision_at_k, ndcg_at_k):
+                metrics[f"{name}@{k}"] = metric(query_labels, retrieved_labels, k, num_relevant)
+            else:
+                metrics[f"{name}@{k}"] = metric(query_labels, retrieved_labels, k)
     return metrics
 
 
@@ -162,8 +189,8 @@ def _label_name(label, label_names: Sequence[str] | Mapping | None) -> str:
 def retrieval_report(
     query_labels: np.ndarray,
     retrieved_labels: np.ndarray,
+    num_relevant: np.ndarray,
     ks: Sequence[int] = (1, 3, 5, 10),
-    num_relevant: np.ndarray | None = None,
     label_names: Sequence[str] | Mapping | None = None,
 ) -> dict:
     """All metrics at every k, overall and per anatomy, as a JSON-ready dict.
@@ -171,9 +198,9 @@ def retrieval_report(
     Args:
         query_labels: (Q,) label of each query.
         retrieved_labels: (Q, K) labels of the retrieved items, best first.
-        ks: cut-offs; keys are ``p@k``, ``map@k``, ``mrr@k``, ``hit@k`` for each.
-        num_relevant: optional (Q,) number of relevant items in the database per query, for the
-            R-normalised AP (see :func:`average_precision_at_k`).
+        num_relevant: (Q,) number of relevant items in the database per query, counted after the
+            same exclusions as the ranking: the R of AP@k and nDCG@k.
+        ks: cut-offs; keys are ``p@k``, ``map@k``, ``ndcg@k``, ``mrr@k``, ``hit@k`` for each.
         label_names: names for the ``per_anatomy`` keys: a sequence indexed by integer label
             (e.g. :data:`regionmir.anatomy.ANATOMY_NAMES`) or a mapping; default ``str(label)``.
 
@@ -185,8 +212,7 @@ def retrieval_report(
     query_labels = np.asarray(query_labels)
     if query_labels.shape[0] == 0:
         raise ValueError("no queries")
-    if num_relevant is not None:
-        num_relevant = np.asarray(num_relevant)
+    num_relevant = np.asarray(num_relevant)
     per_query = _per_query_metrics(query_labels, retrieved_labels, ks, num_relevant)
 
     report: dict = {"num_queries": int(query_labels.shape[0])}
@@ -197,7 +223,7 @@ def retrieval_report(
         mask = query_labels == label
         entry: dict = {"num_queries": int(mask.sum())}
         entry.update({name: float(values[mask].mean()) for name, values in per_query.items()})
-        per_anatomy[_label_name(label.item(), label_names)] = entry
+        per_anatomy[_label_name(label.item() if isinstance(label, np.generic) else label, label_names)] = entry
     report["macro"] = {
         name: float(np.mean([entry[name] for entry in per_anatomy.values()])) for name in per_query
     }

@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
               f"anatomy {s['anatomy']['top1_same_anatomy']:.0%}.")
         print(f"Fine-tuned model: test accuracy {summary['test_accuracy']:.2%} (classifier); retrieval of "
               f"{r['queries']} test regions from {summary['index']['rows']} indexed train regions: "
-              f"p@1 {r['p@1']:.3f}, p@10 {r['p@10']:.3f}, mAP@10 {r['map@10']:.3f}; localization mIoU "
+              f"p@1 {r['p@1']:.3f}, p@10 {r['p@10']:.3f}, mAP@10 {r['map@10']:.3f}, nDCG@10 {r['ndcg@10']:.3f}; localization mIoU "
               f"{summary['localization_miou'] if summary['localization_miou'] is None else round(summary['localization_miou'], 3)}; report {summary['report']}; summary "
               f"{os.path.join(args.out, 'summary.json')}; demo finished in {summary['seconds']} s.", flush=True)
         if args.keep_serving:

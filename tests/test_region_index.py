@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -103,6 +104,14 @@ def test_filter_values_are_quoted_and_escaped():
         quote_filter_value("PA\n or 1==1")
     with pytest.raises(TypeError):
         quote_filter_value(3)  # type: ignore[arg-type]
+
+
+def test_build_filter_excludes_a_patient_only_by_a_valid_hash():
+    patient = hash_identifier("MRN-1", salt="test-salt")
+    assert build_filter(exclude_patient_hash=patient) == f'patient_hash != "{patient}"'
+    assert build_filter(exclude_patient_hash="") == ""  # unknown patient: excludes nothing
+    with pytest.raises(ValueError, match="patient hash"):
+        build_filter(exclude_patient_hash='" or 1==1 or "')
 
 
 def test_build_filter_validates_anatomy_and_joins_clauses():
@@ -274,6 +283,40 @@ def test_filtered_search_returns_the_region_asked_for_and_the_exact_match_first(
     assert hits == []
     with pytest.raises(UnknownAnatomyError):
         index.search(name, heart.vector, k=5, anatomy="left elbow")
+
+
+@pytest.mark.integration
+def test_same_patient_exclusion_grouping_by_study_and_tallies(index):
+    name, rows = filled(index)
+    query = rows[30]  # patient-2 holds rows 24..35; study-5 (one film) rows 30..35
+    [plain] = index.search(name, query.vector, k=10)
+    assert plain[0].key == query.key
+    [hits] = index.search(name, query.vector, k=10, exclude_patient_hash=query.patient_hash)
+    assert len(hits) == 10 and all(h.patient_hash != query.patient_hash for h in hits)
+    assert index.count(name, exclude_patient_hash=query.patient_hash) == N_ROWS - 12
+    assert index.count(name, anatomy=query.anatomy_id, exclude_patient_hash=query.patient_hash) == \
+        sum(r.anatomy_id == query.anatomy_id and r.patient_hash != query.patient_hash for r in rows)
+    assert index.count(name, exclude_patient_hash="") == N_ROWS  # unknown patient: nothing excluded
+
+    # one study per hit, each the study's best row: the first 20 studies of the full ranking
+    [grouped] = index.search(name, query.vector, k=20, group_by="study")
+    [everything] = index.search(name, query.vector, k=N_ROWS)
+    best_per_study: dict[str, str] = {}
+    for hit in everything:
+        best_per_study.setdefault(hit.study_hash, hit.key)
+    assert [h.key for h in grouped] == list(best_per_study.values())[:20]
+    assert len({h.study_hash for h in grouped}) == 20 and grouped[0].key == query.key
+    [few] = index.search(name, query.vector, k=80, group_by="study", anatomy=query.anatomy_id)
+    assert len(few) == N_ROWS // len(ANATOMY_IDS)  # 50 studies hold this region: all of them, once
+    with pytest.raises(ValueError, match="group_by"):
+        index.search(name, query.vector, k=5, group_by="hospital")
+
+    assert index.tally(name, ("anatomy_id", "patient_hash"), model_version="m1") == \
+        Counter((r.anatomy_id, r.patient_hash) for r in rows)
+    assert index.tally(name, ("split",), batch_size=7) == Counter((r.split,) for r in rows)
+    assert index.tally(name, ("split",), model_version="m9") == Counter()
+    with pytest.raises(ValueError, match="scalar fields"):
+        index.tally(name, ("vector",))
 
 
 @pytest.mark.integration
