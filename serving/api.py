@@ -36,6 +36,7 @@ from regionmir.anatomy import ANATOMY_NAMES, anatomy_id
 from regionmir.anatomy_atlas import AnatomyAtlas, AtlasError
 from regionmir.boxes import Box, require_valid_box
 from regionmir.errors import BoxError, MissingImageError, RegionMIRError, StorageError
+from regionmir.decoded_image import DecodedImage
 from regionmir.image_reader import read_image
 from regionmir.intensity import to_uint8
 from regionmir.model_contract import ModelContract
@@ -45,7 +46,7 @@ from regionmir.roi_crop import CropConfig, roi_crop, roi_crops
 from .config import ServeSettings
 from .errors import ApiError, from_library_error
 from .metrics import anatomy_label, get_metrics
-from .runtime import KEY_RE
+from .runtime import KEY_RE, SearchFilters
 
 log = logging.getLogger("ray.serve")
 
@@ -208,6 +209,30 @@ def parse_view(text: str | None) -> str | None:
     return view
 
 
+#: ``group_by`` values the API accepts (one hit per …).
+GROUP_BY_CHOICES = ("study", "patient", "image")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def parse_flag(text: str | None, field: str) -> bool:
+    value = "" if text is None else str(text).strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ApiError(422, "bad_filter", f"{field} must be true or false, got {str(text)[:40]!r}")
+
+
+def parse_group_by(text: str | None) -> str | None:
+    value = "" if text is None else str(text).strip().lower()
+    if not value or value == "none":
+        return None
+    if value not in GROUP_BY_CHOICES:
+        raise ApiError(422, "bad_filter", f"group_by must be one of {', '.join(GROUP_BY_CHOICES)}, "
+                                          f"got {str(text)[:40]!r}")
+    return value
+
+
 def parse_box(text: str, width: int, height: int) -> Box:
     try:
         box = Box.parse(text)
@@ -305,7 +330,7 @@ class QueryService:
         finally:
             await form.close()
 
-    async def decode(self, data: bytes) -> np.ndarray:
+    async def decode(self, data: bytes) -> DecodedImage:
         try:
             decoded = await asyncio.to_thread(read_image, data, source="upload",
                                               max_pixels=self.settings.limits.max_pixels)
@@ -315,7 +340,7 @@ class QueryService:
             raise ApiError(413, "image_too_large", "image: too large to decode") from None
         except Exception as exc:  # a decoder plug-in failing on hostile bytes
             raise ApiError(422, "unreadable_image", f"image: cannot decode ({type(exc).__name__})") from None
-        return decoded.pixels
+        return decoded
 
     # -- routes
 
@@ -328,6 +353,8 @@ class QueryService:
         anatomy = parse_anatomy(fields.get("anatomy"), "anatomy")
         filter_anatomy = parse_anatomy(fields.get("filter_anatomy"), "filter_anatomy")
         view = parse_view(fields.get("view"))
+        exclude_same_patient = parse_flag(fields.get("exclude_same_patient"), "exclude_same_patient")
+        group_by = parse_group_by(fields.get("group_by"))
         box_text = (fields.get("box") or "").strip()
         if not box_text and anatomy is None:
             raise ApiError(422, "missing_field", "give a 'box' (x1,y1,x2,y2 in image pixels), an 'anatomy' name, or both")
@@ -335,9 +362,15 @@ class QueryService:
             raise ApiError(422, "no_atlas", "this service has no anatomy atlas: draw a box instead of naming a region")
 
         t = time.perf_counter()
-        pixels = await self.decode(data)
+        decoded = await self.decode(data)
+        pixels = decoded.pixels
         timings["decode"] = _ms(t)
         height, width = pixels.shape
+        if exclude_same_patient and not decoded.info.patient_hash:
+            raise ApiError(422, "no_patient_id", "exclude_same_patient: the upload names no patient (a DICOM with "
+                                                 "PatientID is needed to leave that patient's films out)")
+        filters = SearchFilters(anatomy=filter_anatomy, view=view, group_by=group_by,
+                                exclude_patient_hash=decoded.info.patient_hash if exclude_same_patient else None)
 
         if box_text:
             box = parse_box(box_text, width, height)
@@ -361,7 +394,7 @@ class QueryService:
         predicted = ANATOMY_NAMES[self.class_ids[column]]
         confidence = float(probabilities[column])
         t = time.perf_counter()
-        hits = await self._call("index", self.backend.search(vector, k, filter_anatomy, view))
+        hits = await self._call("index", self.backend.search(vector, k, filters))
         timings["search"] = _ms(t)
         timings["total"] = _ms(started)
 
@@ -375,7 +408,7 @@ class QueryService:
             "predicted_anatomy": predicted, "confidence": round(confidence, 4),
             "model_version": self.contract.version_id, "image_size": [width, height], "k": k,
             "filters": {"anatomy": ANATOMY_NAMES[filter_anatomy] if filter_anatomy is not None else None,
-                        "view": view},
+                        "view": view, "exclude_same_patient": exclude_same_patient, "group_by": group_by},
         }
         if localization is not None:
             query["localization"] = localization
@@ -430,7 +463,7 @@ class QueryService:
 
     async def preview(self, request: Request) -> Response:
         data, _ = await self.read_form(request)
-        pixels = await self.decode(data)
+        pixels = (await self.decode(data)).pixels
         height, width = pixels.shape
         png, scale = await asyncio.to_thread(png_bytes, pixels, DISPLAY_MAX_SIDE)
         return Response(png, media_type="image/png", headers={

@@ -36,7 +36,7 @@ from regionmir.storage import S3Options
 
 from .config import ServeSettings
 from .metrics import get_metrics
-from .runtime import EncoderRuntime, SearchRuntime
+from .runtime import EncoderRuntime, SearchFilters, SearchRuntime
 
 log = logging.getLogger("ray.serve")
 
@@ -106,8 +106,8 @@ class SearchDeployment:
         self._last_gauge = time.monotonic()
         return status
 
-    def search(self, vector: np.ndarray, k: int, anatomy: int | None, view: str | None) -> list[dict]:
-        hits = self.runtime.search(vector, k, anatomy, view)
+    def search(self, vector: np.ndarray, k: int, filters: SearchFilters) -> list[dict]:
+        hits = self.runtime.search(vector, k, filters)
         if time.monotonic() - self._last_gauge > 30:
             try:
                 self._update_gauge()
@@ -136,8 +136,8 @@ class RayBackend:
     async def embed(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         return await self.encoder.embed.remote(crops)
 
-    async def search(self, vector: np.ndarray, k: int, anatomy: int | None, view: str | None) -> list[dict]:
-        return await self.search_handle.search.remote(np.asarray(vector, dtype=np.float32), k, anatomy, view)
+    async def search(self, vector: np.ndarray, k: int, filters: SearchFilters) -> list[dict]:
+        return await self.search_handle.search.remote(np.asarray(vector, dtype=np.float32), k, filters)
 
     async def get_rows(self, keys: list[str]) -> dict[str, dict]:
         return await self.search_handle.get.remote(list(keys))

@@ -38,7 +38,7 @@ REASONS: tuple[str, ...] = (
     "unauthorized", "missing_field", "bad_request", "bad_k", "bad_filter", "bad_key", "not_found",
     "upload_too_large", "image_too_large", "unreadable_image", "unsupported_image", "missing_image",
     "unsupported_media_type", "bad_box", "box_outside_image", "box_inverted", "box_zero_area", "box_not_finite",
-    "unknown_anatomy", "no_atlas", "no_atlas_entry", "no_candidate", "method_not_allowed",
+    "unknown_anatomy", "no_atlas", "no_atlas_entry", "no_candidate", "no_patient_id", "method_not_allowed",
     "index_unavailable", "model_unavailable", "storage_unavailable", "timeout", "overloaded", "internal",
 )
 

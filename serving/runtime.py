@@ -13,7 +13,7 @@ import asyncio
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,18 @@ def hit_to_dict(hit: RegionHit) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class SearchFilters:
+    """What a search keeps besides the model's own rows: one region (``anatomy`` id), one view, all
+    but one patient (``exclude_patient_hash``, a salted hash), and at most one hit per study
+    (``group_by="study"``; see :data:`indexing.region_index.GROUP_FIELDS`)."""
+
+    anatomy: int | None = None
+    view: str | None = None
+    exclude_patient_hash: str | None = None
+    group_by: str | None = None
+
+
 class SearchRuntime:
     """The index connection of one process (a milvus-lite file may have only one)."""
 
@@ -84,10 +96,10 @@ class SearchRuntime:
         self.collection = collection
         self.model_version = model_version
 
-    def search(self, vector: Sequence[float], k: int, anatomy: int | None = None,
-               view: str | None = None) -> list[dict[str, Any]]:
-        hits = self.index.search(self.collection, np.asarray(vector, dtype=np.float32), k=k, anatomy=anatomy,
-                                 view=view, model_version=self.model_version)
+    def search(self, vector: Sequence[float], k: int, filters: SearchFilters = SearchFilters()) -> list[dict[str, Any]]:
+        hits = self.index.search(self.collection, np.asarray(vector, dtype=np.float32), k=k, anatomy=filters.anatomy,
+                                 view=filters.view, exclude_patient_hash=filters.exclude_patient_hash,
+                                 group_by=filters.group_by, model_version=self.model_version)
         return [hit_to_dict(h) for h in hits[0]]
 
     def get(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -120,8 +132,8 @@ class LocalBackend:
     async def embed(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         return await asyncio.to_thread(self.encoder.forward, crops)
 
-    async def search(self, vector: np.ndarray, k: int, anatomy: int | None, view: str | None) -> list[dict]:
-        return await asyncio.to_thread(self.search_runtime.search, vector, k, anatomy, view)
+    async def search(self, vector: np.ndarray, k: int, filters: SearchFilters) -> list[dict]:
+        return await asyncio.to_thread(self.search_runtime.search, vector, k, filters)
 
     async def get_rows(self, keys: Sequence[str]) -> dict[str, dict]:
         return await asyncio.to_thread(self.search_runtime.get, list(keys))
