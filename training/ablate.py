@@ -8,14 +8,24 @@ scratch. The baselines (a) and (d) get as many epochs as pretraining + fine-tuni
 every arm sees the same number of passes over the training crops. Every arm is evaluated on the
 test split (overall and per anatomy over the trained regions) and the table is written as
 ``OUT/ablation.json`` and ``OUT/ablation.md``.
+
+``--seeds N`` repeats the whole comparison with seeds ``seed … seed+N−1`` and ``--label-fraction
+0.05,0.2,1.0`` at each fraction of labelled training films (fine-tuning sees that fraction's
+labels; pretraining every film). Each (fraction, seed) is one run in
+``OUT/fraction-F/seed-S/``; ``OUT/ablation_summary.json`` and ``.md`` report every arm's mean ± sd
+over seeds and, for every pair of arms, the difference with a paired bootstrap 95 % interval over
+the test crops (:mod:`regionmir.paired_bootstrap`). ``--resume`` keeps finished runs and continues
+an interrupted one.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
+from dataclasses import replace
 from typing import Sequence
 
 from regionmir import storage
@@ -24,6 +34,7 @@ from regionmir.storage import S3Options
 
 from regionmir.encoder import load_preset
 from regionmir.errors import DatasetError
+from regionmir.paired_bootstrap import mean_and_sd, paired_bootstrap
 from regionmir.roi_crop import CropConfig
 
 from .evaluate_classifier import evaluate_classifier
@@ -79,7 +90,10 @@ def run_ablation(base: TrainOptions, pretrain_epochs: int, finetune_epochs: int,
     for arm, phases in plan:
         last = phases[-1].name
         report = evaluate_classifier(summary["phases"][last]["best"], test_data, s3)
-        report.pop("y_true"), report.pop("y_pred")
+        order = sorted(range(len(report["keys"])), key=report["keys"].__getitem__)
+        test_keys = [report["keys"][i] for i in order]
+        correct = "".join("1" if report["y_true"][i] == report["y_pred"][i] else "0" for i in order)
+        report.pop("y_true"), report.pop("y_pred"), report.pop("keys")
         rows.append({"arm": arm, "name": ARMS[arm], "test_accuracy": report["accuracy"],
                      "balanced_accuracy": report["balanced_accuracy"],
                      "val_accuracy": summary["phases"][last]["best_metrics"].get("val_accuracy"),
@@ -87,10 +101,13 @@ def run_ablation(base: TrainOptions, pretrain_epochs: int, finetune_epochs: int,
                      "model_version": report["model_version"], "model": summary["phases"][last]["best"],
                      "train_minutes": round(sum(epoch_seconds.get(p.name, 0.0) for p in phases) / 60, 1),
                      "val_accuracy_by_epoch": curves.get(last, []),
-                     "epochs": {p.name: p.epochs for p in phases}})
+                     "epochs": {p.name: p.epochs for p in phases},
+                     "test_keys": test_keys, "test_correct": correct})
         print(f"[ablate] ({arm}) {ARMS[arm]}: test accuracy {report['accuracy']:.4f}", flush=True)
     result = {"rows": rows, "paper": PAPER, "pretrain_epochs": pretrain_epochs, "finetune_epochs": finetune_epochs,
               "data": base.data, "preset": base.preset, "regions": base.regions, "workers": base.workers,
+              "seed": base.seed, "label_fraction": base.label_fraction,
+              "labelled_train_films": summary.get("labelled_train_films"),
               "train_films": summary["films"].get("train"), "train_crops": summary["train_crops"],
               "test_films": len(records["test"]),
               "minutes": round((time.perf_counter() - started) / 60, 1),
@@ -98,6 +115,108 @@ def run_ablation(base: TrainOptions, pretrain_epochs: int, finetune_epochs: int,
     storage.write_text(storage.join(out, "ablation.json"), json.dumps(result, indent=1), s3)
     storage.write_text(storage.join(out, "ablation.md"), markdown_table(result), s3)
     return result
+
+
+def run_ablation_grid(base: TrainOptions, pretrain_epochs: int, finetune_epochs: int, arms: Sequence[str],
+                      seeds: int = 1, fractions: Sequence[float] = (1.0,), resume: bool = False) -> dict:
+    """Every arm at every label fraction with ``seeds`` seeds: one run each, then the summary."""
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    fractions = sorted(set(float(f) for f in fractions), reverse=True)
+    for fraction in fractions:
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"label fractions must be in (0, 1], got {fraction:g}")
+    s3 = S3Options.from_env()
+    single = len(fractions) == 1 and seeds == 1
+    runs, started = [], time.perf_counter()
+    for number, (fraction, offset) in enumerate(itertools.product(fractions, range(seeds)), start=1):
+        seed = base.seed + offset
+        out = base.out if single else storage.join(base.out, f"fraction-{fraction:g}", f"seed-{seed}")
+        done = storage.join(out, "ablation.json")
+        print(f"[ablate] run {number}/{len(fractions) * seeds}: label fraction {fraction:g}, seed {seed} → {out}",
+              flush=True)
+        if resume and storage.exists(done, s3):
+            print(f"[ablate] {done} exists: kept (--resume)", flush=True)
+            runs.append(json.loads(storage.read_text(done, s3)))
+            continue
+        runs.append(run_ablation(replace(base, out=out, seed=seed, label_fraction=fraction, resume=resume),
+                                 pretrain_epochs, finetune_epochs, arms))
+    summary = summarise_runs(runs, arms)
+    summary["minutes"] = round((time.perf_counter() - started) / 60, 1)
+    storage.write_text(storage.join(base.out, "ablation_summary.json"), json.dumps(summary, indent=1), s3)
+    storage.write_text(storage.join(base.out, "ablation_summary.md"), summary_markdown(summary), s3)
+    return summary
+
+
+def summarise_runs(runs: list[dict], arms: Sequence[str], resamples: int = 2000) -> dict:
+    """Mean ± sd over seeds per (fraction, arm), and every pair of arms' paired bootstrap interval.
+
+    Crops are matched by key across arms and seeds; only crops every run tested are compared."""
+    import numpy as np
+
+    by_fraction: dict[float, list[dict]] = {}
+    for run in runs:
+        by_fraction.setdefault(float(run.get("label_fraction", 1.0)), []).append(run)
+    tables = []
+    for fraction in sorted(by_fraction, reverse=True):
+        group = by_fraction[fraction]
+        keys = sorted(set.intersection(*(set(r["test_keys"]) for run in group for r in run["rows"])))
+        if not keys:
+            raise DatasetError(group[0]["data"], "the runs share no test crops to compare arms on")
+        correct: dict[str, np.ndarray] = {}
+        arm_rows = []
+        for arm in arms:
+            per_seed = [next(r for r in run["rows"] if r["arm"] == arm) for run in group]
+            scores = []
+            for row in per_seed:
+                bits = dict(zip(row["test_keys"], row["test_correct"]))
+                scores.append([bits[k] == "1" for k in keys])
+            correct[arm] = np.asarray(scores, dtype=np.float64)
+            mean, sd = mean_and_sd([r["test_accuracy"] for r in per_seed])
+            arm_rows.append({"arm": arm, "name": ARMS[arm], "test_accuracy_mean": mean, "test_accuracy_sd": sd,
+                             "test_accuracy_by_seed": [r["test_accuracy"] for r in per_seed],
+                             "val_accuracy_by_seed": [r.get("val_accuracy") for r in per_seed],
+                             "train_minutes_mean": mean_and_sd([r["train_minutes"] for r in per_seed])[0]})
+        differences = []
+        for first, second in itertools.combinations(arms, 2):
+            result = paired_bootstrap(correct[second], correct[first], resamples=resamples)
+            differences.append({"comparison": f"{second} − {first}", "first": second, "second": first,
+                                **result.as_dict()})
+        tables.append({"label_fraction": fraction, "seeds": [run["seed"] for run in group],
+                       "labelled_train_films": group[0].get("labelled_train_films"),
+                       "train_films": group[0].get("train_films"), "test_crops": len(keys),
+                       "arms": arm_rows, "differences": differences})
+    first = runs[0]
+    return {"data": first["data"], "preset": first["preset"], "workers": first["workers"],
+            "pretrain_epochs": first["pretrain_epochs"], "finetune_epochs": first["finetune_epochs"],
+            "test_films": first["test_films"], "paper": PAPER, "fractions": tables,
+            "run_minutes": round(sum(run["minutes"] for run in runs), 1)}
+
+
+def summary_markdown(summary: dict) -> str:
+    pct = lambda v: f"{100 * v:.2f}"  # noqa: E731
+    lines = [f"Data: {summary['data']} ({summary['test_films']} test films); preset {summary['preset']}, "
+             f"{summary['workers']} worker(s); {summary['pretrain_epochs']} + {summary['finetune_epochs']} epochs "
+             f"((a) and (d): the sum); {summary['run_minutes']} min of runs.", "",
+             "Test accuracy (%), mean ± sd over seeds:", "",
+             "| label fraction | labelled films | seeds | " +
+             " | ".join(f"({row['arm']}) {row['name']}" for row in summary["fractions"][0]["arms"]) + " |",
+             "|---|---|---|" + "---|" * len(summary["fractions"][0]["arms"])]
+    for table in summary["fractions"]:
+        cells = [f"{pct(r['test_accuracy_mean'])} ± {pct(r['test_accuracy_sd'])}" for r in table["arms"]]
+        lines.append(f"| {table['label_fraction']:g} | {table['labelled_train_films']} of {table['train_films']} | "
+                     f"{len(table['seeds'])} | " + " | ".join(cells) + " |")
+    lines += ["", "Differences between arms (percentage points of test accuracy, averaged over seeds), with a "
+                  "paired bootstrap 95 % interval over the test crops:", "",
+              "| label fraction | comparison | difference | 95 % interval | interval excludes 0 |",
+              "|---|---|---|---|---|"]
+    for table in summary["fractions"]:
+        for d in table["differences"]:
+            lines.append(f"| {table['label_fraction']:g} | ({d['first']}) − ({d['second']}) | {pct(d['mean'])} | "
+                         f"[{pct(d['low'])}, {pct(d['high'])}] | {'yes' if d['excludes_zero'] else 'no'} |")
+    lines += ["", "Paper (Chest ImaGenome, full labels): " +
+              "; ".join(f"{name} {value:.2f} %" for name, value in summary["paper"].items()) + "."]
+    return "\n".join(lines) + "\n"
 
 
 def _phase_history(summary: dict, s3: S3Options | None) -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -150,14 +269,34 @@ def ablate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--preset", default="resnet10-cpu")
     parser.add_argument("--regions", choices=("standard29", "all36"), default="standard29")
     parser.add_argument("--arms", default="abcd", help="which arms to run, e.g. 'ab'")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="repeat every arm with this many seeds (seed, seed+1, …) and report mean ± sd "
+                             "and paired bootstrap intervals (default 1)")
+    parser.add_argument("--label-fraction", default="1.0", type=_fractions,
+                        help="comma-separated fractions of the training films whose labels fine-tuning sees, "
+                             "e.g. 0.05,0.2,1.0 (pretraining sees every film; default 1.0)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs that finished in OUT and continue an interrupted one")
     args = parser.parse_args(list(argv))
     base = TrainOptions(data=args.data, out=args.out, workers=args.workers, gpu=args.gpu, batch_size=args.batch_size,
                         preset=args.preset, regions=args.regions, seed=args.seed, also_cache=("test",))
     try:
-        result = run_ablation(base, args.pretrain_epochs, args.finetune_epochs, tuple(args.arms))
-    except RegionMIRError as exc:
+        summary = run_ablation_grid(base, args.pretrain_epochs, args.finetune_epochs, tuple(args.arms), args.seeds,
+                                    args.label_fraction, args.resume)
+    except (RegionMIRError, ValueError) as exc:
         print(f"regionmir ablate: {exc}", file=sys.stderr)
         return 2
-    print(markdown_table(result))
+    print(summary_markdown(summary))
     return 0
+
+
+def _fractions(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.05,0.2,1.0, got {text!r}") \
+            from None
+    if not values or not all(0.0 < v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"label fractions must be in (0, 1], got {text!r}")
+    return values

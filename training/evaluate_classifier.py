@@ -18,7 +18,7 @@ def evaluate_classifier(model_dir: str, dataset, s3=None, batch_size: int = 256)
     model.eval()
     crop = contract.crop_config
     lookup = {a: k for k, a in enumerate(contract.class_anatomy_ids)}
-    y_true, y_pred = [], []
+    y_true, y_pred, keys = [], [], []
     with torch.no_grad():
         for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
             keep = [i for i, a in enumerate(batch["anatomy_id"]) if int(a) in lookup]
@@ -28,8 +28,11 @@ def evaluate_classifier(model_dir: str, dataset, s3=None, batch_size: int = 256)
                                            for i in keep]))[:, None]
             y_pred.extend(model.classify(x).argmax(1).tolist())
             y_true.extend(lookup[int(batch["anatomy_id"][i])] for i in keep)
+            keys.extend(f"{batch['image_id'][i]}#{int(batch['anatomy_id'][i])}" for i in keep)
     names = [ANATOMY_NAMES[a] for a in contract.class_anatomy_ids]
     report = classification_report(np.asarray(y_true), np.asarray(y_pred), names)
     report["model_version"] = contract.version_id
-    report["y_true"], report["y_pred"] = y_true, y_pred
+    # keys (image id # anatomy id) name each test crop, so arms tested in another order (Ray Data
+    # does not promise one) can be compared crop by crop
+    report["y_true"], report["y_pred"], report["keys"] = y_true, y_pred, keys
     return report

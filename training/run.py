@@ -68,6 +68,9 @@ class TrainOptions:
     #: Splits cached in the same pass as the training splits, for a step that follows (e.g. the
     #: test split the demo and ``ablate`` evaluate on); never handed to the trainer.
     also_cache: tuple[str, ...] = ()
+    #: Fine-tuning phases see the labels of this fraction of the training films (rounded up to
+    #: whole films, at least one; chosen by ``seed``); pretraining phases still see every film.
+    label_fraction: float = 1.0
 
 
 def region_ids(regions: str) -> tuple[int, ...]:
@@ -86,6 +89,25 @@ def default_cache_root(options: TrainOptions) -> str | None:
     data = options.data.rstrip("/")
     root = data if not data.lower().endswith((".csv", ".jsonl", ".json")) else storage.parent(data)
     return storage.join(root, "crop-cache")
+
+
+def labelled_films(films: list, fraction: float, seed: int) -> list:
+    """The training films whose labels fine-tuning may use: ``ceil(fraction × films)`` of them (at
+    least one), drawn without replacement by ``seed`` from the films sorted by image id — the same
+    films for the same data, fraction and seed on every machine, and a larger fraction's draw
+    contains a smaller one's."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0 or not films:
+        return list(films)
+    import math
+
+    import numpy as np
+
+    ordered = sorted(films, key=lambda film: film.image_id)
+    count = max(1, math.ceil(fraction * len(ordered)))
+    order = np.random.default_rng([int(seed), 0x1abe1]).permutation(len(ordered))
+    return [ordered[i] for i in sorted(order[:count])]
 
 
 def _export(checkpoint, target: str, s3: S3Options | None) -> None:
@@ -186,17 +208,35 @@ def run_phases(options: TrainOptions, phases: list[Phase], s3: S3Options | None 
                     for split, films in records.items() if films}
         train_rows = expected_crop_count(records["train"], class_ids)
     steps = max(1, train_rows // options.workers // options.batch_size)
+    # Label-efficiency runs: fine-tuning reads only the crops of the labelled films (a filtered view
+    # of the same training data), with as many steps per epoch as those crops fill.
+    labelled = labelled_films(records["train"], options.label_fraction, options.seed)
+    labelled_steps = steps
+    if len(labelled) < len(records["train"]) and any(p.stage == "finetune" for p in phases):
+        chosen = frozenset(film.image_id for film in labelled)
+        datasets["train_labelled"] = datasets["train"].filter(lambda row: row["image_id"] in chosen)
+        labelled_rows = expected_crop_count(labelled, class_ids)
+        labelled_steps = max(1, labelled_rows // options.workers // options.batch_size)
+        print(f"[train] fine-tuning sees the labels of {len(labelled)} of {len(records['train'])} training films "
+              f"({options.label_fraction:g}; {labelled_rows} crops, {labelled_steps} step(s) per epoch); "
+              "pretraining sees every film", flush=True)
     aug_threads = 1 if options.gpu else max(1, (os.cpu_count() or 2) // options.workers)
     phase_configs = []
     for phase in phases:
         contrastive_views = phase.stage == "pretrain" or phase.cotrain
         augmentation = AugmentationConfig.contrastive() if contrastive_views else AugmentationConfig.fine_tuning()
         init = f"dir:{init_dirs[phase.name]}" if phase.name in init_dirs else phase.init
+        dataset = "train_labelled" if phase.stage == "finetune" and "train_labelled" in datasets else "train"
         phase_configs.append({
-            **asdict(phase), "init": init, "steps_per_epoch": steps, "augmentation": augmentation.to_dict(),
+            **asdict(phase), "init": init, "dataset": dataset,
+            "steps_per_epoch": labelled_steps if dataset == "train_labelled" else steps,
+            "augmentation": augmentation.to_dict(),
             "contract_training": {"stage": phase.stage, "objective": phase.objective, "cotrain": phase.cotrain,
                                   "data": options.data, "preset": options.preset, "regions": options.regions,
-                                  "seed": options.seed, "init": phase.init}})
+                                  "seed": options.seed, "init": phase.init,
+                                  "label_fraction": options.label_fraction if dataset == "train_labelled" else 1.0,
+                                  "labelled_films": len(labelled) if dataset == "train_labelled"
+                                  else len(records["train"])}})
     config = {
         "phases": phase_configs, "encoder": encoder.to_dict(), "crop": asdict(crop), "class_ids": list(class_ids),
         "batch_size": options.batch_size, "lr": options.lr, "weight_decay": options.weight_decay,
@@ -250,6 +290,7 @@ def run_phases(options: TrainOptions, phases: list[Phase], s3: S3Options | None 
     summary = {
         "options": asdict(options), "phases": per_phase,
         "films": {k: len(v) for k, v in records.items()}, "train_crops": train_rows,
+        "labelled_train_films": len(labelled),
         "seconds": round(time.perf_counter() - started, 1),
     }
     storage.write_text(storage.join(options.out, "summary.json"), json.dumps(summary, indent=1, default=str), s3)

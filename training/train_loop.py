@@ -5,8 +5,10 @@ A run is a list of **phases** trained one after another by the same worker group
 trains all its arms — pretraining then fine-tuning from it in memory — as phases of one run, so
 Ray's start-up (seconds on a cluster, minutes on a 2-core laptop) is paid once. A phase is a dict:
 ``name``, ``stage`` (pretrain | finetune), ``objective``, ``cotrain``, ``epochs``,
-``steps_per_epoch``, ``augmentation``, ``init`` (``None``, ``"dir:URI"`` a model directory, or
-``"phase:NAME"`` the final weights of an earlier phase) and ``contract_training``.
+``steps_per_epoch``, ``dataset`` (the Ray Train dataset it reads: ``train``, or
+``train_labelled`` — the labelled films of a label-efficiency run), ``augmentation``, ``init``
+(``None``, ``"dir:URI"`` a model directory, or ``"phase:NAME"`` the final weights of an earlier
+phase) and ``contract_training``.
 
 Ray touch points, and only these: ``ray.train.get_context`` (rank), the runtime context's node id
 (printed once per worker, so an operator sees where the group landed), ``get_dataset_shard``
@@ -176,7 +178,7 @@ def _train_phase(config: dict[str, Any], index: int, phase: dict[str, Any], fini
         scheduler.load_state_dict(resume["scheduler"])
         start_epoch, best_val, history = resume["epoch"], resume["best_val"], resume["history"]
 
-    train_shard = ray.train.get_dataset_shard("train")
+    train_shard = ray.train.get_dataset_shard(phase.get("dataset", "train"))
     valid_shard = ray.train.get_dataset_shard("valid") if config.get("has_valid") else None
     batch_size = int(config["batch_size"])
     n_views = 2 if (stage == "pretrain" or cotrain) else 1
