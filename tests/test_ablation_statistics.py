@@ -118,3 +118,32 @@ def test_label_fraction_and_seed_arguments_are_checked():
     with pytest.raises(SystemExit) as exit_info:
         ablate_main(["--data", "d", "--out", "o", "--label-fraction", "0"])
     assert exit_info.value.code == 2
+
+
+def test_crop_retrieval_scores_each_test_crop_against_the_training_crops():
+    from training.ablate import crop_retrieval
+
+    database = {"y_true": [0, 0, 1, 1, 1],
+                "embeddings": np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [0.2, 0.8]], dtype=np.float32)}
+    queries = {"y_true": [0, 1, 1], "embeddings": np.array([[1, 0.05], [1, 0], [0.15, 0.85]], dtype=np.float32)}
+    precision, average_precision = crop_retrieval(queries, database, 2)
+    # q0 finds both label-0 crops (R = 2): P@2 1, AP 1; q1 (label 1) finds two label-0 crops: 0;
+    # q2 finds two of the three label-1 crops at ranks 1, 2: AP = (1 + 1) / min(2, 3) = 1
+    np.testing.assert_allclose(precision, [1.0, 0.0, 1.0])
+    np.testing.assert_allclose(average_precision, [1.0, 0.0, 1.0])
+    _, at_three = crop_retrieval(queries, database, 3)
+    # q1 @3: two label-0 crops, then the nearest label-1 crop [0.2, 0.8] at rank 3: (1/3) / min(3, 3) = 1/9
+    assert at_three[1] == pytest.approx(1 / 9)
+
+
+def test_summary_compares_retrieval_too_when_the_runs_carry_it():
+    keys = ["x#0", "y#0"]
+    runs = [run(0, 1.0, {"a": "10", "b": "11"}, keys), run(1, 1.0, {"a": "10", "b": "11"}, keys)]
+    for r in runs:
+        r["rows"][0].update({"test_ap": [0.5, 0.1], "map@10": 0.3})
+        r["rows"][1].update({"test_ap": [0.9, 0.5], "map@10": 0.7})
+    summary = summarise_runs(runs, ("a", "b"), resamples=100)
+    [difference] = summary["fractions"][0]["differences"]
+    assert difference["map@10"]["mean"] == pytest.approx(0.4)
+    assert summary["fractions"][0]["arms"][1]["map@10_mean"] == pytest.approx(0.7)
+    assert "standard mAP@10" in summary_markdown(summary)

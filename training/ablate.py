@@ -69,6 +69,28 @@ def ablation_phases(pretrain_epochs: int, finetune_epochs: int, arms: Sequence[s
     return [(arm, plans[arm]) for arm in arms]
 
 
+#: Cut-off of the crop-retrieval figures reported beside accuracy.
+RETRIEVAL_K = 10
+
+
+def crop_retrieval(queries: dict, database: dict, k: int) -> tuple:
+    """(Q,) P@k and standard AP@k of every test crop retrieving from the training crops by exact
+    cosine search over the embedding ``regionmir index`` stores (relevant = same anatomy; R = the
+    training crops of that anatomy). The index and ``regionmir evaluate`` give the same ranking
+    up to the ANN's recall."""
+    import numpy as np
+
+    from regionmir.retrieval_metrics import average_precision_at_k, exact_knn, precision_at_k
+
+    labels = np.asarray(database["y_true"])
+    query_labels = np.asarray(queries["y_true"])
+    neighbours, _ = exact_knn(queries["embeddings"], database["embeddings"], k)
+    retrieved = labels[neighbours]
+    num_relevant = np.bincount(labels, minlength=int(max(labels.max(), query_labels.max())) + 1)[query_labels]
+    return (precision_at_k(query_labels, retrieved, k),
+            average_precision_at_k(query_labels, retrieved, k, num_relevant))
+
+
 def run_ablation(base: TrainOptions, pretrain_epochs: int, finetune_epochs: int,
                  arms: Sequence[str] = ("a", "b", "c", "d")) -> dict:
     """Train every arm as phases of one Ray Train run, then test each arm's best model."""
@@ -78,23 +100,27 @@ def run_ablation(base: TrainOptions, pretrain_epochs: int, finetune_epochs: int,
     plan = ablation_phases(pretrain_epochs, finetune_epochs, arms)
     summary = run_phases(base, [phase for _, phases in plan for phase in phases], s3)
     trained = time.perf_counter()
-    records, _ = list_images(base.data, s3, ("test",))
+    records, _ = list_images(base.data, s3, ("train", "test"))
     if not records["test"]:
         raise DatasetError(base.data, "no test films (split 'test' is empty): nothing to compare the arms on")
     crop_size = load_preset(base.preset).crop_size
     pipeline = RoiPipelineConfig(crop=CropConfig(size=crop_size, margin=0.15), anatomy_ids=region_ids(base.regions))
-    test_data = cached_roi_datasets(records, pipeline, default_cache_root(base) or storage.join(out, "crop-cache"),
-                                    s3)["datasets"]["test"]
+    cached = cached_roi_datasets(records, pipeline, default_cache_root(base) or storage.join(out, "crop-cache"),
+                                 s3)["datasets"]
     epoch_seconds, curves = _phase_history(summary, s3)
     rows = []
     for arm, phases in plan:
         last = phases[-1].name
-        report = evaluate_classifier(summary["phases"][last]["best"], test_data, s3)
+        report = evaluate_classifier(summary["phases"][last]["best"], cached["test"], s3, embed=True)
+        database = evaluate_classifier(summary["phases"][last]["best"], cached["train"], s3, embed=True)
+        precision, average_precision = crop_retrieval(report, database, RETRIEVAL_K)
         order = sorted(range(len(report["keys"])), key=report["keys"].__getitem__)
         test_keys = [report["keys"][i] for i in order]
         correct = "".join("1" if report["y_true"][i] == report["y_pred"][i] else "0" for i in order)
-        report.pop("y_true"), report.pop("y_pred"), report.pop("keys")
+        report.pop("y_true"), report.pop("y_pred"), report.pop("keys"), report.pop("embeddings")
         rows.append({"arm": arm, "name": ARMS[arm], "test_accuracy": report["accuracy"],
+                     f"p@{RETRIEVAL_K}": float(precision.mean()), f"map@{RETRIEVAL_K}": float(average_precision.mean()),
+                     "test_ap": [round(float(average_precision[i]), 5) for i in order],
                      "balanced_accuracy": report["balanced_accuracy"],
                      "val_accuracy": summary["phases"][last]["best_metrics"].get("val_accuracy"),
                      "per_anatomy": {k: v["accuracy"] for k, v in report["per_class"].items()},
@@ -103,7 +129,9 @@ def run_ablation(base: TrainOptions, pretrain_epochs: int, finetune_epochs: int,
                      "val_accuracy_by_epoch": curves.get(last, []),
                      "epochs": {p.name: p.epochs for p in phases},
                      "test_keys": test_keys, "test_correct": correct})
-        print(f"[ablate] ({arm}) {ARMS[arm]}: test accuracy {report['accuracy']:.4f}", flush=True)
+        print(f"[ablate] ({arm}) {ARMS[arm]}: test accuracy {report['accuracy']:.4f}, crop retrieval from the "
+              f"training crops p@{RETRIEVAL_K} {precision.mean():.4f}, mAP@{RETRIEVAL_K} {average_precision.mean():.4f}",
+              flush=True)
     result = {"rows": rows, "paper": PAPER, "pretrain_epochs": pretrain_epochs, "finetune_epochs": finetune_epochs,
               "data": base.data, "preset": base.preset, "regions": base.regions, "workers": base.workers,
               "seed": base.seed, "label_fraction": base.label_fraction,
@@ -164,24 +192,36 @@ def summarise_runs(runs: list[dict], arms: Sequence[str], resamples: int = 2000)
         if not keys:
             raise DatasetError(group[0]["data"], "the runs share no test crops to compare arms on")
         correct: dict[str, np.ndarray] = {}
+        ap: dict[str, np.ndarray] = {}
         arm_rows = []
+        map_name = f"map@{RETRIEVAL_K}"
         for arm in arms:
             per_seed = [next(r for r in run["rows"] if r["arm"] == arm) for run in group]
-            scores = []
+            scores, aps = [], []
             for row in per_seed:
                 bits = dict(zip(row["test_keys"], row["test_correct"]))
                 scores.append([bits[k] == "1" for k in keys])
+                if "test_ap" in row:
+                    per_crop = dict(zip(row["test_keys"], row["test_ap"]))
+                    aps.append([per_crop[k] for k in keys])
             correct[arm] = np.asarray(scores, dtype=np.float64)
+            if len(aps) == len(per_seed):
+                ap[arm] = np.asarray(aps, dtype=np.float64)
             mean, sd = mean_and_sd([r["test_accuracy"] for r in per_seed])
-            arm_rows.append({"arm": arm, "name": ARMS[arm], "test_accuracy_mean": mean, "test_accuracy_sd": sd,
-                             "test_accuracy_by_seed": [r["test_accuracy"] for r in per_seed],
-                             "val_accuracy_by_seed": [r.get("val_accuracy") for r in per_seed],
-                             "train_minutes_mean": mean_and_sd([r["train_minutes"] for r in per_seed])[0]})
+            entry = {"arm": arm, "name": ARMS[arm], "test_accuracy_mean": mean, "test_accuracy_sd": sd,
+                     "test_accuracy_by_seed": [r["test_accuracy"] for r in per_seed],
+                     "val_accuracy_by_seed": [r.get("val_accuracy") for r in per_seed],
+                     "train_minutes_mean": mean_and_sd([r["train_minutes"] for r in per_seed])[0]}
+            if arm in ap:
+                entry[f"{map_name}_mean"], entry[f"{map_name}_sd"] = mean_and_sd([r[map_name] for r in per_seed])
+            arm_rows.append(entry)
         differences = []
         for first, second in itertools.combinations(arms, 2):
             result = paired_bootstrap(correct[second], correct[first], resamples=resamples)
-            differences.append({"comparison": f"{second} − {first}", "first": second, "second": first,
-                                **result.as_dict()})
+            difference = {"comparison": f"{second} − {first}", "first": second, "second": first, **result.as_dict()}
+            if first in ap and second in ap:
+                difference[map_name] = paired_bootstrap(ap[second], ap[first], resamples=resamples).as_dict()
+            differences.append(difference)
         tables.append({"label_fraction": fraction, "seeds": [run["seed"] for run in group],
                        "labelled_train_films": group[0].get("labelled_train_films"),
                        "train_films": group[0].get("train_films"), "test_crops": len(keys),
@@ -206,14 +246,30 @@ def summary_markdown(summary: dict) -> str:
         cells = [f"{pct(r['test_accuracy_mean'])} ± {pct(r['test_accuracy_sd'])}" for r in table["arms"]]
         lines.append(f"| {table['label_fraction']:g} | {table['labelled_train_films']} of {table['train_films']} | "
                      f"{len(table['seeds'])} | " + " | ".join(cells) + " |")
-    lines += ["", "Differences between arms (percentage points of test accuracy, averaged over seeds), with a "
-                  "paired bootstrap 95 % interval over the test crops:", "",
-              "| label fraction | comparison | difference | 95 % interval | interval excludes 0 |",
-              "|---|---|---|---|---|"]
+    map_name = f"map@{RETRIEVAL_K}"
+    if all(f"{map_name}_mean" in r for table in summary["fractions"] for r in table["arms"]):
+        lines += ["", f"Crop retrieval from the training crops, standard mAP@{RETRIEVAL_K} (%), mean ± sd over "
+                      "seeds:", "",
+                  "| label fraction | " + " | ".join(f"({r['arm']})" for r in summary["fractions"][0]["arms"]) + " |",
+                  "|---|" + "---|" * len(summary["fractions"][0]["arms"])]
+        for table in summary["fractions"]:
+            lines.append(f"| {table['label_fraction']:g} | " + " | ".join(
+                f"{pct(r[f'{map_name}_mean'])} ± {pct(r[f'{map_name}_sd'])}" for r in table["arms"]) + " |")
+    lines += ["", "Differences between arms (percentage points, averaged over seeds), with a paired bootstrap "
+                  "95 % interval over the test crops:", "",
+              f"| label fraction | comparison | accuracy difference | 95 % interval | excludes 0 | mAP@{RETRIEVAL_K} "
+              "difference | 95 % interval | excludes 0 |",
+              "|---|---|---|---|---|---|---|---|"]
     for table in summary["fractions"]:
         for d in table["differences"]:
+            m = d.get(map_name)
+            retrieval = (f"{pct(m['mean'])} | [{pct(m['low'])}, {pct(m['high'])}] | "
+                         f"{'yes' if m['excludes_zero'] else 'no'}") if m else "– | – | –"
             lines.append(f"| {table['label_fraction']:g} | ({d['first']}) − ({d['second']}) | {pct(d['mean'])} | "
-                         f"[{pct(d['low'])}, {pct(d['high'])}] | {'yes' if d['excludes_zero'] else 'no'} |")
+                         f"[{pct(d['low'])}, {pct(d['high'])}] | {'yes' if d['excludes_zero'] else 'no'} | "
+                         f"{retrieval} |")
+    lines += ["", "The intervals cover the sampling of the test crops at these seeds; how far a seed moves an arm is "
+                  "the sd above — a difference smaller than the seeds' sd needs more seeds, whatever its interval."]
     lines += ["", "Paper (Chest ImaGenome, full labels): " +
               "; ".join(f"{name} {value:.2f} %" for name, value in summary["paper"].items()) + "."]
     return "\n".join(lines) + "\n"
@@ -238,16 +294,17 @@ def markdown_table(result: dict) -> str:
              f"crops, {result['test_films']} test films); preset {result['preset']}, {result['workers']} worker(s); "
              f"{result['minutes']} min in all.", "",
              "| arm | method | epochs | validation accuracy by (fine-tuning) epoch | best validation | test accuracy "
-             "| balanced test accuracy | training min |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| balanced test accuracy | crop p@{RETRIEVAL_K} | crop mAP@{RETRIEVAL_K} | training min |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         val = f"{100 * r['val_accuracy']:.2f} %" if r.get("val_accuracy") is not None else "–"
         curve = " → ".join(f"{100 * v:.1f}" for v in r.get("val_accuracy_by_epoch", [])) or "–"
         epochs = " + ".join(str(e) for e in r["epochs"].values())
+        retrieval = " | ".join(f"{r[m]:.4f}" if m in r else "–" for m in (f"p@{RETRIEVAL_K}", f"map@{RETRIEVAL_K}"))
         lines.append(f"| {r['arm']} | {r['name']} | {epochs} | {curve} | {val} | {100 * r['test_accuracy']:.2f} % | "
-                     f"{100 * r['balanced_accuracy']:.2f} % | {r['train_minutes']} |")
+                     f"{100 * r['balanced_accuracy']:.2f} % | {retrieval} | {r['train_minutes']} |")
     for name, value in result["paper"].items():
-        lines.append(f"| – | {name} | | | | {value:.2f} % | | |")
+        lines.append(f"| – | {name} | | | | {value:.2f} % | | | | |")
     anatomies = sorted({a for r in rows for a in r["per_anatomy"]})
     lines += ["", "| anatomy | " + " | ".join(f"({r['arm']})" for r in rows) + " |",
               "|---|" + "---|" * len(rows)]

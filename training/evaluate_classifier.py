@@ -12,13 +12,16 @@ from regionmir.model_contract import load_model
 from .roi_pipeline import crop_from_context
 
 
-def evaluate_classifier(model_dir: str, dataset, s3=None, batch_size: int = 256) -> dict:
-    """Classify every ROI row of ``dataset`` (context rows) with the model in ``model_dir``."""
+def evaluate_classifier(model_dir: str, dataset, s3=None, batch_size: int = 256, embed: bool = False) -> dict:
+    """Classify every ROI row of ``dataset`` (context rows) with the model in ``model_dir``.
+
+    ``embed``: also return ``embeddings`` ((N, D) float32, the retrieval embedding that
+    ``regionmir index`` stores, in the order of ``keys``)."""
     model, contract = load_model(model_dir, s3)
     model.eval()
     crop = contract.crop_config
     lookup = {a: k for k, a in enumerate(contract.class_anatomy_ids)}
-    y_true, y_pred, keys = [], [], []
+    y_true, y_pred, keys, embeddings = [], [], [], []
     with torch.no_grad():
         for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
             keep = [i for i, a in enumerate(batch["anatomy_id"]) if int(a) in lookup]
@@ -26,7 +29,10 @@ def evaluate_classifier(model_dir: str, dataset, s3=None, batch_size: int = 256)
                 continue
             x = torch.from_numpy(np.stack([crop_from_context(batch["context"][i], batch["box"][i], crop)
                                            for i in keep]))[:, None]
-            y_pred.extend(model.classify(x).argmax(1).tolist())
+            out = model(x, heads=("embedding", "logits") if embed else ("logits",))
+            y_pred.extend(out["logits"].argmax(1).tolist())
+            if embed:
+                embeddings.append(out["embedding"].float().numpy())
             y_true.extend(lookup[int(batch["anatomy_id"][i])] for i in keep)
             keys.extend(f"{batch['image_id'][i]}#{int(batch['anatomy_id'][i])}" for i in keep)
     names = [ANATOMY_NAMES[a] for a in contract.class_anatomy_ids]
@@ -35,4 +41,6 @@ def evaluate_classifier(model_dir: str, dataset, s3=None, batch_size: int = 256)
     # keys (image id # anatomy id) name each test crop, so arms tested in another order (Ray Data
     # does not promise one) can be compared crop by crop
     report["y_true"], report["y_pred"], report["keys"] = y_true, y_pred, keys
+    if embed:
+        report["embeddings"] = np.concatenate(embeddings) if embeddings else np.zeros((0, 0), np.float32)
     return report
