@@ -105,3 +105,35 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_finishes_every_epoch(tm
     assert trained == [1, 2, 3]
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs[-1] == 3
+
+
+def test_ablate_grid_fine_tunes_on_the_labelled_films_and_summarises_seeds(tmp_path):
+    """``ablate --seeds 2 --label-fraction 0.25,1.0`` on tiny phantoms: four runs, the fine-tuning
+    of the 0.25 runs reads only a quarter of the training films' crops, and the summary holds a
+    mean ± sd per arm and the paired interval between the arms."""
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    data, out = str(tmp_path / "data"), str(tmp_path / "out")
+    assert regionmir(["synth", "--out", data, "--images", "20", "--size", "160", "--quiet"], env).returncode == 0
+    run = regionmir(["ablate", "--data", data, "--out", out, "--arms", "ac", "--pretrain-epochs", "1",
+                     "--finetune-epochs", "1", "--batch-size", "16", "--seeds", "2", "--label-fraction", "0.25,1"], env)
+    assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-3000:]
+    train_films = json.loads((tmp_path / "out" / "fraction-1" / "seed-0" / "summary.json").read_text())["films"]["train"]
+    quarter = json.loads((tmp_path / "out" / "fraction-0.25" / "seed-1" / "summary.json").read_text())
+    assert quarter["labelled_train_films"] == -(-train_films // 4)  # ceil
+    epochs = [json.loads(line) for line in (tmp_path / "out" / "fraction-0.25" / "seed-1" / "metrics.jsonl")
+              .read_text().splitlines()]
+    fine = next(m for m in epochs if m["phase"] == "c-supcon-finetune")
+    pre = next(m for m in epochs if m["phase"] == "c-supcon-pretrain")
+    assert fine["train_crops"] < pre["train_crops"]  # fine-tuning saw the labelled quarter, pretraining all
+    summary = json.loads((tmp_path / "out" / "ablation_summary.json").read_text())
+    assert [t["label_fraction"] for t in summary["fractions"]] == [1.0, 0.25]
+    for table in summary["fractions"]:
+        assert table["seeds"] == [0, 1] and [a["arm"] for a in table["arms"]] == ["a", "c"]
+        [difference] = table["differences"]
+        assert difference["low"] <= difference["mean"] <= difference["high"] and "map@10" in difference
+    assert "± " in (tmp_path / "out" / "ablation_summary.md").read_text()
+    again = regionmir(["ablate", "--data", data, "--out", out, "--arms", "ac", "--pretrain-epochs", "1",
+                       "--finetune-epochs", "1", "--batch-size", "16", "--seeds", "2", "--label-fraction", "0.25,1",
+                       "--resume"], env)
+    assert again.returncode == 0 and again.stdout.count("exists: kept (--resume)") == 4
