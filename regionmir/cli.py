@@ -29,7 +29,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from .synth.preview import write_preview
 
     summary = write_phantom_dataset(args.out, images=args.images, size=args.size, seed=args.seed,
-                                    fmt=args.format, progress=not args.quiet)
+                                    fmt=args.format, progress=not args.quiet, preset=args.preset,
+                                    workers=args.workers)
     if args.preview:
         summary["preview"] = write_preview(args.out, args.preview if isinstance(args.preview, str) else None)
     print(json.dumps(summary, indent=1))
@@ -87,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512, help="film side in pixels (square)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=("png", "dicom"), default="png")
+    p.add_argument("--preset", choices=("realistic", "classic"), default="realistic",
+                   help="realistic (default): films that vary like an archive's (positioning, processing, "
+                        "devices, findings); classic: generator 1's narrow, easy films")
+    p.add_argument("--workers", type=int, default=None,
+                   help="rendering processes (default: one per core; 1 renders in this process)")
     p.add_argument("--preview", nargs="?", const=True, default=False,
                    help="also write a contact sheet PNG (default OUT/preview.png)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -6,22 +6,27 @@ Layout (what :mod:`regionmir.chest_imagenome` reads back)::
     OUT/silver_dataset/splits/{train,valid,test}.csv              subject_id,study_id,dicom_id,path
     OUT/silver_dataset/splits/images_to_avoid.csv                  empty (header only)
     OUT/images/files/pNN/pNNNNNNNN/sNNNNNNNN/{dicom_id}.png|.dcm
-    OUT/synth_info.json                                             generator version, seed, sizes
+    OUT/synth_info.json                                             generator version, preset, seed, sizes
 
 Scene-graph boxes: ``original_*`` are pixels of the written image (``original_width`` /
 ``original_height`` are the box's, as in Chest ImaGenome); ``x1..y2`` are the same box on the
-image rescaled to 224 × 224. Findings drawn on a film are recorded as ``attributes`` of the regions
-they change. Identical ``seed`` → identical bytes: ids come from the seed, DICOMs carry no dates.
+image rescaled to 224 × 224. Findings and devices drawn on a film are recorded as ``attributes`` of
+the regions they change; device boxes are in the scene graph's ``phantom`` section. Identical
+``seed`` and ``preset`` → identical bytes, whatever ``workers``: ids come from the seed, films are
+rendered independently and written in index order, DICOMs carry no dates.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import math
 import sys
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,10 +36,13 @@ from PIL import Image
 from .. import storage
 from ..anatomy import ANATOMY_NAMES
 from ..intensity import to_uint8
+from .phantom_devices import DEVICE_ATTRIBUTE, DEVICE_REGIONS
 from .phantom_film import PhantomFilm, render_film
-from .phantom_params import PhantomParams, sample_params
+from .phantom_params import PRESETS, PhantomParams, sample_params
 
-GENERATOR_VERSION = "regionmir-phantom-1"
+#: Generator 2 draws both presets (``classic`` reproduces generator 1's films).
+GENERATOR_VERSION = "regionmir-phantom-2"
+DEFAULT_PRESET = "realistic"
 # slot = index mod 10 → 70/10/20; interleaved so that even a handful of films fills every split
 SPLIT_OF_SLOT = ("train", "test", "train", "valid", "train", "train", "test", "train", "train", "train")
 #: Scene-graph size of the rescaled image (Chest ImaGenome's x1..y2).
@@ -47,12 +55,17 @@ _FINDING_REGIONS: dict[str, Callable[[str, str], list[str]]] = {
     "cardiomegaly": lambda side, zone: ["cardiac silhouette", "left cardiac silhouette",
                                         "right cardiac silhouette"],
     "pneumothorax": lambda side, zone: [f"{side} apical zone", f"{side} upper lung zone", f"{side} lung"],
+    "atelectasis": lambda side, zone: [f"{side} {zone} lung zone", f"{side} lung"]
+    + ([f"{side} hemidiaphragm"] if zone == "lower" else []),
+    "nodule": lambda side, zone: [f"{side} {zone} lung zone", f"{side} lung"],
 }
 _FINDING_ATTRIBUTE = {
     "consolidation": ["anatomicalfinding|yes|consolidation", "anatomicalfinding|yes|lung opacity"],
     "pleural effusion": ["anatomicalfinding|yes|pleural effusion"],
     "cardiomegaly": ["anatomicalfinding|yes|enlarged cardiac silhouette"],
     "pneumothorax": ["anatomicalfinding|yes|pneumothorax"],
+    "atelectasis": ["anatomicalfinding|yes|atelectasis", "anatomicalfinding|yes|lung opacity"],
+    "nodule": ["anatomicalfinding|yes|lung lesion", "anatomicalfinding|yes|mass/nodule (not otherwise specified)"],
 }
 
 
@@ -75,8 +88,8 @@ def phantom_identity(seed: int, index: int) -> PhantomIdentity:
     return PhantomIdentity(subject, study, dicom_id, SPLIT_OF_SLOT[index % 10])
 
 
-def phantom_params(seed: int, index: int) -> PhantomParams:
-    return sample_params(np.random.default_rng(np.random.SeedSequence([int(seed), int(index)])))
+def phantom_params(seed: int, index: int, preset: str = DEFAULT_PRESET) -> PhantomParams:
+    return sample_params(np.random.default_rng(np.random.SeedSequence([int(seed), int(index)])), preset)
 
 
 def scene_graph(film: PhantomFilm, ident: PhantomIdentity, size: int) -> dict:
@@ -101,6 +114,9 @@ def scene_graph(film: PhantomFilm, ident: PhantomIdentity, size: int) -> dict:
     for finding in film.params.findings:
         for region in _FINDING_REGIONS[finding.name](finding.side, finding.zone):
             findings_by_region.setdefault(region, []).extend(_FINDING_ATTRIBUTE[finding.name])
+    for device in film.params.devices:
+        for region in DEVICE_REGIONS[device]:
+            findings_by_region.setdefault(region, []).append(DEVICE_ATTRIBUTE[device])
     attributes = []
     for name in ANATOMY_NAMES:
         found = findings_by_region.get(name)
@@ -117,7 +133,9 @@ def scene_graph(film: PhantomFilm, ident: PhantomIdentity, size: int) -> dict:
         "objects": objects,
         "attributes": attributes,
         "relationships": [],
-        "phantom": {"generator": GENERATOR_VERSION, "size": size, "params": film.params.as_dict()},
+        "phantom": {"generator": GENERATOR_VERSION, "size": size, "params": film.params.as_dict(),
+                    "devices": [{"name": name, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2}
+                                for name, b in sorted(film.device_boxes.items())]},
     }
 
 
@@ -127,40 +145,72 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def render_phantom(seed: int, index: int, size: int, fmt: str, preset: str) -> tuple[bytes, dict]:
+    """One film of the data set: its file bytes and its scene graph (runs in a worker process)."""
+    from .phantom_dicom import dicom_bytes  # pydicom only when DICOMs are asked for
+
+    ident = phantom_identity(seed, index)
+    film = render_film(phantom_params(seed, index, preset), size)
+    data = png_bytes(film.image) if fmt == "png" else dicom_bytes(film, ident, seed, index)
+    return data, scene_graph(film, ident, size)
+
+
+def _render_star(job: tuple) -> tuple[bytes, dict]:
+    return render_phantom(*job)
+
+
+def default_workers(images: int) -> int:
+    """Processes worth starting: one per core, none for a handful of films (start-up costs more)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if images < 8 else max(1, min(cores, images // 4))
+
+
 def write_phantom_dataset(out: str, images: int, size: int = 512, seed: int = 0, fmt: str = "png",
-                          progress: bool = True, s3: storage.S3Options | None = None) -> dict:
-    """Render ``images`` films into ``out``; returns a summary (counts, split sizes, seconds)."""
+                          progress: bool = True, s3: storage.S3Options | None = None,
+                          preset: str = DEFAULT_PRESET, workers: int | None = None) -> dict:
+    """Render ``images`` films of ``preset`` into ``out`` with ``workers`` processes (default: one
+    per core); returns a summary (counts, split sizes, seconds)."""
     if fmt not in ("png", "dicom"):
         raise ValueError(f"--format must be png or dicom, got {fmt!r}")
+    if preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     if images < 1 or size < 64:
         raise ValueError("need at least 1 image of at least 64 px")
-    from .phantom_dicom import dicom_bytes  # pydicom only when DICOMs are asked for
+    workers = default_workers(images) if workers is None else max(1, int(workers))
 
     extension = "png" if fmt == "png" else "dcm"
     splits: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
     start = time.perf_counter()
-    findings = 0
-    for index in range(images):
-        ident = phantom_identity(seed, index)
-        film = render_film(phantom_params(seed, index), size)
-        findings += len(film.params.findings)
-        rel = ident.relative_path(extension)
-        data = png_bytes(film.image) if fmt == "png" else dicom_bytes(film, ident, seed, index)
-        storage.write_bytes(storage.join(out, "images", rel), data, s3)
-        graph = scene_graph(film, ident, size)
-        storage.write_text(storage.join(out, "silver_dataset", "scene_graph", f"{ident.dicom_id}_SceneGraph.json"),
-                           json.dumps(graph, indent=1), s3)
-        splits[ident.split].append(f"{ident.subject_id},{ident.study_id},{ident.dicom_id},{rel}")
-        if progress and (index + 1 == images or (index + 1) % max(1, images // 20) == 0):
-            rate = (index + 1) / max(1e-9, time.perf_counter() - start)
-            print(f"synth: {index + 1}/{images} films ({rate:.1f} films/s)", file=sys.stderr, flush=True)
+    findings = devices = 0
+    jobs = [(seed, index, size, fmt, preset) for index in range(images)]
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            import multiprocessing
+
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")))
+            rendered = pool.map(_render_star, jobs, chunksize=2)
+        else:
+            rendered = map(_render_star, jobs)
+        for index, (data, graph) in enumerate(rendered):
+            ident = phantom_identity(seed, index)
+            findings += len(graph["phantom"]["params"]["findings"])
+            devices += len(graph["phantom"]["devices"])
+            rel = ident.relative_path(extension)
+            storage.write_bytes(storage.join(out, "images", rel), data, s3)
+            storage.write_text(storage.join(out, "silver_dataset", "scene_graph", f"{ident.dicom_id}_SceneGraph.json"),
+                               json.dumps(graph, indent=1), s3)
+            splits[ident.split].append(f"{ident.subject_id},{ident.study_id},{ident.dicom_id},{rel}")
+            if progress and (index + 1 == images or (index + 1) % max(1, images // 20) == 0):
+                rate = (index + 1) / max(1e-9, time.perf_counter() - start)
+                print(f"synth: {index + 1}/{images} films ({rate:.1f} films/s)", file=sys.stderr, flush=True)
     header = "subject_id,study_id,dicom_id,path\n"
     for split, rows in splits.items():
         storage.write_text(storage.join(out, "silver_dataset", "splits", f"{split}.csv"),
                            header + "".join(r + "\n" for r in rows), s3)
     storage.write_text(storage.join(out, "silver_dataset", "splits", "images_to_avoid.csv"), header, s3)
-    summary = {"generator": GENERATOR_VERSION, "images": images, "size": size, "seed": seed,
-               "format": fmt, "splits": {k: len(v) for k, v in splits.items()}, "findings": findings}
+    summary = {"generator": GENERATOR_VERSION, "preset": preset, "images": images, "size": size, "seed": seed,
+               "format": fmt, "splits": {k: len(v) for k, v in splits.items()}, "findings": findings,
+               "devices": devices}
     storage.write_text(storage.join(out, "synth_info.json"), json.dumps(summary, indent=1, sort_keys=True), s3)
     summary["out"] = out
     summary["seconds"] = round(time.perf_counter() - start, 2)

@@ -56,6 +56,12 @@ def landmarks(p: PhantomParams) -> Landmarks:
     w = 0.355 * p.thorax_scale
     dome_r = y(0.595 + 0.085 * p.inspiration)
     dome_l = dome_r + p.left_dome_drop * p.height_scale
+    for finding in p.findings:  # lower-lobe volume loss pulls its hemidiaphragm up
+        if finding.name == "atelectasis" and finding.zone == "lower":
+            if finding.side == "right":
+                dome_r -= 0.035 * finding.severity * p.height_scale
+            else:
+                dome_l -= 0.035 * finding.severity * p.height_scale
     recess = (0.07 + 0.02 * p.inspiration) * p.height_scale
     ctr_width = p.cardiothoracic_ratio * 2.0 * w
     ap = p.view == "AP"
@@ -73,13 +79,13 @@ def landmarks(p: PhantomParams) -> Landmarks:
         dome_l=dome_l,
         cp_r=dome_r + recess,
         cp_l=dome_l + recess,
-        mediastinum_r=0.046 * p.thorax_scale,
-        mediastinum_l=0.040 * p.thorax_scale,
-        heart_r=0.36 * ctr_width,
-        heart_l=0.64 * ctr_width,
+        mediastinum_r=0.046 * p.thorax_scale * p.mediastinal_width,
+        mediastinum_l=0.040 * p.thorax_scale * p.mediastinal_width,
+        heart_r=p.right_heart_share * ctr_width,
+        heart_l=(1.0 - p.right_heart_share) * ctr_width,
         knob=0.034 * p.aortic_knob * p.thorax_scale,
-        clavicle_medial_y=y(0.175 if ap else 0.19),
-        clavicle_lateral_y=y(0.13 if ap else 0.115),
+        clavicle_medial_y=y(0.175 if ap else 0.19) - p.clavicle_lift,
+        clavicle_lateral_y=y(0.13 if ap else 0.115) - 1.3 * p.clavicle_lift,
     )
 
 

@@ -12,7 +12,7 @@ region on the film that was written.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -20,6 +20,9 @@ from PIL import Image, ImageDraw
 from ..anatomy import ANATOMY_NAMES
 from ..boxes import Box
 from .phantom_anatomy import ThoraxGeometry
+from .phantom_acquisition import annotate, collimate, detect_and_process, laterality_marker
+from .phantom_canvas import Canvas, gaussian_blur, smooth_noise
+from .phantom_devices import draw_devices
 from .phantom_params import PhantomParams
 
 
@@ -28,74 +31,7 @@ class PhantomFilm:
     image: np.ndarray             # float32 HxW in [0, 1], bright = dense
     boxes: dict[str, Box]         # bbox_name → box in pixels of ``image``
     params: PhantomParams
-
-
-def _fast_length(n: int) -> int:
-    """The smallest 5-smooth number ≥ n (FFT sizes that pocketfft handles fastest)."""
-    while True:
-        m = n
-        for p in (2, 3, 5):
-            while m % p == 0:
-                m //= p
-        if m == 1:
-            return n
-        n += 1
-
-
-def gaussian_blur(image: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Gaussian blur (reflect padding), sigma in pixels, float32 out. FFT-based: the cost does not
-    grow with sigma, which matters for the wide blurs of texture fields."""
-    image = np.asarray(image, dtype=np.float32)
-    if sigma_px <= 0.05:
-        return image
-    radius = int(math.ceil(3.0 * sigma_px))
-    mode = "reflect" if radius < min(image.shape) else "edge"
-    padded = np.pad(image, radius, mode=mode)
-    extra_h = _fast_length(padded.shape[0]) - padded.shape[0]
-    extra_w = _fast_length(padded.shape[1]) - padded.shape[1]
-    padded = np.pad(padded, ((0, extra_h), (0, extra_w)), mode="edge")
-    fy = np.fft.fftfreq(padded.shape[0])[:, None]
-    fx = np.fft.rfftfreq(padded.shape[1])[None, :]
-    transfer = np.exp(-2.0 * (math.pi * sigma_px) ** 2 * (fx * fx + fy * fy))
-    blurred = np.fft.irfft2(np.fft.rfft2(padded) * transfer, s=padded.shape)
-    return blurred[radius:radius + image.shape[0], radius:radius + image.shape[1]].astype(np.float32)
-
-
-def smooth_noise(rng: np.random.Generator, size: int, scale_px: float) -> np.ndarray:
-    """Zero-mean, unit-std low-frequency noise with features of about ``scale_px`` pixels."""
-    white = rng.standard_normal((size, size))
-    fy = np.fft.fftfreq(size)[:, None]
-    fx = np.fft.rfftfreq(size)[None, :]
-    field = np.fft.irfft2(np.fft.rfft2(white) * np.exp(-2.0 * (math.pi * scale_px) ** 2 * (fx * fx + fy * fy)),
-                          s=(size, size))
-    std = float(field.std()) or 1.0
-    return ((field - float(field.mean())) / std).astype(np.float32)
-
-
-class _Canvas:
-    """Draws patient-frame polylines onto a float layer in image pixels (rotation applied)."""
-
-    def __init__(self, size: int, to_image):
-        self.size = size
-        self.to_image = to_image
-        self.layer = Image.new("F", (size, size), 0.0)
-        self.draw = ImageDraw.Draw(self.layer)
-
-    def line(self, xs: np.ndarray, ys: np.ndarray, width: float, value: float = 1.0) -> None:
-        u, v = self.to_image(np.asarray(xs), np.asarray(ys))
-        px = list(zip((u * self.size).tolist(), (v * self.size).tolist()))
-        w_px = width * self.size
-        # sub-pixel lines keep their optical weight by getting fainter instead of thicker
-        self.draw.line(px, fill=float(value * min(1.0, w_px)), width=max(1, int(round(w_px))), joint="curve")
-
-    def ellipse(self, x: float, y: float, rx: float, ry: float, value: float = 1.0) -> None:
-        u, v = self.to_image(np.array([x]), np.array([y]))
-        cu, cv = float(u[0]) * self.size, float(v[0]) * self.size
-        self.draw.ellipse([cu - rx * self.size, cv - ry * self.size, cu + rx * self.size, cv + ry * self.size],
-                          fill=float(value))
-
-    def array(self) -> np.ndarray:
-        return np.asarray(self.layer, dtype=np.float32)
+    device_boxes: dict[str, Box] = field(default_factory=dict)  # device name → box on ``image``
 
 
 def _bounding_box(mask: np.ndarray) -> Box | None:
@@ -113,17 +49,36 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
     s_ = size / 512.0  # pixel lengths below are tuned at 512 px
     theta = math.radians(params.rotation_deg)
     cos_t, sin_t = math.cos(theta), math.sin(theta)
+    # projection: cranio-caudal tilt (foreshortening), in-plane rotation, then the detector's
+    # field of view (zoom and offset); the defaults are the identity of generator 1
+    zoom, tilt = params.field_scale, params.tilt
+    off_u, off_v = params.field_shift_x, params.field_shift_y
+
+    framed = zoom != 1.0 or off_u != 0.0 or off_v != 0.0
 
     def to_image(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        dx, dy = x - 0.5, y - 0.5
-        return 0.5 + cos_t * dx - sin_t * dy, 0.5 + sin_t * dx + cos_t * dy
+        dx, dy = x - 0.5, (y - 0.5) * tilt
+        u_, v_ = 0.5 + cos_t * dx - sin_t * dy, 0.5 + sin_t * dx + cos_t * dy
+        if framed:
+            u_, v_ = 0.5 + zoom * (u_ - 0.5) + off_u, 0.5 + zoom * (v_ - 0.5) + off_v
+        return u_, v_
 
     centres = (np.arange(size, dtype=np.float32) + 0.5) / size
     u, v = np.meshgrid(centres, centres)
     du, dv = u - 0.5, v - 0.5
-    x = 0.5 + cos_t * du + sin_t * dv   # inverse rotation: image pixel → patient frame
+    if framed:
+        du, dv = (du - off_u) / zoom, (dv - off_v) / zoom
+    x = 0.5 + cos_t * du + sin_t * dv   # inverse projection: image pixel → patient frame
     y = 0.5 - sin_t * du + cos_t * dv
+    if tilt != 1.0:
+        y = 0.5 + (y - 0.5) / tilt
     rng = np.random.default_rng(params.vessel_seed)
+    # generator 2's extra randomness comes from its own stream, so generator 1 films are unchanged
+    rng2 = np.random.default_rng([params.vessel_seed, 2])
+    natural = params.texture == "natural"
+
+    def canvas() -> Canvas:
+        return Canvas(size, to_image, zoom)
 
     lung_r, lung_l = g.lung(x, y, "right"), g.lung(x, y, "left")
     lung = lung_r | lung_l
@@ -146,6 +101,8 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
     arm = np.sqrt(np.clip(1.0 - ((arm_d - 0.07) / 0.06) ** 2, 0.0, None)) * (y > lm.apex - 0.02)
     soft = 0.27 * params.soft_tissue * body_profile ** 0.7 + 0.22 * arm
     body = (body_profile > 0) | (arm > 0)
+    if natural:  # soft tissue is never uniform: muscle, fat planes, skin folds
+        soft = soft * (1.0 + 0.12 * smooth_noise(rng2, size, 45 * s_)) + 0.015 * smooth_noise(rng2, size, 12 * s_) * body
 
     blur_anat = 2.6 * s_
     lung_s = gaussian_blur(lung.astype(np.float32), 1.2 * s_)
@@ -168,7 +125,7 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
     density += 0.02 * smooth_noise(rng, size, 20 * s_) * interior_s        # bowel / soft tissue mottle
 
     # --- airway and gastric bubble (air inside water) ---
-    airway = _Canvas(size, to_image)
+    airway = canvas()
     ys_tr = np.linspace(lm.apex - 0.09, lm.carina, 24)
     airway.line(g.trachea_centre(ys_tr), ys_tr, 0.032 * params.thorax_scale)
     airway.line(np.array([lm.cx - 0.004, lm.cx - 0.045, lm.cx - 0.075]),
@@ -180,13 +137,13 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
     density -= 0.15 * gaussian_blur(bubble.astype(np.float32), 1.5 * s_)
 
     # --- bones ---
-    bones_post, bones_ant, bones_other = _Canvas(size, to_image), _Canvas(size, to_image), _Canvas(size, to_image)
+    bones_post, bones_ant, bones_other = canvas(), canvas(), canvas()
     clavicle_layers: dict[str, np.ndarray] = {}
     for side, sign in (("right", -1.0), ("left", 1.0)):
         cp = lm.cp_r if side == "right" else lm.cp_l
         for k in range(11):
             # real rib cages are not a ladder: spacing, width and curvature vary rib to rib
-            y0 = lm.apex - 0.045 + k * 0.052 * params.height_scale + float(rng.normal(0, 0.004))
+            y0 = lm.apex - 0.045 + k * 0.052 * params.height_scale * params.rib_spacing + float(rng.normal(0, 0.004))
             if y0 > cp + 0.02:
                 break
             t = np.linspace(0.0, 1.0, 28)
@@ -194,6 +151,8 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
             d = 0.03 + (d_end - 0.03) * np.sin(t * np.pi / 2) ** 0.9
             arc = 0.03 * float(rng.uniform(0.8, 1.2))
             yy = y0 - arc * np.sin(np.pi * np.clip(t * 1.1, 0, 1)) + 0.09 * t ** 3
+            if params.rib_slope:
+                yy = yy + params.rib_slope * t
             width = (0.021 if k > 0 else 0.016) * float(rng.uniform(0.85, 1.15))
             bones_post.line(lm.cx + sign * d, yy, width, 1.0)
             bones_post.line(lm.cx + sign * d, yy, width * 0.45, 0.7)   # marrow: cortex a little brighter
@@ -207,7 +166,7 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
         t = np.linspace(0.0, 1.0, 30)
         d = 0.024 + (w * 0.98 + 0.035 - 0.024) * t
         yy = lm.clavicle_medial_y + (lm.clavicle_lateral_y - lm.clavicle_medial_y) * t + 0.012 * np.sin(2 * np.pi * t)
-        clavicle = _Canvas(size, to_image)
+        clavicle = canvas()
         clavicle.line(lm.cx + sign * d, yy, 0.024, 1.0)
         clavicle.line(lm.cx + sign * d, yy, 0.010, 0.75)
         clavicle_layers[side] = clavicle.array()
@@ -225,13 +184,22 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
              + 0.03 * params.rib_prominence * gaussian_blur(bones_ant.array(), 1.6 * s_)
              + 0.12 * gaussian_blur(bones_other.array() + clavicle_layers["right"] + clavicle_layers["left"], 1.2 * s_)
              + gaussian_blur(spine_density.astype(np.float32), 1.2 * s_))
+    if natural:  # trabecular bone: a fine, irregular texture inside every bone
+        bones = bones * params.bone_density * (1.0 + 0.3 * smooth_noise(rng2, size, 1.3 * s_))
     density += bones * body
 
     # --- pulmonary vessels: branching trees from each hilum, only seen inside aerated lung ---
-    vessels = _Canvas(size, to_image)
+    vessels = canvas()
     for side, sign in (("right", -1.0), ("left", 1.0)):
         hx = lm.cx + sign * ((lm.mediastinum_r if side == "right" else lm.mediastinum_l + 0.015) + 0.04)
         hy = lm.hilum + (0.0 if side == "right" else -0.018)
+        if natural:
+            trunks = int(rng2.integers(5, 9))
+            for base_angle in np.sort(rng2.uniform(-95, 95, size=trunks)):
+                _natural_vessel(vessels, rng2, hx + sign * rng2.normal(0, 0.008), hy + rng2.normal(0, 0.012), sign,
+                                math.radians(base_angle), length=float(rng2.uniform(0.05, 0.09)),
+                                width=float(rng2.uniform(0.006, 0.011)))
+            continue
         for base_angle in (-75, -45, -15, 15, 40, 65, 85):
             _vessel_tree(vessels, rng, hx, hy, sign, math.radians(base_angle + rng.normal(0, 6)),
                          length=0.08 + 0.02 * (base_angle > 0), width=0.008, depth=5)
@@ -249,10 +217,7 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
             extra += 0.10 * finding.severity * gaussian_blur((zone * patch).astype(np.float32), 2 * s_)
         elif finding.name == "pleural effusion":
             d = g.side_distance(x, finding.side)
-            cp = lm.cp_r if finding.side == "right" else lm.cp_l
-            height = 0.05 + 0.13 * finding.severity
-            lat = g.lateral_border(y, finding.side)
-            meniscus = cp - height * (0.45 + 0.55 * np.clip(d / lat, 0, 1) ** 3)   # rises laterally
+            meniscus = effusion_top(g, finding.side, finding.severity, d, g.lateral_border(y, finding.side))
             fluid = gaussian_blur((side_mask & (y > meniscus)).astype(np.float32), 2.5 * s_)
             extra += 0.2 * fluid
             visible_lung *= 1 - fluid
@@ -267,6 +232,28 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
             extra -= 0.05 * free_air
             edge = gaussian_blur(collapsed.astype(np.float32), 1.0 * s_)
             extra += 0.05 * np.clip(1 - np.abs(edge - 0.5) * 4, 0, None) * side_mask
+        elif finding.name == "atelectasis":
+            # plate-like bands across the zone, and (lower zone) a raised hemidiaphragm (landmarks)
+            band_layer = canvas()
+            rows = np.flatnonzero(_zone_mask(side_mask, finding.zone).any(axis=1))
+            if rows.size:
+                sign = -1.0 if finding.side == "right" else 1.0
+                for _ in range(int(rng2.integers(1, 4))):
+                    yb = lm.apex + (lm.dome_r - lm.apex) * (0.55 if finding.zone == "mid" else 0.82) + rng2.normal(0, 0.025)
+                    d0, d1 = 0.1 + rng2.uniform(0, 0.06), 0.1 + rng2.uniform(0.12, 0.22)
+                    band_layer.line(np.array([lm.cx + sign * d0, lm.cx + sign * d1]),
+                                    np.array([yb, yb + rng2.normal(0.01, 0.02)]), 0.008 + 0.01 * finding.severity)
+                extra += 0.09 * finding.severity * gaussian_blur(band_layer.array(), 1.5 * s_) * side_mask
+                extra += 0.04 * finding.severity * gaussian_blur(_zone_mask(side_mask, finding.zone).astype(np.float32), 4 * s_)
+        elif finding.name == "nodule":
+            zone = _zone_mask(side_mask, finding.zone)
+            ys_n, xs_n = np.nonzero(zone)
+            if ys_n.size:
+                pick = int(rng2.integers(0, ys_n.size))
+                r_px = (0.008 + 0.014 * finding.severity) * zoom * size
+                yy_n, xx_n = np.ogrid[:size, :size]
+                ball = np.sqrt(np.clip(1 - ((yy_n - ys_n[pick]) ** 2 + (xx_n - xs_n[pick]) ** 2) / r_px ** 2, 0, None))
+                extra += 0.1 * gaussian_blur(ball.astype(np.float32), 0.8 * s_)
     if params.sex == "F":
         for sign in (-1.0, 1.0):
             cx_b, cy_b = lm.cx + sign * 0.6 * w, min(lm.dome_r, lm.dome_l) - 0.02
@@ -275,6 +262,9 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
     density += 0.045 * gaussian_blur(vessel_map, 1.3 * s_) * visible_lung
     density += 0.05 * gaussian_blur(hila, 6 * s_) * (0.4 + 0.6 * lung_s)
     density += extra * body
+    device_layers = draw_devices(g, params.devices, size, to_image, zoom, rng2) if params.devices else {}
+    for layer in device_layers.values():
+        density += 0.22 * gaussian_blur(layer, 0.7 * s_)
 
     # --- exposure, detector and noise ---
     k = params.exposure
@@ -285,17 +275,34 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
     noise = rng.standard_normal((size, size)).astype(np.float32)
     image = image + params.noise * noise * (0.4 + 0.6 * np.sqrt(np.clip(image, 0, 1)))
     image = np.clip(image, 0.0, 1.0).astype(np.float32)
+    if params.processing:
+        image = detect_and_process(image, params, rng2)
+        image = collimate(image, params)
+        if params.marker:
+            image = laterality_marker(image, params)
 
-    masks = _region_masks(g, x, y, lung_r, lung_l, heart, mediastinum, trachea, clavicle_layers, to_image)
+    masks = _region_masks(g, x, y, lung_r, lung_l, heart, mediastinum, trachea, clavicle_layers, canvas)
+    if params.flipped:  # stored mirrored: the marker mirrors with it, the names stay the patient's
+        image = image[:, ::-1]
+        masks = {name: mask[:, ::-1] for name, mask in masks.items()}
+        device_layers = {name: layer[:, ::-1] for name, layer in device_layers.items()}
+    if params.processing:
+        image = annotate(np.ascontiguousarray(image), params)
     boxes = {}
     for name in ANATOMY_NAMES:
         box = _bounding_box(masks[name])
         if box is not None:
             boxes[name] = box
-    return PhantomFilm(image=image, boxes=boxes, params=params)
+    device_boxes = {}
+    for name, layer in device_layers.items():
+        box = _bounding_box(layer > 0.05)
+        if box is not None:
+            device_boxes[name] = box
+    return PhantomFilm(image=np.ascontiguousarray(image, dtype=np.float32), boxes=boxes, params=params,
+                       device_boxes=device_boxes)
 
 
-def _vessel_tree(canvas: _Canvas, rng: np.random.Generator, x0: float, y0: float, sign: float,
+def _vessel_tree(canvas: Canvas, rng: np.random.Generator, x0: float, y0: float, sign: float,
                  angle: float, length: float, width: float, depth: int) -> None:
     """Recursive branching; ``angle`` 0 points laterally, positive downwards."""
     x1 = x0 + sign * length * math.cos(angle)
@@ -311,6 +318,32 @@ def _vessel_tree(canvas: _Canvas, rng: np.random.Generator, x0: float, y0: float
                      width * 0.7, depth - 1)
 
 
+def _natural_vessel(canvas: Canvas, rng: np.random.Generator, x0: float, y0: float, sign: float,
+                    angle: float, length: float, width: float) -> None:
+    """A vessel that wanders, tapers and branches unevenly: at each node a main branch continues
+    (small turn, most of the calibre) and a side branch leaves at a wider angle; both stop when
+    they have tapered below about a pixel's width."""
+    stack = [(x0, y0, angle, length, width)]
+    while stack:
+        x0, y0, angle, length, width = stack.pop()
+        steps = 4
+        xs, ys = [x0], [y0]
+        a = angle
+        for _ in range(steps):
+            a += rng.normal(0, 0.12)
+            xs.append(xs[-1] + sign * length / steps * math.cos(a))
+            ys.append(ys[-1] + length / steps * math.sin(a))
+        canvas.line(np.array(xs), np.array(ys), width, min(1.0, width / 0.006))
+        if width < 0.0014 or len(stack) > 400:
+            continue
+        turn = 1 if rng.random() < 0.5 else -1
+        stack.append((xs[-1], ys[-1], a + turn * rng.uniform(0.05, 0.3), length * rng.uniform(0.72, 0.92),
+                      width * rng.uniform(0.72, 0.86)))
+        if rng.random() < 0.85:
+            stack.append((xs[-1], ys[-1], a - turn * rng.uniform(0.45, 1.0), length * rng.uniform(0.45, 0.7),
+                          width * rng.uniform(0.5, 0.68)))
+
+
 def _zone_mask(lung: np.ndarray, zone: str) -> np.ndarray:
     """Upper, mid or lower third of a lung mask by height."""
     rows = np.flatnonzero(lung.any(axis=1))
@@ -324,8 +357,15 @@ def _zone_mask(lung: np.ndarray, zone: str) -> np.ndarray:
     return lung & band
 
 
+def effusion_top(g: ThoraxGeometry, side: str, severity: float, d: np.ndarray, lateral: np.ndarray) -> np.ndarray:
+    """Height of a pleural effusion's meniscus at distance ``d`` from the midline: highest laterally."""
+    cp = g.lm.cp_r if side == "right" else g.lm.cp_l
+    height = 0.05 + 0.13 * severity
+    return cp - height * (0.45 + 0.55 * np.clip(d / lateral, 0, 1) ** 3)
+
+
 def _region_masks(g: ThoraxGeometry, x, y, lung_r, lung_l, heart, mediastinum, trachea, clavicles,
-                  to_image) -> dict[str, np.ndarray]:
+                  canvas) -> dict[str, np.ndarray]:
     """Masks (on the film's pixel grid) of all 36 regions, from the closed-form anatomy."""
     lm = g.lm
     m: dict[str, np.ndarray] = {}
@@ -349,8 +389,14 @@ def _region_masks(g: ThoraxGeometry, x, y, lung_r, lung_l, heart, mediastinum, t
         heart_d = float(g.heart_border(np.array([dome - 0.005]), side)[0])
         m[f"{side} cardiophrenic angle"] = square(lm.cx + sign * heart_d, dome, 0.035)
         d_line = np.linspace(float(g.heart_border(np.array([dome]), side)[0]) * 0.8, d_cp, 48)
-        band = _Canvas(x.shape[0], to_image)
-        band.line(lm.cx + sign * d_line, g.diaphragm(d_line, side) + 0.003, 0.022)
+        band = canvas()
+        line_y = g.diaphragm(d_line, side) + 0.003
+        for finding in g.params.findings:  # an effusion's meniscus becomes the visible diaphragm line
+            if finding.name == "pleural effusion" and finding.side == side:
+                cp_y = np.full_like(d_line, lm.cp_r if side == "right" else lm.cp_l)
+                line_y = np.minimum(line_y, effusion_top(g, side, finding.severity, d_line,
+                                                         g.lateral_border(cp_y, side)) + 0.003)
+        band.line(lm.cx + sign * d_line, line_y, 0.022)
         m[f"{side} hemidiaphragm"] = band.array() > 0
         m[f"{side} upper abdomen"] = (g.side_distance(x, side) >= 0) & (g.side_distance(x, side) <= lm.half_width) \
             & (y >= dome) & (y <= dome + 0.17)

@@ -1,7 +1,20 @@
-"""Who the phantom patient is: body habitus, pose, breath, heart size, exposure and findings.
+"""Who the phantom patient is, how the film was taken and processed, and what it shows.
 
 One :class:`PhantomParams` fully determines a film; :func:`sample_params` draws one from a NumPy
-generator, so a seed gives the same patient on every machine. Lengths are in units of the image
+generator for a **preset**, so a seed gives the same film on every machine:
+
+- ``realistic`` (the default): films that vary the way an archive does — habitus, age, breath,
+  heart and mediastinum, rib and clavicle geometry per patient; rotation up to ±10°, tilt,
+  lordotic projections, a field of view that may cut an apex or a costophrenic angle; CR/DR
+  processing (LUT, multi-frequency enhancement), exposure, detector noise, grid lines, collimation,
+  burnt-in text and a laterality marker, now and then a horizontally flipped film; branching
+  vessels, trabecular bone; findings (effusion, cardiomegaly, consolidation, atelectasis,
+  pneumothorax, nodules) and devices (tubes, lines, ECG leads, pacemakers).
+- ``classic``: generator 1, the narrow distribution earlier releases drew (small rotations, one
+  field of view, no devices or text). Fast to learn, and saturates: tests that need clean,
+  separable films use it.
+
+ Lengths are in units of the image
 side (0..1), y downwards, x to the image's right. The patient faces the viewer (PA convention):
 the patient's **right** is on the image's **left**.
 """
@@ -14,6 +27,11 @@ import numpy as np
 
 #: Findings the generator can draw, and the regions whose scene-graph attributes record them.
 FINDINGS = ("consolidation", "pleural effusion", "cardiomegaly", "pneumothorax")
+#: Findings only the realistic preset draws.
+EXTRA_FINDINGS = ("atelectasis", "nodule")
+#: Devices the realistic preset draws (see ``phantom_devices``).
+DEVICES = ("endotracheal tube", "enteric tube", "central venous catheter", "pacemaker", "ecg leads")
+PRESETS = ("realistic", "classic")
 
 
 @dataclass(frozen=True)
@@ -45,6 +63,32 @@ class PhantomParams:
     rib_prominence: float = 1.0
     vessel_seed: int = 0             # seeds the vascular trees and texture fields
     findings: tuple[Finding, ...] = field(default_factory=tuple)
+    # --- generator 2 (realistic preset); the defaults reproduce generator 1 exactly ---
+    age: float = 50.0                # years: bone density, aortic unfolding
+    bone_density: float = 1.0        # scales every bone's attenuation (children, osteopenia)
+    rib_spacing: float = 1.0         # rib-to-rib pitch relative to the average
+    rib_slope: float = 0.0           # extra downward slope of the posterior ribs (kyphosis, habitus)
+    clavicle_lift: float = 0.0       # clavicles projected higher (lordotic, AP): normalised units
+    mediastinal_width: float = 1.0
+    right_heart_share: float = 0.36  # share of the heart's width right of the midline
+    tilt: float = 1.0                # cranio-caudal projection: < 1 foreshortens the thorax
+    field_scale: float = 1.0         # patient size on the detector (> 1: zoomed in, edges cut)
+    field_shift_x: float = 0.0       # detector offset (normalised units)
+    field_shift_y: float = 0.0
+    flipped: bool = False            # film stored mirrored; boxes keep the patient's anatomy names
+    processing: str = ""             # "" (generator 1), "CR" or "DR"
+    lut_centre: float = 0.5          # sigmoid display LUT applied after log processing
+    lut_width: float = 1.0
+    enhance_fine: float = 0.0        # unsharp-mask amount, small kernel (edges)
+    enhance_coarse: float = 0.0      # large-scale range compression (equalisation)
+    detector_noise: float = 0.0      # additive electronic noise with row correlation
+    grid_lines: float = 0.0          # amplitude of anti-scatter grid lines (0: no grid)
+    grid_period_px512: float = 3.0
+    collimation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # left, top, right, bottom margins
+    marker: bool = False             # laterality marker on the patient's left
+    text: tuple[str, ...] = ()       # burnt-in annotations (no patient data)
+    texture: str = "regular"         # "regular" (generator 1) or "natural": branching, tapering vessels, trabecular bone, soft-tissue gradients
+    devices: tuple[str, ...] = ()    # names from DEVICES
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -52,8 +96,17 @@ class PhantomParams:
         return d
 
 
-def sample_params(rng: np.random.Generator) -> PhantomParams:
-    """Draw one patient. Roughly 45 % of films carry one or two findings."""
+def sample_params(rng: np.random.Generator, preset: str = "realistic") -> PhantomParams:
+    """Draw one film of ``preset`` (see the module docstring)."""
+    if preset == "classic":
+        return sample_classic(rng)
+    if preset == "realistic":
+        return sample_realistic(rng)
+    raise ValueError(f"unknown phantom preset {preset!r}; choose one of {', '.join(PRESETS)}")
+
+
+def sample_classic(rng: np.random.Generator) -> PhantomParams:
+    """Generator 1: draw one patient. Roughly 45 % of films carry one or two findings."""
     view = "PA" if rng.random() < 0.7 else "AP"
     sex = "F" if rng.random() < 0.5 else "M"
     ctr = float(rng.normal(0.45, 0.03))
@@ -91,4 +144,106 @@ def sample_params(rng: np.random.Generator) -> PhantomParams:
         rib_prominence=float(rng.uniform(0.7, 1.2)),
         vessel_seed=int(rng.integers(0, 2**31 - 1)),
         findings=tuple(findings),
+    )
+
+
+#: Burnt-in annotations a film may carry (station and technique text; never patient data).
+_ANNOTATIONS = ("PORTABLE", "ERECT", "SUPINE", "SEMI-ERECT", "CHEST", "INSP", "kVp 110", "kVp 90",
+                "mAs 2.5", "STAT", "DR", "CR", "ICU", "AM", "PM", "W1", "GRID")
+
+
+def _findings_realistic(rng: np.random.Generator, view: str) -> list[Finding]:
+    """About half the films carry findings; portable (AP) films more often, and more devices."""
+    names = list(FINDINGS + EXTRA_FINDINGS)
+    weights = np.array([0.22, 0.22, 0.14, 0.07, 0.2, 0.15])
+    findings: list[Finding] = []
+    if rng.random() < (0.65 if view == "AP" else 0.45):
+        n = 1 if rng.random() < 0.6 else (2 if rng.random() < 0.8 else 3)
+        picks = rng.choice(len(names), size=n, replace=False, p=weights / weights.sum())
+        for idx in picks:
+            name = names[int(idx)]
+            side = "midline" if name == "cardiomegaly" else ("left" if rng.random() < 0.5 else "right")
+            zone = ""
+            if name in ("consolidation", "nodule"):
+                zone = str(rng.choice(["upper", "mid", "lower"]))
+            elif name == "atelectasis":
+                zone = str(rng.choice(["mid", "lower"], p=[0.3, 0.7]))
+            findings.append(Finding(name, side, zone, float(rng.uniform(0.3, 1.0))))
+    return findings
+
+
+def sample_realistic(rng: np.random.Generator) -> PhantomParams:
+    """Generator 2: patient, positioning, acquisition, findings and devices as an archive has them."""
+    view = "PA" if rng.random() < 0.68 else "AP"
+    ap = view == "AP"
+    sex = "F" if rng.random() < 0.5 else "M"
+    age = float(np.clip(rng.gamma(6.0, 10.0), 4.0, 95.0))
+    child = age < 16
+    findings = _findings_realistic(rng, view)
+    ctr = float(rng.normal(0.46 if not child else 0.5, 0.035)) + (0.035 if ap else 0.0)
+    if any(f.name == "cardiomegaly" for f in findings):
+        ctr = float(rng.uniform(0.55, 0.66))
+    ctr = float(np.clip(ctr, 0.36, 0.68))
+    habitus = float(np.clip(rng.lognormal(0.0, 0.18), 0.7, 1.6))
+    elderly = float(np.clip((age - 55) / 30, 0, 1))
+    lordotic = float(rng.uniform(0.02, 0.07)) if rng.random() < (0.12 if ap else 0.05) else 0.0
+    processing = "DR" if rng.random() < 0.55 else "CR"
+    devices: list[str] = []
+    if ap:
+        for name, p in (("ecg leads", 0.45), ("endotracheal tube", 0.25), ("enteric tube", 0.25),
+                        ("central venous catheter", 0.35), ("pacemaker", 0.06)):
+            if rng.random() < p:
+                devices.append(name)
+    else:
+        for name, p in (("pacemaker", 0.05), ("ecg leads", 0.05), ("central venous catheter", 0.04)):
+            if rng.random() < p:
+                devices.append(name)
+    text = tuple(str(t) for t in rng.choice(_ANNOTATIONS, size=int(rng.integers(0, 4)), replace=False))
+    collimated = rng.random() < 0.35
+    collimation = tuple(float(rng.uniform(0.0, 0.04)) if collimated else 0.0 for _ in range(4))
+    return PhantomParams(
+        view=view,
+        sex=sex,
+        midline_x=float(rng.normal(0.5, 0.02)),
+        shift_y=float(rng.normal(0.0, 0.02)),
+        thorax_scale=float(np.clip(rng.normal(1.0 if not child else 0.92, 0.06), 0.82, 1.14)),
+        height_scale=float(np.clip(rng.normal(1.0, 0.06), 0.86, 1.14)),
+        soft_tissue=float(np.clip(0.75 + 0.45 * (habitus - 0.7), 0.7, 1.4)),
+        inspiration=float(rng.uniform(0.0, 0.65) if ap else rng.uniform(0.2, 1.0)),
+        cardiothoracic_ratio=ctr,
+        rotation_deg=float(np.clip(rng.normal(0.0, 4.0 if ap else 2.5), -10.0, 10.0)),
+        left_dome_drop=float(rng.normal(0.02, 0.018)),
+        aortic_knob=float(np.clip(0.7 + 0.8 * elderly + rng.normal(0, 0.15), 0.5, 1.7)),
+        exposure=float(rng.uniform(1.6, 3.2)),
+        gamma=float(rng.uniform(0.75, 1.3)),
+        noise=float(rng.uniform(0.004, 0.02 if ap else 0.012)),
+        blur_px512=float(rng.uniform(0.5, 1.4)),
+        rib_prominence=float(rng.uniform(0.6, 1.25)),
+        vessel_seed=int(rng.integers(0, 2**31 - 1)),
+        findings=tuple(findings),
+        age=age,
+        bone_density=float(np.clip((0.75 if child else 1.0) - 0.3 * elderly + rng.normal(0, 0.08), 0.45, 1.25)),
+        rib_spacing=float(np.clip(rng.normal(1.0, 0.05), 0.88, 1.12)),
+        rib_slope=float(np.clip(rng.normal(0.0, 0.02) + 0.03 * elderly, -0.03, 0.07)),
+        clavicle_lift=float(lordotic * 1.0 + (0.015 if ap else 0.0) + rng.normal(0, 0.01)),
+        mediastinal_width=float(np.clip(rng.normal(1.0 + (0.15 if ap else 0.0) + 0.1 * elderly, 0.1), 0.8, 1.5)),
+        right_heart_share=float(np.clip(rng.normal(0.36, 0.035), 0.26, 0.46)),
+        tilt=float(np.clip(rng.normal(1.0 - lordotic, 0.025), 0.88, 1.05)),
+        field_scale=float(np.clip(rng.normal(1.0, 0.07), 0.85, 1.16)),
+        field_shift_x=float(rng.normal(0.0, 0.015)),
+        field_shift_y=float(rng.normal(0.0, 0.025)),
+        flipped=bool(rng.random() < 0.04),
+        processing=processing,
+        lut_centre=float(rng.normal(0.55, 0.04)),
+        lut_width=float(rng.uniform(1.0, 1.8)),
+        enhance_fine=float(rng.uniform(0.1, 0.6) if processing == "DR" else rng.uniform(0.05, 0.35)),
+        enhance_coarse=float(rng.uniform(0.2, 0.55)),
+        detector_noise=float(rng.uniform(0.002, 0.01)),
+        grid_lines=float(rng.uniform(0.004, 0.015)) if rng.random() < (0.3 if processing == "CR" else 0.1) else 0.0,
+        grid_period_px512=float(rng.uniform(2.2, 4.5)),
+        collimation=collimation,  # type: ignore[arg-type]
+        marker=bool(rng.random() < 0.85),
+        text=text,
+        texture="natural",
+        devices=tuple(devices),
     )
