@@ -70,6 +70,8 @@ def ablation_phases(pretrain_epochs: int, finetune_epochs: int, arms: Sequence[s
 
 
 #: Cut-off of the crop-retrieval figures reported beside accuracy.
+#: How many of each arm's largest confusions the table lists.
+TOP_CONFUSIONS = 6
 RETRIEVAL_K = 10
 
 
@@ -127,6 +129,7 @@ def run_ablation(base: TrainOptions, pretrain_epochs: int, finetune_epochs: int,
                      "model_version": report["model_version"], "model": summary["phases"][last]["best"],
                      "train_minutes": round(sum(epoch_seconds.get(p.name, 0.0) for p in phases) / 60, 1),
                      "val_accuracy_by_epoch": curves.get(last, []),
+                     "top_confusions": report["top_confusions"][:TOP_CONFUSIONS],
                      "epochs": {p.name: p.epochs for p in phases},
                      "test_keys": test_keys, "test_correct": correct})
         print(f"[ablate] ({arm}) {ARMS[arm]}: test accuracy {report['accuracy']:.4f}, crop retrieval from the "
@@ -311,6 +314,11 @@ def markdown_table(result: dict) -> str:
     for anatomy in anatomies:
         cells = [f"{100 * r['per_anatomy'][anatomy]:.1f}" if anatomy in r["per_anatomy"] else "–" for r in rows]
         lines.append(f"| {anatomy} | " + " | ".join(cells) + " |")
+    if any(r.get("top_confusions") for r in rows):
+        lines += ["", "Largest confusions on the test crops (true → predicted: count):", ""]
+        for r in rows:
+            pairs = "; ".join(f"{c['true']} → {c['predicted']}: {c['count']}" for c in r.get("top_confusions", []))
+            lines.append(f"- ({r['arm']}) {pairs or 'none'}")
     return "\n".join(lines) + "\n"
 
 
