@@ -21,7 +21,8 @@ from regionmir.synth.dataset_writer import write_phantom_dataset
 @pytest.fixture(scope="module")
 def films(tmp_path_factory):
     root = tmp_path_factory.mktemp("phantoms")
-    write_phantom_dataset(str(root), images=12, size=160, seed=5, progress=False)
+    # generator 1 films (the classic preset): the thresholds below were set on them
+    write_phantom_dataset(str(root), images=12, size=160, seed=5, progress=False, preset="classic")
     records = list(open_dataset(str(root)).iter_images())
     return root, [r for r in records if r.split == "train"], [r for r in records if r.split != "train"]
 
