@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 
 import numpy as np
 import pydicom
 import pytest
 
 from regionmir.anatomy import ANATOMY_NAMES
+from tree_digest import tree_digest
 from regionmir.cli import main
 from regionmir.synth.dataset_writer import phantom_params, write_phantom_dataset
 from regionmir.synth.phantom_dicom import pixel_values
 from regionmir.synth.phantom_film import gaussian_blur, render_film
 from regionmir.synth.phantom_params import Finding, PhantomParams
-
-
-def _tree_digest(root) -> dict[str, str]:
-    out = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as handle:
-                out[os.path.relpath(path, root)] = hashlib.sha256(handle.read()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +53,7 @@ def test_writes_eight_images_and_scene_graphs_with_36_objects(eight_films):
 def test_same_seed_same_bytes_other_seed_other_bytes(eight_films, tmp_path):
     main(["synth", "--out", str(tmp_path / "b"), "--images", "8", "--seed", "1", "--size", "128", "--quiet"])
     main(["synth", "--out", str(tmp_path / "c"), "--images", "8", "--seed", "2", "--size", "128", "--quiet"])
-    first, again, other = _tree_digest(eight_films), _tree_digest(tmp_path / "b"), _tree_digest(tmp_path / "c")
+    first, again, other = tree_digest(eight_films), tree_digest(tmp_path / "b"), tree_digest(tmp_path / "c")
     assert first == again
     films = {k: v for k, v in first.items() if k.startswith(("images/", "silver_dataset/scene_graph/"))}
     assert len(films) == 16

@@ -4,14 +4,13 @@ they should, presets are exact, and rendering is deterministic across processes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 
 import numpy as np
 import pytest
 
 from regionmir.anatomy import ANATOMY_NAMES
+from tree_digest import tree_digest
 from regionmir.synth.dataset_writer import phantom_identity, phantom_params, scene_graph, write_phantom_dataset
 from regionmir.synth.phantom_film import render_film
 from regionmir.synth.phantom_params import DEVICES, Finding, PhantomParams, sample_params
@@ -19,21 +18,11 @@ from regionmir.synth.phantom_params import DEVICES, Finding, PhantomParams, samp
 SIZE = 192
 
 
-def _digest(root) -> dict[str, str]:
-    out = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as handle:
-                out[os.path.relpath(path, root)] = hashlib.sha256(handle.read()).hexdigest()
-    return out
-
-
 def test_same_seed_same_bytes_with_one_or_two_processes(tmp_path):
     one = write_phantom_dataset(str(tmp_path / "one"), images=10, size=96, seed=4, progress=False, workers=1)
     two = write_phantom_dataset(str(tmp_path / "two"), images=10, size=96, seed=4, progress=False, workers=2)
     assert one["preset"] == two["preset"] == "realistic" and one["generator"] == "regionmir-phantom-2"
-    first, second = _digest(tmp_path / "one"), _digest(tmp_path / "two")
+    first, second = tree_digest(tmp_path / "one"), tree_digest(tmp_path / "two")
     first.pop("synth_info.json"), second.pop("synth_info.json")
     assert first == second and len(first) > 20
 
