@@ -3,7 +3,7 @@ domain classifier on crops, under one fixed protocol.
 
 The protocol (:class:`RealismProtocol`) is the same for every generator measured: each film is
 resampled to a common pixel spacing (``spacing_mm``), crops of ``crop_px`` pixels are drawn at
-seeded random positions inside the film, and a small CNN (:class:`DomainClassifier`) is trained
+seeded random positions inside the film, and a small CNN (four batch-normalised conv blocks) is trained
 to tell phantom crops from real ones with folds **split by film** (no film has crops on both sides
 of a fold). The pooled out-of-fold scores give the area under the ROC curve: 0.5 means the
 classifier cannot tell the two apart, 1.0 means every crop gives itself away.
@@ -158,8 +158,9 @@ def domain_classifier_auc(phantom: Sequence[np.ndarray], real: Sequence[np.ndarr
             chosen = [c for i, c in enumerate(films) if (i % folds == fold) == keep]
             return np.concatenate(chosen) if chosen else np.zeros((0, protocol.crop_px, protocol.crop_px), np.float32)
 
-        train_x = np.concatenate([stack(phantom, False), stack(real, False)])
-        train_y = np.concatenate([np.ones(len(stack(phantom, False))), np.zeros(len(stack(real, False)))])
+        train_p, train_r = stack(phantom, False), stack(real, False)
+        train_x = np.concatenate([train_p, train_r])
+        train_y = np.concatenate([np.ones(len(train_p)), np.zeros(len(train_r))])
         test_p, test_r = stack(phantom, True), stack(real, True)
         test_x = np.concatenate([test_p, test_r])
         test_y = np.concatenate([np.ones(len(test_p)), np.zeros(len(test_r))])

@@ -11,17 +11,11 @@ annotations. CR plates are softer and noisier than DR panels; both are drawn her
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from ..contact_sheet import font as _font
 from .phantom_canvas import gaussian_blur
 from .phantom_params import PhantomParams
-
-
-def _font(size_px: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=max(6, size_px))
-    except TypeError:  # Pillow without FreeType
-        return ImageFont.load_default()
 
 
 def detect_and_process(image: np.ndarray, params: PhantomParams, rng: np.random.Generator) -> np.ndarray:
@@ -75,7 +69,7 @@ def laterality_marker(image: np.ndarray, params: PhantomParams) -> np.ndarray:
     x0 = int((1.0 - params.collimation[2] - 0.1) * size)
     y0 = int((params.collimation[1] + 0.04) * size)
     draw.rectangle([x0, y0, x0 + side, y0 + side], outline=0.8, width=max(1, side // 10))
-    draw.text((x0 + side * 0.25, y0 + side * 0.08), "L", fill=1.0, font=_font(int(side * 0.8)))
+    draw.text((x0 + side * 0.25, y0 + side * 0.08), "L", fill=1.0, font=_font(max(6, int(side * 0.8))))
     mark = np.asarray(layer, dtype=np.float32)
     return np.maximum(image, mark)
 
@@ -87,7 +81,7 @@ def annotate(image: np.ndarray, params: PhantomParams) -> np.ndarray:
     size = image.shape[0]
     picture = Image.fromarray(np.asarray(image, dtype=np.float32), mode="F")
     draw = ImageDraw.Draw(picture)
-    font = _font(int(0.03 * size))
+    font = _font(max(6, int(0.03 * size)))
     corners = [(0.03, 0.03), (0.03, 0.92), (0.68, 0.92)]
     for text, (cx, cy) in zip(params.text, corners):
         x = (params.collimation[0] + cx) * size

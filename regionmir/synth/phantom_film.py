@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from ..anatomy import ANATOMY_NAMES
 from ..boxes import Box
@@ -235,8 +234,8 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
         elif finding.name == "atelectasis":
             # plate-like bands across the zone, and (lower zone) a raised hemidiaphragm (landmarks)
             band_layer = canvas()
-            rows = np.flatnonzero(_zone_mask(side_mask, finding.zone).any(axis=1))
-            if rows.size:
+            zone = _zone_mask(side_mask, finding.zone)
+            if zone.any():
                 sign = -1.0 if finding.side == "right" else 1.0
                 for _ in range(int(rng2.integers(1, 4))):
                     yb = lm.apex + (lm.dome_r - lm.apex) * (0.55 if finding.zone == "mid" else 0.82) + rng2.normal(0, 0.025)
@@ -244,7 +243,7 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
                     band_layer.line(np.array([lm.cx + sign * d0, lm.cx + sign * d1]),
                                     np.array([yb, yb + rng2.normal(0.01, 0.02)]), 0.008 + 0.01 * finding.severity)
                 extra += 0.09 * finding.severity * gaussian_blur(band_layer.array(), 1.5 * s_) * side_mask
-                extra += 0.04 * finding.severity * gaussian_blur(_zone_mask(side_mask, finding.zone).astype(np.float32), 4 * s_)
+                extra += 0.04 * finding.severity * gaussian_blur(zone.astype(np.float32), 4 * s_)
         elif finding.name == "nodule":
             zone = _zone_mask(side_mask, finding.zone)
             ys_n, xs_n = np.nonzero(zone)
