@@ -151,7 +151,7 @@ def anatomy_id(name: str | int) -> int:
             return name
         raise UnknownAnatomyError(str(name), [], f"anatomy id {name} is outside 0..{NUM_ANATOMIES - 1}")
     key = normalise_name(name)
-    if key.isdigit():
+    if key.isascii() and key.isdigit():  # "²" and "٣" are digits to str.isdigit() but not to int()
         return anatomy_id(int(key))
     if key in _ID_BY_NAME:
         return _ID_BY_NAME[key]

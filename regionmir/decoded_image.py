@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ImageShapeError, ImageTooLargeError
 from .intensity import check_convention
 
 #: Largest image accepted by default, in pixels (Rows x Columns): 100 million, about 10000 x 10000.
@@ -19,6 +20,33 @@ from .intensity import check_convention
 #: either a decompression bomb or not a chest radiograph. Decoding 100 Mpx already takes ~0.4 GB
 #: as float32; raise the limit per call (``max_pixels=``) for unusual scanners.
 DEFAULT_MAX_PIXELS = 100_000_000
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """How big a film a reader decodes; checked on the header, before any pixel is decompressed.
+
+    ``max_pixels``: Rows x Columns. ``max_side``: the longer side in pixels (``None``: no limit
+    beyond ``max_pixels``). ``max_aspect``: longer side / shorter side (``None``: any). A service
+    sets all three (see ``serving.config.Limits``); batch jobs keep the generous defaults.
+    """
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_side: int | None = None
+    max_aspect: float | None = None
+
+    def check(self, source: str, width: int, height: int) -> None:
+        """Raise :class:`ImageTooLargeError` or :class:`ImageShapeError` for a header over the limits."""
+        if width * height > self.max_pixels:
+            raise ImageTooLargeError(source, f"{width} x {height} = {width * height} pixels exceeds the "
+                                     f"limit of {self.max_pixels}")
+        if self.max_side is not None and max(width, height) > self.max_side:
+            raise ImageTooLargeError(source, f"{width} x {height}: the longer side exceeds the limit of "
+                                     f"{self.max_side} pixels")
+        if self.max_aspect is not None and max(width, height) > self.max_aspect * min(width, height):
+            raise ImageShapeError(source, f"{width} x {height}: a side ratio of "
+                                  f"{max(width, height) / min(width, height):.1f} is not a radiograph's "
+                                  f"(at most {self.max_aspect:g})")
 
 
 @dataclass

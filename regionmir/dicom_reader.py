@@ -28,8 +28,11 @@ annotations.
 
 Errors (all from :mod:`regionmir.errors`, each naming ``source`` and the reason): multi-frame,
 non-image objects, colour, 1-bit, undecodable or unknown transfer syntaxes →
-:class:`UnsupportedImageError`; more than ``max_pixels`` (checked on Rows x Columns before any
-pixel data is decoded) → :class:`ImageTooLargeError`; truncated or corrupt files →
+:class:`UnsupportedImageError`; over the :class:`~regionmir.decoded_image.DecodeLimits` (checked on
+Rows x Columns before any pixel data is decoded; a deflated dataset is inflated only up to what
+such a film can hold, and a JPEG 2000 code stream's own size is read from its SIZ marker before
+the codec runs) → :class:`ImageTooLargeError` / :class:`ImageShapeError`; a rescale that makes
+pixel values NaN or infinite → :class:`PixelValueError`; truncated or corrupt files →
 :class:`ImageReadError`.
 
 Privacy: only salted hashes of PatientID and StudyInstanceUID leave this module; pydicom's warnings
@@ -43,7 +46,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,11 +56,17 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+)
 
-from .errors import ImageReadError, ImageTooLargeError, UnsupportedImageError
+from .errors import ImageReadError, ImageTooLargeError, PixelValueError, UnsupportedImageError
 from .identifiers import hash_identifier
-from .decoded_image import DEFAULT_MAX_PIXELS, DecodedImage, ImageInfo
+from .decoded_image import DEFAULT_MAX_PIXELS, DecodedImage, DecodeLimits, ImageInfo
 from .intensity import rescale_to_unit
 
 #: Photometric interpretations read as greyscale.
@@ -109,10 +120,98 @@ def looks_like_dicom(data: bytes) -> bool:
     return any(key in ds for key in ("SOPClassUID", "Rows", "Modality", "StudyInstanceUID"))
 
 
-def _parse(data: bytes, source: str) -> Dataset:
+_LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+#: What a deflated dataset may inflate to beyond its pixels (all other elements together).
+DEFLATE_ALLOWANCE_BYTES = 16 * 1024 * 1024
+
+
+def _file_meta(data: bytes) -> tuple[str, int]:
+    """(Transfer Syntax UID, offset where the dataset starts) of a Part 10 file, read by hand.
+
+    The file meta group (0002) is always explicit VR little endian and never compressed, so it
+    can be walked without pydicom, which would inflate a deflated dataset whole before we could
+    look at it. ``("", 132)`` when the group cannot be walked (pydicom then reports the damage).
+    """
+    offset, syntax = 132, ""
+    while offset + 8 <= len(data):
+        group, element = struct.unpack_from("<HH", data, offset)
+        if group != 0x0002:
+            break
+        vr = data[offset + 4:offset + 6]
+        if vr in _LONG_LENGTH_VRS:
+            if offset + 12 > len(data):
+                return "", 132
+            (length,) = struct.unpack_from("<I", data, offset + 8)
+            start = offset + 12
+        else:
+            (length,) = struct.unpack_from("<H", data, offset + 6)
+            start = offset + 8
+        if element == 0x0010:
+            syntax = data[start:start + length].rstrip(b"\0 ").decode("ascii", "replace")
+        offset = start + length
+    return syntax, offset
+
+
+def _check_inflated_size(data: bytes, source: str, limits: DecodeLimits) -> None:
+    """Refuse a deflated dataset that inflates past what a film within ``limits`` can hold.
+
+    A 4 MB upload can inflate to gigabytes; pydicom would inflate it all in memory. Here it is
+    inflated in bounded steps and dropped as it goes, stopping at the first byte over the bound.
+    """
+    syntax, start = _file_meta(data)
+    if syntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        return
+    bound = limits.max_pixels * 4 + DEFLATE_ALLOWANCE_BYTES   # 32-bit pixels at most, plus the rest
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    produced, pending = 0, data[start:]
+    try:
+        while pending and produced <= bound and not inflater.eof:
+            chunk = inflater.decompress(pending, 1 << 20)
+            if not chunk and inflater.unconsumed_tail == pending:
+                break  # no progress: the stream is cut short (pydicom reports the damage)
+            produced += len(chunk)
+            pending = inflater.unconsumed_tail
+    except zlib.error as exc:
+        raise ImageReadError(source, f"corrupt deflated dataset ({exc})") from exc
+    if produced > bound:
+        raise ImageTooLargeError(source, f"the deflated dataset inflates past {bound} bytes, more than a film "
+                                 f"of at most {limits.max_pixels} pixels holds (a decompression bomb)")
+
+
+def _check_jpeg2000_size(ds: Dataset, rows: int, cols: int, source: str, limits: DecodeLimits) -> None:
+    """Read the J2K code stream's SIZ marker: its image size must be the header's, within the limits.
+
+    The codec allocates what the code stream declares, not what Rows and Columns say.
+    """
+    from pydicom.encaps import generate_fragments
+
+    try:
+        items = generate_fragments(ds.PixelData)
+        next(items, b"")             # the Basic Offset Table (always the first item, maybe empty)
+        first = next(items, b"")
+    except Exception as exc:  # malformed encapsulation
+        raise ImageReadError(source, f"malformed encapsulated pixel data ({type(exc).__name__})") from exc
+    # SOC (FF4F) then SIZ (FF51) open every code stream, bare or inside a JP2 'jp2c' box
+    at = first.find(b"\xff\x4f\xff\x51")
+    if at < 0 or len(first) < at + 24:
+        raise ImageReadError(source, "JPEG 2000 pixel data without a code stream header (SOC, SIZ)")
+    xsiz, ysiz, x0, y0 = struct.unpack_from(">IIII", first, at + 8)  # after SOC, SIZ, Lsiz, Rsiz
+    width, height = xsiz - x0, ysiz - y0
+    if width <= 0 or height <= 0:
+        raise ImageReadError(source, f"JPEG 2000 code stream declares an empty image ({width} x {height})")
+    limits.check(source, width, height)
+    if (width, height) != (cols, rows):
+        raise ImageReadError(source, f"JPEG 2000 code stream is {width} x {height} but Rows x Columns say "
+                             f"{cols} x {rows}")
+
+
+def _parse(data: bytes, source: str, limits: DecodeLimits = DecodeLimits()) -> Dataset:
     """The dataset. Truncation inside encapsulated pixel data is reported by pydicom only as a
     warning (and an emptied dataset), so it is turned into an :class:`ImageReadError` here."""
     has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
+    if has_preamble:
+        _check_inflated_size(data, source, limits)
     try:
         with _quiet_pydicom() as caught:
             ds = pydicom.dcmread(io.BytesIO(data), force=not has_preamble)
@@ -240,15 +339,17 @@ def _grey_from_colour(arr: np.ndarray, bits: int, source: str, photometric: str)
 
 
 def read_dicom(data: bytes, source: str, *, window_index: int = 0,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+               max_pixels: int = DEFAULT_MAX_PIXELS, limits: DecodeLimits | None = None) -> DecodedImage:
     """Decode one DICOM radiograph (bytes of a Part 10 file or a bare dataset).
 
     Returns a :class:`DecodedImage` whose ``pixels`` are float32 ``(Rows, Columns)`` in ``[0, 1]``,
     bright = dense, and whose ``info`` says which window was used (see the module docstring for
     the pipeline and what is refused). ``window_index`` selects the VOI window (or VOI LUT when the
-    file has no window); out of range is an :class:`UnsupportedImageError`.
+    file has no window); out of range is an :class:`UnsupportedImageError`. ``limits`` (default:
+    ``DecodeLimits(max_pixels)``) bounds the film's size and shape before anything is decoded.
     """
-    ds = _parse(data, source)
+    limits = limits or DecodeLimits(max_pixels=max_pixels)
+    ds = _parse(data, source, limits)
 
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
@@ -275,10 +376,8 @@ def read_dicom(data: bytes, source: str, *, window_index: int = 0,
     cols = _int_attr(ds, "Columns", 0, source)
     if rows <= 0 or cols <= 0:
         raise ImageReadError(source, f"invalid image size Rows={rows} Columns={cols}")
-    if rows * cols > max_pixels:
-        # Before any decoding: a forged header must not make us allocate gigabytes.
-        raise ImageTooLargeError(source, f"{cols} x {rows} = {rows * cols} pixels exceeds the limit "
-                                 f"of {max_pixels}")
+    # Before any decoding: a forged header must not make us allocate gigabytes.
+    limits.check(source, cols, rows)
 
     photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
     samples = _int_attr(ds, "SamplesPerPixel", 1, source)
@@ -302,6 +401,8 @@ def read_dicom(data: bytes, source: str, *, window_index: int = 0,
         raise ImageReadError(source, f"BitsStored={bits_stored} with BitsAllocated={bits_allocated}")
 
     _check_decodable(ts, source)
+    if ts in JPEG2000TransferSyntaxes:
+        _check_jpeg2000_size(ds, rows, cols, source, limits)
     raw = _decode(ds, ts, source)
     notes: list[str] = []
 
@@ -337,9 +438,14 @@ def _grey_pipeline(ds: Dataset, raw: np.ndarray, source: str, window_index: int,
     from pydicom.pixels import apply_modality_lut
 
     try:
-        values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+        with np.errstate(all="ignore"), _quiet_pydicom():  # NaN/inf rescales are reported below
+            values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
     except Exception as exc:  # malformed Modality LUT Sequence / rescale values
         raise ImageReadError(source, f"invalid modality LUT or rescale ({type(exc).__name__}: {exc})") from exc
+    if not np.isfinite(values).all():
+        slope, intercept = ds.get("RescaleSlope", None), ds.get("RescaleIntercept", None)
+        raise PixelValueError(source, f"the modality rescale (RescaleSlope {slope}, RescaleIntercept {intercept}) "
+                              "gives NaN or infinite pixel values")
 
     centers = _as_floats(ds.get("WindowCenter", None))
     widths = _as_floats(ds.get("WindowWidth", None))

@@ -56,6 +56,24 @@ class ImageTooLargeError(ImageReadError):
     reason = "image_too_large"
 
 
+class NotAnImageError(ImageReadError):
+    """Bytes that are no image at all (empty, text, another file type): the wrong thing was sent."""
+
+    reason = "unsupported_media_type"
+
+
+class ImageShapeError(ImageReadError):
+    """A film whose proportions no radiograph has (a 39000 x 1500 strip)."""
+
+    reason = "bad_image_shape"
+
+
+class PixelValueError(ImageReadError):
+    """Pixel values that cannot be a film: NaN or infinite after the modality rescale."""
+
+    reason = "bad_pixel_values"
+
+
 class BoxError(RegionMIRError):
     """A box is outside the image, inverted, or has no area."""
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 
 
-from .decoded_image import DEFAULT_MAX_PIXELS, DecodedImage, ImageInfo
-from .errors import ImageReadError
+from .decoded_image import DEFAULT_MAX_PIXELS, DecodedImage, DecodeLimits, ImageInfo
+from .errors import NotAnImageError
 from .storage import S3Options, read_bytes
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DecodedImage", "ImageInfo", "describe", "read_image", "sniff_format"]
+__all__ = ["DEFAULT_MAX_PIXELS", "DecodedImage", "DecodeLimits", "ImageInfo", "describe", "read_image", "sniff_format"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -43,12 +43,14 @@ def sniff_format(data: bytes) -> str | None:
 
 def read_image(uri_or_bytes: str | os.PathLike[str] | bytes | bytearray | memoryview, *,
                source: str | None = None, s3: S3Options | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS, window_index: int = 0) -> DecodedImage:
+               max_pixels: int = DEFAULT_MAX_PIXELS, window_index: int = 0,
+               limits: DecodeLimits | None = None) -> DecodedImage:
     """Read a DICOM, PNG or JPEG from a path, URI or bytes into a :class:`DecodedImage`.
 
     ``source`` names the image in errors and in ``info.source`` (default: the path/URI, or
     ``"<bytes>"``). ``window_index`` picks the DICOM VOI window (0 = the first, the modality's
-    default); it is ignored for PNG/JPEG. Raises :class:`~regionmir.errors.ImageReadError` and its
+    default); it is ignored for PNG/JPEG. ``limits`` (default: ``DecodeLimits(max_pixels)``) bounds
+    the film's size and shape, checked on the header before anything is decompressed. Raises :class:`~regionmir.errors.ImageReadError` and its
     subclasses (missing, unsupported, too large) and :class:`~regionmir.errors.StorageError`.
     """
     if isinstance(uri_or_bytes, (bytes, bytearray, memoryview)):
@@ -59,17 +61,18 @@ def read_image(uri_or_bytes: str | os.PathLike[str] | bytes | bytearray | memory
         data = read_bytes(uri, s3)
         name = source or uri
     if not data:
-        raise ImageReadError(name, "empty file")
+        raise NotAnImageError(name, "empty file")
+    limits = limits or DecodeLimits(max_pixels=max_pixels)
     kind = sniff_format(data)
     if kind == "dicom":
         from .dicom_reader import read_dicom
 
-        return read_dicom(data, name, window_index=window_index, max_pixels=max_pixels)
+        return read_dicom(data, name, window_index=window_index, limits=limits)
     if kind in ("png", "jpeg"):
         from .raster_reader import read_raster
 
-        return read_raster(data, name, max_pixels=max_pixels)
-    raise ImageReadError(name, "not a DICOM, PNG or JPEG image")
+        return read_raster(data, name, limits=limits)
+    raise NotAnImageError(name, "not a DICOM, PNG or JPEG image")
 
 
 def describe(decoded: DecodedImage) -> str:

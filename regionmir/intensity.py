@@ -16,11 +16,17 @@ INTENSITY_CONVENTION = "float32 HxW, [0,1], bright=dense (MONOCHROME2 display af
 
 def rescale_to_unit(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Map ``[lo, hi]`` linearly to ``[0, 1]`` and clip; returns float32."""
-    values = np.asarray(values, dtype=np.float64)
+    values = np.asarray(values)
     span = float(hi) - float(lo)
     if not np.isfinite(span) or span <= 0:
         return np.zeros(values.shape, dtype=np.float32)
-    return np.clip((values - float(lo)) / span, 0.0, 1.0).astype(np.float32)
+    # Up to 16-bit integers and float32 are exact enough in float32 (24-bit mantissa); wider
+    # inputs (float64 modality values, 32-bit integers) are computed in float64.
+    exact_in_float32 = values.dtype in (np.uint8, np.int8, np.uint16, np.int16, np.float32)
+    work = values.astype(np.float32 if exact_in_float32 else np.float64, copy=False)
+    out = (work - work.dtype.type(lo)) / work.dtype.type(span)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out.astype(np.float32, copy=False)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

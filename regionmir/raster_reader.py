@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ImageReadError, ImageTooLargeError, UnsupportedImageError
-from .decoded_image import DEFAULT_MAX_PIXELS, DecodedImage, ImageInfo
+from .decoded_image import DEFAULT_MAX_PIXELS, DecodedImage, DecodeLimits, ImageInfo
 from .intensity import rescale_to_unit
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
@@ -43,6 +43,16 @@ _GREY_16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _COLOUR = ("RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "P", "PA", "LAB", "HSV")
 # Errors Pillow and zlib raise on broken files.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, IndexError)
+
+
+def _luminance(rgb: np.ndarray, rows_per_block: int = 256) -> np.ndarray:
+    """0.299 R + 0.587 G + 0.114 B as float32, a block of rows at a time (temporaries stay small)."""
+    out = np.empty(rgb.shape[:2], dtype=np.float32)
+    weights = _LUMA.astype(np.float32)
+    for top in range(0, rgb.shape[0], rows_per_block):
+        block = rgb[top:top + rows_per_block].astype(np.float32)
+        out[top:top + rows_per_block] = block @ weights
+    return out
 
 
 def _open(data: bytes, source: str) -> Image.Image:
@@ -59,17 +69,16 @@ def _open(data: bytes, source: str) -> Image.Image:
         raise ImageReadError(source, f"cannot read PNG/JPEG header ({type(exc).__name__}: {exc})") from exc
 
 
-def read_raster(data: bytes, source: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+def read_raster(data: bytes, source: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                limits: DecodeLimits | None = None) -> DecodedImage:
     """Decode a PNG or JPEG (bytes) into a :class:`DecodedImage` (see the module docstring)."""
     image = _open(data, source)
     fmt = "png" if image.format == "PNG" else "jpeg"
     width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageReadError(source, f"invalid image size {width} x {height}")
-    if width * height > max_pixels:
-        # Header only so far: nothing has been decompressed yet.
-        raise ImageTooLargeError(source, f"{width} x {height} = {width * height} pixels exceeds the "
-                                 f"limit of {max_pixels}")
+    # Header only so far: nothing has been decompressed yet.
+    (limits or DecodeLimits(max_pixels=max_pixels)).check(source, width, height)
     frames = int(getattr(image, "n_frames", 1) or 1)
     if fmt == "png" and frames > 1:
         raise UnsupportedImageError(source, f"animated PNG ({frames} frames) is not supported")
@@ -80,19 +89,20 @@ def read_raster(data: bytes, source: str, *, max_pixels: int = DEFAULT_MAX_PIXEL
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image.load()
+            # Decoded at the file's own depth (uint8 / uint16) and mapped to float32 once: a
+            # 60 Mpx film costs its bytes plus one float32 copy, never a float64 one.
             if mode in _GREY_8:
-                grey = np.asarray(image.convert("L") if mode != "L" else image, dtype=np.float64)
+                grey = np.asarray(image.convert("L") if mode != "L" else image)
                 bits, photometric, full = 8, "MONOCHROME2", 255.0
                 if mode != "L":
                     notes.append(f"PIL mode {mode} read as 8-bit grey")
             elif mode in _GREY_16:
-                grey = np.asarray(image).astype(np.float64)
+                grey = np.asarray(image)
                 bits, photometric, full = 16, "MONOCHROME2", 65535.0
                 if mode == "I" and grey.size and (grey.min() < 0 or grey.max() > 65535):
                     raise UnsupportedImageError(source, "32-bit integer PNG values outside 0..65535")
             elif mode in _COLOUR:
-                rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
-                grey = rgb @ _LUMA
+                grey = _luminance(np.asarray(image.convert("RGB")))
                 bits, full = 8, 255.0
                 photometric = "PALETTE COLOR" if mode in ("P", "PA") else "RGB"
                 notes.append(f"PIL mode {mode} converted to grey (luminance 0.299 R + 0.587 G + 0.114 B)")

@@ -471,7 +471,7 @@ class QueryService:
             "Cache-Control": "no-store"})
 
     async def row(self, key: str) -> dict[str, Any]:
-        if not KEY_RE.match(key):
+        if not KEY_RE.fullmatch(key):  # match() would let "key\n" through: "$" matches before a final newline
             raise ApiError(422, "bad_key", "a result key is 32 lowercase hex characters")
         rows = await self._call("index", self.backend.get_rows([key]))
         if key not in rows:

@@ -22,7 +22,7 @@ from indexing.region_index import RegionHit, RegionIndex
 from regionmir.model_contract import load_model
 
 #: Row keys are 32 lowercase hex characters (:func:`indexing.region_index.row_key`).
-KEY_RE = re.compile(r"^[0-9a-f]{32}$")
+KEY_RE = re.compile(r"[0-9a-f]{32}")  # use fullmatch
 
 
 class EncoderRuntime:
@@ -104,7 +104,7 @@ class SearchRuntime:
 
     def get(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Rows by primary key (``key`` → row without the vector); unknown or malformed keys are left out."""
-        keys = [k for k in keys if isinstance(k, str) and KEY_RE.match(k)]
+        keys = [k for k in keys if isinstance(k, str) and KEY_RE.fullmatch(k)]
         if not keys:
             return {}
         return {key: hit_to_dict(hit) for key, hit in self.index.get(self.collection, keys).items()}

@@ -69,3 +69,10 @@ def test_mirror_swaps_every_left_right_pair_and_keeps_midline():
         assert mirror_id(anatomy_id(name)) == anatomy_id(name)
     assert all(MIRROR_IDS[MIRROR_IDS[i]] == i for i in range(NUM_ANATOMIES))
     assert side_of("left clavicle") == "left" and side_of("spine") == "midline"
+
+
+@pytest.mark.parametrize("text", ["²", "٣", "①", "1²"])
+def test_unicode_digits_are_unknown_names_not_crashes(text):
+    """str.isdigit() says yes to "²" but int() refuses it: such input is an unknown name (a 422)."""
+    with pytest.raises(UnknownAnatomyError):
+        anatomy_id(text)

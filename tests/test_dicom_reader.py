@@ -37,7 +37,8 @@ from pydicom.uid import (
 )
 
 from regionmir.dicom_reader import read_dicom
-from regionmir.errors import ImageReadError, ImageTooLargeError, UnsupportedImageError
+from regionmir.decoded_image import DecodeLimits
+from regionmir.errors import ImageReadError, ImageShapeError, ImageTooLargeError, PixelValueError, UnsupportedImageError
 from regionmir.identifiers import hash_identifier
 from regionmir.image_reader import describe, read_image
 from regionmir.raster_reader import read_raster
@@ -541,3 +542,70 @@ def test_read_dicom_directly_from_bytes() -> None:
     decoded = read_dicom(to_bytes(make_ds(arr, bits_stored=12, windows=[(2048, 4096)])), "mem://x")
     assert decoded.info.source == "mem://x"
     np.testing.assert_allclose(decoded.pixels, arr / 4095.0, atol=1e-6)
+
+
+# --------------------------------------------------------------- hostile files: bounded before decoding
+
+def test_a_deflate_bomb_is_refused_before_it_inflates(tmp_path: Path) -> None:
+    """A small deflated dataset whose private element inflates to 64 MB: refused from the bounded
+    inflate (the film itself would be within the limits), without pydicom inflating it whole."""
+    import time
+
+    ds = make_ds(chest_like(bits=12), bits_stored=12, windows=[(2048, 4096)])
+    ds.add_new(0x00091010, "OB", b"\0" * (64 * 1024 * 1024))     # the payload a bomb hides
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    data = to_bytes(ds)
+    assert len(data) < 200_000                                     # ~1000:1 on the wire
+    started = time.perf_counter()
+    with pytest.raises(ImageTooLargeError, match="decompression bomb") as err:
+        read_image(data, source="bomb.dcm", limits=DecodeLimits(max_pixels=1_000_000))
+    assert time.perf_counter() - started < 5 and err.value.reason == "image_too_large"
+    # the same file is read when the limits allow what it holds (the bound is what a film can hold)
+    assert read_image(data, limits=DecodeLimits(max_pixels=20_000_000)).pixels.shape == (96, 80)
+    # a damaged deflate stream is a read error, not a crash
+    from regionmir.dicom_reader import _file_meta
+
+    syntax, meta_end = _file_meta(data)
+    assert syntax == DeflatedExplicitVRLittleEndian
+    with pytest.raises(ImageReadError):
+        read_image(data[:meta_end] + b"\xff" * 64, source="broken.dcm")
+
+
+def test_a_jpeg2000_code_stream_bigger_than_its_header_is_refused(tmp_path: Path) -> None:
+    ds = make_ds(chest_like(bits=12), bits_stored=12, windows=[(2000, 3000)])
+    twin = compressed(ds, JPEG2000Lossless, encoding_plugin="pylibjpeg")
+    frame = bytearray(next(f for f in pydicom.encaps.generate_fragments(twin.PixelData) if f.startswith(b"\xff\x4f")))
+    at = frame.find(b"\xff\x4f\xff\x51")
+    frame[at + 8:at + 16] = (200_000).to_bytes(4, "big") + (200_000).to_bytes(4, "big")   # Xsiz, Ysiz
+    forged = encapsulated(ds, JPEG2000Lossless, bytes(frame))
+    with pytest.raises(ImageTooLargeError, match="200000 x 200000"):
+        read_image(to_bytes(forged), source="forged.dcm")
+    frame[at + 8:at + 16] = (80).to_bytes(4, "big") + (97).to_bytes(4, "big")               # one row more
+    with pytest.raises(ImageReadError, match="80 x 97 but Rows x Columns say 80 x 96"):
+        read_image(to_bytes(encapsulated(ds, JPEG2000Lossless, bytes(frame))), source="forged.dcm")
+
+
+@pytest.mark.parametrize("slope", ["NaN", "inf", "-inf"])
+def test_a_rescale_that_makes_pixels_nan_is_a_clear_error(tmp_path: Path, slope: str) -> None:
+    ds = make_ds(chest_like(bits=12), bits_stored=12, windows=[(2000, 3000)])
+    ds.RescaleSlope, ds.RescaleIntercept = slope, "0"
+    with pytest.raises(PixelValueError, match="RescaleSlope") as err:
+        read_image(to_bytes(ds), source="nan.dcm")
+    assert err.value.reason == "bad_pixel_values" and "nan.dcm" in str(err.value)
+
+
+def test_decode_limits_check_the_header_side_and_shape(tmp_path: Path) -> None:
+    limits = DecodeLimits(max_pixels=60_000_000, max_side=8192, max_aspect=4.0)
+    limits.check("ok", 7740, 7740)
+    limits.check("ok", 1500, 4096)
+    with pytest.raises(ImageTooLargeError, match="longer side"):
+        limits.check("strip", 39000, 1500)
+    with pytest.raises(ImageShapeError, match="side ratio of 5.0") as err:
+        limits.check("strip", 5000, 1000)
+    assert err.value.reason == "bad_image_shape"
+    with pytest.raises(ImageTooLargeError, match="pixels exceeds"):
+        limits.check("big", 8000, 8000)
+    ds = make_ds(np.zeros((40, 400), np.uint16), bits_stored=12)            # a 10:1 DICOM strip
+    with pytest.raises(ImageShapeError):
+        read_image(to_bytes(ds), limits=DecodeLimits(max_aspect=4.0))
+    assert read_image(to_bytes(ds)).pixels.shape == (40, 400)             # the library's defaults accept it

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from regionmir.errors import ImageReadError, ImageTooLargeError, MissingImageError, UnsupportedImageError
+from regionmir.errors import (ImageReadError, ImageTooLargeError, MissingImageError, NotAnImageError,
+                              UnsupportedImageError)
 from regionmir.image_reader import describe, read_image, sniff_format
 from regionmir.raster_reader import read_raster
 
@@ -174,7 +175,11 @@ def test_animated_png_refused(tmp_path: Path) -> None:
 def test_garbage_bytes_raise_read_error(data: bytes) -> None:
     with pytest.raises(ImageReadError) as err:
         read_image(data, source="upload.bin")
-    assert type(err.value) is ImageReadError and "upload.bin" in str(err.value)
+    assert "upload.bin" in str(err.value)
+    # no image at all is the caller's wrong media type; an image's signature with junk is a damaged image
+    no_image = not data.startswith((b"\x89PNG", b"\xff\xd8"))
+    assert type(err.value) is (NotAnImageError if no_image else ImageReadError)
+    assert err.value.reason == ("unsupported_media_type" if no_image else "unreadable_image")
 
 
 def test_garbage_message_and_sniffing(tmp_path: Path) -> None:
