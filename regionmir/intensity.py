@@ -23,8 +23,9 @@ def rescale_to_unit(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     # Up to 16-bit integers and float32 are exact enough in float32 (24-bit mantissa); wider
     # inputs (float64 modality values, 32-bit integers) are computed in float64.
     exact_in_float32 = values.dtype in (np.uint8, np.int8, np.uint16, np.int16, np.float32)
-    work = values.astype(np.float32 if exact_in_float32 else np.float64, copy=False)
-    out = (work - work.dtype.type(lo)) / work.dtype.type(span)
+    out = values.astype(np.float32 if exact_in_float32 else np.float64)   # the one working copy
+    out -= out.dtype.type(lo)
+    out /= out.dtype.type(span)
     np.clip(out, 0.0, 1.0, out=out)
     return out.astype(np.float32, copy=False)
 

@@ -45,13 +45,16 @@ _COLOUR = ("RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "P", "PA", "LAB", "HS
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, IndexError)
 
 
-def _luminance(rgb: np.ndarray, rows_per_block: int = 256) -> np.ndarray:
-    """0.299 R + 0.587 G + 0.114 B as float32, a block of rows at a time (temporaries stay small)."""
-    out = np.empty(rgb.shape[:2], dtype=np.float32)
+def _luminance(image: Image.Image, rows_per_block: int = 256) -> np.ndarray:
+    """0.299 R + 0.587 G + 0.114 B of a colour image as float32, a band of rows at a time: besides
+    Pillow's own decoded copy, only the result and one small band are ever in memory."""
+    width, height = image.size
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    out = np.empty((height, width), dtype=np.float32)
     weights = _LUMA.astype(np.float32)
-    for top in range(0, rgb.shape[0], rows_per_block):
-        block = rgb[top:top + rows_per_block].astype(np.float32)
-        out[top:top + rows_per_block] = block @ weights
+    for top in range(0, height, rows_per_block):
+        band = np.asarray(rgb.crop((0, top, width, min(height, top + rows_per_block))), dtype=np.float32)
+        out[top:top + rows_per_block] = band @ weights
     return out
 
 
@@ -102,7 +105,7 @@ def read_raster(data: bytes, source: str, *, max_pixels: int = DEFAULT_MAX_PIXEL
                 if mode == "I" and grey.size and (grey.min() < 0 or grey.max() > 65535):
                     raise UnsupportedImageError(source, "32-bit integer PNG values outside 0..65535")
             elif mode in _COLOUR:
-                grey = _luminance(np.asarray(image.convert("RGB")))
+                grey = _luminance(image)
                 bits, full = 8, 255.0
                 photometric = "PALETTE COLOR" if mode in ("P", "PA") else "RGB"
                 notes.append(f"PIL mode {mode} converted to grey (luminance 0.299 R + 0.587 G + 0.114 B)")
@@ -119,7 +122,11 @@ def read_raster(data: bytes, source: str, *, max_pixels: int = DEFAULT_MAX_PIXEL
 
     if grey.shape != (height, width):
         raise ImageReadError(source, f"decoded shape {grey.shape}, expected ({height}, {width})")
-    pixels = rescale_to_unit(grey, 0.0, full)
+    if grey.dtype == np.float32:   # the luminance array is ours: scale it in place, no second copy
+        pixels = np.clip(np.divide(grey, full, out=grey), 0.0, 1.0, out=grey)
+    else:
+        pixels = rescale_to_unit(grey, 0.0, full)
+    del grey
     info = ImageInfo(
         source=source, format=fmt, width=width, height=height, photometric=photometric,
         bits_stored=bits, bits_allocated=bits, pixel_representation=0,

@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import io
+import contextlib
 import json
 import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,8 @@ PAGE_FILE = Path(__file__).with_name("page.html")
 DISPLAY_MAX_SIDE = 1024
 #: Films kept decoded for the crop/image endpoints (a result grid asks for many crops of few films).
 FILM_CACHE_SIZE = 4
+#: Seconds a 503 (overloaded, index or model unavailable) asks the caller to wait before retrying.
+RETRY_AFTER_S = 2
 #: Non-file form fields are short; anything longer is refused by the parser.
 MAX_FIELD_BYTES = 4096
 
@@ -238,7 +241,7 @@ def parse_box(text: str, width: int, height: int) -> Box:
         box = Box.parse(text)
         return require_valid_box(box, width, height)
     except BoxError as exc:
-        raise ApiError(422, exc.reason, f"box: {exc.message}") from None
+        raise from_library_error(exc, "box") from None
 
 
 class _FilmCache:
@@ -280,6 +283,7 @@ class QueryService:
         self.films = _FilmCache(FILM_CACHE_SIZE)
         self.metrics = get_metrics()
         self.timeout = settings.limits.request_timeout_s
+        self.film_slots = asyncio.Semaphore(settings.limits.films_in_memory)
 
     async def _call(self, what: str, awaitable: Awaitable[Any]) -> Any:
         try:
@@ -293,10 +297,11 @@ class QueryService:
         except Exception as exc:
             name = type(exc).__name__
             if "BackPressure" in name:
-                raise ApiError(503, "overloaded", f"the {what} is overloaded; retry shortly") from exc
+                raise ApiError(503, "overloaded", f"the {what} is overloaded; retry shortly",
+                               retry_after_s=RETRY_AFTER_S) from exc
             reason = "index_unavailable" if what == "index" else "model_unavailable"
             log.warning("%s call failed: %s", what, name)
-            raise ApiError(503, reason, f"the {what} is unavailable ({name})") from exc
+            raise ApiError(503, reason, f"the {what} is unavailable ({name})", retry_after_s=RETRY_AFTER_S) from exc
 
     # -- form handling
 
@@ -330,10 +335,26 @@ class QueryService:
         finally:
             await form.close()
 
+    @contextlib.asynccontextmanager
+    async def film_slot(self) -> AsyncIterator[None]:
+        """One of ``limits.films_in_memory`` places for a decoded film (decode → crops or
+        localisation), so concurrent big uploads cannot add up past the replica's memory. A
+        request that waits ``limits.film_wait_s`` without one gets 503 + Retry-After."""
+        limits = self.settings.limits
+        try:
+            await asyncio.wait_for(self.film_slots.acquire(), timeout=limits.film_wait_s)
+        except TimeoutError:
+            raise ApiError(503, "overloaded", f"this replica is decoding {limits.films_in_memory} films already; "
+                                              "retry shortly", retry_after_s=RETRY_AFTER_S) from None
+        try:
+            yield
+        finally:
+            self.film_slots.release()
+
     async def decode(self, data: bytes) -> DecodedImage:
         try:
             decoded = await asyncio.to_thread(read_image, data, source="upload",
-                                              max_pixels=self.settings.limits.max_pixels)
+                                              limits=self.settings.limits.decode_limits())
         except RegionMIRError as exc:
             raise from_library_error(exc, "image") from None
         except MemoryError:
@@ -361,34 +382,39 @@ class QueryService:
         if not box_text and self.atlas is None:
             raise ApiError(422, "no_atlas", "this service has no anatomy atlas: draw a box instead of naming a region")
 
-        t = time.perf_counter()
-        decoded = await self.decode(data)
-        pixels = decoded.pixels
-        timings["decode"] = _ms(t)
-        height, width = pixels.shape
-        if exclude_same_patient and not decoded.info.patient_hash:
-            raise ApiError(422, "no_patient_id", "exclude_same_patient: the upload names no patient (a DICOM with "
-                                                 "PatientID is needed to leave that patient's films out)")
-        filters = SearchFilters(anatomy=filter_anatomy, view=view, group_by=group_by,
-                                exclude_patient_hash=decoded.info.patient_hash if exclude_same_patient else None)
-
-        if box_text:
-            box = parse_box(box_text, width, height)
+        async with self.film_slot():  # the decoded film lives only inside this block
             t = time.perf_counter()
-            crops = await asyncio.to_thread(roi_crops, pixels, [box], self.crop)
-            timings["crop"] = _ms(t)
+            decoded = await self.decode(data)
+            del data
+            pixels = decoded.pixels
+            timings["decode"] = _ms(t)
+            height, width = pixels.shape
+            patient_hash = decoded.info.patient_hash
+            if exclude_same_patient and not patient_hash:
+                raise ApiError(422, "no_patient_id", "exclude_same_patient: the upload names no patient (a DICOM "
+                                                     "with PatientID is needed to leave that patient's films out)")
+            if box_text:
+                box = parse_box(box_text, width, height)
+                t = time.perf_counter()
+                crops = await asyncio.to_thread(roi_crops, pixels, [box], self.crop)
+                timings["crop"] = _ms(t)
+                del decoded, pixels
+            else:
+                t = time.perf_counter()
+                box, vector, probabilities, localization, encode_ms = await self.localize(anatomy, pixels)
+                timings["localize"] = _ms(t)
+                timings["encode"] = encode_ms
+                source = "atlas"
+                del decoded, pixels
+        filters = SearchFilters(anatomy=filter_anatomy, view=view, group_by=group_by,
+                                exclude_patient_hash=patient_hash if exclude_same_patient else None)
+        if box_text:
             t = time.perf_counter()
             out = await self._call("encoder", self.backend.embed(crops))
             timings["encode"] = _ms(t)
             vector = out["embeddings"][0]
             probabilities = out["probabilities"][0]
             source, localization = "user", None
-        else:
-            t = time.perf_counter()
-            box, vector, probabilities, localization, encode_ms = await self.localize(anatomy, pixels)
-            timings["localize"] = _ms(t)
-            timings["encode"] = encode_ms
-            source = "atlas"
 
         column = int(np.argmax(probabilities))
         predicted = ANATOMY_NAMES[self.class_ids[column]]
@@ -433,7 +459,7 @@ class QueryService:
             # Without a class for this region only the prior box can be chosen: embed just that one.
             boxes = atlas.propose(anatomy, width, height, n=cfg.candidates if column is not None else 1)
         except AtlasError as exc:
-            raise ApiError(422, exc.reason, exc.message) from None
+            raise from_library_error(exc, "anatomy") from None
         best = None
         step = 1.0
         for round_ in range(cfg.rounds if column is not None else 1):
@@ -463,9 +489,11 @@ class QueryService:
 
     async def preview(self, request: Request) -> Response:
         data, _ = await self.read_form(request)
-        pixels = (await self.decode(data)).pixels
-        height, width = pixels.shape
-        png, scale = await asyncio.to_thread(png_bytes, pixels, DISPLAY_MAX_SIDE)
+        async with self.film_slot():
+            pixels = (await self.decode(data)).pixels
+            height, width = pixels.shape
+            png, scale = await asyncio.to_thread(png_bytes, pixels, DISPLAY_MAX_SIDE)
+            del pixels
         return Response(png, media_type="image/png", headers={
             "X-Image-Width": str(width), "X-Image-Height": str(height), "X-Preview-Scale": f"{scale:.6f}",
             "Cache-Control": "no-store"})
@@ -565,8 +593,10 @@ def create_app(settings: ServeSettings, backend: Any, contract: ModelContract,
     def answer(error: ApiError, endpoint: str) -> JSONResponse:
         metrics.error(error.reason)
         metrics.requests.inc(1, tags={"endpoint": endpoint, "status": f"{error.status // 100}xx"})
-        headers = {"WWW-Authenticate": 'Bearer realm="regionmir"'} if error.status == 401 else None
-        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+        headers = {"WWW-Authenticate": 'Bearer realm="regionmir"'} if error.status == 401 else {}
+        if error.retry_after_s is not None:
+            headers["Retry-After"] = str(error.retry_after_s)
+        return JSONResponse(error.body(), status_code=error.status, headers=headers or None)
 
     async def guarded(endpoint: str, work: Callable[[], Awaitable[Any]]) -> Any:
         try:

@@ -50,11 +50,25 @@ class AuthSettings:
 
 @dataclass
 class LimitSettings:
+    """What one request may cost. Every real film fits: up to 4096 x 4096 px (8 or 16 bit, PNG or
+    any supported DICOM syntax) within 32 MB; the film limits are checked on the header, before any
+    pixel is decompressed."""
+
     max_upload_mb: float = 32.0          # 413 above this many MiB of request body
     max_pixels: int = 60_000_000         # 413 for films with more pixels (decompression bombs)
+    max_side: int = 8192                 # 413 for a longer side than this
+    max_aspect_ratio: float = 4.0        # 422 for films longer than 4:1 (no radiograph is)
     max_k: int = 100                     # 422 for k outside 1..max_k
     default_k: int = 10
-    request_timeout_s: float = 60.0      # per call to an inner deployment
+    request_timeout_s: float = 60.0      # per call to an inner deployment, and Serve's HTTP proxy
+    films_in_memory: int = 2             # decoded films a replica holds at once (decode → crops)
+    film_wait_s: float = 5.0             # how long a request waits for one of those; then 503 + Retry-After
+    index_timeout_s: float = 10.0        # deadline of every Milvus RPC the search replica makes
+
+    def decode_limits(self):
+        from regionmir.decoded_image import DecodeLimits
+
+        return DecodeLimits(max_pixels=self.max_pixels, max_side=self.max_side, max_aspect=self.max_aspect_ratio)
 
 
 @dataclass
@@ -107,6 +121,8 @@ class SearchSettings(DeploymentSettings):
 class IngressSettings(DeploymentSettings):
     max_replicas: int = 2
     max_ongoing_requests: int = 32
+    #: requests waiting for a replica beyond max_ongoing_requests; past it Serve answers 503
+    max_queued_requests: int = 64
     num_cpus: float = 0.5
 
 
@@ -191,8 +207,15 @@ class ServeSettings:
         if not 0 < self.http.port < 65536:
             raise ConfigError(f"http.port: {self.http.port} is not a TCP port")
         lim = self.limits
-        if lim.max_upload_mb <= 0 or lim.max_pixels <= 0 or lim.max_k < 1:
-            raise ConfigError("limits: max_upload_mb, max_pixels and max_k must be positive")
+        if lim.max_upload_mb <= 0 or lim.max_pixels <= 0 or lim.max_k < 1 or lim.max_side < 1:
+            raise ConfigError("limits: max_upload_mb, max_pixels, max_side and max_k must be positive")
+        if lim.max_aspect_ratio < 1:
+            raise ConfigError(f"limits.max_aspect_ratio={lim.max_aspect_ratio} must be >= 1")
+        if lim.films_in_memory < 1 or lim.film_wait_s < 0 or lim.index_timeout_s <= 0 or lim.request_timeout_s <= 0:
+            raise ConfigError("limits: films_in_memory >= 1, film_wait_s >= 0, index_timeout_s and "
+                              "request_timeout_s > 0")
+        if self.ingress.max_queued_requests < 1:
+            raise ConfigError(f"ingress.max_queued_requests={self.ingress.max_queued_requests} must be >= 1")
         if not 1 <= lim.default_k <= lim.max_k:
             raise ConfigError(f"limits.default_k={lim.default_k} must lie in 1..max_k={lim.max_k}")
         for name in ("encoder", "search", "ingress"):

@@ -94,7 +94,8 @@ class SearchDeployment:
     def __init__(self, settings: dict, model_version: str):
         search = settings["search"]
         self.runtime = SearchRuntime(settings["milvus"], settings["collection"], model_version,
-                                     consistency_level=search["consistency_level"], search_ef=search["search_ef"])
+                                     consistency_level=search["consistency_level"], search_ef=search["search_ef"],
+                                     timeout_s=settings["limits"]["index_timeout_s"])
         self.metrics = get_metrics()
         self._last_gauge = 0.0
         self._update_gauge()
@@ -221,6 +222,7 @@ def build_app(settings: ServeSettings, *, atlas: AnatomyAtlas | None = None, bac
     data = settings.to_dict()
     atlas_json = atlas.to_json() if atlas is not None else None
     ingress_opts = dict(max_ongoing_requests=settings.ingress.max_ongoing_requests,
+                        max_queued_requests=settings.ingress.max_queued_requests,
                         ray_actor_options=_actor_options(settings.ingress.num_cpus),
                         **settings.ingress.serve_scaling())
     if backend_app:
@@ -303,7 +305,9 @@ def start_service(settings: ServeSettings, *, atlas: AnatomyAtlas | None = None,
     """Start Ray (if needed), Serve's HTTP proxy on ``http.host:http.port`` and the application;
     wait until its ``/readyz`` answers 200. Returns the base URL."""
     init_ray(settings)
-    http_options = {"host": settings.http.host, "port": settings.http.port}
+    http_options = {"host": settings.http.host, "port": settings.http.port,
+                    # the proxy gives up on a request (and answers 408) after this: none queues for ever
+                    "request_timeout_s": settings.limits.request_timeout_s}
     try:
         serve.start(http_options=http_options)
     except Exception as exc:  # the proxy was replaced while starting (a slow machine): the controller lives on

@@ -9,24 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from regionmir.errors import (
-    BoxError,
-    ImageReadError,
-    ImageTooLargeError,
-    RegionMIRError,
-    UnknownAnatomyError,
-    UnsupportedImageError,
-)
+from regionmir.errors import BoxError, RegionMIRError, UnknownAnatomyError
 
 
 class ApiError(Exception):
     """An error answered to the caller: HTTP ``status``, ``reason`` key, human ``message``."""
 
-    def __init__(self, status: int, reason: str, message: str, **extra: Any):
+    def __init__(self, status: int, reason: str, message: str, *, retry_after_s: int | None = None, **extra: Any):
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after_s = retry_after_s  # sent as Retry-After (503 overloaded / unavailable)
         self.extra = extra
 
     def body(self) -> dict[str, Any]:
@@ -37,7 +31,8 @@ class ApiError(Exception):
 REASONS: tuple[str, ...] = (
     "unauthorized", "missing_field", "bad_request", "bad_k", "bad_filter", "bad_key", "not_found",
     "upload_too_large", "image_too_large", "unreadable_image", "unsupported_image", "missing_image",
-    "unsupported_media_type", "bad_box", "box_outside_image", "box_inverted", "box_zero_area", "box_not_finite",
+    "unsupported_media_type", "bad_image_shape", "bad_pixel_values", "bad_box", "box_outside_image",
+    "box_inverted", "box_zero_area", "box_not_finite",
     "unknown_anatomy", "no_atlas", "no_atlas_entry", "no_candidate", "no_patient_id", "method_not_allowed",
     "index_unavailable", "model_unavailable", "storage_unavailable", "timeout", "overloaded", "internal",
 )
@@ -48,19 +43,26 @@ def reason_label(reason: str) -> str:
     return reason if reason in REASONS else "other"
 
 
+#: The one table from a library error's ``reason`` to the HTTP status of its answer. Anything a
+#: caller sent that the library refuses and that is not listed here is a 422.
+STATUS_BY_REASON: dict[str, int] = {
+    "image_too_large": 413,          # over max_pixels / max_side: a smaller film will do
+    "unsupported_media_type": 415,   # no image at all (empty, text, another file type)
+    "unreadable_image": 422,         # an image's signature with damaged content
+    "unsupported_image": 422,        # multi-frame, colour, an unknown transfer syntax
+    "bad_image_shape": 422,          # a strip no radiograph is
+    "bad_pixel_values": 422,         # a rescale that gives NaN / infinite pixels
+    "unknown_anatomy": 422,
+    "bad_box": 422, "box_outside_image": 422, "box_inverted": 422, "box_zero_area": 422, "box_not_finite": 422,
+    "missing_image": 404,            # a stored film the index names is gone
+}
+
+
 def from_library_error(exc: RegionMIRError, field: str | None = None) -> ApiError:
-    """The answer to a library error raised on user input."""
-    if isinstance(exc, ImageTooLargeError):
-        return ApiError(413, exc.reason, exc.message)
-    if isinstance(exc, UnsupportedImageError):
-        return ApiError(422, exc.reason, exc.message)
-    if isinstance(exc, ImageReadError):
-        # Bytes that are not an image at all: the media type is wrong; a damaged image: unprocessable.
-        if "not a DICOM, PNG or JPEG" in exc.message or "empty file" in exc.message:
-            return ApiError(415, "unsupported_media_type", f"{field or 'image'}: {exc.message}")
-        return ApiError(422, exc.reason, f"{field or 'image'}: {exc.message}")
+    """The answer to a library error raised on user input: its status from :data:`STATUS_BY_REASON`."""
+    status = STATUS_BY_REASON.get(exc.reason, 422)
+    where = field or ("anatomy" if isinstance(exc, UnknownAnatomyError) else "box" if isinstance(exc, BoxError)
+                      else "image")
     if isinstance(exc, UnknownAnatomyError):
-        return ApiError(422, exc.reason, exc.message, field=field or "anatomy", suggestions=list(exc.matches))
-    if isinstance(exc, BoxError):
-        return ApiError(422, exc.reason, f"{field or 'box'}: {exc.message}")
-    return ApiError(422, exc.reason, exc.message)
+        return ApiError(status, exc.reason, exc.message, field=where, suggestions=list(exc.matches))
+    return ApiError(status, exc.reason, f"{where}: {exc.message}")

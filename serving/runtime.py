@@ -91,8 +91,10 @@ class SearchRuntime:
     """The index connection of one process (a milvus-lite file may have only one)."""
 
     def __init__(self, milvus_uri: str, collection: str, model_version: str, *,
-                 consistency_level: str = "Bounded", search_ef: int = 64):
-        self.index = RegionIndex(milvus_uri, consistency_level=consistency_level, search_ef=search_ef)
+                 consistency_level: str = "Bounded", search_ef: int = 64, timeout_s: float | None = None):
+        # timeout_s: the deadline of every Milvus RPC (a hung server must not hold a replica thread)
+        self.index = RegionIndex(milvus_uri, consistency_level=consistency_level, search_ef=search_ef,
+                                 timeout=timeout_s)
         self.collection = collection
         self.model_version = model_version
 
