@@ -95,6 +95,7 @@ def save_model(directory: str, model: torch.nn.Module, contract: ModelContract,
     from dataclasses import replace
 
     contract = replace(contract, version_id=weights_version(contract.stage, weights))
+    storage.remove(storage.join(directory, CONTRACT_FILE), s3)   # no old contract over new weights
     storage.write_bytes(storage.join(directory, WEIGHTS_FILE), weights, s3)
     # The contract is written last: a directory with a contract holds complete weights.
     storage.write_text(storage.join(directory, CONTRACT_FILE), contract.to_json(), s3)

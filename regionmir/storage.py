@@ -18,8 +18,10 @@ when a filesystem is made, never at import time:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,15 +145,46 @@ def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes, s3: S3Options | None = None) -> None:
-    """Write (create parents for local paths)."""
+    """Write all of ``data`` or nothing: a reader never sees a half-written file.
+
+    Local paths (parents created) are written to a temporary file beside the target and renamed
+    over it; an object store's PUT is atomic already.
+    """
     fs, path = filesystem(uri, s3)
     try:
-        if not is_remote(uri):
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with fs.open(path, "wb") as handle:
-            handle.write(data)
+        if is_remote(uri):
+            with fs.open(path, "wb") as handle:
+                handle.write(data)
+            return
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=directory)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
     except OSError as exc:
         raise StorageError(uri, f"cannot write: {exc}") from exc
+
+
+def remove(uri: str, s3: S3Options | None = None) -> bool:
+    """Delete a file or object; ``False`` when it was not there."""
+    fs, path = filesystem(uri, s3)
+    try:
+        if not fs.exists(path):
+            return False
+        fs.rm(path)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StorageError(uri, f"cannot delete: {exc}") from exc
 
 
 def read_text(uri: str, s3: S3Options | None = None) -> str:

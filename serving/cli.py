@@ -19,6 +19,7 @@ import threading
 from collections.abc import Sequence
 
 from .config import ConfigError, ServeSettings
+from .startup_checks import require_secure
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(when there is no atlas.json)")
     p.add_argument("--address", help="join this Ray cluster (default $RAY_ADDRESS, else start a local one)")
     p.add_argument("--print-config", action="store_true", help="print the merged settings and exit")
+    p.add_argument("--insecure-dev", action="store_true",
+                   help="start without an API key or with the public identifier salt (demos and tests on a "
+                        "private machine only; refused otherwise)")
     return p
 
 
@@ -52,9 +56,12 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(settings.redacted(), indent=1))
             return 0
         settings.validate()
+        insecure = require_secure(settings, args.insecure_dev)
     except ConfigError as exc:
         print(f"regionmir serve: {exc}", file=sys.stderr)
         return 2
+    for problem in insecure:
+        print(f"[serve] warning (--insecure-dev): {problem}", file=sys.stderr, flush=True)
 
     from regionmir.errors import RegionMIRError
 
@@ -64,9 +71,6 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.atlas_from:
             atlas = fit_atlas(args.atlas_from)
-        if not settings.auth.api_key:
-            print("[serve] warning: no API key configured (REGIONMIR_API_KEY): /v1/* is open to anyone "
-                  "who can reach the port", file=sys.stderr, flush=True)
         base = start_service(settings, atlas=atlas)
     except (RegionMIRError, ConfigError, TimeoutError) as exc:
         print(f"regionmir serve: {exc}", file=sys.stderr)

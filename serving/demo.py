@@ -8,7 +8,7 @@ runs), the anatomy atlas learned from the training films beside it (``DIR/model/
 milvus-lite index of every region of the training films (``DIR/regions.db``, alias ``regions``),
 embedded in this process without Ray. Then::
 
-    regionmir serve --model DIR/model --milvus DIR/regions.db
+    regionmir serve --model DIR/model --milvus DIR/regions.db --insecure-dev
 
 It runs as its own process on purpose: milvus-lite locks the ``.db`` file for the life of the
 process that opened it, and the service's search replica must be the only one.
@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary))
     else:
         print(json.dumps(summary, indent=1))
-        print(f"\nnow: regionmir serve --model {summary['model']} --milvus {summary['milvus']}")
+        print(f"\nnow: regionmir serve --model {summary['model']} --milvus {summary['milvus']} --insecure-dev"
+              "\n(a real deployment sets REGIONMIR_API_KEY and REGIONMIR_ID_SALT instead of --insecure-dev)")
     return 0
 
 

@@ -252,8 +252,16 @@ def app_builder(args: dict[str, Any]):
     ``import_path: serving.deployments:app_builder`` with the settings of a ``regionmir serve`` config
     file as the application's ``args``. As for the command, the environment comes after them
     (``REGIONMIR_API_KEY`` from a Secret, ``REGIONMIR_SERVE__SECTION__KEY``); unknown keys are refused.
-    ``http.*`` and ``ray.*`` do not apply here: Serve's ``http_options`` and the cluster do."""
+    ``http.*`` and ``ray.*`` do not apply here: Serve's ``http_options`` and the cluster do.
+    Fails closed like the command: no API key or the public identifier salt is refused unless the
+    args say ``insecure_dev: true``."""
+    from .startup_checks import require_secure
+
+    args = dict(args or {})
+    insecure_dev = bool(args.pop("insecure_dev", False))
     settings = ServeSettings.load(data=args, data_source="application args")
+    for problem in require_secure(settings, insecure_dev):
+        log.warning("insecure_dev: %s", problem)
     return build_app(settings)
 
 

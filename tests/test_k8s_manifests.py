@@ -546,6 +546,9 @@ def rayservice_problems(doc: dict, where: str) -> list[str]:
         keys = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in c.get("env", [])}
         if keys.get("REGIONMIR_API_KEY") != {"name": "regionmir-api-key", "key": "api-key"}:
             problems.append(f"{where}: container {c['name']} must take REGIONMIR_API_KEY from Secret regionmir-api-key")
+        if keys.get("REGIONMIR_ID_SALT") != {"name": "regionmir-id-salt", "key": "id-salt"}:
+            problems.append(f"{where}: container {c['name']} must take REGIONMIR_ID_SALT from Secret regionmir-id-salt "
+                            "(the service refuses the public default salt)")
     return problems
 
 
@@ -769,7 +772,7 @@ def test_ingress_points_at_the_kuberay_serve_service():
 def test_secret_templates_match_what_the_pods_reference():
     secrets = {d["metadata"]["name"]: set(d["stringData"]) for _, d in raw_documents() if d["kind"] == "Secret"}
     assert secrets == {"regionmir-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
-                       "regionmir-api-key": {"api-key"}}
+                       "regionmir-api-key": {"api-key"}, "regionmir-id-salt": {"id-salt"}}
     for path in manifest_files():
         if "secrets" not in path.parts:
             assert "kind: Secret" not in path.read_text(), f"{path}: Secrets stay templates in k8s/secrets"
@@ -900,3 +903,17 @@ def test_a_wrong_field_in_a_prometheus_operator_kind_fails(kind, edit, name):
     edit(doc)
     problems = document_problems(doc, kind)
     assert any(name in p for p in problems), problems
+
+
+def test_the_index_job_hashes_patients_with_the_services_salt():
+    """Patient hashes in the index and in a query must match: the index job's Ray pods take the
+    same REGIONMIR_ID_SALT Secret as the RayService's."""
+    jobs = [(where, d) for where, d in raw_documents() if d["kind"] == "RayJob" and "jobs/index.yaml" in where]
+    assert jobs, "no index RayJob found"
+    for where, job in jobs:
+        cluster = job["spec"]["rayClusterSpec"]
+        templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+        for container in [c for t in templates for c in _containers(t)]:
+            keys = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in container.get("env", [])}
+            assert keys.get("REGIONMIR_ID_SALT") == {"name": "regionmir-id-salt", "key": "id-salt"}, \
+                f"{where}: {container['name']}"

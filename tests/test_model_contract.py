@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 
 from regionmir.anatomy import STANDARD_29_IDS
 from regionmir.encoder import RegionEncoder, load_preset
+from regionmir.errors import StorageError
 from regionmir.intensity import INTENSITY_CONVENTION
 from regionmir.model_contract import (CONTRACT_FILE, ModelContract, ModelContractError, load_model,
                                       read_contract, save_model)
@@ -71,3 +73,41 @@ def test_weights_that_do_not_match_the_version_are_refused(tmp_path):
 def test_missing_model_directory_is_named(tmp_path):
     with pytest.raises(ModelContractError, match="not a RegionMIR model directory"):
         load_model(str(tmp_path / "nothing"))
+
+
+def test_writes_are_whole_or_absent_and_a_rewritten_model_never_pairs_new_weights_with_an_old_contract(
+        tmp_path, monkeypatch):
+    from regionmir import storage
+
+    target = tmp_path / "model"
+    storage.write_bytes(str(target / "a.bin"), b"first")
+    real_replace = os.replace
+
+    def failing_replace(src, dst):  # the disk fills up at the last moment
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(StorageError, match="No space left"):
+        storage.write_bytes(str(target / "a.bin"), b"second, longer")
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (target / "a.bin").read_bytes() == b"first"                 # the old file, whole
+    assert [p.name for p in target.iterdir()] == ["a.bin"]            # no partial file left behind
+    assert storage.remove(str(target / "a.bin")) and not storage.remove(str(target / "a.bin"))
+
+    encoder = load_preset("resnet10-cpu")
+    model = RegionEncoder(encoder)
+    contract = _contract(encoder)
+    first = save_model(str(target), model, contract)
+    seen = []
+    real_write = storage.write_bytes
+
+    def watching_write(uri, data, s3=None):  # what a reader would find just before each write
+        seen.append((os.path.basename(uri), (target / "contract.json").exists()))
+        real_write(uri, data, s3)
+
+    monkeypatch.setattr(storage, "write_bytes", watching_write)
+    torch.nn.init.constant_(model.classification_head.bias, 0.5)
+    second = save_model(str(target), model, contract)
+    assert second.version_id != first.version_id
+    assert seen[0] == ("model.pt", False)          # the old contract was gone before new weights landed
+    assert load_model(str(target))[1].version_id == second.version_id

@@ -100,7 +100,7 @@ def test_the_query_service_deploys_across_the_worker_nodes_and_answers(three_nod
     port = free_ports(1)[0]
     process = subprocess.Popen(
         [sys.executable, "-m", "regionmir.cli", "serve", "--address", cluster.address, "--model", demo["model"],
-         "--milvus", demo["milvus"], "--host", "127.0.0.1", "--port", str(port)],
+         "--milvus", demo["milvus"], "--host", "127.0.0.1", "--port", str(port), "--insecure-dev"],
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = _Output(process)
     base = f"http://127.0.0.1:{port}"

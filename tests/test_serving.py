@@ -417,3 +417,26 @@ def test_a_prometheus_server_scrapes_the_search_latency_histogram(service, tmp_p
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+def test_serve_fails_closed_without_an_api_key_or_with_the_public_salt(monkeypatch, capsys):
+    from regionmir.identifiers import DEFAULT_SALT
+    from serving.cli import serve_main
+    from serving.deployments import app_builder
+    from serving.startup_checks import require_secure
+
+    for name in ("REGIONMIR_API_KEY", "REGIONMIR_API_KEY_FILE", "REGIONMIR_ID_SALT"):
+        monkeypatch.delenv(name, raising=False)
+    assert serve_main(["--model", "m", "--milvus", "x.db"]) == 2          # refused before Ray starts
+    err = capsys.readouterr().err
+    assert "refusing to start" in err and "no API key" in err and "REGIONMIR_ID_SALT" in err
+    assert "--insecure-dev" in err
+    with pytest.raises(ConfigError, match="refusing to start"):              # the RayService entry too
+        app_builder({"model": "m", "milvus": "x.db"})
+
+    settings = ServeSettings.from_dict({"model": "m", "milvus": "x.db", "auth": {"api_key": API_KEY}})
+    with pytest.raises(ConfigError, match="salt"):                           # a key alone is not enough
+        require_secure(settings, False, environ={"REGIONMIR_ID_SALT": DEFAULT_SALT})
+    assert require_secure(settings, False, environ={"REGIONMIR_ID_SALT": "s3cret-" + "9" * 20}) == []
+    problems = require_secure(ServeSettings.from_dict({"model": "m", "milvus": "x.db"}), True, environ={})
+    assert len(problems) == 2                                                # --insecure-dev: warned, not refused

@@ -111,8 +111,12 @@ def labelled_films(films: list, fraction: float, seed: int) -> list:
 
 
 def _export(checkpoint, target: str, s3: S3Options | None) -> None:
+    """Copy a checkpoint's model to ``target``. The contract marks a complete model: it is removed
+    first and written last (each file whole, see :func:`storage.write_bytes`), so a reader of
+    ``target`` sees the old model, no model, or the new one, never new weights under an old contract."""
     with checkpoint.as_directory() as directory:
-        for name in (WEIGHTS_FILE, CONTRACT_FILE):  # contract last: it marks a complete model
+        storage.remove(storage.join(target, CONTRACT_FILE), s3)
+        for name in (WEIGHTS_FILE, CONTRACT_FILE):
             with open(os.path.join(directory, name), "rb") as handle:
                 storage.write_bytes(storage.join(target, name), handle.read(), s3)
 

@@ -100,7 +100,8 @@ def _restore(checkpoint) -> dict[str, Any] | None:
         return None
     with checkpoint.as_directory() as directory:
         restored, _ = load_model(directory, map_location="cpu")
-        state = torch.load(os.path.join(directory, TRAIN_STATE_FILE), map_location="cpu", weights_only=False)
+        # tensors, numbers, strings and containers only: a checkpoint cannot run code when loaded
+        state = torch.load(os.path.join(directory, TRAIN_STATE_FILE), map_location="cpu", weights_only=True)
     state["model"] = restored.state_dict()
     return state
 
