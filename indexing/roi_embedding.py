@@ -24,7 +24,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from regionmir.boxes import Box
-from regionmir.errors import DatasetError, RegionMIRError
+from regionmir.errors import DatasetError, RegionMIRError, StorageError
 from regionmir.region_record import ImageRecord, RegionRecord, clamp_to_image
 from regionmir.roi_crop import CropConfig, roi_crop
 from regionmir.scan_report import ScanReport
@@ -180,6 +180,10 @@ def embedded_batches(records: list[ImageRecord], model_dir: str, crop: CropConfi
             yield embedder(batch)
 
 
+#: Skip reasons that mean "could not reach the film", not "the film is bad".
+STORAGE_REASONS = frozenset({"storage", "storage_denied"})
+
+
 class SkippedFilms:
     """The consumer's side of skipped films: drops placeholder rows, counts them by reason, and
     stops the job (``DatasetError``) once more than ``max_bad_fraction`` of ``total`` films failed."""
@@ -201,6 +205,11 @@ class SkippedFilms:
             self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
             if len(self.examples) < 5:
                 self.examples.append(str(batch["image_id"][i]))
+        unreachable = {r: n for r, n in self.by_reason.items() if r in STORAGE_REASONS}
+        if unreachable:  # storage down is not a bad film: stop before the index silently shrinks
+            raise StorageError(self.source, f"storage failed while reading films ({unreachable}, e.g. "
+                                            f"{', '.join(self.examples)}), after retries; nothing was switched "
+                                            "over: re-run the job once storage answers")
         if self.count > self.allowed:
             raise DatasetError(self.source, f"{self.count} of {self.total} films were unreadable, over the allowed "
                                             f"{self.max_bad_fraction:.0%} ({self.allowed}): {self.by_reason}, e.g. "

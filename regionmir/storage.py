@@ -22,6 +22,7 @@ import contextlib
 import os
 import posixpath
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +74,11 @@ class S3Options:
             client_kwargs["endpoint_url"] = self.endpoint_url
         kwargs["client_kwargs"] = client_kwargs
         path_style = self.path_style if self.path_style is not None else bool(self.endpoint_url)
-        config: dict[str, Any] = {"region_name": self.region}
+        # Deadlines on every call: a hung endpoint costs at most these, times botocore's and then
+        # read_bytes' own (bounded) retries, never a job or a replica thread.
+        config: dict[str, Any] = {"region_name": self.region, "connect_timeout": CONNECT_TIMEOUT_S,
+                                  "read_timeout": READ_TIMEOUT_S,
+                                  "retries": {"max_attempts": 2, "mode": "standard"}}
         if path_style:
             config["s3"] = {"addressing_style": "path"}
         kwargs["config_kwargs"] = config
@@ -128,20 +133,49 @@ def resolve(base_dir: str, path: str) -> str:
     return join(base_dir, path)
 
 
+#: Seconds to open a connection to / wait for bytes from an object store, per attempt.
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 60.0
+
+#: Attempts of a remote read before a transient failure (a dropped connection, a 503 from the
+#: object store) becomes a :class:`StorageError`, and the pause before each retry.
+READ_ATTEMPTS = 3
+RETRY_PAUSES_S = (0.5, 2.0)
+
+
 def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
-    """The whole object/file. Missing → :class:`MissingImageError`; other failures → StorageError."""
+    """The whole object/file. Missing → :class:`MissingImageError`; other failures → StorageError.
+
+    A remote read that fails for another reason than absence or permission is retried
+    (:data:`READ_ATTEMPTS`, pauses :data:`RETRY_PAUSES_S`): a storage hiccup is not a bad film.
+    """
     fs, path = filesystem(uri, s3)
+    attempts = READ_ATTEMPTS if is_remote(uri) else 1
+    for attempt in range(attempts):
+        try:
+            with fs.open(path, "rb") as handle:
+                return handle.read()
+        except FileNotFoundError as exc:
+            raise MissingImageError(uri, "no such file or object") from exc
+        except IsADirectoryError as exc:
+            raise MissingImageError(uri, "is a folder, not a file") from exc
+        except PermissionError as exc:
+            raise StorageError(uri, f"permission denied ({exc})", reason="storage_denied") from exc
+        except _transient_errors() as exc:
+            if attempt + 1 >= attempts:
+                raise StorageError(uri, f"cannot read after {attempts} attempt(s): {type(exc).__name__}: {exc}") from exc
+            time.sleep(RETRY_PAUSES_S[min(attempt, len(RETRY_PAUSES_S) - 1)])
+    raise AssertionError("unreachable")
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """What a read raises when storage (not the file) failed: OS errors, and botocore's own
+    connection errors, which s3fs lets through (an unreachable endpoint is not an OSError there)."""
     try:
-        with fs.open(path, "rb") as handle:
-            return handle.read()
-    except FileNotFoundError as exc:
-        raise MissingImageError(uri, "no such file or object") from exc
-    except IsADirectoryError as exc:
-        raise MissingImageError(uri, "is a folder, not a file") from exc
-    except PermissionError as exc:
-        raise StorageError(uri, f"permission denied ({exc})", reason="storage_denied") from exc
-    except OSError as exc:
-        raise StorageError(uri, f"cannot read: {exc}") from exc
+        from botocore.exceptions import BotoCoreError
+    except ImportError:  # no S3 support installed: only local paths reach here
+        return (OSError,)
+    return (OSError, BotoCoreError)
 
 
 def write_bytes(uri: str, data: bytes, s3: S3Options | None = None) -> None:

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import math
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -250,15 +251,19 @@ class _FilmCache:
     def __init__(self, size: int):
         self.size = size
         self.items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # get() runs in worker threads (asyncio.to_thread)
 
     def get(self, uri: str, load: Callable[[str], np.ndarray]) -> np.ndarray:
-        if uri in self.items:
+        with self._lock:
+            if uri in self.items:
+                self.items.move_to_end(uri)
+                return self.items[uri]
+        pixels = load(uri)  # outside the lock: one slow read does not hold up the others
+        with self._lock:
+            self.items[uri] = pixels
             self.items.move_to_end(uri)
-            return self.items[uri]
-        pixels = load(uri)
-        self.items[uri] = pixels
-        while len(self.items) > self.size:
-            self.items.popitem(last=False)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
         return pixels
 
 
@@ -515,7 +520,7 @@ class QueryService:
         except MissingImageError:
             raise ApiError(404, "missing_image", "the indexed film is no longer in storage") from None
         except StorageError as exc:
-            raise ApiError(503, "storage_unavailable", f"storage: {exc.message}") from None
+            raise ApiError(503, "storage_unavailable", f"storage: {exc.message}", retry_after_s=RETRY_AFTER_S) from None
         except RegionMIRError as exc:
             raise ApiError(500, "internal", f"the indexed film cannot be read ({exc.reason})") from None
 

@@ -440,3 +440,31 @@ def test_serve_fails_closed_without_an_api_key_or_with_the_public_salt(monkeypat
     assert require_secure(settings, False, environ={"REGIONMIR_ID_SALT": "s3cret-" + "9" * 20}) == []
     problems = require_secure(ServeSettings.from_dict({"model": "m", "milvus": "x.db"}), True, environ={})
     assert len(problems) == 2                                                # --insecure-dev: warned, not refused
+
+
+def test_the_film_cache_survives_threads():
+    """The result routes read films in worker threads: the cache's bookkeeping must not race."""
+    import threading
+
+    from serving.api import _FilmCache
+
+    cache, errors = _FilmCache(4), []
+
+    def load(uri: str) -> np.ndarray:
+        return np.full((2, 2), float(uri), np.float32)
+
+    def reader(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(2000):
+                uri = str(int(rng.integers(0, 12)))
+                assert cache.get(uri, load)[0, 0] == float(uri)
+        except Exception as exc:  # noqa: BLE001 - any failure in a thread fails the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(cache.items) <= 4

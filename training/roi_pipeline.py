@@ -32,7 +32,7 @@ import numpy as np
 from regionmir import storage
 from regionmir.boxes import Box
 from regionmir.dataset import open_dataset
-from regionmir.errors import DatasetError, RegionMIRError
+from regionmir.errors import DatasetError, RegionMIRError, StorageError
 from regionmir.region_record import ImageRecord, RegionRecord, clamp_to_image
 from regionmir.roi_crop import CropConfig, roi_crop, square_crop_box
 from regionmir.scan_report import ScanReport
@@ -119,6 +119,8 @@ class ContextCropper:
             self.seen += 1
             try:
                 decoded = read_image(row["image_uri"], s3=self.s3)
+            except StorageError:
+                raise  # storage down (after read_bytes' retries) is not a bad film: stop, do not shrink the cache
             except RegionMIRError as exc:
                 self.bad += 1
                 log.warning("skipping film %s: %s (%s)", row["image_id"], exc.reason, exc.message)
