@@ -787,6 +787,38 @@ class RegionIndex:
         self._require(name)
         self._call(name, self.client.flush, name)
 
+    # -- erasure
+
+    def collections(self) -> list[str]:
+        """Every collection on this server or file (aliases are not collections)."""
+        return sorted(str(n) for n in self._call("", self.client.list_collections))
+
+    def delete_rows(self, name: str, *, patient_hash: str | None = None, study_hash: str | None = None,
+                    image_id: str | None = None) -> list[str]:
+        """Delete the rows of one patient, study or image from collection ``name``; returns the image
+        ids whose rows were deleted (empty when none matched: deleting again is a no-op).
+
+        Exactly one selector is given; hashes are the salted hashes of :mod:`regionmir.identifiers`.
+        The deletion is flushed before returning, so a search right after no longer finds them.
+        """
+        _check_name(name)
+        chosen = {k: v for k, v in (("patient_hash", patient_hash), ("study_hash", study_hash),
+                                    ("image_id", image_id)) if v}
+        if len(chosen) != 1:
+            raise ValueError("give exactly one of patient_hash, study_hash, image_id (non-empty)")
+        (field_name, value), = chosen.items()
+        if field_name != "image_id" and not _HASH_RE.match(value):
+            raise ValueError(f"{field_name} must be a {HASH_HEX_CHARS}-hex hash, got {value!r}")
+        self._require(name)
+        expression = f"{field_name} == {quote_filter_value(value)}"
+        rows = self._loaded_call(name, self.client.query, name, filter=expression,
+                                 output_fields=["image_id"], consistency_level="Strong")
+        if not rows:
+            return []
+        self._call(name, self.client.delete, name, filter=expression)
+        self._call(name, self.client.flush, name)
+        return sorted({str(r["image_id"]) for r in rows})
+
     # -- reading
 
     def count(

@@ -1,0 +1,105 @@
+"""``regionmir delete``: erase one patient's, study's or image's rows from the index and the crop caches.
+
+    regionmir delete --milvus URI (--patient ID | --study UID | --image ID) [--crop-cache DIR ...]
+
+An erasure request names a patient (or a study, or one image) in the clear; the index holds only
+salted hashes (:mod:`regionmir.identifiers`), so the ID is hashed here with ``REGIONMIR_ID_SALT``
+— the salt the index was built with — and never printed or logged. Every collection on the server
+(or in the milvus-lite file) loses the matching rows, whatever model version or alias they serve;
+each crop cache given loses the crops of the same images (its shards rewritten, its
+``_COMPLETE.json`` row count updated). Running it again deletes nothing and says so: the
+command is idempotent and prints what it removed as one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from regionmir.errors import RegionMIRError
+from regionmir.identifiers import hash_identifier
+
+from .region_index import RegionIndex
+
+
+def erase(milvus: str, *, patient: str | None = None, study: str | None = None, image: str | None = None,
+          crop_caches: Sequence[str] = ()) -> dict:
+    """Delete the selected rows everywhere; returns what was removed (hashes, never raw ids)."""
+    given = [v for v in (patient, study, image) if v]
+    if len(given) != 1:
+        raise ValueError("give exactly one of --patient, --study, --image")
+    selector = {"patient_hash": hash_identifier(patient)} if patient else \
+        {"study_hash": hash_identifier(study)} if study else {"image_id": str(image).strip()}
+    index = RegionIndex(milvus)
+    try:
+        rows_deleted: dict[str, int] = {}
+        images: set[str] = {selector["image_id"]} if "image_id" in selector else set()
+        for collection in index.collections():
+            before = index.count(collection)
+            gone = index.delete_rows(collection, **selector)
+            images.update(gone)
+            rows_deleted[collection] = before - index.count(collection)
+    finally:
+        index.close()
+    crops_deleted = {cache: _erase_from_crop_cache(Path(cache), images) for cache in crop_caches}
+    what, value = next(iter(selector.items()))
+    return {"selector": what, "value": value, "images": len(images), "rows_deleted": rows_deleted,
+            "rows_deleted_total": sum(rows_deleted.values()), "crop_rows_deleted": crops_deleted}
+
+
+def _erase_from_crop_cache(root: Path, images: set[str]) -> int:
+    """Rewrite every Parquet shard under ``root`` without the crops of ``images``; returns how
+    many crops were removed. A split's ``_COMPLETE.json`` row count follows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from training.roi_pipeline import COMPLETE_MARKER
+
+    if not root.exists():
+        raise FileNotFoundError(f"crop cache {root}: no such folder")
+    removed = 0
+    if not images:
+        return 0
+    for marker in sorted(root.rglob(COMPLETE_MARKER)):
+        split_removed = 0
+        for shard in sorted(marker.parent.glob("*.parquet")):
+            table = pq.read_table(shard)
+            keep = pc.invert(pc.is_in(table["image_id"], value_set=pa.array(sorted(images))))
+            kept = table.filter(keep)
+            if kept.num_rows != table.num_rows:
+                split_removed += table.num_rows - kept.num_rows
+                temporary = shard.with_suffix(".parquet.partial")
+                pq.write_table(kept, temporary)
+                temporary.replace(shard)
+        if split_removed:
+            info = json.loads(marker.read_text())
+            info["rows"] = int(info.get("rows", 0)) - split_removed
+            marker.write_text(json.dumps(info))
+        removed += split_removed
+    return removed
+
+
+def delete_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="regionmir delete", description=__doc__.splitlines()[0])
+    parser.add_argument("--milvus", required=True, help="PATH.db (milvus-lite) or http(s)://host:port")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--patient", help="patient id as in the data (hashed here with REGIONMIR_ID_SALT)")
+    which.add_argument("--study", help="study id / StudyInstanceUID as in the data (hashed likewise)")
+    which.add_argument("--image", help="image id (dicom_id) as in the index")
+    parser.add_argument("--crop-cache", action="append", default=[], metavar="DIR",
+                        help="a crop cache folder to erase the same images from (repeatable)")
+    args = parser.parse_args(list(argv))
+    try:
+        summary = erase(args.milvus, patient=args.patient, study=args.study, image=args.image,
+                        crop_caches=args.crop_cache)
+    except (RegionMIRError, ValueError, FileNotFoundError) as exc:
+        print(f"regionmir delete: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    if not summary["rows_deleted_total"] and not any(summary["crop_rows_deleted"].values()):
+        print("regionmir delete: nothing matched (already erased, or another salt/id)", file=sys.stderr)
+    return 0
