@@ -320,6 +320,29 @@ def test_same_patient_exclusion_grouping_by_study_and_tallies(index):
 
 
 @pytest.mark.integration
+def test_rows_of_a_patient_study_or_image_are_deleted_and_deleting_again_is_a_no_op(index):
+    name, rows = filled(index)
+    patient, study, image = rows[30].patient_hash, rows[0].study_hash, rows[50].image_id
+    assert name in index.collections()
+    gone = index.delete_rows(name, patient_hash=patient)          # patient-2: rows 24..35
+    assert gone == sorted({r.image_id for r in rows if r.patient_hash == patient})
+    assert index.count(name) == N_ROWS - 12 and index.count(name, exclude_patient_hash=patient) == N_ROWS - 12
+    [hits] = index.search(name, rows[30].vector, k=10)
+    assert all(h.patient_hash != patient for h in hits)
+    assert index.delete_rows(name, patient_hash=patient) == []     # idempotent
+    left = N_ROWS - 12
+    for selector, value in (("study_hash", study), ("image_id", image)):
+        matching = [r for r in rows if getattr(r, selector) == value and r.patient_hash != patient]
+        assert index.delete_rows(name, **{selector: value}) == sorted({r.image_id for r in matching})
+        left -= len(matching)
+        assert index.count(name) == left
+    with pytest.raises(ValueError, match="exactly one"):
+        index.delete_rows(name, patient_hash=patient, image_id=image)
+    with pytest.raises(ValueError, match="hex hash"):
+        index.delete_rows(name, patient_hash="x' or 1==1")
+
+
+@pytest.mark.integration
 def test_filter_values_are_escaped_on_the_server(index):
     name, rows = filled(index)
     odd = [r for r in rows if r.view == ODD_VIEW]
