@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from typing import Sequence
@@ -23,14 +22,13 @@ from regionmir.errors import DatasetError, RegionMIRError
 from regionmir.model_contract import read_contract
 from regionmir.storage import S3Options
 
-from .region_index import RegionIndex, RegionRow
+from .region_index import RegionIndex, RegionRow, model_collection_name
 
 DEFAULT_ALIAS = "regions"
 
 
-def build_collection_name(alias: str, model_version: str) -> str:
-    """The build collection for this alias and model: letters, digits and underscores only."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", f"{alias}__{model_version}")
+#: The build collection for this alias and model (see :func:`model_collection_name`).
+build_collection_name = model_collection_name
 
 
 def region_rows(batch: dict, model_version: str) -> list[RegionRow]:

@@ -379,6 +379,14 @@ def build_filter(
     return " and ".join(clauses)
 
 
+def model_collection_name(alias: str, model_version: str) -> str:
+    """The collection ``regionmir index`` fills for one model behind ``alias``:
+    ``<alias>__<model version>`` with letters, digits and underscores only. A service searches the
+    collection of its own model, so indexing another model (which moves the alias) never changes
+    what a running service answers."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"{alias}__{model_version}")
+
+
 #: Fields a search can keep one hit per (``group_by``): ``study`` → one region per study.
 GROUP_FIELDS = {"study": "study_hash", "patient": "patient_hash", "image": "image_id"}
 

@@ -25,11 +25,11 @@ from pathlib import Path
 
 
 def build_demo(out: str, images: int = 10, size: int = 160, seed: int = 3, model: str | None = None,
-               data: str | None = None) -> dict:
+               data: str | None = None, milvus: str | None = None) -> dict:
     import numpy as np
     import torch
 
-    from indexing.region_index import RegionIndex, RegionRow
+    from indexing.region_index import RegionIndex, RegionRow, model_collection_name
     from regionmir.anatomy import ANATOMY_NAMES, STANDARD_29_IDS
     from regionmir.anatomy_atlas import AnatomyAtlas
     from regionmir.dataset import open_dataset
@@ -60,9 +60,9 @@ def build_demo(out: str, images: int = 10, size: int = 160, seed: int = 3, model
     atlas = AnatomyAtlas.fit_records(records, source=f"train split of {data_dir}")
     atlas_path = atlas.save(model_dir)
 
-    db = str(root / "regions.db")
+    db = milvus or str(root / "regions.db")
     index = RegionIndex(db)
-    collection = "regions_demo"
+    collection = model_collection_name("regions", contract.version_id)  # as `regionmir index` names it
     index.create_collection(collection, contract.encoder_config.embedding_dim, exist_ok=True)
     rows = []
     for record in records:
@@ -113,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--model", help="serve this trained model instead of a random one")
     p.add_argument("--data", help="index this data set instead of writing phantoms")
+    p.add_argument("--milvus", help="index into this Milvus (http://host:port or a .db) instead of OUT/regions.db")
     p.add_argument("--json", action="store_true", help="print only the summary as one JSON line")
     args = p.parse_args(argv)
     summary = build_demo(args.out, images=args.images, size=args.size, seed=args.seed, model=args.model,
-                         data=args.data)
+                         data=args.data, milvus=args.milvus)
     if args.json:
         print(json.dumps(summary))
     else:

@@ -10,6 +10,7 @@ laptop without Ray).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Sequence
@@ -18,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from indexing.region_index import RegionHit, RegionIndex
+from indexing.region_index import RegionHit, RegionIndex, model_collection_name
 from regionmir.model_contract import load_model
+
+log = logging.getLogger("ray.serve")
 
 #: Row keys are 32 lowercase hex characters (:func:`indexing.region_index.row_key`).
 KEY_RE = re.compile(r"[0-9a-f]{32}")  # use fullmatch
@@ -95,8 +98,20 @@ class SearchRuntime:
         # timeout_s: the deadline of every Milvus RPC (a hung server must not hold a replica thread)
         self.index = RegionIndex(milvus_uri, consistency_level=consistency_level, search_ef=search_ef,
                                  timeout=timeout_s)
-        self.collection = collection
+        self.alias = collection
         self.model_version = model_version
+        self.collection = collection
+        self._use_own_collection()
+
+    def _use_own_collection(self) -> None:
+        """Search ``<alias>__<model version>`` (what ``regionmir index`` built for this model) when it
+        exists, so indexing a new model — which moves the alias — never empties this service's
+        answers; else the alias (rows filtered by model version, as always)."""
+        own = model_collection_name(self.alias, self.model_version)
+        if self.collection != own and own in self.index.collections():
+            self.collection = own
+            log.info("search: collection %s of the served model (alias %s is left to `regionmir index`)",
+                     own, self.alias)
 
     def search(self, vector: Sequence[float], k: int, filters: SearchFilters = SearchFilters()) -> list[dict[str, Any]]:
         hits = self.index.search(self.collection, np.asarray(vector, dtype=np.float32), k=k, anatomy=filters.anatomy,
@@ -116,7 +131,8 @@ class SearchRuntime:
 
     def status(self) -> dict[str, Any]:
         """``rows`` in the collection, ``model_rows`` of the served model version; raises when unreachable."""
-        return {"collection": self.collection, "rows": self.index.count(self.collection),
+        self._use_own_collection()  # an index built after start-up is picked up by the next readiness check
+        return {"collection": self.collection, "alias": self.alias, "rows": self.index.count(self.collection),
                 "model_rows": self.count_for_model(), "model_version": self.model_version,
                 "uri": self.index.display_uri}
 

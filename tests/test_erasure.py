@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from indexing.erasure import delete_main
-from indexing.region_index import RegionIndex
+from indexing.region_index import RegionIndex, model_collection_name
 from regionmir.identifiers import hash_identifier
 
 integration = pytest.mark.integration
@@ -71,7 +71,7 @@ def test_deleting_a_patient_removes_every_row_and_a_rerun_removes_nothing(demo, 
 
     summary = _delete(capsys, "--milvus", db, "--patient", patient)
     assert summary["selector"] == "patient_hash" and summary["value"] == patient_hash
-    assert summary["rows_deleted_total"] == before[patient_hash] == summary["rows_deleted"]["regions_demo"]
+    assert summary["rows_deleted_total"] == before[patient_hash] == summary["rows_deleted"][model_collection_name("regions", demo["model_version"])]
     assert patient not in json.dumps(summary)                       # the raw id is never printed
     after = _rows_by(db, "patient_hash")
     assert patient_hash not in after
