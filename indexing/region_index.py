@@ -120,7 +120,16 @@ FIELDS: tuple[str, ...] = (
 #: What a search hands back for each hit (everything but the vector).
 OUTPUT_FIELDS: tuple[str, ...] = tuple(f for f in FIELDS if f != "vector")
 
-_SCHEMA_DESCRIPTION = "RegionMIR ROI embeddings, schema v1"
+#: The row layout this code writes and reads; bumped whenever a field is added or changed. Every
+#: collection records it in its description; one with another version is refused with the command
+#: that rebuilds it.
+SCHEMA_VERSION = 1
+_SCHEMA_RE = re.compile(r"schema v(\d+)")
+
+
+def _schema_description() -> str:
+    return f"RegionMIR ROI embeddings, schema v{SCHEMA_VERSION}"
+
 _KEY_HEX_CHARS = 32  # 128 bits of SHA-256
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
 _HASH_RE = re.compile(rf"^(|[0-9a-f]{{{HASH_HEX_CHARS}}})$")
@@ -529,6 +538,7 @@ class RegionIndex:
         if token is None:
             token = os.environ.get(TOKEN_ENV, "")
         self._loaded: set[str] = set()  # names this client has seen loaded
+        self._schema_checked: set[str] = set()  # names whose schema version this client has checked
         if self.is_local_file and os.path.dirname(self.uri):
             os.makedirs(os.path.dirname(self.uri), exist_ok=True)  # milvus-lite wants the folder to exist
         try:
@@ -607,6 +617,29 @@ class RegionIndex:
     def _require(self, name: str) -> None:
         if not self._call(name, self.client.has_collection, name):
             raise IndexNotFoundError(self.display_uri, name, "no such collection or alias")
+        if name not in self._schema_checked:
+            self._check_schema(name)
+            self._schema_checked.add(name)
+
+    def _check_schema(self, name: str) -> None:
+        """Refuse a collection of another row schema, naming the command that rebuilds it.
+
+        The version is read from the collection's description where the server keeps it (a Milvus
+        server; milvus-lite drops descriptions) and, everywhere, from its fields: a collection
+        without a field this code writes is older.
+        """
+        described = self._call(name, self.client.describe_collection, name)
+        found = _SCHEMA_RE.search(str(described.get("description") or ""))
+        version = int(found.group(1)) if found else None
+        missing = [f for f in FIELDS if f not in {field["name"] for field in described.get("fields", [])}]
+        if missing or (version is not None and version != SCHEMA_VERSION):
+            newer = version is not None and version > SCHEMA_VERSION and not missing
+            what = f"v{version}" if version is not None else f"without field(s) {missing}"
+            raise SchemaMismatchError(
+                self.display_uri, name,
+                f"was built with {'a newer' if newer else 'an older'} row schema ({what}; this RegionMIR "
+                f"reads v{SCHEMA_VERSION}): rebuild it with `regionmir index --data DATA --model MODEL "
+                "--milvus URI` (a new collection; the alias moves when it is complete)")
 
     def _dimension(self, name: str) -> int:
         """The vector dimension of collection (or alias) ``name``; checks it has the region schema."""
@@ -656,7 +689,7 @@ class RegionIndex:
             return
 
         schema = MilvusClient.create_schema(
-            auto_id=False, enable_dynamic_field=False, description=_SCHEMA_DESCRIPTION
+            auto_id=False, enable_dynamic_field=False, description=_schema_description()
         )
         schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=VARCHAR_FIELDS["key"])
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)

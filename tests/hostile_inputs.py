@@ -83,14 +83,16 @@ def deflate_bomb_dicom(inflated_bytes: int = 4 * 1024 ** 3) -> bytes:
     deflated = dicom_bytes(ds)
     _, meta_end = _file_meta(deflated)
     packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    parts = [deflated[:meta_end], packer.compress(plain[body_start:]),
-             # (7FE1,1010) OB, after the pixel data so the tag order stays valid
-             packer.compress(b"\xe1\x7f\x10\x10OB\x00\x00" + int(inflated_bytes).to_bytes(4, "little"))]
+    parts = [deflated[:meta_end], packer.compress(plain[body_start:])]
     block = b"\0" * (64 * 1024 * 1024)
-    left = int(inflated_bytes)
-    while left > 0:
-        parts.append(packer.compress(block[:min(left, len(block))]))
-        left -= len(block)
+    left, element = int(inflated_bytes), 0x1010
+    while left > 0:  # private OB elements (7FE1,10xx) after the pixel data, at most 2 GiB each
+        size = min(left, 2 * 1024 ** 3)
+        parts.append(packer.compress(b"\xe1\x7f" + element.to_bytes(2, "little") + b"OB\x00\x00"
+                                     + size.to_bytes(4, "little")))
+        for start in range(0, size, len(block)):
+            parts.append(packer.compress(block[:min(len(block), size - start)]))
+        left, element = left - size, element + 1
     parts.append(packer.flush())
     return b"".join(parts)
 

@@ -343,6 +343,22 @@ def test_rows_of_a_patient_study_or_image_are_deleted_and_deleting_again_is_a_no
 
 
 @pytest.mark.integration
+def test_a_collection_of_another_schema_version_names_the_rebuild_command(index, backend, monkeypatch):
+    import indexing.region_index as region_index
+
+    name, rows = filled(index, make_rows(12))
+    # this code moved on to a new row layout: version 2, with a field the old collection lacks
+    monkeypatch.setattr(region_index, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(region_index, "FIELDS", (*region_index.FIELDS, "series_uid"))
+    with backend.open() as upgraded:
+        with pytest.raises(SchemaMismatchError, match=r"older row schema \((v1|without field\(s\) \['series_uid'\]); "
+                                                        r"this RegionMIR reads v2\).*regionmir index"):
+            upgraded.count(name)
+    monkeypatch.undo()
+    assert index.count(name) == 12
+
+
+@pytest.mark.integration
 def test_filter_values_are_escaped_on_the_server(index):
     name, rows = filled(index)
     odd = [r for r in rows if r.view == ODD_VIEW]
