@@ -57,7 +57,10 @@ def test_the_head_trains_nothing_and_every_node_exports_metrics(path):
     config = _load(path)
     head = " ".join(config["head_start_ray_commands"])
     workers = " ".join(config["worker_start_ray_commands"])
-    assert "--head" in head and "--num-cpus=0" in head and "--dashboard-host=0.0.0.0" in head
+    assert "--head" in head and "--num-cpus=0" in head
+    # the dashboard (and its job server) answer on the head's loopback only: reach them through
+    # `ray dashboard CONFIG`'s SSH forward, never from the network
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
     port = re.search(r"--port=(\d+)", head).group(1)
     assert f"--address=$RAY_HEAD_IP:{port}" in workers
     for commands in (head, workers):
