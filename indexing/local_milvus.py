@@ -167,9 +167,14 @@ class MilvusLiteServer(LocalMilvusServer):
     stop_signal = signal.SIGINT
     start_timeout_s = 120.0
 
+    #: Set to keep the same port across restarts (clients that stay connected then find the server
+    #: again, as they would a production server coming back at its address); ``None``: a free port
+    #: each start.
+    port: int | None = None
+
     def command(self) -> tuple[list[str], dict[str, str]]:
         executable = _venv_command("milvus-lite", "it comes with milvus-lite (pip install -e .[dev])")
-        (port,) = _free_ports(1)
+        port = self.port or _free_ports(1)[0]
         self.uri = f"http://127.0.0.1:{port}"
         command = [executable, "server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
                    "--port", str(port)]
