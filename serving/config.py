@@ -61,7 +61,7 @@ class LimitSettings:
     max_k: int = 100                     # 422 for k outside 1..max_k
     default_k: int = 10
     request_timeout_s: float = 60.0      # per call to an inner deployment, and Serve's HTTP proxy
-    films_in_memory: int = 2             # decoded films a replica holds at once (decode → crops)
+    films_in_memory: int = 1             # decoded films a replica holds at once (decode → crops)
     film_wait_s: float = 5.0             # how long a request waits for one of those; then 503 + Retry-After
     index_timeout_s: float = 10.0        # deadline of every Milvus RPC the search replica makes
 

@@ -185,11 +185,19 @@ def resolve_gpus(value: float | str) -> float:
     return float(value)
 
 
-def _actor_options(num_cpus: float, num_gpus: float = 0.0) -> dict[str, Any]:
+#: glibc settings for the replica that decodes uploads: every allocation over 1 MiB is its own
+#: mmap, returned to the system when freed. By default glibc raises that threshold after the first
+#: big free (up to 32 MiB), so decoded films end up on the heap, fragment it, and a replica that
+#: has decoded a few large films keeps their memory for good.
+DECODER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 20),
+                      "MALLOC_ARENA_MAX": "2"}
+
+
+def _actor_options(num_cpus: float, num_gpus: float = 0.0, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     options: dict[str, Any] = {"num_cpus": num_cpus}
     if num_gpus:
         options["num_gpus"] = num_gpus
-    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    env = {**(extra_env or {}), **{k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}}
     if env:
         options["runtime_env"] = {"env_vars": env}
     return options
@@ -223,7 +231,7 @@ def build_app(settings: ServeSettings, *, atlas: AnatomyAtlas | None = None, bac
     atlas_json = atlas.to_json() if atlas is not None else None
     ingress_opts = dict(max_ongoing_requests=settings.ingress.max_ongoing_requests,
                         max_queued_requests=settings.ingress.max_queued_requests,
-                        ray_actor_options=_actor_options(settings.ingress.num_cpus),
+                        ray_actor_options=_actor_options(settings.ingress.num_cpus, extra_env=DECODER_MALLOC_ENV),
                         **settings.ingress.serve_scaling())
     if backend_app:
         return QueryIngress.options(**ingress_opts).bind(data, contract.to_json(), atlas_json, None, None, backend_app)

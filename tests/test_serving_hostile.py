@@ -87,7 +87,7 @@ def service(tmp_path_factory):
     settings = ServeSettings.from_dict({
         "model": demo["model"], "milvus": demo["milvus"],
         "http": {"host": "127.0.0.1", "port": free_port()},
-        # the shipped limits (32 MB uploads, 60 Mpx, longer side 8192, 4:1, two films in memory)
+        # the shipped limits (32 MB uploads, 60 Mpx, longer side 8192, 4:1, one film in memory per replica)
         "encoder": {"min_replicas": 1, "max_replicas": 1, "max_batch_size": 8, "batch_wait_timeout_ms": 5},
         "ingress": {"min_replicas": 1, "max_replicas": 1},
         "ray": {"num_cpus": 6, "metrics_export_port": free_port()}})
