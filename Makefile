@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test test-slow test-cluster venv clean lint system-deps
+.PHONY: demo test test-slow test-faults test-cluster venv clean lint system-deps
 
 venv: $(STAMP)
 
@@ -32,6 +32,11 @@ test: $(STAMP) system-deps
 # Ray Train integration and fault tests: minutes each on a 2-core machine.
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# The query service's fault and roll-out tests: Milvus SIGKILLed under load, a new model indexed
+# under a running service (about 3 minutes on 2 cores; CI runs them too).
+test-faults: $(STAMP)
+	$(PY) -m pytest -q -m slow tests/test_serving_faults.py tests/test_rollout.py
 
 # A 3-node Ray cluster on this machine (head + 2 worker nodes): distributed pretraining across the
 # worker nodes survives one of them being killed (about 10 minutes on 2 cores; CI runs it too).

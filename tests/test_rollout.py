@@ -19,6 +19,8 @@ from indexing.region_index import RegionIndex, model_collection_name
 from serving.config import ServeSettings
 
 integration = pytest.mark.integration
+#: `make test-faults` (and `make test-slow`, CI): Ray Serve plus a Milvus server, minutes on 2 cores
+pytestmark = pytest.mark.slow
 
 
 @integration

@@ -22,6 +22,8 @@ from serving.config import ServeSettings
 
 RECOVERY_GOAL_S = 30.0
 integration = pytest.mark.integration
+#: `make test-faults` (and `make test-slow`, CI): Ray Serve plus a Milvus server, minutes on 2 cores
+pytestmark = pytest.mark.slow
 
 
 def _kill_hard(server: MilvusLiteServer) -> None:
