@@ -834,14 +834,45 @@ class RegionIndex:
         """Every collection on this server or file (aliases are not collections)."""
         return sorted(str(n) for n in self._call("", self.client.list_collections))
 
+    def images_of(self, name: str, *, patient_hash: str | None = None, study_hash: str | None = None,
+                  image_id: str | None = None) -> list[str]:
+        """The image ids of ``name``'s rows of one patient, study or image (exactly one selector;
+        hashes as in :mod:`regionmir.identifiers`). Works on collections of any row schema that
+        has the selector's field, so an erasure reaches old collections too."""
+        expression = self._erasure_filter(name, patient_hash, study_hash, image_id)
+        if expression is None:
+            return []
+        rows = self._loaded_call(name, self.client.query, name, filter=expression,
+                                 output_fields=["image_id"], consistency_level="Strong")
+        return sorted({str(r["image_id"]) for r in rows})
+
+    def count_all(self, name: str) -> int:
+        """Every row of ``name``, whatever its row schema (erasure reports with it)."""
+        _check_name(name)
+        if not self._call(name, self.client.has_collection, name):
+            raise IndexNotFoundError(self.display_uri, name, "no such collection or alias")
+        result = self._loaded_call(name, self.client.query, name, filter="", output_fields=["count(*)"],
+                                   consistency_level="Strong")
+        return int(result[0]["count(*)"])
+
     def delete_rows(self, name: str, *, patient_hash: str | None = None, study_hash: str | None = None,
                     image_id: str | None = None) -> list[str]:
         """Delete the rows of one patient, study or image from collection ``name``; returns the image
         ids whose rows were deleted (empty when none matched: deleting again is a no-op).
 
-        Exactly one selector is given; hashes are the salted hashes of :mod:`regionmir.identifiers`.
         The deletion is flushed before returning, so a search right after no longer finds them.
         """
+        images = self.images_of(name, patient_hash=patient_hash, study_hash=study_hash, image_id=image_id)
+        if not images:
+            return []
+        expression = self._erasure_filter(name, patient_hash, study_hash, image_id)
+        self._call(name, self.client.delete, name, filter=expression)
+        self._call(name, self.client.flush, name)
+        return images
+
+    def _erasure_filter(self, name: str, patient_hash: str | None, study_hash: str | None,
+                        image_id: str | None) -> str | None:
+        """The filter of one selector, or ``None`` when ``name`` has no such field (nothing to erase)."""
         _check_name(name)
         chosen = {k: v for k, v in (("patient_hash", patient_hash), ("study_hash", study_hash),
                                     ("image_id", image_id)) if v}
@@ -850,15 +881,12 @@ class RegionIndex:
         (field_name, value), = chosen.items()
         if field_name != "image_id" and not _HASH_RE.match(value):
             raise ValueError(f"{field_name} must be a {HASH_HEX_CHARS}-hex hash, got {value!r}")
-        self._require(name)
-        expression = f"{field_name} == {quote_filter_value(value)}"
-        rows = self._loaded_call(name, self.client.query, name, filter=expression,
-                                 output_fields=["image_id"], consistency_level="Strong")
-        if not rows:
-            return []
-        self._call(name, self.client.delete, name, filter=expression)
-        self._call(name, self.client.flush, name)
-        return sorted({str(r["image_id"]) for r in rows})
+        if not self._call(name, self.client.has_collection, name):
+            raise IndexNotFoundError(self.display_uri, name, "no such collection or alias")
+        fields = {f["name"] for f in self._call(name, self.client.describe_collection, name).get("fields", [])}
+        if field_name not in fields:
+            return None
+        return f"{field_name} == {quote_filter_value(value)}"
 
     # -- reading
 

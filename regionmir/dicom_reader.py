@@ -113,6 +113,10 @@ def looks_like_dicom(data: bytes) -> bool:
     if len(data) < 8 or data[0:2] not in (b"\x02\x00", b"\x08\x00"):
         return False
     try:
+        check_inflated_size(data, "<sniffing>")  # never let pydicom inflate a bomb just to sniff it
+    except ImageReadError:
+        return True  # DICOM-like; read_dicom then reports it against the caller's limits
+    try:
         with _quiet_pydicom():
             ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
     except Exception:  # any parse failure means "not DICOM" for sniffing purposes
@@ -126,57 +130,82 @@ DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 DEFLATE_ALLOWANCE_BYTES = 16 * 1024 * 1024
 
 
-def _file_meta(data: bytes) -> tuple[str, int]:
-    """(Transfer Syntax UID, offset where the dataset starts) of a Part 10 file, read by hand.
+def _file_meta(data: bytes, offset: int = 132) -> tuple[str, int] | None:
+    """(Transfer Syntax UID, offset where the dataset starts) of the file meta group (0002) that
+    begins at ``offset`` (132 after a preamble, 0 for a bare dataset), walked by hand.
 
-    The file meta group (0002) is always explicit VR little endian and never compressed, so it
-    can be walked without pydicom, which would inflate a deflated dataset whole before we could
-    look at it. ``("", 132)`` when the group cannot be walked (pydicom then reports the damage).
+    The group is explicit VR little endian by the standard, and never compressed, so it can be
+    read without pydicom, which would inflate a deflated dataset whole before we could look at
+    it. ``None`` when the group is not there or cannot be walked as explicit VR (pydicom accepts
+    some such files; the caller must then not trust it).
     """
-    offset, syntax = 132, ""
+    syntax, seen = "", False
     while offset + 8 <= len(data):
         group, element = struct.unpack_from("<HH", data, offset)
         if group != 0x0002:
             break
         vr = data[offset + 4:offset + 6]
+        if not (vr.isalpha() and vr.isupper()):
+            return None  # implicit VR (or garbage) where explicit VR must be
         if vr in _LONG_LENGTH_VRS:
             if offset + 12 > len(data):
-                return "", 132
+                return None
             (length,) = struct.unpack_from("<I", data, offset + 8)
             start = offset + 12
         else:
             (length,) = struct.unpack_from("<H", data, offset + 6)
             start = offset + 8
+        if start + length > len(data):
+            return None
         if element == 0x0010:
             syntax = data[start:start + length].rstrip(b"\0 ").decode("ascii", "replace")
-        offset = start + length
-    return syntax, offset
+        offset, seen = start + length, True
+    return (syntax, offset) if seen else None
 
 
-def _check_inflated_size(data: bytes, source: str, limits: DecodeLimits) -> None:
+_DEFLATED_UID_BYTES = DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN.encode("ascii")
+
+
+def check_inflated_size(data: bytes, source: str, limits: DecodeLimits = DecodeLimits()) -> None:
     """Refuse a deflated dataset that inflates past what a film within ``limits`` can hold.
 
-    A 4 MB upload can inflate to gigabytes; pydicom would inflate it all in memory. Here it is
-    inflated in bounded steps and dropped as it goes, stopping at the first byte over the bound.
+    A 4 MB upload can inflate to gigabytes, and pydicom inflates a deflated dataset whole and in
+    memory as soon as it reads past the file meta — even to sniff it. So before any pydicom read:
+    when the deflated transfer syntax appears in the first bytes, the file meta (after a preamble
+    or without one) must be walkable, and the rest is inflated here in bounded steps and dropped
+    as it goes, stopping at the first byte over the bound.
     """
-    syntax, start = _file_meta(data)
+    head = data[:4096]
+    if _DEFLATED_UID_BYTES not in head:
+        return
+    meta = _file_meta(data, 132) if data[128:132] == b"DICM" else _file_meta(data, 0)
+    if meta is None:
+        raise UnsupportedImageError(source, "deflated dataset whose file meta information is not explicit VR "
+                                    "little endian: refused (it cannot be bounded before inflating)")
+    syntax, start = meta
     if syntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         return
     bound = limits.max_pixels * 4 + DEFLATE_ALLOWANCE_BYTES   # 32-bit pixels at most, plus the rest
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    produced, pending = 0, data[start:]
+    body = memoryview(data)[start:]
+    produced, position, step = 0, 0, 1 << 16
     try:
-        while pending and produced <= bound and not inflater.eof:
-            chunk = inflater.decompress(pending, 1 << 20)
-            if not chunk and inflater.unconsumed_tail == pending:
-                break  # no progress: the stream is cut short (pydicom reports the damage)
-            produced += len(chunk)
-            pending = inflater.unconsumed_tail
+        while position < len(body) and produced <= bound and not inflater.eof:
+            pending = bytes(body[position:position + step])   # small input slices: no big copies
+            position += len(pending)
+            while pending and produced <= bound and not inflater.eof:
+                produced += len(inflater.decompress(pending, 1 << 20))
+                pending = inflater.unconsumed_tail
     except zlib.error as exc:
         raise ImageReadError(source, f"corrupt deflated dataset ({exc})") from exc
     if produced > bound:
         raise ImageTooLargeError(source, f"the deflated dataset inflates past {bound} bytes, more than a film "
                                  f"of at most {limits.max_pixels} pixels holds (a decompression bomb)")
+
+
+#: Image components and tiles a JPEG 2000 code stream may declare (grey or RGB; generous tiling).
+_J2K_MAX_COMPONENTS = 3
+_J2K_MAX_TILES = 65536
 
 
 def _check_jpeg2000_size(ds: Dataset, rows: int, cols: int, source: str, limits: DecodeLimits) -> None:
@@ -192,15 +221,25 @@ def _check_jpeg2000_size(ds: Dataset, rows: int, cols: int, source: str, limits:
         first = next(items, b"")
     except Exception as exc:  # malformed encapsulation
         raise ImageReadError(source, f"malformed encapsulated pixel data ({type(exc).__name__})") from exc
-    # SOC (FF4F) then SIZ (FF51) open every code stream, bare or inside a JP2 'jp2c' box
-    at = first.find(b"\xff\x4f\xff\x51")
-    if at < 0 or len(first) < at + 24:
-        raise ImageReadError(source, "JPEG 2000 pixel data without a code stream header (SOC, SIZ)")
-    xsiz, ysiz, x0, y0 = struct.unpack_from(">IIII", first, at + 8)  # after SOC, SIZ, Lsiz, Rsiz
+    # SOC (FF4F) then SIZ (FF51) open the code stream: at the start of the fragment, or right
+    # after the 'jp2c' box header of a JP2 file (never anywhere else: a decoy could hide there)
+    at = 0
+    if first.startswith(b"\x00\x00\x00\x0cjP  "):
+        box = first.find(b"jp2c")
+        at = box + 4 if box >= 0 else -1
+    if at < 0 or first[at:at + 4] != b"\xff\x4f\xff\x51" or len(first) < at + 42:
+        raise ImageReadError(source, "JPEG 2000 pixel data without a code stream header (SOC, SIZ) at its start")
+    # after SOC, SIZ, Lsiz, Rsiz: image size and offset, tile size and offset, then Csiz
+    xsiz, ysiz, x0, y0, xt, yt, xt0, yt0 = struct.unpack_from(">IIIIIIII", first, at + 8)
+    (components,) = struct.unpack_from(">H", first, at + 40)
     width, height = xsiz - x0, ysiz - y0
     if width <= 0 or height <= 0:
         raise ImageReadError(source, f"JPEG 2000 code stream declares an empty image ({width} x {height})")
     limits.check(source, width, height)
+    if not 1 <= components <= _J2K_MAX_COMPONENTS:
+        raise ImageReadError(source, f"JPEG 2000 code stream declares {components} components (1 or 3 expected)")
+    if xt <= 0 or yt <= 0 or -(-(xsiz - xt0) // xt) * -(-(ysiz - yt0) // yt) > _J2K_MAX_TILES:
+        raise ImageReadError(source, f"JPEG 2000 code stream declares an absurd tiling ({xt} x {yt} tiles)")
     if (width, height) != (cols, rows):
         raise ImageReadError(source, f"JPEG 2000 code stream is {width} x {height} but Rows x Columns say "
                              f"{cols} x {rows}")
@@ -210,8 +249,7 @@ def _parse(data: bytes, source: str, limits: DecodeLimits = DecodeLimits()) -> D
     """The dataset. Truncation inside encapsulated pixel data is reported by pydicom only as a
     warning (and an emptied dataset), so it is turned into an :class:`ImageReadError` here."""
     has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
-    if has_preamble:
-        _check_inflated_size(data, source, limits)
+    check_inflated_size(data, source, limits)
     try:
         with _quiet_pydicom() as caught:
             ds = pydicom.dcmread(io.BytesIO(data), force=not has_preamble)

@@ -194,6 +194,11 @@ def write_bytes(uri: str, data: bytes, s3: S3Options | None = None) -> None:
         os.makedirs(directory, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial", dir=directory)
         try:
+            # mkstemp makes the file owner-only; a written file gets the usual mode (umask), as
+            # open() would give it, so other users (the serving pods, a shared volume) can read it
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(handle, 0o666 & ~umask)
             with os.fdopen(handle, "wb") as out:
                 out.write(data)
                 out.flush()

@@ -520,7 +520,10 @@ class QueryService:
         except MissingImageError:
             raise ApiError(404, "missing_image", "the indexed film is no longer in storage") from None
         except StorageError as exc:
-            raise ApiError(503, "storage_unavailable", f"storage: {exc.message}", retry_after_s=RETRY_AFTER_S) from None
+            # the message may name the object (a path with a patient's id): it goes to the log, not the caller
+            log.warning("result film unreadable: %s", exc.reason)
+            raise ApiError(503, "storage_unavailable", "the film store did not answer; retry shortly",
+                           retry_after_s=RETRY_AFTER_S) from None
         except RegionMIRError as exc:
             raise ApiError(500, "internal", f"the indexed film cannot be read ({exc.reason})") from None
 

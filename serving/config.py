@@ -211,9 +211,8 @@ class ServeSettings:
             raise ConfigError("limits: max_upload_mb, max_pixels, max_side and max_k must be positive")
         if lim.max_aspect_ratio < 1:
             raise ConfigError(f"limits.max_aspect_ratio={lim.max_aspect_ratio} must be >= 1")
-        if lim.films_in_memory < 1 or lim.film_wait_s < 0 or lim.index_timeout_s <= 0 or lim.request_timeout_s <= 0:
-            raise ConfigError("limits: films_in_memory >= 1, film_wait_s >= 0, index_timeout_s and "
-                              "request_timeout_s > 0")
+        if lim.films_in_memory < 1 or lim.film_wait_s <= 0 or lim.index_timeout_s <= 0 or lim.request_timeout_s <= 0:
+            raise ConfigError("limits: films_in_memory >= 1; film_wait_s, index_timeout_s and request_timeout_s > 0")
         if self.ingress.max_queued_requests < 1:
             raise ConfigError(f"ingress.max_queued_requests={self.ingress.max_queued_requests} must be >= 1")
         if not 1 <= lim.default_k <= lim.max_k:

@@ -34,7 +34,7 @@ from regionmir.anatomy_atlas import AnatomyAtlas, AtlasError
 from regionmir.model_contract import ModelContract, read_contract
 from regionmir.storage import S3Options
 
-from .config import ServeSettings
+from .config import ConfigError, ServeSettings
 from .metrics import get_metrics
 from .runtime import EncoderRuntime, SearchFilters, SearchRuntime
 
@@ -266,7 +266,9 @@ def app_builder(args: dict[str, Any]):
     from .startup_checks import require_secure
 
     args = dict(args or {})
-    insecure_dev = bool(args.pop("insecure_dev", False))
+    insecure_dev = args.pop("insecure_dev", False)
+    if insecure_dev not in (True, False):  # "false" is truthy: only a real boolean switches the check off
+        raise ConfigError(f"application args: insecure_dev must be true or false, got {insecure_dev!r}")
     settings = ServeSettings.load(data=args, data_source="application args")
     for problem in require_secure(settings, insecure_dev):
         log.warning("insecure_dev: %s", problem)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from indexing.region_index import RegionHit, RegionIndex, model_collection_name
+from indexing.region_index import RegionHit, RegionIndex, RegionIndexError, model_collection_name
 from regionmir.model_contract import load_model
 
 log = logging.getLogger("ray.serve")
@@ -104,11 +104,19 @@ class SearchRuntime:
         self._use_own_collection()
 
     def _use_own_collection(self) -> None:
-        """Search ``<alias>__<model version>`` (what ``regionmir index`` built for this model) when it
-        exists, so indexing a new model — which moves the alias — never empties this service's
-        answers; else the alias (rows filtered by model version, as always)."""
+        """Search ``<alias>__<model version>`` — what ``regionmir index`` built for this model — once
+        the alias points at it (the index moves the alias only when a build is complete and
+        verified), and keep searching it when a later index moves the alias to another model: a
+        running service's answers never change under it. Until then, the alias (rows filtered by
+        this model's version, as always)."""
         own = model_collection_name(self.alias, self.model_version)
-        if self.collection != own and own in self.index.collections():
+        if self.collection == own:
+            return
+        try:
+            target = self.index.alias_target(self.alias)
+        except RegionIndexError:  # the alias is a plain collection (a hand-made index): keep it
+            return
+        if target == own:
             self.collection = own
             log.info("search: collection %s of the served model (alias %s is left to `regionmir index`)",
                      own, self.alias)

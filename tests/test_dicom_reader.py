@@ -583,6 +583,31 @@ def test_a_jpeg2000_code_stream_bigger_than_its_header_is_refused(tmp_path: Path
     frame[at + 8:at + 16] = (80).to_bytes(4, "big") + (97).to_bytes(4, "big")               # one row more
     with pytest.raises(ImageReadError, match="80 x 97 but Rows x Columns say 80 x 96"):
         read_image(to_bytes(encapsulated(ds, JPEG2000Lossless, bytes(frame))), source="forged.dcm")
+    frame[at + 12:at + 16] = (96).to_bytes(4, "big")
+    frame[at + 40:at + 42] = (16384).to_bytes(2, "big")                                       # Csiz
+    with pytest.raises(ImageReadError, match="16384 components"):
+        read_image(to_bytes(encapsulated(ds, JPEG2000Lossless, bytes(frame))), source="forged.dcm")
+    decoy = b"\x00" * 8 + bytes(frame)                            # a code stream not at the fragment's start
+    with pytest.raises(ImageReadError, match="at its start"):
+        read_image(to_bytes(encapsulated(ds, JPEG2000Lossless, decoy)), source="forged.dcm")
+
+
+def test_a_deflate_bomb_without_preamble_is_bounded_even_while_sniffing() -> None:
+    """pydicom reads the file meta of a bare dataset too, and inflates it whole even to sniff it."""
+    from regionmir.dicom_reader import looks_like_dicom
+
+    ds = make_ds(chest_like(bits=12), bits_stored=12, windows=[(2048, 4096)])
+    ds.add_new(0x00091010, "OB", b"\0" * (64 * 1024 * 1024))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    bare = to_bytes(ds)[128 + 4:]                                   # no preamble, no DICM
+    assert looks_like_dicom(bare)                                  # sniffed without inflating it all
+    with pytest.raises(ImageTooLargeError, match="decompression bomb"):
+        read_image(bare, source="bare-bomb.dcm", limits=DecodeLimits(max_pixels=1_000_000))
+    # a file meta that is not explicit VR cannot be bounded: refused rather than inflated
+    implicit_meta = b"\x02\x00\x10\x00" + len(DeflatedExplicitVRLittleEndian).to_bytes(4, "little") \
+        + DeflatedExplicitVRLittleEndian.encode() + b"\x00" * 64
+    with pytest.raises(UnsupportedImageError, match="not explicit VR"):
+        read_image(implicit_meta, source="implicit.dcm")
 
 
 @pytest.mark.parametrize("slope", ["NaN", "inf", "-inf"])

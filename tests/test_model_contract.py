@@ -91,6 +91,9 @@ def test_writes_are_whole_or_absent_and_a_rewritten_model_never_pairs_new_weight
         storage.write_bytes(str(target / "a.bin"), b"second, longer")
     monkeypatch.setattr(os, "replace", real_replace)
     assert (target / "a.bin").read_bytes() == b"first"                 # the old file, whole
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (target / "a.bin").stat().st_mode & 0o777 == 0o666 & ~umask  # the usual mode, not mkstemp's 0600
     assert [p.name for p in target.iterdir()] == ["a.bin"]            # no partial file left behind
     assert storage.remove(str(target / "a.bin")) and not storage.remove(str(target / "a.bin"))
 

@@ -433,6 +433,10 @@ def test_serve_fails_closed_without_an_api_key_or_with_the_public_salt(monkeypat
     assert "--insecure-dev" in err
     with pytest.raises(ConfigError, match="refusing to start"):              # the RayService entry too
         app_builder({"model": "m", "milvus": "x.db"})
+    with pytest.raises(ConfigError, match="insecure_dev must be true or false"):   # "false" is truthy
+        app_builder({"model": "m", "milvus": "x.db", "insecure_dev": "false"})
+    with pytest.raises(ConfigError, match="film_wait_s"):
+        ServeSettings.from_dict({"model": "m", "milvus": "x.db", "limits": {"film_wait_s": 0}}).validate()
 
     settings = ServeSettings.from_dict({"model": "m", "milvus": "x.db", "auth": {"api_key": API_KEY}})
     with pytest.raises(ConfigError, match="salt"):                           # a key alone is not enough
