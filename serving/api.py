@@ -516,7 +516,10 @@ class QueryService:
 
     async def film(self, uri: str) -> np.ndarray:
         try:
-            return await asyncio.to_thread(self.films.get, uri, self._load_film)
+            if uri in self.films.items:  # a cached film costs nothing more
+                return await asyncio.to_thread(self.films.get, uri, self._load_film)
+            async with self.film_slot():  # decoding an indexed film counts against the replica's films too
+                return await asyncio.to_thread(self.films.get, uri, self._load_film)
         except MissingImageError:
             raise ApiError(404, "missing_image", "the indexed film is no longer in storage") from None
         except StorageError as exc:
