@@ -62,6 +62,8 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
 )
 
 from .errors import ImageReadError, ImageTooLargeError, PixelValueError, UnsupportedImageError
@@ -208,19 +210,59 @@ _J2K_MAX_COMPONENTS = 3
 _J2K_MAX_TILES = 65536
 
 
-def _check_jpeg2000_size(ds: Dataset, rows: int, cols: int, source: str, limits: DecodeLimits) -> None:
-    """Read the J2K code stream's SIZ marker: its image size must be the header's, within the limits.
+#: Start-of-frame markers of JPEG (baseline, extended, lossless: C0-C3, C5-C7, C9-CB, CD-CF) and
+#: JPEG-LS (F7); C4, C8 and CC are other markers.
+_SOF_MARKERS = frozenset([*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7])
 
-    The codec allocates what the code stream declares, not what Rows and Columns say.
-    """
+
+def _first_fragment(ds: Dataset, source: str) -> bytes:
     from pydicom.encaps import generate_fragments
 
     try:
         items = generate_fragments(ds.PixelData)
         next(items, b"")             # the Basic Offset Table (always the first item, maybe empty)
-        first = next(items, b"")
+        return next(items, b"")
     except Exception as exc:  # malformed encapsulation
         raise ImageReadError(source, f"malformed encapsulated pixel data ({type(exc).__name__})") from exc
+
+
+def _check_jpeg_frame_size(ds: Dataset, rows: int, cols: int, source: str, limits: DecodeLimits) -> None:
+    """Read a JPEG / JPEG-LS stream's start-of-frame: its size must be the header's, within the
+    limits, with 1 or 3 components — the codec allocates what the frame header says."""
+    data = _first_fragment(ds, source)
+    at = 2 if data.startswith(b"\xff\xd8") else -1
+    while 0 <= at and at + 4 <= len(data):
+        if data[at] != 0xFF:
+            at = -1
+            break
+        marker = data[at + 1]
+        if marker == 0xFF:           # fill byte
+            at += 1
+            continue
+        (length,) = struct.unpack_from(">H", data, at + 2)
+        if marker in _SOF_MARKERS:
+            if at + 10 > len(data):
+                break
+            height, width = struct.unpack_from(">HH", data, at + 5)
+            components = data[at + 9]
+            if width == 0 or height == 0:
+                raise ImageReadError(source, f"JPEG frame header declares {width} x {height}")
+            limits.check(source, width, height)
+            if components not in (1, 3):
+                raise ImageReadError(source, f"JPEG frame header declares {components} components (1 or 3 expected)")
+            if (width, height) != (cols, rows):
+                raise ImageReadError(source, f"JPEG frame is {width} x {height} but Rows x Columns say {cols} x {rows}")
+            return
+        at += 2 + length
+    raise ImageReadError(source, "JPEG pixel data without a start-of-frame header")
+
+
+def _check_jpeg2000_size(ds: Dataset, rows: int, cols: int, source: str, limits: DecodeLimits) -> None:
+    """Read the J2K code stream's SIZ marker: its image size must be the header's, within the limits.
+
+    The codec allocates what the code stream declares, not what Rows and Columns say.
+    """
+    first = _first_fragment(ds, source)
     # SOC (FF4F) then SIZ (FF51) open the code stream: at the start of the fragment, or right
     # after the 'jp2c' box header of a JP2 file (never anywhere else: a decoy could hide there)
     at = 0
@@ -441,6 +483,8 @@ def read_dicom(data: bytes, source: str, *, window_index: int = 0,
     _check_decodable(ts, source)
     if ts in JPEG2000TransferSyntaxes:
         _check_jpeg2000_size(ds, rows, cols, source, limits)
+    elif ts in JPEGTransferSyntaxes or ts in JPEGLSTransferSyntaxes:
+        _check_jpeg_frame_size(ds, rows, cols, source, limits)
     raw = _decode(ds, ts, source)
     notes: list[str] = []
 

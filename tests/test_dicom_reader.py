@@ -634,3 +634,16 @@ def test_decode_limits_check_the_header_side_and_shape(tmp_path: Path) -> None:
     with pytest.raises(ImageShapeError):
         read_image(to_bytes(ds), limits=DecodeLimits(max_aspect=4.0))
     assert read_image(to_bytes(ds)).pixels.shape == (40, 400)             # the library's defaults accept it
+
+
+def test_a_jpeg_ls_frame_header_bigger_than_the_dicom_header_is_refused(tmp_path: Path) -> None:
+    ds = make_ds(chest_like(bits=12), bits_stored=12, windows=[(2000, 3000)])
+    twin = compressed(ds, JPEGLSLossless)
+    frame = bytearray(next(f for f in pydicom.encaps.generate_fragments(twin.PixelData) if f.startswith(b"\xff\xd8")))
+    sof = frame.find(b"\xff\xf7")                                  # JPEG-LS start of frame
+    frame[sof + 5:sof + 9] = (60000).to_bytes(2, "big") * 2        # Y, X
+    with pytest.raises(ImageTooLargeError, match="60000 x 60000"):
+        read_image(to_bytes(encapsulated(ds, JPEGLSLossless, bytes(frame))), source="forged.dcm")
+    frame[sof + 5:sof + 9] = (97).to_bytes(2, "big") + (80).to_bytes(2, "big")   # one row more than the header
+    with pytest.raises(ImageReadError, match="80 x 97 but Rows x Columns say 80 x 96"):
+        read_image(to_bytes(encapsulated(ds, JPEGLSLossless, bytes(frame))), source="forged.dcm")
