@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from regionmir import storage
 from regionmir.errors import RegionMIRError
 from regionmir.identifiers import SALT_ENV, hash_identifier
 
@@ -85,24 +86,24 @@ def _erase_from_crop_cache(root: Path, images: set[str]) -> int:
 
     from training.roi_pipeline import COMPLETE_MARKER
 
-    removed = 0
     if not images:
         return 0
+    wanted = pa.array(sorted(images))
+    removed = 0
     for marker in sorted(root.rglob(COMPLETE_MARKER)):
         split_removed = 0
         for shard in sorted(marker.parent.glob("*.parquet")):
             table = pq.read_table(shard)
-            keep = pc.invert(pc.is_in(table["image_id"], value_set=pa.array(sorted(images))))
-            kept = table.filter(keep)
+            kept = table.filter(pc.invert(pc.is_in(table["image_id"], value_set=wanted)))
             if kept.num_rows != table.num_rows:
                 split_removed += table.num_rows - kept.num_rows
-                temporary = shard.with_suffix(".parquet.partial")
-                pq.write_table(kept, temporary)
-                temporary.replace(shard)
+                buffer = pa.BufferOutputStream()
+                pq.write_table(kept, buffer)
+                storage.write_bytes(str(shard), buffer.getvalue().to_pybytes())  # whole or not at all
         if split_removed:
             info = json.loads(marker.read_text())
             info["rows"] = int(info.get("rows", 0)) - split_removed
-            marker.write_text(json.dumps(info))
+            storage.write_text(str(marker), json.dumps(info, indent=1))
         removed += split_removed
     return removed
 
