@@ -33,10 +33,11 @@ test: $(STAMP) system-deps
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
-# The query service's fault and roll-out tests: Milvus SIGKILLed under load, a new model indexed
-# under a running service (about 3 minutes on 2 cores; CI runs them too).
+# Fault and roll-out tests: Milvus SIGKILLed under the query service, a new model indexed under a
+# running service, the crop cache refusing to be marked complete short of rows (about 4 minutes on
+# 2 cores; CI runs them too).
 test-faults: $(STAMP)
-	$(PY) -m pytest -q -m slow tests/test_serving_faults.py tests/test_rollout.py
+	$(PY) -m pytest -q -m slow tests/test_serving_faults.py tests/test_rollout.py tests/test_crop_cache.py
 
 # A 3-node Ray cluster on this machine (head + 2 worker nodes): distributed pretraining across the
 # worker nodes survives one of them being killed (about 10 minutes on 2 cores; CI runs it too).

@@ -49,3 +49,34 @@ def test_every_split_is_cached_in_one_pass_and_read_back(tmp_path, ray_local, ca
     again = cached_roi_datasets(records, config, str(cache), None)
     assert "crop cache hit" in capsys.readouterr().out
     assert {s: i["rows"] for s, i in again["info"].items()} == {s: i["rows"] for s, i in built["info"].items()}
+
+
+def test_a_split_is_marked_complete_only_when_every_crop_is_accounted_for(tmp_path, ray_local, monkeypatch):
+    import training.roi_pipeline as roi_pipeline
+    from regionmir.errors import DatasetError
+
+    data = tmp_path / "phantoms"
+    write_phantom_dataset(str(data), images=6, size=128, seed=11, progress=False)
+    records, _ = list_images(str(data), None, ("train",))
+    config = RoiPipelineConfig(crop=CropConfig(size=32), anatomy_ids=tuple(STANDARD_29_IDS))
+    expected = expected_crop_count(records["train"], config.anatomy_ids)
+    with open(records["train"][0].image_uri, "wb") as broken:  # one unreadable film: skipped and counted
+        broken.write(b"not an image")
+
+    built = cached_roi_datasets(records, config, str(tmp_path / "cache"), None)
+    info = built["info"]["train"]
+    skipped = expected_crop_count(records["train"][:1], config.anatomy_ids)
+    assert info["rows"] == expected - skipped and info["regions_skipped"] == skipped
+    assert info["films_with_skipped_regions"] == 1 and built["datasets"]["train"].count() == info["rows"]
+
+    # rows that went missing between the croppers and the writer: no marker, a clear error
+    monkeypatch.setattr(roi_pipeline, "expected_crop_count", lambda films, ids: expected + 1)
+    with pytest.raises(DatasetError, match="not marked complete"):
+        cached_roi_datasets(records, config, str(tmp_path / "short"), None)
+    assert not list((tmp_path / "short").glob(f"*/{COMPLETE_MARKER}"))
+    monkeypatch.undo()
+
+    # a shard lost after the marker was written: the cache is refused, not half-used
+    next((tmp_path / "cache").glob("train-*/part-*.parquet")).unlink()
+    with pytest.raises(DatasetError, match="crop cache damaged"):
+        cached_roi_datasets(records, config, str(tmp_path / "cache"), None)

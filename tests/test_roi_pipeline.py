@@ -3,6 +3,8 @@ direct crop, and the cache key follows the labels and the settings."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from regionmir.boxes import Box
@@ -42,3 +44,40 @@ def test_cache_key_changes_with_labels_and_settings_only():
     assert key != cache_key(films, RoiPipelineConfig(crop=CropConfig(size=48), anatomy_ids=(0,)))
     moved = [ImageRecord("a.png", "a", "train", regions=(RegionRecord("a.png", "a", 0, Box(0, 0, 11, 10), "train"),))]
     assert key != cache_key(moved, config)
+
+
+def _film_rows(tmp_path, count: int = 3):
+    from regionmir.anatomy import STANDARD_29_IDS
+    from regionmir.synth.dataset_writer import write_phantom_dataset
+    from training.roi_pipeline import image_rows, list_images
+
+    write_phantom_dataset(str(tmp_path / "phantoms"), images=count, size=128, seed=3, progress=False)
+    records, _ = list_images(str(tmp_path / "phantoms"), None, ("train", "valid", "test"))
+    films = [film for split in records.values() for film in split]
+    config = RoiPipelineConfig(crop=CropConfig(size=16), anatomy_ids=tuple(STANDARD_29_IDS))
+    return films, image_rows(films), config
+
+
+def test_the_croppers_placeholders_account_for_every_region_not_cut(tmp_path):
+    """The crop cache proves nothing went missing: crops + placeholders' `skipped` = the labels."""
+    from training.roi_pipeline import ContextCropper, expected_crop_count
+
+    films, rows, config = _film_rows(tmp_path)
+    with open(films[0].image_uri, "wb") as broken:  # an unreadable film: all its regions skipped
+        broken.write(b"not an image")
+    record = json.loads(rows[1]["record"])  # a box under a pixel inside the film: dropped by clamping
+    record["regions"][0][1:] = [127.5, 127.5, 128.0, 128.0]  # under a pixel inside
+    rows[1] = {"record": json.dumps(record)}
+    batch = {"record": np.asarray([r["record"] for r in rows], dtype=object)}
+
+    counted = ContextCropper(config, None, account_skips=True)(batch)
+    crops = counted["anatomy_id"] >= 0
+    assert int(crops.sum()) + int(counted["skipped"].sum()) == expected_crop_count(films, config.anatomy_ids)
+    assert sorted(counted["image_id"][~crops]) == sorted([films[0].image_id, films[1].image_id])
+    assert counted["skipped"][list(counted["image_id"]).index(films[1].image_id)] == 0  # its crops came first
+    placeholder = {i: n for i, n, a in zip(counted["image_id"], counted["skipped"], counted["anatomy_id"]) if a < 0}
+    assert placeholder[films[1].image_id] == 1
+    assert placeholder[films[0].image_id] == sum(1 for r in films[0].regions if r.anatomy_id in config.anatomy_ids)
+
+    plain = ContextCropper(config, None)(batch)  # the streaming training path: crops only
+    assert "skipped" not in plain and (plain["anatomy_id"] >= 0).all() and len(plain["anatomy_id"]) == crops.sum()

@@ -11,11 +11,14 @@ film is never decoded twice.
 Row schema: ``context`` (uint8, C×C), ``box`` (float32[4], context pixels), ``anatomy_id`` (int32),
 ``image_id`` (str, never the path: MIMIC paths hold patient ids), ``split``. Films that cannot be
 read are logged by image id, counted, and skipped; when more than ``max_bad_fraction`` of the
-films an actor has seen are unreadable it stops the job with a clear error.
+films an actor has seen are unreadable it stops the job with a clear error. A storage error (after
+:func:`regionmir.storage.read_bytes`' retries) stops the job: an unreachable film is not a bad one.
 
 The optional **crop cache** writes these rows as Parquet shards per split under
 ``{cache_root}/{split}-{key}/``; ``key`` hashes that split's labels and the crop settings, so a
-later run with the same data and settings reads the shards instead of decoding films again.
+later run with the same data and settings reads the shards instead of decoding films again. The
+split's ``_COMPLETE.json`` is written only when every expected crop is accounted for (written,
+or skipped with its film counted): crops cut + regions skipped = regions labelled.
 """
 
 from __future__ import annotations
@@ -98,60 +101,87 @@ def image_rows(records: Iterable[ImageRecord]) -> list[dict[str, str]]:
 
 
 class ContextCropper:
-    """Ray Data actor: decode each film once and cut every region's context crop."""
+    """Ray Data actor: decode each film once and cut every region's context crop.
 
-    def __init__(self, config: RoiPipelineConfig, s3: dict | None = None):
+    With ``account_skips`` (the crop cache's build) every film whose labelled regions were not all
+    cut — unreadable, or boxes dropped by clamping — also yields one **placeholder row**
+    (``anatomy_id`` -1, ``skipped`` = how many of its regions are missing) so the consumer can
+    prove that nothing went missing on the way; without it the rows are the crops alone.
+    """
+
+    def __init__(self, config: RoiPipelineConfig, s3: dict | None = None, account_skips: bool = False):
         import torch
 
         torch.set_num_threads(1)  # many actors share few cores; one thread each is fastest
         self.config = config
         self.s3 = S3Options(**s3) if s3 else None
         self.wanted = set(config.anatomy_ids)
+        self.account_skips = account_skips
         self.seen = 0
         self.bad = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        from regionmir.image_reader import read_image
-
-        out: dict[str, list] = {"context": [], "box": [], "anatomy_id": [], "image_id": [], "split": []}
+        out: dict[str, list] = {"context": [], "box": [], "anatomy_id": [], "image_id": [], "split": [],
+                                "skipped": []}
         for text in batch["record"]:
             row = json.loads(str(text))
-            self.seen += 1
-            try:
-                decoded = read_image(row["image_uri"], s3=self.s3)
-            except StorageError:
-                raise  # storage down (after read_bytes' retries) is not a bad film: stop, do not shrink the cache
-            except RegionMIRError as exc:
-                self.bad += 1
-                log.warning("skipping film %s: %s (%s)", row["image_id"], exc.reason, exc.message)
-                self._check_fraction()
-                continue
-            height, width = decoded.pixels.shape
-            report = ScanReport(source=row["image_id"])
-            record = ImageRecord(image_uri=row["image_uri"], image_id=row["image_id"], split=row["split"],
-                                 regions=tuple(RegionRecord(row["image_uri"], row["image_id"], int(a),
-                                                            Box(x1, y1, x2, y2), row["split"])
-                                               for a, x1, y1, x2, y2 in row["regions"]))
-            record = clamp_to_image(record, width, height, report)
-            if report.total_issues:
-                log.info("film %s: %s", row["image_id"], dict(report.as_dict().get("issues", {})))
-            for region in record.regions:
-                if region.anatomy_id not in self.wanted:
-                    continue
-                context, local = cut_context(decoded.pixels, region.box, self.config)
-                out["context"].append(context)
-                out["box"].append(local)
-                out["anatomy_id"].append(region.anatomy_id)
+            labelled = sum(1 for region in row["regions"] if int(region[0]) in self.wanted)
+            cut = self._cut_film(row, out)
+            if self.account_skips and cut < labelled:
+                out["context"].append(np.zeros((self.config.context_size,) * 2, np.uint8))
+                out["box"].append(np.zeros(4, np.float32))
+                out["anatomy_id"].append(-1)
                 out["image_id"].append(row["image_id"])
                 out["split"].append(row["split"])
+                out["skipped"].append(labelled - cut)
         size = self.config.context_size
-        return {
+        columns = {
             "context": np.stack(out["context"]) if out["context"] else np.zeros((0, size, size), np.uint8),
             "box": np.stack(out["box"]) if out["box"] else np.zeros((0, 4), np.float32),
             "anatomy_id": np.asarray(out["anatomy_id"], dtype=np.int32),
             "image_id": np.asarray(out["image_id"], dtype=object),
             "split": np.asarray(out["split"], dtype=object),
         }
+        if self.account_skips:
+            columns["skipped"] = np.asarray(out["skipped"], dtype=np.int32)
+        return columns
+
+    def _cut_film(self, row: dict, out: dict[str, list]) -> int:
+        """Append the context crops of one film's wanted regions to ``out``; returns how many."""
+        from regionmir.image_reader import read_image
+
+        self.seen += 1
+        try:
+            decoded = read_image(row["image_uri"], s3=self.s3)
+        except StorageError:
+            raise  # storage down (after read_bytes' retries) is not a bad film: stop, do not shrink the cache
+        except RegionMIRError as exc:
+            self.bad += 1
+            log.warning("skipping film %s: %s (%s)", row["image_id"], exc.reason, exc.message)
+            self._check_fraction()
+            return 0
+        height, width = decoded.pixels.shape
+        report = ScanReport(source=row["image_id"])
+        record = ImageRecord(image_uri=row["image_uri"], image_id=row["image_id"], split=row["split"],
+                             regions=tuple(RegionRecord(row["image_uri"], row["image_id"], int(a),
+                                                        Box(x1, y1, x2, y2), row["split"])
+                                           for a, x1, y1, x2, y2 in row["regions"]))
+        record = clamp_to_image(record, width, height, report)
+        if report.total_issues:
+            log.info("film %s: %s", row["image_id"], dict(report.as_dict().get("issues", {})))
+        cut = 0
+        for region in record.regions:
+            if region.anatomy_id not in self.wanted:
+                continue
+            context, local = cut_context(decoded.pixels, region.box, self.config)
+            out["context"].append(context)
+            out["box"].append(local)
+            out["anatomy_id"].append(region.anatomy_id)
+            out["image_id"].append(row["image_id"])
+            out["split"].append(row["split"])
+            out["skipped"].append(0)
+            cut += 1
+        return cut
 
     def _check_fraction(self) -> None:
         if self.seen >= self.config.min_images_before_stopping and \
@@ -182,12 +212,13 @@ def cache_key(records: list[ImageRecord], config: RoiPipelineConfig) -> str:
 
 
 def roi_dataset(records: list[ImageRecord], config: RoiPipelineConfig, s3: S3Options | None,
-                concurrency: int = 2):
-    """A streaming Ray Dataset of ROI rows for these films (decoded as it is consumed)."""
+                concurrency: int = 2, account_skips: bool = False):
+    """A streaming Ray Dataset of ROI rows for these films (decoded as it is consumed); with
+    ``account_skips``, plus :class:`ContextCropper`'s placeholder rows of films not fully cut."""
     import ray
 
     films = ray.data.from_items(image_rows(records), override_num_blocks=max(1, min(len(records), 64)))
-    return films.map_batches(ContextCropper, fn_constructor_args=(config, asdict(s3) if s3 else None),
+    return films.map_batches(ContextCropper, fn_constructor_args=(config, asdict(s3) if s3 else None, account_skips),
                              batch_size=4, compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=1)
 
 
@@ -251,6 +282,8 @@ def _build_cache(records: dict[str, list[ImageRecord]], roots: dict[str, str], c
     buffered = dict.fromkeys(roots, 0)
     rows = dict.fromkeys(roots, 0)
     shards = dict.fromkeys(roots, 0)
+    skipped = dict.fromkeys(roots, 0)
+    films_skipped: dict[str, set] = {split: set() for split in roots}
 
     def flush(split: str) -> None:
         if not pending[split]:
@@ -263,9 +296,16 @@ def _build_cache(records: dict[str, list[ImageRecord]], roots: dict[str, str], c
         pending[split], buffered[split] = [], 0
 
     last_line = time.perf_counter()
-    for batch in roi_dataset(films, config, s3, concurrency).iter_batches(batch_size=None, batch_format="pyarrow"):
+    for batch in roi_dataset(films, config, s3, concurrency, account_skips=True).iter_batches(
+            batch_size=None, batch_format="pyarrow"):
         for split in roots:
             part = batch.filter(pc.equal(batch["split"], split))
+            placeholders = part.filter(pc.less(part["anatomy_id"], 0))
+            if placeholders.num_rows:
+                skipped[split] += int(pc.sum(placeholders["skipped"]).as_py())
+                films_skipped[split].update(placeholders["image_id"].to_pylist())
+                part = part.filter(pc.greater_equal(part["anatomy_id"], 0))
+            part = part.drop_columns(["skipped"])
             if part.num_rows:
                 pending[split].append(part)
                 buffered[split] += part.num_rows
@@ -278,14 +318,21 @@ def _build_cache(records: dict[str, list[ImageRecord]], roots: dict[str, str], c
             last_line = time.perf_counter()
     seconds = round(time.perf_counter() - started, 1)
     info = {}
-    for split, root in roots.items():
+    for split in roots:
         flush(split)
+    for split, root in roots.items():
+        if rows[split] + skipped[split] != expected[split]:
+            raise DatasetError(root, f"crop cache not marked complete: {rows[split]} {split} crops written and "
+                                     f"{skipped[split]} skipped, but the labels hold {expected[split]}; rows went "
+                                     "missing between the croppers and this process — run again to rebuild it")
         info[split] = {"format": CACHE_FORMAT, "split": split, "films": len(records[split]), "rows": rows[split],
-                       "expected_rows": expected[split], "shards": shards[split], "settings": config.fingerprint(),
-                       "seconds": seconds}
+                       "expected_rows": expected[split], "regions_skipped": skipped[split],
+                       "films_with_skipped_regions": len(films_skipped[split]), "shards": shards[split],
+                       "settings": config.fingerprint(), "seconds": seconds}
         storage.write_text(storage.join(root, COMPLETE_MARKER), json.dumps(info[split], indent=1), s3)
         print(f"[data] crop cache written: {rows[split]} {split} crops from {len(records[split])} films "
-              f"in {root}", flush=True)
+              f"in {root}" + (f" ({skipped[split]} regions of {len(films_skipped[split])} films skipped)"
+                              if skipped[split] else ""), flush=True)
     print(f"[data] crop cache built in {seconds} s", flush=True)
     return info
 
@@ -304,9 +351,22 @@ def _open_cached_split(path: str, fs, split_info: dict):
     size = int(split_info["rows"]) * int(split_info["settings"]["crop"]["size"] *
                                          split_info["settings"]["context_scale"]) ** 2
     if size > IN_MEMORY_LIMIT_BYTES:
+        import pyarrow.dataset as pads
+
+        found = pads.dataset(path, filesystem=fs, format="parquet").count_rows()  # shard footers only
+        _check_cached_rows(path, found, split_info)
         return ray.data.read_parquet(path, filesystem=fs)
     table = pq.read_table(path, filesystem=fs)
+    _check_cached_rows(path, table.num_rows, split_info)
     return ray.data.from_arrow(table)
+
+
+def _check_cached_rows(path: str, found: int, split_info: dict) -> None:
+    """A cache whose shards no longer hold what its marker promises (a shard deleted or cut short
+    since) is refused, naming the folder to delete, instead of training on part of the data."""
+    if found != int(split_info["rows"]):
+        raise DatasetError(path, f"crop cache damaged: its shards hold {found} rows but {COMPLETE_MARKER} says "
+                                 f"{split_info['rows']}; delete this folder and run again to rebuild it")
 
 
 def expected_crop_count(records: list[ImageRecord], anatomy_ids: Iterable[int]) -> int:
