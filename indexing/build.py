@@ -7,7 +7,11 @@
   version (``<alias>__<version>``); only when it is complete, flushed and its row count verified
   does the alias (what the service and ``evaluate`` query) move to it. A crashed build leaves the
   alias on the old collection; a re-run upserts into the same build collection (keys are derived
-  from image, region and model version), so it completes without duplicates.
+  from image, region and model version), so it completes without duplicates;
+* **reconciled**: a re-index of data that changed leaves no row of a film that left it — rows of the
+  indexed splits that this run did not write are deleted before the count is verified
+  (``--keep-missing`` keeps them and only reports them). Rows of films that are still listed but
+  could not be read this time are kept (counted in ``films_skipped``).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ def region_rows(batch: dict, model_version: str) -> list[RegionRow]:
 def index_data(data: str, model: str, milvus: str, collection: str = DEFAULT_ALIAS, split: str = "train",
                gpu: bool = False, encoders: int = 1, index_type: str = "HNSW", batch_size: int = 256,
                address: str | None = None, s3: S3Options | None = None, progress_every_s: float = 10.0,
-               max_bad_fraction: float = 0.05) -> dict:
+               max_bad_fraction: float = 0.05, keep_missing: bool = False) -> dict:
     from training.ray_runtime import start_ray
     from training.roi_pipeline import list_images
 
@@ -92,8 +96,8 @@ def index_data(data: str, model: str, milvus: str, collection: str = DEFAULT_ALI
                 last_print = time.perf_counter()
         embed_seconds = time.perf_counter() - embed_started
         index.flush(target)
-        expected = len(keys)
-        index.verify(target, expected)
+        missing = reconcile(index, target, splits, keys, skipped.image_ids, keep=keep_missing)
+        verify_rows(index, target, splits, len(keys) + missing["kept"])
         previous = index.point_alias(collection, target)
         expected_regions = sum(1 for film in films for r in film.regions if r.anatomy_id in set(contract.class_anatomy_ids))
         summary = {
@@ -102,6 +106,7 @@ def index_data(data: str, model: str, milvus: str, collection: str = DEFAULT_ALI
             "rows_written": written, "regions_expected": expected_regions,
             "regions_skipped": expected_regions - len(keys), "films_skipped": skipped.count,
             "films_skipped_by_reason": skipped.by_reason,
+            "rows_of_missing_films_removed": missing["removed"], "rows_of_missing_films_kept": missing["kept"],
             "rows_per_s": round(written / max(1e-9, embed_seconds), 1),
             # after the first batch arrived: the pipeline's steady rate, without actor start-up
             "rows_per_s_steady": round((written - first_batch_rows) /
@@ -114,6 +119,41 @@ def index_data(data: str, model: str, milvus: str, collection: str = DEFAULT_ALI
           f"{summary['films_skipped']} films and {summary['regions_skipped']} regions skipped; alias {collection} → {target}"
           + (f" (was {previous})" if previous and previous != target else ""), flush=True)
     return summary
+
+
+def reconcile(index: RegionIndex, target: str, splits: Sequence[str], written: set[str], unreadable: set[str],
+              *, keep: bool = False) -> dict[str, int]:
+    """Rows of ``splits`` in ``target`` that this run did not write: a re-index after films (or
+    regions) left the data. Deleted unless ``keep``; rows of films that are still listed but could
+    not be read this time (``unreadable`` image ids) stay. Returns ``{"removed": n, "kept": m}``
+    where ``kept`` counts every row left that this run did not write."""
+    stale, kept = [], 0
+    for split in splits:
+        for key, image_id in index.tally(target, ("key", "image_id"), split=split):
+            if key in written:
+                continue
+            if image_id in unreadable or keep:
+                kept += 1
+            else:
+                stale.append(key)
+    if stale:
+        print(f"[index] removing {len(stale)} rows of films or regions no longer in the data from {target}",
+              flush=True)
+        index.delete_keys(target, stale)
+    elif kept and keep:
+        print(f"[index] note: {kept} rows in {target} belong to films or regions no longer in the data; kept "
+              "(--keep-missing); run without it to remove them", flush=True)
+    return {"removed": len(stale), "kept": kept}
+
+
+def verify_rows(index: RegionIndex, target: str, splits: Sequence[str], expected: int) -> None:
+    """The build collection holds exactly ``expected`` rows of the indexed splits (rows of other
+    splits, from an earlier ``--split``, are not this run's business)."""
+    from .region_index import CountMismatchError
+
+    actual = sum(index.count(target, split=split) for split in splits)
+    if actual != expected:
+        raise CountMismatchError(index.display_uri, target, expected, actual)
 
 
 def index_main(argv: Sequence[str]) -> int:
@@ -131,14 +171,20 @@ def index_main(argv: Sequence[str]) -> int:
     parser.add_argument("--index-type", default="HNSW", choices=("HNSW", "FLAT", "IVF_FLAT"))
     parser.add_argument("--gpu", action="store_true", help="one GPU per encoder actor")
     parser.add_argument("--encoders", type=int, default=1, help="encoder actors")
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="regions per encoder batch and per Milvus upsert (default 256; larger on a GPU)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     parser.add_argument("--max-bad-fraction", type=float, default=0.05,
                         help="stop (leaving the alias where it was) when more films than this cannot be read")
+    parser.add_argument("--keep-missing", action="store_true",
+                        help="keep (and report) rows of films no longer in the data instead of removing them")
     args = parser.parse_args(list(argv))
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     try:
         summary = index_data(args.data, args.model, args.milvus, args.collection, args.split, args.gpu,
-                             args.encoders, args.index_type, address=args.address,
-                             max_bad_fraction=args.max_bad_fraction)
+                             args.encoders, args.index_type, batch_size=args.batch_size, address=args.address,
+                             max_bad_fraction=args.max_bad_fraction, keep_missing=args.keep_missing)
     except RegionMIRError as exc:
         print(f"regionmir index: {exc}", file=sys.stderr)
         return 2

@@ -870,6 +870,24 @@ class RegionIndex:
         self._call(name, self.client.flush, name)
         return images
 
+    def delete_keys(self, name: str, keys: Sequence[str], *, batch_size: int = 1000) -> int:
+        """Delete the rows with these primary keys from collection ``name`` (a re-index removing the
+        rows of films that left the data); returns how many keys were asked for. Flushed at the end."""
+        _check_name(name)
+        keys = list(dict.fromkeys(keys))
+        bad = [k for k in keys if not isinstance(k, str) or not _KEY_RE.fullmatch(k)]
+        if bad:
+            raise ValueError(f"not a region key (32 lowercase hex characters): {bad[0]!r}")
+        if not keys:
+            return 0
+        self._require(name)
+        for start in range(0, len(keys), batch_size):
+            chunk = keys[start:start + batch_size]
+            self._call(name, self.client.delete, name,
+                       filter="key in [" + ", ".join(quote_filter_value(k) for k in chunk) + "]")
+        self._call(name, self.client.flush, name)
+        return len(keys)
+
     def _erasure_filter(self, name: str, patient_hash: str | None, study_hash: str | None,
                         image_id: str | None) -> str | None:
         """The filter of one selector, or ``None`` when ``name`` has no such field (nothing to erase)."""

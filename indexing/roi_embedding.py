@@ -193,6 +193,7 @@ class SkippedFilms:
         self.allowed = int(max_bad_fraction * total)
         self.by_reason: dict[str, int] = {}
         self.examples: list[str] = []
+        self.image_ids: set[str] = set()  # every skipped film (its old rows, if any, are kept)
 
     @property
     def count(self) -> int:
@@ -203,6 +204,7 @@ class SkippedFilms:
         for i in np.flatnonzero(bad):
             reason = str(batch["skip_reason"][i])
             self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+            self.image_ids.add(str(batch["image_id"][i]))
             if len(self.examples) < 5:
                 self.examples.append(str(batch["image_id"][i]))
         unreachable = {r: n for r, n in self.by_reason.items() if r in STORAGE_REASONS}

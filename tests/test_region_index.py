@@ -320,6 +320,35 @@ def test_same_patient_exclusion_grouping_by_study_and_tallies(index):
 
 
 @pytest.mark.integration
+def test_a_reindex_removes_rows_of_films_that_left_the_data_and_keeps_unreadable_ones(index):
+    """``regionmir index``'s reconciliation (indexing.build.reconcile / verify_rows) on each backend."""
+    from indexing.build import reconcile, verify_rows
+
+    name, rows = filled(index)
+    train = [r for r in rows if r.split == "train"]
+    images = sorted({r.image_id for r in train})
+    gone, unreadable = images[:2], images[2]         # two films left the data; one could not be read now
+    written = {r.key for r in train if r.image_id not in (*gone, unreadable)}
+    stale = [r for r in train if r.image_id in gone]
+    kept_unreadable = sum(1 for r in train if r.image_id == unreadable)
+
+    assert reconcile(index, name, ["train"], written, {unreadable}, keep=True) == \
+        {"removed": 0, "kept": len(stale) + kept_unreadable}
+    assert index.count(name) == N_ROWS
+    with pytest.raises(CountMismatchError):
+        verify_rows(index, name, ["train"], len(written))
+
+    assert reconcile(index, name, ["train"], written, {unreadable}) == {"removed": len(stale), "kept": kept_unreadable}
+    assert index.count(name) == N_ROWS - len(stale)
+    assert index.get(name, [r.key for r in stale]) == {}
+    verify_rows(index, name, ["train"], len(written) + kept_unreadable)   # the test split is not this run's
+    assert index.count(name, split="test") == sum(1 for r in rows if r.split == "test")
+    assert reconcile(index, name, ["train"], written, {unreadable}) == {"removed": 0, "kept": kept_unreadable}
+    with pytest.raises(ValueError, match="region key"):
+        index.delete_keys(name, ["x' or 1==1"])
+
+
+@pytest.mark.integration
 def test_rows_of_a_patient_study_or_image_are_deleted_and_deleting_again_is_a_no_op(index):
     name, rows = filled(index)
     patient, study, image = rows[30].patient_hash, rows[0].study_hash, rows[50].image_id
