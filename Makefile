@@ -34,10 +34,12 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 # Fault and roll-out tests: Milvus SIGKILLed under the query service, a new model indexed under a
-# running service, the crop cache refusing to be marked complete short of rows (about 4 minutes on
-# 2 cores; CI runs them too).
+# running service, `regionmir index` losing S3 or SIGKILLed mid-job and re-run, a re-index after
+# films left the data, the crop cache refusing to be marked complete short of rows (about 9 minutes
+# on 2 cores; CI runs them too).
 test-faults: $(STAMP)
-	$(PY) -m pytest -q -m slow tests/test_serving_faults.py tests/test_rollout.py tests/test_crop_cache.py
+	$(PY) -m pytest -q -m slow tests/test_serving_faults.py tests/test_rollout.py tests/test_index_faults.py \
+	  tests/test_crop_cache.py
 
 # A 3-node Ray cluster on this machine (head + 2 worker nodes): distributed pretraining across the
 # worker nodes survives one of them being killed (about 10 minutes on 2 cores; CI runs it too).
