@@ -1,7 +1,7 @@
 """Offline checks of what ``k8s/`` asks a cluster to run (no cluster, no network).
 
-* Built-in kinds (Namespace, ConfigMap, Secret, Ingress): the strict Kubernetes 1.31 JSON schemas
-  bundled with ``kubernetes-validate`` (unknown fields fail).
+* Built-in kinds (Namespace, ConfigMap, Secret, Ingress, NetworkPolicy, PodDisruptionBudget): the
+  strict Kubernetes 1.31 JSON schemas bundled with ``kubernetes-validate`` (unknown fields fail).
 * KubeRay kinds (RayJob, RayService): no CRD schema is available offline, so a hand-written schema
   of the top-level and spec fields we use (``additionalProperties: false`` at every level), whose
   pod templates (head, workers, job submitter) are the strict Kubernetes ``PodTemplateSpec``;
@@ -14,6 +14,12 @@
   = every image tag; serveConfigV2 ``args`` agree with its per-deployment overrides and with the
   ConfigMap; the PrometheusRule holds exactly ``serving/prometheus_alerts.yml``; monitors scrape
   ports the pods declare.
+* Fail closed: every Ray and submitter pod non-root with a read-only root filesystem (and the
+  emptyDirs Ray needs); the NetworkPolicies evaluated on the pods KubeRay and the Milvus chart will
+  create (labels as KubeRay sets them): default deny, and a table of connections that must get
+  through and that must not; PodDisruptionBudgets that select the query service's pods, each pod
+  once; nothing publishes the Ray dashboard; Milvus runs with authentication and only its clients
+  get the token, from its Secret.
 
 The raw files are checked without ``kubectl``; the rendered overlays (``kubectl kustomize``) only
 when ``kubectl`` is on PATH. Each kind of check is shown to fail on a typo'd field at the end.
@@ -26,13 +32,15 @@ import ast
 import copy
 import functools
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import yaml
@@ -561,8 +569,9 @@ def kuberay_problems(doc: dict, where: str) -> list[str]:
     spec = doc["spec"]
     if doc["kind"] == "RayJob":
         return (ray_cluster_problems(spec["rayClusterSpec"], f"{where}.rayClusterSpec")
-                + entrypoint_problems(spec, where))
-    return ray_cluster_problems(spec["rayClusterConfig"], f"{where}.rayClusterConfig") + rayservice_problems(doc, where)
+                + entrypoint_problems(spec, where) + pod_security_problems(doc, where))
+    return (ray_cluster_problems(spec["rayClusterConfig"], f"{where}.rayClusterConfig")
+            + rayservice_problems(doc, where) + pod_security_problems(doc, where))
 
 
 # ------------------------------------------------------------------- prometheus-operator kinds
@@ -587,6 +596,450 @@ def prometheus_problems(doc: dict, where: str) -> list[str]:
         return [f"{where}: {exc}"]
     return [f"{where}: unknown key {k!r}" for k in
             unknown_keys(doc, parsed.model_dump(by_alias=True, exclude_unset=True, mode="json"))]
+
+
+# ------------------------------------------------------------------------------- fail closed
+# Pod security of every Ray and submitter pod; NetworkPolicies evaluated on the pods KubeRay and the
+# Milvus chart create; PodDisruptionBudgets; the dashboard's exposure; Milvus authentication.
+
+#: The base image's user `ray` (rayproject/ray): uid 1000, primary group `users` (gid 100).
+RAY_UID, RAY_GID = 1000, 100
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": RAY_UID, "runAsGroup": RAY_GID,
+                "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                      "capabilities": {"drop": ["ALL"]}}
+#: Writable emptyDirs a container needs on a read-only root filesystem: mount path -> emptyDir medium.
+RAY_NODE_WRITABLE = {"/tmp": None, "/dev/shm": "Memory", "/home/ray/.cache": None}
+SUBMITTER_WRITABLE = {"/tmp": None, "/home/ray/.cache": None}
+AUTOSCALER_WRITABLE = {"/tmp": None}
+DASHBOARD_PORT = 8265
+MILVUS_TOKEN_REF = {"name": "regionmir-milvus-token", "key": "token"}
+MILVUS_ROOT_REF = {"name": "regionmir-milvus-root", "key": "password"}
+
+
+def _cluster(doc: dict) -> dict | None:
+    spec = doc.get("spec", {})
+    return spec.get("rayClusterSpec") or spec.get("rayClusterConfig")
+
+
+def _pod_templates(doc: dict) -> list[tuple[str, str, str, dict]]:
+    """(node type head|worker|submitter, KubeRay group name, where, template) of a RayJob/RayService."""
+    cluster = _cluster(doc)
+    if not cluster:
+        return []
+    out = [("head", "headgroup", "headGroupSpec", cluster["headGroupSpec"]["template"])]
+    out += [("worker", g["groupName"], f"workerGroupSpecs[{g['groupName']}]", g["template"])
+            for g in cluster.get("workerGroupSpecs", [])]
+    if doc["spec"].get("submitterPodTemplate"):
+        out.append(("submitter", "", "submitterPodTemplate", doc["spec"]["submitterPodTemplate"]))
+    return out
+
+
+def _security_context_problems(effective: dict, at: str) -> list[str]:
+    problems = [f"{at}: securityContext.{key} is {effective.get(key)!r}, want {want!r}"
+                for key, want in {**POD_SECURITY, **CONTAINER_SECURITY}.items() if effective.get(key) != want]
+    if effective.get("privileged"):
+        problems.append(f"{at}: privileged")
+    return problems
+
+
+def _writable_problems(mounts: list[dict], volumes: dict[str, dict], wanted: dict, at: str) -> list[str]:
+    by_path = {m["mountPath"]: m for m in mounts}
+    problems = []
+    for path, medium in wanted.items():
+        mount = by_path.get(path)
+        volume = volumes.get(mount["name"]) if mount else None
+        if volume is None or "emptyDir" not in volume or mount.get("readOnly"):
+            problems.append(f"{at}: the root filesystem is read-only: mount a writable emptyDir at {path}")
+        elif (volume["emptyDir"] or {}).get("medium") != medium:
+            problems.append(f"{at}: the emptyDir at {path} must have medium {medium!r}")
+    return problems
+
+
+def pod_security_problems(doc: dict, where: str) -> list[str]:
+    """Every pod non-root (the image's user), default seccomp, no host namespaces or hostPath; every
+    container without privilege escalation or capabilities, on a read-only root filesystem with the
+    emptyDirs Ray needs. The autoscaler sidecar KubeRay injects takes autoscalerOptions; the
+    wait-gcs-ready init container it injects copies the Ray container's securityContext and mounts."""
+    problems = []
+    for node_type, _, label, template in _pod_templates(doc):
+        spec = template.get("spec", {})
+        pod_context = spec.get("securityContext", {})
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for flag in ("hostNetwork", "hostPID", "hostIPC"):
+            if spec.get(flag):
+                problems.append(f"{where}.{label}: {flag}")
+        problems += [f"{where}.{label}: hostPath volume {name}" for name, v in volumes.items() if "hostPath" in v]
+        wanted = SUBMITTER_WRITABLE if node_type == "submitter" else RAY_NODE_WRITABLE
+        for c in spec.get("initContainers", []) + spec.get("containers", []):
+            at = f"{where}.{label}.{c['name']}"
+            problems += _security_context_problems({**pod_context, **c.get("securityContext", {})}, at)
+            problems += _writable_problems(c.get("volumeMounts", []), volumes, wanted, at)
+        if node_type == "head" and _cluster(doc).get("enableInTreeAutoscaling"):
+            options = _cluster(doc).get("autoscalerOptions", {})
+            at = f"{where}.autoscalerOptions"
+            problems += _security_context_problems({**pod_context, **options.get("securityContext", {})}, at)
+            problems += _writable_problems(options.get("volumeMounts", []), volumes, AUTOSCALER_WRITABLE, at)
+    return problems
+
+
+# --- the pods the cluster will run, with the labels their controllers give them
+
+
+class Pod(NamedTuple):
+    name: str
+    namespace: str
+    labels: dict[str, str]
+    ports: dict[str, int]  # declared container ports, by name
+
+
+def kuberay_pod_labels(node_type: str, cluster: str, group: str, template_labels: dict, *, rayservice: bool) -> dict:
+    """The labels KubeRay gives a Ray pod (labelPod in ray-operator/controllers/ray/common/pod.go):
+    its own, overridden by the template's except ray.io/node-type, ray.io/group, ray.io/cluster;
+    RayService pods also get ray.io/serve (BuildPod; KubeRay flips the head's with the proxy's health)."""
+    labels = {"ray.io/is-ray-node": "yes", "ray.io/cluster": cluster, "ray.io/node-type": node_type,
+              "ray.io/group": group, "ray.io/identifier": f"{cluster}-{node_type}",
+              "app.kubernetes.io/name": "kuberay", "app.kubernetes.io/created-by": "kuberay-operator"}
+    labels.update({k: v for k, v in template_labels.items()
+                   if k not in ("ray.io/node-type", "ray.io/group", "ray.io/cluster")})
+    if rayservice:
+        labels["ray.io/serve"] = "false" if node_type == "head" else "true"
+    return labels
+
+
+def kuberay_pods(docs: list[dict]) -> list[Pod]:
+    pods = []
+    for doc in docs:
+        if doc.get("kind") not in ("RayJob", "RayService"):
+            continue
+        name, namespace = doc["metadata"]["name"], doc["metadata"].get("namespace", "regionmir")
+        # RayService clusters are <name>-raycluster-<random>, RayJob clusters <name>-<random>.
+        cluster = f"{name}-raycluster-x7k2p" if doc["kind"] == "RayService" else f"{name}-x7k2p"
+        for node_type, group, _, template in _pod_templates(doc):
+            ports = {p["name"]: p["containerPort"] for c in _containers(template) for p in c.get("ports", [])
+                     if "name" in p}
+            template_labels = template.get("metadata", {}).get("labels", {})
+            if node_type == "submitter":  # a Kubernetes Job's pod: the template's labels + the Job's
+                labels = {**template_labels, "job-name": name, "batch.kubernetes.io/job-name": name}
+                pods.append(Pod(f"{name}/submitter", namespace, labels, ports))
+            else:
+                labels = kuberay_pod_labels(node_type, cluster, group, template_labels,
+                                            rayservice=doc["kind"] == "RayService")
+                pods.append(Pod(f"{name}/{group}", namespace, labels, ports))
+    return pods
+
+
+@functools.cache
+def milvus_release() -> tuple[str, str]:
+    """(release, namespace) of the `helm install ... zilliztech/milvus` in k8s/milvus/README.md."""
+    text = (K8S / "milvus" / "README.md").read_text()
+    m = re.search(r"helm install (\S+) zilliztech/milvus (?:--namespace|-n) (\S+)", text)
+    assert m, "k8s/milvus/README.md has no `helm install RELEASE zilliztech/milvus --namespace NS`"
+    return m.group(1), m.group(2)
+
+
+def milvus_pods() -> list[Pod]:
+    """The pods of the Milvus chart in standalone mode (labels: milvus.matchLabels + component; the
+    etcd subchart: app.kubernetes.io/name etcd, the parent's release as instance)."""
+    release, namespace = milvus_release()
+    return [Pod(f"{release}-standalone", namespace, {"app.kubernetes.io/name": "milvus",
+                                                     "app.kubernetes.io/instance": release, "component": "standalone"},
+                {"milvus": 19530, "metrics": 9091}),
+            Pod(f"{release}-etcd-0", namespace,
+                {"app.kubernetes.io/name": "etcd", "app.kubernetes.io/instance": release},
+                {"client": 2379, "peer": 2380})]
+
+
+#: Pods outside the namespace, as their charts label them, in the namespaces k8s/README.md installs
+#: them into (ingress-nginx: the namespace of its install guide).
+OUTSIDERS = {
+    "ingress-controller": Pod("ingress-nginx-controller", "ingress-nginx", {
+        "app.kubernetes.io/name": "ingress-nginx", "app.kubernetes.io/instance": "ingress-nginx",
+        "app.kubernetes.io/component": "controller"}, {}),
+    "kuberay-operator": Pod("kuberay-operator", "kuberay-system", {
+        "app.kubernetes.io/name": "kuberay-operator", "app.kubernetes.io/instance": "kuberay-operator",
+        "app.kubernetes.io/component": "kuberay-operator"}, {}),
+    "prometheus": Pod("prometheus-kps-prometheus-0", "monitoring", {
+        "app.kubernetes.io/name": "prometheus", "app.kubernetes.io/managed-by": "prometheus-operator",
+        "app.kubernetes.io/instance": "kps-kube-prometheus-prometheus",
+        "prometheus": "kps-kube-prometheus-prometheus"}, {}),
+}
+#: Pods that must get nowhere: one in another namespace, one in RegionMIR's own.
+STRANGERS = {"stranger": Pod("curl", "default", {"run": "curl"}, {}),
+             "neighbour": Pod("debug", "regionmir", {"run": "debug"}, {})}
+
+
+# --- NetworkPolicy semantics (ingress only: no policy here restricts egress)
+
+
+def selector_matches(selector: dict, labels: dict[str, str]) -> bool:
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        ok = {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+def _namespace_labels(namespace: str) -> dict[str, str]:
+    return {"kubernetes.io/metadata.name": namespace}  # set by the API server on every namespace
+
+
+def _policy_types(policy: dict) -> list[str]:
+    return policy["spec"].get("policyTypes") or (["Ingress"] + (["Egress"] if "egress" in policy["spec"] else []))
+
+
+def _peer_matches(peer: dict, policy_namespace: str, src: Pod) -> bool:
+    if "ipBlock" in peer:
+        return False  # no ipBlock here: pod traffic only
+    if "namespaceSelector" in peer:
+        if not selector_matches(peer["namespaceSelector"], _namespace_labels(src.namespace)):
+            return False
+    elif src.namespace != policy_namespace:
+        return False
+    return selector_matches(peer.get("podSelector", {}), src.labels)
+
+
+def _port_matches(ports: list[dict] | None, dst: Pod, port: int) -> bool:
+    if not ports:
+        return True
+    for p in ports:
+        if p.get("protocol", "TCP") != "TCP":
+            continue
+        want = p.get("port")
+        if want is None:
+            return True
+        number = dst.ports.get(want) if isinstance(want, str) else want
+        if number is not None and number <= port <= p.get("endPort", number):
+            return True
+    return False
+
+
+def ingress_allowed(policies: list[dict], src: Pod, dst: Pod, port: int) -> bool:
+    """Whether `src` may open a TCP connection to `dst`:`port` under these NetworkPolicies."""
+    isolating = [p for p in policies if p["metadata"].get("namespace", "regionmir") == dst.namespace
+                 and "Ingress" in _policy_types(p) and selector_matches(p["spec"]["podSelector"], dst.labels)]
+    if not isolating:
+        return True
+    for policy in isolating:
+        namespace = policy["metadata"].get("namespace", "regionmir")
+        for rule in policy["spec"].get("ingress") or []:
+            if not _port_matches(rule.get("ports"), dst, port):
+                continue
+            peers = rule.get("from")
+            if not peers or any(_peer_matches(peer, namespace, src) for peer in peers):
+                return True
+    return False
+
+
+def _is_default_deny(policy: dict) -> bool:
+    spec = policy["spec"]
+    return spec.get("podSelector") == {} and "Ingress" in _policy_types(policy) and not spec.get("ingress")
+
+
+def _component(pod: Pod) -> str | None:
+    return pod.labels.get("app.kubernetes.io/component")
+
+
+def _scraped_ports(docs: list[dict], pod: Pod) -> set[int]:
+    """The ports of `pod` a PodMonitor / ServiceMonitor of `docs` scrapes (monitors name ports)."""
+    ports = set()
+    for m in docs:
+        if m["kind"] == "PodMonitor" and selector_matches(m["spec"]["selector"], pod.labels) \
+                and pod.namespace in m["spec"].get("namespaceSelector", {}).get("matchNames", [pod.namespace]):
+            ports |= {pod.ports[e["port"]] for e in m["spec"]["podMetricsEndpoints"] if e["port"] in pod.ports}
+        if m["kind"] == "ServiceMonitor" and selector_matches(m["spec"]["selector"], pod.labels):
+            ports |= {pod.ports[e["port"]] for e in m["spec"]["endpoints"] if e["port"] in pod.ports}
+    return ports
+
+
+def expected_flows(docs: list[dict]) -> list[tuple[Pod, Pod, int, bool, str]]:
+    """(source, destination, port, allowed?, why) for the pods `docs` make: what must get through
+    and what must not."""
+    ray = [p for p in kuberay_pods(docs) if p.labels.get("ray.io/is-ray-node") == "yes"]
+    submitters = [p for p in kuberay_pods(docs) if "job-name" in p.labels]
+    standalone, etcd = milvus_pods()
+    out = {**OUTSIDERS, **STRANGERS}
+    has_ingress = any(d["kind"] == "Ingress" for d in docs)
+    flows = []
+    heads = [p for p in ray if p.labels["ray.io/node-type"] == "head"]
+    for pod in ray:
+        component = _component(pod)
+        if component == "query-service":
+            flows += [(out["ingress-controller"], pod, 8000, has_ingress, "the Ingress reaches Serve"),
+                      (out["stranger"], pod, 8000, False, "Serve only through the ingress controller"),
+                      (out["neighbour"], pod, 8000, False, "Serve only through the ingress controller"),
+                      (out["prometheus"], pod, 8000, False, "Prometheus scrapes metrics ports only")]
+        for peer in ray:
+            same = _component(peer) == component
+            flows += [(peer, pod, 6379, same, "Ray pods of one cluster reach each other, not another's"),
+                      (peer, pod, 10002, same, "Ray pods of one cluster reach each other (any port)")]
+        flows += [(pod, standalone, 19530, component in ("query-service", "indexing"),
+                   "only the service's and the index job's Ray pods use Milvus"),
+                  (pod, standalone, 9091, False, "Milvus's clients use its client port only")]
+        for port in sorted(_scraped_ports(docs, pod)):
+            flows += [(out["prometheus"], pod, port, True, "Prometheus scrapes the ports the monitors name"),
+                      (out["stranger"], pod, port, False, "metrics only to Prometheus")]
+    for head in heads:
+        flows += [(out["kuberay-operator"], head, DASHBOARD_PORT, True, "the operator uses the dashboard"),
+                  (out["ingress-controller"], head, DASHBOARD_PORT, False, "the dashboard is not published"),
+                  (out["prometheus"], head, DASHBOARD_PORT, False, "the dashboard is not a metrics port"),
+                  (out["stranger"], head, DASHBOARD_PORT, False, "the dashboard is not published"),
+                  (out["neighbour"], head, DASHBOARD_PORT, False, "the dashboard is not published"),
+                  (out["kuberay-operator"], head, 6379, False, "the operator needs no GCS access")]
+        if _component(head) == "query-service":
+            flows.append((out["kuberay-operator"], head, 8000, True, "the operator checks the head's Serve proxy"))
+    for sub in submitters:
+        for head in heads:
+            same = _component(head) == _component(sub)
+            flows += [(sub, head, DASHBOARD_PORT, same, "a submitter reaches its own cluster's dashboard only"),
+                      (sub, head, 6379, False, "a submitter talks to the dashboard only")]
+        flows.append((sub, standalone, 19530, False, "the submitter does not use Milvus"))
+    flows += [(standalone, etcd, 2379, True, "Milvus reaches its etcd"),
+              (out["stranger"], etcd, 2379, False, "etcd only for Milvus"),
+              (out["neighbour"], standalone, 19530, False, "Milvus only for RegionMIR's Ray pods"),
+              (out["stranger"], standalone, 19530, False, "Milvus only for RegionMIR's Ray pods"),
+              (out["ingress-controller"], standalone, 19530, False, "Milvus is not published"),
+              (out["prometheus"], standalone, 19530, False, "Prometheus scrapes metrics ports only")]
+    flows += [(out["prometheus"], standalone, port, True, "Prometheus scrapes Milvus's metrics")
+              for port in sorted(_scraped_ports(docs, standalone))]
+    flows += [(pod, etcd, 2379, False, "etcd only for Milvus") for pod in ray[:1]]
+    return flows
+
+
+def network_policy_problems(docs: list[dict]) -> list[str]:
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    pods = kuberay_pods(docs) + milvus_pods()
+    problems = []
+    if not any(_is_default_deny(p) and p["metadata"].get("namespace") == "regionmir" for p in policies):
+        problems.append("no default-deny ingress NetworkPolicy (podSelector {}, no ingress rules) in regionmir")
+    for policy in policies:
+        at = f"NetworkPolicy/{policy['metadata']['name']}"
+        namespace = policy["metadata"].get("namespace", "regionmir")
+        if "Egress" in _policy_types(policy):
+            problems.append(f"{at}: egress is not restricted here (S3, DNS, the Kubernetes API)")
+        if _is_default_deny(policy):
+            continue
+        selected = [p for p in pods
+                    if p.namespace == namespace and selector_matches(policy["spec"]["podSelector"], p.labels)]
+        if not selected:
+            problems.append(f"{at}: podSelector {policy['spec']['podSelector']} selects no pod that KubeRay or the "
+                            "Milvus chart creates")
+        for rule in policy["spec"].get("ingress") or []:
+            for peer in rule.get("from") or []:
+                if not any(_peer_matches(peer, namespace, s) for s in pods + list(OUTSIDERS.values())):
+                    problems.append(f"{at}: `from` {peer} matches no pod that exists")
+            for port in rule.get("ports") or []:
+                if isinstance(port.get("port"), int) and not any(port["port"] in p.ports.values() for p in selected):
+                    problems.append(f"{at}: port {port['port']} is declared by none of the pods it selects")
+    for src, dst, port, want, why in expected_flows(docs):
+        got = ingress_allowed(policies, src, dst, port)
+        if got != want:
+            problems.append(f"{src.namespace}/{src.name} -> {dst.namespace}/{dst.name}:{port} is "
+                            f"{'allowed' if got else 'denied'}, want {'allowed' if want else 'denied'} ({why})")
+    return problems
+
+
+def disruption_budget_problems(docs: list[dict]) -> list[str]:
+    """Every PDB selects pods of the query service; minAvailable as an integer (a RayCluster has no
+    scale subresource, so Kubernetes refuses maxUnavailable and percentages for its pods); a broken pod
+    never blocks a drain; the head and every worker group covered, each pod by one budget only
+    (an eviction of a pod under two budgets fails)."""
+    budgets = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    service_pods = [p for p in kuberay_pods(docs) if _component(p) == "query-service"]
+    other_pods = [p for p in kuberay_pods(docs) if _component(p) != "query-service"] + milvus_pods()
+    problems = []
+    covering: dict[str, list[str]] = {p.name: [] for p in service_pods}
+    for budget in budgets:
+        at = f"PodDisruptionBudget/{budget['metadata']['name']}"
+        spec = budget["spec"]
+        if "maxUnavailable" in spec or not isinstance(spec.get("minAvailable"), int):
+            problems.append(f"{at}: use an integer minAvailable (Ray pods' controller has no scale subresource)")
+        if spec.get("unhealthyPodEvictionPolicy") != "AlwaysAllow":
+            problems.append(f"{at}: unhealthyPodEvictionPolicy must be AlwaysAllow "
+                            "(a broken pod must not block drains)")
+        selected = [p for p in service_pods if selector_matches(spec["selector"], p.labels)]
+        if not selected:
+            problems.append(f"{at}: selector {spec['selector']} selects no pod of the query service")
+        problems += [f"{at}: selects {p.name}, not a query-service pod" for p in other_pods
+                     if selector_matches(spec["selector"], p.labels)]
+        for p in selected:
+            covering[p.name].append(at)
+    for name, by in covering.items():
+        if len(by) != 1:
+            problems.append(f"pod {name} is covered by {len(by)} PodDisruptionBudgets {by}, want exactly 1")
+    return problems
+
+
+def dashboard_exposure_problems(docs: list[dict]) -> list[str]:
+    """Nothing here publishes the Ray dashboard (8265): no Service or Ingress points at it, and the
+    head Services KubeRay creates stay ClusterIP, without KubeRay's Ingress."""
+    problems = []
+    for d in docs:
+        at = f"{d['kind']}/{d['metadata']['name']}"
+        if d["kind"] == "Service":
+            for p in d["spec"].get("ports", []):
+                if DASHBOARD_PORT in (p.get("port"), p.get("targetPort")) or p.get("targetPort") == "dashboard":
+                    problems.append(f"{at}: exposes the Ray dashboard port {DASHBOARD_PORT}")
+        if d["kind"] == "Ingress":
+            backends = [path["backend"] for rule in d["spec"].get("rules", [])
+                        for path in rule.get("http", {}).get("paths", [])]
+            backends += [d["spec"]["defaultBackend"]] if "defaultBackend" in d["spec"] else []
+            for b in backends:
+                svc = b.get("service", {})
+                port = svc.get("port", {})
+                if port.get("number") == DASHBOARD_PORT or port.get("name") == "dashboard" \
+                        or svc.get("name", "").endswith("-head-svc"):
+                    problems.append(f"{at}: routes to the Ray dashboard ({svc})")
+        cluster = _cluster(d) if d["kind"] in ("RayJob", "RayService") else None
+        if cluster:
+            head = cluster["headGroupSpec"]
+            if head.get("serviceType", "ClusterIP") != "ClusterIP" or \
+                    head.get("headService", {}).get("spec", {}).get("type", "ClusterIP") != "ClusterIP":
+                problems.append(f"{at}: the head Service (dashboard {DASHBOARD_PORT}) must stay ClusterIP")
+            if head.get("enableIngress"):
+                problems.append(f"{at}: enableIngress publishes the Ray dashboard")
+            serve = d["spec"].get("serveService", {}).get("spec", {})
+            if any(DASHBOARD_PORT in (p.get("port"), p.get("targetPort")) for p in serve.get("ports", [])):
+                problems.append(f"{at}: serveService exposes port {DASHBOARD_PORT}")
+    return problems
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def milvus_auth_problems(docs: list[dict], values: dict) -> list[str]:
+    """Milvus runs with authentication, its root password from a Secret; the query service's and the
+    index job's Ray containers take MILVUS_TOKEN from the Secret regionmir-milvus-token, nothing else
+    gets it, and no manifest spells a token."""
+    problems = []
+    user = yaml.safe_load(values.get("extraConfigFiles", {}).get("user.yaml") or "{}") or {}
+    if user.get("common", {}).get("security", {}).get("authorizationEnabled") is not True:
+        problems.append("milvus/values.yaml: extraConfigFiles user.yaml must set "
+                        "common.security.authorizationEnabled: true")
+    extra_env = {e["name"]: e for e in values.get("standalone", {}).get("extraEnv", [])}
+    root = extra_env.get("COMMON_SECURITY_DEFAULTROOTPASSWORD")
+    if (root or {}).get("valueFrom", {}).get("secretKeyRef") != MILVUS_ROOT_REF:
+        problems.append(f"milvus/values.yaml: standalone.extraEnv must take COMMON_SECURITY_DEFAULTROOTPASSWORD "
+                        f"from Secret {MILVUS_ROOT_REF}")
+    for d in docs:
+        for node_type, _, label, template in _pod_templates(d):
+            uses_milvus = node_type != "submitter" and template.get("metadata", {}).get("labels", {}).get(
+                "app.kubernetes.io/component") in ("query-service", "indexing")
+            for c in _containers(template):
+                at = f"{d['kind']}/{d['metadata']['name']}.{label}.{c['name']}"
+                token = _env(c).get("MILVUS_TOKEN")
+                if uses_milvus and (token or {}).get("valueFrom", {}).get("secretKeyRef") != MILVUS_TOKEN_REF:
+                    problems.append(f"{at}: MILVUS_TOKEN must come from Secret {MILVUS_TOKEN_REF}")
+                if not uses_milvus and token is not None:
+                    problems.append(f"{at}: does not use Milvus and must not get MILVUS_TOKEN")
+                if token is not None and "value" in token:
+                    problems.append(f"{at}: MILVUS_TOKEN spelled out in the manifest")
+    return problems
 
 
 # ---------------------------------------------------------------------------------- dispatcher
@@ -631,7 +1084,7 @@ def test_ray_pin_dockerfile_and_torch_agree():
 def test_there_is_something_to_check():
     kinds = {doc["kind"] for _, doc in raw_documents()}
     assert {"Namespace", "ConfigMap", "Secret", "Ingress", "RayJob", "RayService", "PodMonitor", "ServiceMonitor",
-            "PrometheusRule"} <= kinds
+            "PrometheusRule", "NetworkPolicy", "PodDisruptionBudget"} <= kinds
     steps = {doc["metadata"]["labels"]["regionmir.io/step"] for _, doc in raw_documents() if doc["kind"] == "RayJob"}
     assert steps == {"pretrain", "finetune", "index"}
 
@@ -690,9 +1143,12 @@ def test_rendered_overlays_contain_what_they_should():
     def kinds(overlay: str) -> list[str]:
         return sorted(d["kind"] for d in render(overlay))
 
-    assert kinds("overlays/prod") == ["ConfigMap", "ConfigMap", "Namespace", "PodMonitor", "PodMonitor",
-                                      "PrometheusRule", "RayService", "ServiceMonitor"]
-    assert kinds("overlays/dev") == ["ConfigMap", "Namespace", "RayService"]
+    policies = ["NetworkPolicy"] * 7
+    assert kinds("overlays/prod") == sorted(["ConfigMap", "ConfigMap", "Namespace", "PodMonitor", "PodMonitor",
+                                             "PrometheusRule", "RayService", "ServiceMonitor"]
+                                            + policies + ["NetworkPolicy"] * 2 + ["PodDisruptionBudget"] * 3)
+    assert kinds("overlays/dev") == sorted(["ConfigMap", "Namespace", "RayService"] + policies
+                                           + ["PodDisruptionBudget"] * 2)
     assert kinds("overlays/prod/jobs") == kinds("overlays/dev/jobs") == ["RayJob"] * 3
     for doc in render("overlays/prod") + render("overlays/prod/jobs"):
         assert doc["metadata"].get("namespace") == "regionmir" or doc["kind"] == "Namespace", doc["metadata"]
@@ -772,7 +1228,20 @@ def test_ingress_points_at_the_kuberay_serve_service():
 def test_secret_templates_match_what_the_pods_reference():
     secrets = {d["metadata"]["name"]: set(d["stringData"]) for _, d in raw_documents() if d["kind"] == "Secret"}
     assert secrets == {"regionmir-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
-                       "regionmir-api-key": {"api-key"}, "regionmir-id-salt": {"id-salt"}}
+                       "regionmir-api-key": {"api-key"}, "regionmir-id-salt": {"id-salt"},
+                       "regionmir-milvus-token": {"token"}, "regionmir-milvus-root": {"password"}}
+    # Every Secret a pod (or the Milvus chart) reads has a template, with that key.
+    values = yaml.safe_load(HELM_VALUES.read_text())
+    containers = [c for _, d in raw_documents() for _, _, _, t in _pod_templates(d) for c in _containers(t)]
+    containers.append({"env": values["standalone"]["extraEnv"]})
+    for c in containers:
+        for e in c.get("env", []):
+            ref = e.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                assert ref["key"] in secrets.get(ref["name"], set()), f"{e['name']}: no template for {ref}"
+        for src in c.get("envFrom", []):
+            if "secretRef" in src:
+                assert src["secretRef"]["name"] in secrets, src
     for path in manifest_files():
         if "secrets" not in path.parts:
             assert "kind: Secret" not in path.read_text(), f"{path}: Secrets stay templates in k8s/secrets"
@@ -917,3 +1386,220 @@ def test_the_index_job_hashes_patients_with_the_services_salt():
             keys = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in container.get("env", [])}
             assert keys.get("REGIONMIR_ID_SALT") == {"name": "regionmir-id-salt", "key": "id-salt"}, \
                 f"{where}: {container['name']}"
+
+
+# ----------------------------------------------------------------------------------- fail closed
+
+
+def _deployment(name: str) -> list[dict]:
+    """The objects of one way to deploy (the service's overlay and its jobs together; the files:
+    everything under k8s/, which is prod + ingress + jobs without the image overrides)."""
+    if name == "files":
+        return copy.deepcopy([d for _, d in raw_documents()])
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl not on PATH: the rendered overlays are not checked")
+    overlay, _, extra = name.partition("+")
+    service = (render_with_component(f"overlays/{overlay}", "components/ingress") if extra
+               else render(f"overlays/{overlay}"))
+    return copy.deepcopy(service + render(f"overlays/{overlay}/jobs"))
+
+
+@functools.cache
+def render_with_component(overlay: str, component: str) -> list[dict]:
+    """An overlay with a component enabled, through a temporary kustomization (kustomize refuses
+    absolute paths, so it names both relative to itself)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": [os.path.relpath(K8S / overlay, tmp)], "components": [os.path.relpath(K8S / component, tmp)]}))
+        result = subprocess.run(["kubectl", "kustomize", tmp], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, f"kubectl kustomize {overlay} + {component} failed:\n{result.stderr}"
+    return [d for d in yaml.safe_load_all(result.stdout) if d is not None]
+
+
+DEPLOYMENTS = ["files", "prod", "prod+ingress", "dev"]
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_network_policies_deny_by_default_and_allow_only_what_is_needed(deployment):
+    docs = _deployment(deployment)
+    assert any(d["kind"] == "NetworkPolicy" for d in docs)
+    problems = network_policy_problems(docs)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_disruption_budgets_cover_the_query_service(deployment):
+    docs = _deployment(deployment)
+    problems = disruption_budget_problems(docs)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_the_ray_dashboard_is_not_published(deployment):
+    problems = dashboard_exposure_problems(_deployment(deployment))
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_milvus_needs_a_token_that_only_its_clients_get(deployment):
+    problems = milvus_auth_problems(_deployment(deployment), yaml.safe_load(HELM_VALUES.read_text()))
+    assert not problems, "\n".join(problems)
+
+
+def test_pods_outside_the_namespace_are_where_the_readme_installs_them():
+    readme = (K8S / "README.md").read_text()
+    for pod in (OUTSIDERS["kuberay-operator"], OUTSIDERS["prometheus"]):
+        assert f"-n {pod.namespace} " in readme, pod
+    assert "ingress-nginx" in (K8S / "components" / "ingress" / "networkpolicy.yaml").read_text()
+    release, namespace = milvus_release()
+    assert f"REGIONMIR_MILVUS_URI: \"http://{release}:19530\"" in ENV_CONFIGMAP.read_text()
+    assert namespace == "regionmir", "Milvus moved: move its NetworkPolicies with it (k8s/base/networkpolicies.yaml)"
+
+
+def _doc(docs: list[dict], kind: str, name: str) -> dict:
+    (doc,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+def _ingress_rules(docs: list[dict], name: str) -> list[dict]:
+    return _doc(docs, "NetworkPolicy", name)["spec"]["ingress"]
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda docs: docs.remove(_doc(docs, "NetworkPolicy", "default-deny-ingress")), "no default-deny"),
+    (lambda docs: _ingress_rules(docs, "ingress-controller-to-serve")[0]["from"][0]["namespaceSelector"]
+     ["matchLabels"].__setitem__("kubernetes.io/metadata.name", "nginx"),
+     "denied, want allowed (the Ingress reaches Serve)"),
+    (lambda docs: _ingress_rules(docs, "milvus-clients")[0]["from"][1]["podSelector"]["matchLabels"]
+     .__setitem__("app.kubernetes.io/component", "training"), "allowed, want denied (only the service's and the index"),
+    (lambda docs: _ingress_rules(docs, "milvus-clients")[0].pop("ports"),
+     "allowed, want denied (Milvus's clients use its client port only)"),
+    (lambda docs: _ingress_rules(docs, "kuberay-operator-to-ray-heads")[0].pop("ports"),
+     "allowed, want denied (the operator needs no GCS access)"),
+    (lambda docs: _ingress_rules(docs, "ray-query-service")[0]["from"][0]["podSelector"]["matchLabels"]
+     .pop("app.kubernetes.io/component"),
+     "allowed, want denied (Ray pods of one cluster reach each other, not another's)"),
+    (lambda docs: _ingress_rules(docs, "ray-training")[1].pop("ports"), "allowed, want denied (a submitter talks to"),
+    (lambda docs: _doc(docs, "NetworkPolicy", "ray-indexing")["spec"]["podSelector"]["matchLabels"]
+     .__setitem__("app.kubernetes.io/component", "index"), "selects no pod"),
+    (lambda docs: _ingress_rules(docs, "prometheus-scrapes-ray")[0]["ports"].pop(), "denied, want allowed (Prometheus"),
+    (lambda docs: _ingress_rules(docs, "prometheus-scrapes-ray")[0]["ports"].append({"port": 8265}),
+     "allowed, want denied (the dashboard is not a metrics port)"),
+    (lambda docs: _doc(docs, "NetworkPolicy", "milvus-release-internal")["spec"]["podSelector"]["matchLabels"]
+     .__setitem__("app.kubernetes.io/instance", "milvus-db"), "selects no pod"),
+], ids=["no-default-deny", "ingress-namespace", "milvus-from-training", "milvus-any-port", "operator-any-port",
+        "ray-across-clusters", "submitter-any-port", "selector-typo", "metrics-port-missing", "dashboard-to-prometheus",
+        "milvus-release-renamed"])
+def test_a_network_policy_that_opens_or_closes_too_much_fails(mutate, message):
+    docs = _deployment("files")
+    assert not network_policy_problems(docs)
+    mutate(docs)
+    problems = network_policy_problems(docs)
+    assert any(message in p for p in problems), problems
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda docs: _doc(docs, "PodDisruptionBudget", "regionmir-ray-head")["spec"].update(
+        {"maxUnavailable": 0, "minAvailable": None}), "integer minAvailable"),
+    (lambda docs: _doc(docs, "PodDisruptionBudget", "regionmir-serve-gpu-workers")["spec"]
+     .pop("unhealthyPodEvictionPolicy"), "AlwaysAllow"),
+    (lambda docs: _doc(docs, "PodDisruptionBudget", "regionmir-serve-gpu-workers")["spec"]["selector"]["matchLabels"]
+     .__setitem__("ray.io/group", "gpus"), "selects no pod"),
+    (lambda docs: _doc(docs, "PodDisruptionBudget", "regionmir-ray-head")["spec"]["selector"]["matchLabels"]
+     .pop("ray.io/node-type"), "PodDisruptionBudgets"),
+    (lambda docs: docs.remove(_doc(docs, "PodDisruptionBudget", "regionmir-serve-cpu-workers")),
+     "covered by 0 PodDisruptionBudgets"),
+    (lambda docs: _doc(docs, "PodDisruptionBudget", "regionmir-ray-head")["spec"]["selector"]["matchLabels"]
+     .pop("app.kubernetes.io/component"), "not a query-service pod"),
+], ids=["maxUnavailable", "unhealthy-policy", "group-typo", "overlap", "group-uncovered", "job-heads"])
+def test_a_wrong_disruption_budget_fails(mutate, message):
+    docs = _deployment("files")
+    mutate(docs)
+    problems = disruption_budget_problems(docs)
+    assert any(message in p for p in problems), problems
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda docs: _raw_cluster(docs, "RayService", "regionmir")["headGroupSpec"].__setitem__("serviceType",
+                                                                                            "LoadBalancer"),
+    lambda docs: _raw_cluster(docs, "RayJob", "regionmir-index")["headGroupSpec"].__setitem__("enableIngress", True),
+    lambda docs: _doc(docs, "Ingress", "regionmir")["spec"]["rules"][0]["http"]["paths"].append(
+        {"path": "/ray", "pathType": "Prefix", "backend": {"service": {"name": "regionmir-head-svc",
+                                                                         "port": {"number": 8265}}}}),
+    lambda docs: docs.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ray-dashboard"},
+                              "spec": {"type": "NodePort", "ports": [{"port": 80, "targetPort": 8265}]}}),
+], ids=["head-loadbalancer", "kuberay-ingress", "ingress-path", "service"])
+def test_publishing_the_ray_dashboard_fails(mutate):
+    docs = _deployment("files")
+    mutate(docs)
+    assert any("dashboard" in p for p in dashboard_exposure_problems(docs))
+
+
+def _raw_cluster(docs: list[dict], kind: str, name: str) -> dict:
+    return _cluster(_doc(docs, kind, name))
+
+
+def _ray_container(docs: list[dict], kind: str, name: str, group: int | None = None) -> dict:
+    cluster = _raw_cluster(docs, kind, name)
+    template = cluster["headGroupSpec"]["template"] if group is None else cluster["workerGroupSpecs"][group]["template"]
+    return template["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda docs, values: values["extraConfigFiles"].__setitem__("user.yaml", "common: {security: {}}"),
+     "authorizationEnabled"),
+    (lambda docs, values: values["standalone"].pop("extraEnv"), "COMMON_SECURITY_DEFAULTROOTPASSWORD"),
+    (lambda docs, values: _ray_container(docs, "RayJob", "regionmir-index", 0)["env"].pop(),
+     "workerGroupSpecs[gpu].ray-worker: MILVUS_TOKEN must come from"),
+    (lambda docs, values: _ray_container(docs, "RayService", "regionmir", 1)["env"][-1].update(
+        {"value": "regionmir:secret"}), "spelled out"),
+    (lambda docs, values: _ray_container(docs, "RayJob", "regionmir-pretrain").setdefault("env", []).append(
+        {"name": "MILVUS_TOKEN", "valueFrom": {"secretKeyRef": MILVUS_TOKEN_REF}}), "must not get MILVUS_TOKEN"),
+], ids=["auth-off", "default-root-password", "index-worker-without-token", "literal-token", "token-for-training"])
+def test_milvus_without_auth_or_with_a_leaked_token_fails(mutate, message):
+    docs, values = _deployment("files"), yaml.safe_load(HELM_VALUES.read_text())
+    mutate(docs, values)
+    problems = milvus_auth_problems(docs, values)
+    assert any(message in p for p in problems), problems
+
+
+def _template(doc: dict, which: str) -> dict:
+    cluster = _cluster(doc)
+    return {"head": lambda: cluster["headGroupSpec"]["template"],
+            "worker": lambda: cluster["workerGroupSpecs"][0]["template"],
+            "submitter": lambda: doc["spec"]["submitterPodTemplate"]}[which]()
+
+
+@pytest.mark.parametrize("kind,name,mutate,message", [
+    ("RayService", "regionmir", lambda d: _template(d, "worker")["spec"]["securityContext"].update({"runAsUser": 0}),
+     "securityContext.runAsUser is 0"),
+    ("RayService", "regionmir", lambda d: _template(d, "head")["spec"]["securityContext"].pop("runAsNonRoot"),
+     "securityContext.runAsNonRoot is None"),
+    ("RayService", "regionmir", lambda d: _template(d, "worker")["spec"]["containers"][0]["securityContext"]
+     .update({"readOnlyRootFilesystem": False}), "readOnlyRootFilesystem is False"),
+    ("RayService", "regionmir", lambda d: _template(d, "head")["spec"]["containers"][0]["securityContext"]
+     ["capabilities"].update({"add": ["NET_ADMIN"]}), "securityContext.capabilities"),
+    ("RayService", "regionmir", lambda d: _template(d, "head")["spec"]["containers"][0]["volumeMounts"].pop(1),
+     "writable emptyDir at /dev/shm"),
+    ("RayService", "regionmir", lambda d: _template(d, "head")["spec"]["volumes"][1]["emptyDir"].pop("medium"),
+     "/dev/shm must have medium 'Memory'"),
+    ("RayService", "regionmir", lambda d: _cluster(d)["autoscalerOptions"].pop("securityContext"),
+     "autoscalerOptions: securityContext.readOnlyRootFilesystem"),
+    ("RayService", "regionmir", lambda d: _template(d, "worker")["spec"]["securityContext"].update(
+        {"seccompProfile": {"type": "Unconfined"}}), "seccompProfile"),
+    ("RayJob", "regionmir-index", lambda d: _template(d, "submitter")["spec"]["containers"][0]["securityContext"]
+     .update({"allowPrivilegeEscalation": True}),
+     "submitterPodTemplate.ray-job-submitter: securityContext.allowPrivilegeEscalation"),
+    ("RayJob", "regionmir-pretrain", lambda d: _template(d, "worker")["spec"]["volumes"].append(
+        {"name": "host", "hostPath": {"path": "/"}}), "hostPath"),
+    ("RayJob", "regionmir-finetune", lambda d: _template(d, "head")["spec"]["containers"][0].pop("volumeMounts"),
+     "writable emptyDir at /tmp"),
+], ids=["root", "may-run-as-root", "writable-root", "capability", "no-shm", "shm-on-disk", "autoscaler",
+        "seccomp", "submitter-escalation", "host-path", "job-head-no-tmp"])
+def test_a_pod_that_is_not_locked_down_fails(kind, name, mutate, message):
+    doc = _raw(kind, name)
+    assert not pod_security_problems(doc, kind)
+    mutate(doc)
+    problems = document_problems(doc, kind)
+    assert any(message in p for p in problems), problems
