@@ -59,6 +59,7 @@ from pymilvus.exceptions import ConnectionConfigException, MilvusException
 from regionmir.anatomy import ANATOMY_NAMES, NUM_ANATOMIES
 from regionmir.anatomy import anatomy_id as resolve_anatomy_id
 from regionmir.identifiers import HASH_HEX_CHARS
+from regionmir.sealed_location import seal_location
 
 T = TypeVar("T")
 
@@ -219,6 +220,10 @@ def row_key(image_id: str, anatomy_id: int, model_version: str) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:_KEY_HEX_CHARS]
 
 
+#: The longest film path or URI a row takes: sealed (+16 bytes, base64, prefix) it still fits the field.
+MAX_LOCATION_BYTES = 1500
+
+
 @dataclass(frozen=True, eq=False)
 class RegionRow:
     """One ROI embedding to index. Validated on construction (``ValueError`` says which field).
@@ -260,7 +265,7 @@ class RegionRow:
                 raise TypeError(f"{name} must be a str, got {type(value).__name__}")
             if _CONTROL_RE.search(value):
                 raise ValueError(f"{name} contains control characters: {value!r}")
-            limit = VARCHAR_FIELDS[name]
+            limit = MAX_LOCATION_BYTES if name == "image_uri" else VARCHAR_FIELDS[name]
             if len(value.encode("utf-8")) > limit:
                 raise ValueError(f"{name} is longer than {limit} bytes: {value[:80]!r}...")
         if not self.image_id:
@@ -298,14 +303,14 @@ class RegionRow:
         return row_key(self.image_id, self.anatomy_id, self.model_version)
 
     def to_entity(self) -> dict[str, Any]:
-        """The row as the dict Milvus inserts."""
+        """The row as the dict Milvus inserts; ``image_uri`` sealed (:mod:`regionmir.sealed_location`)."""
         return {
             "key": self.key,
             "vector": self.vector,
             "anatomy_id": self.anatomy_id,
             "anatomy": self.anatomy,
             "image_id": self.image_id,
-            "image_uri": self.image_uri,
+            "image_uri": seal_location(self.image_uri),
             "box": list(self.box),
             "view": self.view,
             "split": self.split,
@@ -317,7 +322,9 @@ class RegionRow:
 
 @dataclass(frozen=True)
 class RegionHit:
-    """One search result. ``score`` is the cosine similarity (1.0 for the same direction)."""
+    """One search result. ``score`` is the cosine similarity (1.0 for the same direction).
+    ``image_uri`` is the stored, sealed location: :func:`regionmir.image_reader.read_image` reads
+    it as it is (:func:`regionmir.sealed_location.open_location` shows the path)."""
 
     key: str
     score: float
@@ -417,6 +424,16 @@ def _quiet_iterator_setup():
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
+
+
+def _checked_keys(keys: Sequence[str]) -> list[str]:
+    """``keys`` without repeats; ``ValueError`` on anything that is not a :func:`row_key` value, so
+    no key reaches a filter expression unchecked."""
+    keys = list(dict.fromkeys(keys))
+    bad = [k for k in keys if not isinstance(k, str) or not _KEY_RE.fullmatch(k)]
+    if bad:
+        raise ValueError(f"not a region key (32 lowercase hex characters): {bad[0]!r}")
+    return keys
 
 
 def _display_uri(uri: str) -> str:
@@ -874,10 +891,7 @@ class RegionIndex:
         """Delete the rows with these primary keys from collection ``name`` (a re-index removing the
         rows of films that left the data); returns how many keys were asked for. Flushed at the end."""
         _check_name(name)
-        keys = list(dict.fromkeys(keys))
-        bad = [k for k in keys if not isinstance(k, str) or not _KEY_RE.fullmatch(k)]
-        if bad:
-            raise ValueError(f"not a region key (32 lowercase hex characters): {bad[0]!r}")
+        keys = _checked_keys(keys)
         if not keys:
             return 0
         self._require(name)
@@ -979,10 +993,7 @@ class RegionIndex:
         ``ValueError`` before a query is built, so no key reaches an expression unchecked.
         """
         _check_name(name)
-        keys = list(dict.fromkeys(keys))
-        bad = [k for k in keys if not isinstance(k, str) or not _KEY_RE.fullmatch(k)]
-        if bad:
-            raise ValueError(f"not a region key (32 lowercase hex characters): {bad[0]!r}")
+        keys = _checked_keys(keys)
         if not keys:
             return {}
         self._require(name)
@@ -992,6 +1003,16 @@ class RegionIndex:
         )
         hits = (self._hit({"entity": row, "distance": float("nan")}) for row in rows)
         return {hit.key: hit for hit in hits}
+
+    def stored_locations(self, name: str, *, model_version: str | None = None, limit: int = 1) -> list[str]:
+        """Up to ``limit`` stored (sealed) film locations of ``name``, e.g. to check at start-up
+        that this process's salt opens them."""
+        _check_name(name)
+        self._require(name)
+        rows = self._loaded_call(name, self.client.query, name,
+                                 filter=build_filter(model_version=model_version) or "anatomy_id >= 0",
+                                 output_fields=["image_uri"], limit=limit, consistency_level=self.consistency_level)
+        return [str(r["image_uri"]) for r in rows]
 
     def verify(self, name: str, expected: int) -> int:
         """Check that ``name`` holds exactly ``expected`` rows; raises :class:`CountMismatchError`."""

@@ -79,7 +79,7 @@ RGB_PHOTOMETRICS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 GREY_IN_COLOUR_TOLERANCE = 0.03
 
 # Luma weights (ITU-R BT.601), the same as PIL's convert("L") and pydicom's YBR conversion.
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 class _DropRecords(logging.Filter):
@@ -367,14 +367,41 @@ def _int_attr(ds: Dataset, keyword: str, default: int, source: str) -> int:
         raise ImageReadError(source, f"invalid {keyword} {value!r}") from exc
 
 
+def _rescaled(raw: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    """The modality rescale (``RescaleSlope``/``RescaleIntercept``) of a ≤ 16-bit frame in ONE
+    float32 array (exact for 16-bit integers; a 60 Mpx film costs 240 MB, not float64's 480 MB
+    plus temporaries); ``None`` when a Modality LUT Sequence or a wider sample needs pydicom's path."""
+    if "ModalityLUTSequence" in ds or raw.dtype.itemsize > 2 or raw.dtype.kind not in "ui":
+        return None
+    slope = float(ds.get("RescaleSlope", None) or 1.0) if "RescaleSlope" in ds else 1.0
+    intercept = float(ds.get("RescaleIntercept", None) or 0.0) if "RescaleIntercept" in ds else 0.0
+    values = raw.astype(np.float32)
+    if slope != 1.0:
+        values *= np.float32(slope) if np.isfinite(slope) else slope
+    if intercept != 0.0:
+        values += np.float32(intercept) if np.isfinite(intercept) else intercept
+    return values
+
+
 def _apply_window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """A VOI window mapped to ``[0, 1]`` (float64), per PS3.3 C.11.2.1.2 with ymin=0, ymax=1."""
-    if function == "LINEAR_EXACT":
-        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+    """A VOI window mapped to ``[0, 1]``, per PS3.3 C.11.2.1.2 with ymin=0, ymax=1, in the dtype of
+    ``values`` (float32 for ≤ 16-bit films) and one working array (in-place steps)."""
     if function == "SIGMOID":
-        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
-    # LINEAR: pixel value x covers [c - w/2, c + w/2 - 1], hence the 0.5 and w - 1.
-    return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+        out = values - center
+        out *= -4.0 / width
+        np.exp(out, out=out)
+        out += 1.0
+        np.reciprocal(out, out=out)
+        return out
+    if function == "LINEAR_EXACT":
+        out = values - center
+        out /= width
+    else:  # LINEAR: pixel value x covers [c - w/2, c + w/2 - 1], hence the 0.5 and w - 1.
+        out = values - (center - 0.5)
+        out /= (width - 1.0)
+    out += 0.5
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
 
 
 def _apply_voi_lut_item(values: np.ndarray, ds: Dataset, index: int) -> np.ndarray:
@@ -408,7 +435,7 @@ def _grey_from_colour(arr: np.ndarray, bits: int, source: str, photometric: str)
     """Luminance of a colour array whose channels agree (a grey image stored as colour)."""
     if arr.ndim != 3 or arr.shape[-1] != 3:
         raise ImageReadError(source, f"{photometric} pixel data has shape {arr.shape}, expected (rows, columns, 3)")
-    rgb = arr.astype(np.float64)
+    rgb = arr.astype(np.float32)   # ≤ 16-bit channels: exact in float32
     full = float(2 ** bits - 1)
     spread = float(np.max(rgb.max(axis=-1) - rgb.min(axis=-1))) if rgb.size else 0.0
     if spread > GREY_IN_COLOUR_TOLERANCE * full:
@@ -521,7 +548,9 @@ def _grey_pipeline(ds: Dataset, raw: np.ndarray, source: str, window_index: int,
 
     try:
         with np.errstate(all="ignore"), _quiet_pydicom():  # NaN/inf rescales are reported below
-            values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+            values = _rescaled(raw, ds)
+            if values is None:  # a Modality LUT Sequence (rare): pydicom's, in float64
+                values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
     except Exception as exc:  # malformed Modality LUT Sequence / rescale values
         raise ImageReadError(source, f"invalid modality LUT or rescale ({type(exc).__name__}: {exc})") from exc
     if not np.isfinite(values).all():

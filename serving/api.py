@@ -44,6 +44,7 @@ from regionmir.intensity import to_uint8
 from regionmir.model_contract import ModelContract
 from regionmir.region_record import normalise_view
 from regionmir.roi_crop import CropConfig, roi_crop, roi_crops
+from regionmir.sealed_location import SealedLocationError
 
 from .config import ServeSettings
 from .errors import ApiError, from_library_error
@@ -527,6 +528,9 @@ class QueryService:
             log.warning("result film unreadable: %s", exc.reason)
             raise ApiError(503, "storage_unavailable", "the film store did not answer; retry shortly",
                            retry_after_s=RETRY_AFTER_S) from None
+        except SealedLocationError:
+            raise ApiError(500, "sealed_location", "this service's REGIONMIR_ID_SALT does not open the index's "
+                           "film locations (see /readyz)") from None
         except RegionMIRError as exc:
             raise ApiError(500, "internal", f"the indexed film cannot be read ({exc.reason})") from None
 
@@ -580,6 +584,10 @@ class QueryService:
                 ok = False
                 checks["index"]["problem"] = (f"no rows of the served model {self.contract.version_id}: "
                                               "index the data with this model, or serve the model it was built with")
+            elif status.get("locations_open") is False:
+                ok = False
+                checks["index"]["problem"] = ("the index's film locations were sealed with another REGIONMIR_ID_SALT "
+                                              "than this service's: give the service the index job's salt")
         except Exception as exc:
             ok = False
             checks["index"] = {"reachable": False, "error": getattr(exc, "message", type(exc).__name__)}

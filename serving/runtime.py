@@ -21,6 +21,7 @@ import numpy as np
 
 from indexing.region_index import RegionHit, RegionIndex, RegionIndexError, model_collection_name
 from regionmir.model_contract import load_model
+from regionmir.sealed_location import SealedLocationError, open_location
 
 log = logging.getLogger("ray.serve")
 
@@ -101,6 +102,7 @@ class SearchRuntime:
         self.alias = collection
         self.model_version = model_version
         self.collection = collection
+        self._locations_open = False
         self._use_own_collection()
 
     def _use_own_collection(self) -> None:
@@ -137,12 +139,29 @@ class SearchRuntime:
     def count_for_model(self) -> int:
         return self.index.count(self.collection, model_version=self.model_version)
 
+    def locations_open(self) -> bool | None:
+        """Whether this process's ``REGIONMIR_ID_SALT`` opens the film locations the index job sealed
+        (checked on one stored row; ``None`` while there is none). A service with another salt
+        than the index job's could search but never show a film: it is not ready."""
+        if self._locations_open:
+            return True
+        stored = self.index.stored_locations(self.collection, model_version=self.model_version)
+        if not stored:
+            return None
+        try:
+            open_location(stored[0])
+        except SealedLocationError:
+            return False
+        self._locations_open = True
+        return True
+
     def status(self) -> dict[str, Any]:
-        """``rows`` in the collection, ``model_rows`` of the served model version; raises when unreachable."""
+        """``rows`` in the collection, ``model_rows`` of the served model version, whether the salt
+        opens the stored film locations; raises when unreachable."""
         self._use_own_collection()  # an index built after start-up is picked up by the next readiness check
         return {"collection": self.collection, "alias": self.alias, "rows": self.index.count(self.collection),
                 "model_rows": self.count_for_model(), "model_version": self.model_version,
-                "uri": self.index.display_uri}
+                "locations_open": self.locations_open(), "uri": self.index.display_uri}
 
     def close(self) -> None:
         self.index.close()

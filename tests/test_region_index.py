@@ -36,6 +36,7 @@ from indexing.region_index import (
 from regionmir.anatomy import ANATOMY_NAMES, anatomy_id
 from regionmir.errors import UnknownAnatomyError
 from regionmir.identifiers import hash_identifier
+from regionmir.sealed_location import open_location
 
 DIM = 16
 N_ROWS = 300
@@ -268,7 +269,7 @@ def test_filtered_search_returns_the_region_asked_for_and_the_exact_match_first(
         assert {h.anatomy_id for h in hits} == {query.anatomy_id}
         top = hits[0]
         assert top.key == query.key and top.score == pytest.approx(1.0, abs=1e-4)
-        assert (top.image_id, top.image_uri, top.view, top.split, top.model_version) == (
+        assert (top.image_id, open_location(top.image_uri), top.view, top.split, top.model_version) == (
             query.image_id, query.image_uri, query.view, query.split, query.model_version)
         assert (top.patient_hash, top.study_hash) == (query.patient_hash, query.study_hash)
         assert top.box == pytest.approx(query.box)
@@ -317,6 +318,25 @@ def test_same_patient_exclusion_grouping_by_study_and_tallies(index):
     assert index.tally(name, ("split",), model_version="m9") == Counter()
     with pytest.raises(ValueError, match="scalar fields"):
         index.tally(name, ("vector",))
+
+
+@pytest.mark.integration
+def test_film_locations_are_stored_sealed_and_open_only_with_the_salt(index):
+    """MIMIC paths name the subject and the study: the stored image_uri shows neither."""
+    path = "s3://archive/files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.dcm"
+    rows = [replace(row, image_uri=path) for row in make_rows(12)]
+    name, _ = filled(index, rows)
+    stored = index.client.query(name, filter="anatomy_id >= 0", output_fields=["image_uri"], limit=20)
+    assert len(stored) == 12 and all(r["image_uri"].startswith("sealed:v1:") for r in stored)
+    assert not any(secret in str(stored) for secret in ("10000032", "50414267", "files/"))
+    assert len({r["image_uri"] for r in stored}) == 1   # deterministic: a re-index upserts identical rows
+    [hits] = index.search(name, rows[0].vector, k=1)
+    assert open_location(hits[0].image_uri) == path
+    from regionmir.sealed_location import SealedLocationError
+
+    with pytest.raises(SealedLocationError, match="another REGIONMIR_ID_SALT") as err:
+        open_location(hits[0].image_uri, salt="another deployment's salt")
+    assert "10000032" not in str(err.value)
 
 
 @pytest.mark.integration

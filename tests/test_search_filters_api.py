@@ -34,6 +34,7 @@ def service(tmp_path_factory):
     app = create_app(settings, backend, contract, AnatomyAtlas.load(model_dir))
     train = list(open_dataset(str(root / "data")).iter_images(split="train"))
     with TestClient(app) as client:
+        client.search_runtime = backend.search_runtime
         yield client, train
     backend.search_runtime.close()
 
@@ -104,3 +105,17 @@ def test_exclusion_without_a_patient_in_the_upload_is_refused(service, tmp_path)
                          data={"box": "20,20,80,80", "exclude_same_patient": "1"})
     assert answer.status_code == 422 and answer.json()["error"]["reason"] == "no_patient_id"
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_service_whose_salt_does_not_open_the_film_locations_is_not_ready(service, monkeypatch):
+    """The index job sealed the films' locations with its salt; a service given another one could
+    search but never show a film: /readyz says so, and a result film answers a named error."""
+    client, train = service
+    assert client.get("/readyz").status_code == 200
+    hit = search(client, train[0], box=",".join(str(v) for v in train[0].regions[0].box.as_list()), k=1).json()
+    monkeypatch.setenv("REGIONMIR_ID_SALT", "not the index job's salt")
+    client.search_runtime._locations_open = False  # checked once already; a replica starting now would see this
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "REGIONMIR_ID_SALT" in ready.json()["checks"]["index"]["problem"]
+    film = client.get(f"/v1/results/{hit['results'][0]['key']}/image")
+    assert film.status_code == 500 and film.json()["error"]["reason"] == "sealed_location"
