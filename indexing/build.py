@@ -10,8 +10,9 @@
   from image, region and model version), so it completes without duplicates;
 * **reconciled**: a re-index of data that changed leaves no row of a film that left it — rows of the
   indexed splits that this run did not write are deleted before the count is verified
-  (``--keep-missing`` keeps them and only reports them). Rows of films that are still listed but
-  could not be read this time are kept (counted in ``films_skipped``).
+  (``--keep-missing`` keeps them and only reports them; more than 10 % of a split stops the job
+  unless ``--allow-mass-removal``; a split that lists no film is left alone). Rows of films that
+  are still listed but could not be read this time are kept (counted in ``films_skipped``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Sequence
 
 from regionmir.anatomy import ANATOMY_NAMES
 from regionmir.errors import DatasetError, RegionMIRError
+from regionmir.identifiers import uses_default_salt
 from regionmir.model_contract import read_contract
 from regionmir.storage import S3Options
 
@@ -48,7 +50,8 @@ def region_rows(batch: dict, model_version: str) -> list[RegionRow]:
 def index_data(data: str, model: str, milvus: str, collection: str = DEFAULT_ALIAS, split: str = "train",
                gpu: bool = False, encoders: int = 1, index_type: str = "HNSW", batch_size: int = 256,
                address: str | None = None, s3: S3Options | None = None, progress_every_s: float = 10.0,
-               max_bad_fraction: float = 0.05, keep_missing: bool = False) -> dict:
+               max_bad_fraction: float = 0.05, keep_missing: bool = False,
+               allow_mass_removal: bool = False) -> dict:
     from training.ray_runtime import start_ray
     from training.roi_pipeline import list_images
 
@@ -67,6 +70,9 @@ def index_data(data: str, model: str, milvus: str, collection: str = DEFAULT_ALI
         raise DatasetError(data, f"no films in split {split!r}")
     if report.total_issues:
         print("[index] label scan:\n" + report.summary(), flush=True)
+    if uses_default_salt():
+        print("[index] warning: REGIONMIR_ID_SALT is not set: patient hashes and sealed film locations use the "
+              "public default salt (a demo only: a production service refuses it)", flush=True)
     index = RegionIndex(milvus)
     try:
         target = build_collection_name(collection, contract.version_id)
@@ -96,8 +102,10 @@ def index_data(data: str, model: str, milvus: str, collection: str = DEFAULT_ALI
                 last_print = time.perf_counter()
         embed_seconds = time.perf_counter() - embed_started
         index.flush(target)
-        missing = reconcile(index, target, splits, keys, skipped.image_ids, keep=keep_missing)
-        verify_rows(index, target, splits, len(keys) + missing["kept"])
+        listed = [s for s in splits if records[s]]  # a split that lists no film is left as it is
+        missing = reconcile(index, target, listed, keys, skipped.image_ids, keep=keep_missing,
+                            allow_mass_removal=allow_mass_removal)
+        verify_rows(index, target, listed, len(keys) + missing["kept_missing"] + missing["kept_unreadable"])
         previous = index.point_alias(collection, target)
         expected_regions = sum(1 for film in films for r in film.regions if r.anatomy_id in set(contract.class_anatomy_ids))
         summary = {
@@ -106,7 +114,8 @@ def index_data(data: str, model: str, milvus: str, collection: str = DEFAULT_ALI
             "rows_written": written, "regions_expected": expected_regions,
             "regions_skipped": expected_regions - len(keys), "films_skipped": skipped.count,
             "films_skipped_by_reason": skipped.by_reason,
-            "rows_of_missing_films_removed": missing["removed"], "rows_of_missing_films_kept": missing["kept"],
+            "rows_of_missing_films_removed": missing["removed"], "rows_of_missing_films_kept": missing["kept_missing"],
+            "rows_of_unreadable_films_kept": missing["kept_unreadable"],
             "rows_per_s": round(written / max(1e-9, embed_seconds), 1),
             # after the first batch arrived: the pipeline's steady rate, without actor start-up
             "rows_per_s_steady": round((written - first_batch_rows) /
@@ -121,29 +130,48 @@ def index_data(data: str, model: str, milvus: str, collection: str = DEFAULT_ALI
     return summary
 
 
+#: A re-index removes at most this share of a split's rows unless told ``--allow-mass-removal``: a
+#: truncated listing must not empty the collection a service may be answering from.
+MAX_REMOVED_FRACTION = 0.10
+
+
 def reconcile(index: RegionIndex, target: str, splits: Sequence[str], written: set[str], unreadable: set[str],
-              *, keep: bool = False) -> dict[str, int]:
+              *, keep: bool = False, allow_mass_removal: bool = False) -> dict[str, int]:
     """Rows of ``splits`` in ``target`` that this run did not write: a re-index after films (or
     regions) left the data. Deleted unless ``keep``; rows of films that are still listed but could
-    not be read this time (``unreadable`` image ids) stay. Returns ``{"removed": n, "kept": m}``
-    where ``kept`` counts every row left that this run did not write."""
-    stale, kept = [], 0
+    not be read this time (``unreadable`` image ids) stay. Pass only splits that listed films.
+
+    Nothing is deleted when a split would lose more than :data:`MAX_REMOVED_FRACTION` of its rows
+    (``DatasetError``) unless ``allow_mass_removal``. Returns ``{"removed", "kept_missing",
+    "kept_unreadable"}`` row counts."""
+    stale: dict[str, list[str]] = {}
+    kept_missing = kept_unreadable = 0
     for split in splits:
-        for key, image_id in index.tally(target, ("key", "image_id"), split=split):
+        stale[split], total = [], 0
+        for key, image_id in index.scan(target, ("key", "image_id"), split=split):  # streamed
+            total += 1
             if key in written:
                 continue
-            if image_id in unreadable or keep:
-                kept += 1
+            if image_id in unreadable:
+                kept_unreadable += 1
+            elif keep:
+                kept_missing += 1
             else:
-                stale.append(key)
-    if stale:
-        print(f"[index] removing {len(stale)} rows of films or regions no longer in the data from {target}",
+                stale[split].append(key)
+        if not allow_mass_removal and len(stale[split]) > MAX_REMOVED_FRACTION * total:
+            raise DatasetError(target, f"re-indexing would remove {len(stale[split])} of the {total} {split} rows "
+                                       f"(over {MAX_REMOVED_FRACTION:.0%}) because their films are no longer "
+                                       "listed: check --data (a truncated listing?); nothing was removed or "
+                                       "switched over. --allow-mass-removal removes them, --keep-missing keeps them")
+    removed = [key for keys in stale.values() for key in keys]
+    if removed:
+        print(f"[index] removing {len(removed)} rows of films or regions no longer in the data from {target}",
               flush=True)
-        index.delete_keys(target, stale)
-    elif kept and keep:
-        print(f"[index] note: {kept} rows in {target} belong to films or regions no longer in the data; kept "
-              "(--keep-missing); run without it to remove them", flush=True)
-    return {"removed": len(stale), "kept": kept}
+        index.delete_keys(target, removed)
+    if kept_missing:
+        print(f"[index] note: {kept_missing} rows in {target} belong to films or regions no longer in the data; "
+              "kept (--keep-missing); run without it to remove them", flush=True)
+    return {"removed": len(removed), "kept_missing": kept_missing, "kept_unreadable": kept_unreadable}
 
 
 def verify_rows(index: RegionIndex, target: str, splits: Sequence[str], expected: int) -> None:
@@ -178,13 +206,17 @@ def index_main(argv: Sequence[str]) -> int:
                         help="stop (leaving the alias where it was) when more films than this cannot be read")
     parser.add_argument("--keep-missing", action="store_true",
                         help="keep (and report) rows of films no longer in the data instead of removing them")
+    parser.add_argument("--allow-mass-removal", action="store_true",
+                        help=f"remove them even when over {MAX_REMOVED_FRACTION:.0%} of a split's rows would go "
+                             "(otherwise the job stops, removing nothing)")
     args = parser.parse_args(list(argv))
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     try:
         summary = index_data(args.data, args.model, args.milvus, args.collection, args.split, args.gpu,
                              args.encoders, args.index_type, batch_size=args.batch_size, address=args.address,
-                             max_bad_fraction=args.max_bad_fraction, keep_missing=args.keep_missing)
+                             max_bad_fraction=args.max_bad_fraction, keep_missing=args.keep_missing,
+                             allow_mass_removal=args.allow_mass_removal)
     except RegionMIRError as exc:
         print(f"regionmir index: {exc}", file=sys.stderr)
         return 2

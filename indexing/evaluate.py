@@ -26,6 +26,7 @@ import numpy as np
 from regionmir import storage
 from regionmir.anatomy import ANATOMY_NAMES
 from regionmir.classification_metrics import classification_report, confusion_matrix, plot_confusion_matrix
+from regionmir.sealed_location import open_location
 from regionmir.errors import DatasetError, RegionMIRError
 from regionmir.image_reader import read_image
 from regionmir.model_contract import read_contract
@@ -210,8 +211,8 @@ def _draw_examples(queries, truth, hits, retrieval, count, path, crop, s3, per_r
         q = int(np.flatnonzero(truth == ANATOMY_NAMES.index(name))[0])
         results = []
         for hit in hits[q][:per_row]:
-            if hit.image_uri not in films:
-                films[hit.image_uri] = read_image(hit.image_uri, s3=s3).pixels
+            if hit.image_uri not in films:  # the stored location is sealed (regionmir.sealed_location)
+                films[hit.image_uri] = read_image(open_location(hit.image_uri, hit.image_id), s3=s3).pixels
             results.append(RetrievedCrop(roi_crop(films[hit.image_uri], Box(*hit.box), crop), hit.anatomy,
                                          hit.score, hit.anatomy_id == truth[q]))
         rows.append(QueryRow(queries["crop"][q], name, results))

@@ -44,7 +44,7 @@ import time
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -310,7 +310,7 @@ class RegionRow:
             "anatomy_id": self.anatomy_id,
             "anatomy": self.anatomy,
             "image_id": self.image_id,
-            "image_uri": seal_location(self.image_uri),
+            "image_uri": seal_location(self.image_uri, self.image_id),
             "box": list(self.box),
             "view": self.view,
             "split": self.split,
@@ -323,8 +323,8 @@ class RegionRow:
 @dataclass(frozen=True)
 class RegionHit:
     """One search result. ``score`` is the cosine similarity (1.0 for the same direction).
-    ``image_uri`` is the stored, sealed location: :func:`regionmir.image_reader.read_image` reads
-    it as it is (:func:`regionmir.sealed_location.open_location` shows the path)."""
+    ``image_uri`` is the stored, sealed location: :func:`regionmir.sealed_location.open_location`
+    (with ``image_id``) gives the path to read."""
 
     key: str
     score: float
@@ -959,15 +959,29 @@ class RegionIndex:
         """How many rows hold each combination of ``fields`` values, e.g. ``("anatomy_id",
         "patient_hash")`` → ``Counter({(12, "3f…"): 1, …})``, under the constraints of :meth:`search`.
 
-        One pass over the matching rows (a query iterator, ``batch_size`` rows a call) instead of
-        one count per combination: how ``regionmir evaluate`` counts the relevant rows R of every
-        query at once.
+        One pass over the matching rows (:meth:`scan`) instead of one count per combination: how
+        ``regionmir evaluate`` counts the relevant rows R of every query at once.
         """
+        return Counter(self.scan(name, fields, view=view, split=split, model_version=model_version,
+                                 batch_size=batch_size))
+
+    def scan(
+        self,
+        name: str,
+        fields: Sequence[str],
+        *,
+        view: str | None = None,
+        split: str | None = None,
+        model_version: str | None = None,
+        batch_size: int = 4096,
+    ) -> Iterator[tuple]:
+        """The ``fields`` values of every row matching the constraints of :meth:`search`, as tuples,
+        streamed (a query iterator, ``batch_size`` rows a call): memory stays flat at any size."""
         _check_name(name)
         fields = list(fields)
         unknown = [f for f in fields if f not in OUTPUT_FIELDS or f in ("box",)]
         if not fields or unknown:
-            raise ValueError(f"tally needs scalar fields of {OUTPUT_FIELDS}; got {fields}")
+            raise ValueError(f"scan needs scalar fields of {OUTPUT_FIELDS}; got {fields}")
         self._require(name)
         expression = build_filter(view=view, split=split, model_version=model_version) or "anatomy_id >= 0"
         with _quiet_iterator_setup():
@@ -975,16 +989,15 @@ class RegionIndex:
                 name, self.client.query_iterator, name, batch_size=batch_size, filter=expression,
                 output_fields=fields, consistency_level=self.consistency_level,
             )
-        counts: Counter = Counter()
         try:
             while True:
                 rows = self._call(name, lambda **_: iterator.next())  # next() takes no timeout
                 if not rows:
                     break
-                counts.update(tuple(row[f] for f in fields) for row in rows)
+                for row in rows:
+                    yield tuple(row[f] for f in fields)
         finally:
             iterator.close()
-        return counts
 
     def get(self, name: str, keys: Sequence[str]) -> dict[str, RegionHit]:
         """The rows with these primary keys, by key (missing keys are absent; ``score`` is NaN).
@@ -1004,15 +1017,17 @@ class RegionIndex:
         hits = (self._hit({"entity": row, "distance": float("nan")}) for row in rows)
         return {hit.key: hit for hit in hits}
 
-    def stored_locations(self, name: str, *, model_version: str | None = None, limit: int = 1) -> list[str]:
-        """Up to ``limit`` stored (sealed) film locations of ``name``, e.g. to check at start-up
-        that this process's salt opens them."""
+    def stored_locations(self, name: str, *, model_version: str | None = None,
+                         limit: int = 1) -> list[tuple[str, str]]:
+        """Up to ``limit`` ``(sealed location, image id)`` pairs of ``name``, e.g. to check
+        at start-up that this process's salt opens them."""
         _check_name(name)
         self._require(name)
         rows = self._loaded_call(name, self.client.query, name,
                                  filter=build_filter(model_version=model_version) or "anatomy_id >= 0",
-                                 output_fields=["image_uri"], limit=limit, consistency_level=self.consistency_level)
-        return [str(r["image_uri"]) for r in rows]
+                                 output_fields=["image_uri", "image_id"], limit=limit,
+                                 consistency_level=self.consistency_level)
+        return [(str(r["image_uri"]), str(r["image_id"])) for r in rows]
 
     def verify(self, name: str, expected: int) -> int:
         """Check that ``name`` holds exactly ``expected`` rows; raises :class:`CountMismatchError`."""

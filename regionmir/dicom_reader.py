@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import struct
 import warnings
 import zlib
@@ -368,18 +369,24 @@ def _int_attr(ds: Dataset, keyword: str, default: int, source: str) -> int:
 
 
 def _rescaled(raw: np.ndarray, ds: Dataset) -> np.ndarray | None:
-    """The modality rescale (``RescaleSlope``/``RescaleIntercept``) of a ≤ 16-bit frame in ONE
-    float32 array (exact for 16-bit integers; a 60 Mpx film costs 240 MB, not float64's 480 MB
-    plus temporaries); ``None`` when a Modality LUT Sequence or a wider sample needs pydicom's path."""
-    if "ModalityLUTSequence" in ds or raw.dtype.itemsize > 2 or raw.dtype.kind not in "ui":
+    """pydicom's ``apply_modality_lut`` for a ≤ 16-bit frame without a Modality LUT Sequence, in ONE
+    float32 array (exact for 16-bit integers; a 60 Mpx film costs 240 MB, not float64's 480 MB plus
+    temporaries). Same rules: the rescale applies only when both RescaleSlope and RescaleIntercept
+    are present. ``None`` where pydicom's float64 path is needed: a Modality LUT Sequence, wider or
+    float samples, an empty value (pydicom refuses it), or a rescale float32 cannot hold."""
+    if ds.get("ModalityLUTSequence") or raw.dtype.itemsize > 2 or raw.dtype.kind not in "ui":
         return None
-    slope = float(ds.get("RescaleSlope", None) or 1.0) if "RescaleSlope" in ds else 1.0
-    intercept = float(ds.get("RescaleIntercept", None) or 0.0) if "RescaleIntercept" in ds else 0.0
+    if not ("RescaleSlope" in ds and "RescaleIntercept" in ds):
+        return raw.astype(np.float32)
+    slope, intercept = ds.RescaleSlope, ds.RescaleIntercept
+    if slope is None or intercept is None:
+        return None
+    slope, intercept = float(slope), float(intercept)
+    if all(math.isfinite(v) for v in (slope, intercept)) and abs(slope) * 65536.0 + abs(intercept) > 1e37:
+        return None
     values = raw.astype(np.float32)
-    if slope != 1.0:
-        values *= np.float32(slope) if np.isfinite(slope) else slope
-    if intercept != 0.0:
-        values += np.float32(intercept) if np.isfinite(intercept) else intercept
+    values *= slope        # NaN/inf rescales give NaN/inf pixels: the caller reports them
+    values += intercept
     return values
 
 
@@ -389,7 +396,8 @@ def _apply_window(values: np.ndarray, center: float, width: float, function: str
     if function == "SIGMOID":
         out = values - center
         out *= -4.0 / width
-        np.exp(out, out=out)
+        with np.errstate(over="ignore"):  # far below the window: exp overflows to inf, the pixel to 0
+            np.exp(out, out=out)
         out += 1.0
         np.reciprocal(out, out=out)
         return out

@@ -15,8 +15,7 @@ import os
 
 
 from .decoded_image import DEFAULT_MAX_PIXELS, DecodedImage, DecodeLimits, ImageInfo
-from .errors import NotAnImageError, RegionMIRError
-from .sealed_location import PREFIX, is_sealed, open_location
+from .errors import NotAnImageError
 from .storage import S3Options, read_bytes
 
 __all__ = ["DEFAULT_MAX_PIXELS", "DecodedImage", "DecodeLimits", "ImageInfo", "describe", "read_image", "sniff_format"]
@@ -49,8 +48,7 @@ def read_image(uri_or_bytes: str | os.PathLike[str] | bytes | bytearray | memory
     """Read a DICOM, PNG or JPEG from a path, URI or bytes into a :class:`DecodedImage`.
 
     ``source`` names the image in errors and in ``info.source`` (default: the path/URI, or
-    ``"<bytes>"``). A sealed location (:mod:`regionmir.sealed_location`, what the index stores) is
-    opened with this process's salt and read; its errors name it sealed, never by its path. ``window_index`` picks the DICOM VOI window (0 = the first, the modality's
+    ``"<bytes>"``). ``window_index`` picks the DICOM VOI window (0 = the first, the modality's
     default); it is ignored for PNG/JPEG. ``limits`` (default: ``DecodeLimits(max_pixels)``) bounds
     the film's size and shape, checked on the header before anything is decompressed. Raises :class:`~regionmir.errors.ImageReadError` and its
     subclasses (missing, unsupported, too large) and :class:`~regionmir.errors.StorageError`.
@@ -58,15 +56,8 @@ def read_image(uri_or_bytes: str | os.PathLike[str] | bytes | bytearray | memory
     if isinstance(uri_or_bytes, (bytes, bytearray, memoryview)):
         data = bytes(uri_or_bytes)
         name = source or "<bytes>"
-    elif is_sealed(uri := os.fspath(uri_or_bytes)):
-        name = source or f"sealed film {uri[len(PREFIX):][:12]}…"
-        location = open_location(uri)  # SealedLocationError: another salt than the index job's
-        try:
-            data = read_bytes(location, s3)
-        except RegionMIRError as exc:  # its message may name the path: keep only what went wrong
-            raise type(exc)(name, f"the film could not be read from storage ({exc.reason})",
-                            reason=exc.reason) from None
     else:
+        uri = os.fspath(uri_or_bytes)
         data = read_bytes(uri, s3)
         name = source or uri
     if not data:

@@ -44,7 +44,7 @@ from regionmir.intensity import to_uint8
 from regionmir.model_contract import ModelContract
 from regionmir.region_record import normalise_view
 from regionmir.roi_crop import CropConfig, roi_crop, roi_crops
-from regionmir.sealed_location import SealedLocationError
+from regionmir.sealed_location import SealedLocationError, open_location
 
 from .config import ServeSettings
 from .errors import ApiError, from_library_error
@@ -512,15 +512,23 @@ class QueryService:
             raise ApiError(404, "not_found", "no indexed region has this key")
         return rows[key]
 
-    def _load_film(self, uri: str) -> np.ndarray:
-        return read_image(uri, s3=self.s3, max_pixels=self.settings.limits.max_pixels).pixels
+    def _load_film(self, row: dict[str, Any]) -> Callable[[str], np.ndarray]:
+        """The loader of one indexed film: its sealed location opened (with this replica's salt and
+        the row's image id), read and decoded; errors name the image id, never the path."""
+        def load(sealed: str) -> np.ndarray:
+            path = open_location(sealed, row["image_id"])
+            return read_image(path, source=f"indexed film {row['image_id']}", s3=self.s3,
+                              max_pixels=self.settings.limits.max_pixels).pixels
+        return load
 
-    async def film(self, uri: str) -> np.ndarray:
+    async def film(self, row: dict[str, Any]) -> np.ndarray:
+        """The decoded film of an index row (cached by its sealed location)."""
+        sealed = row["image_uri"]
         try:
-            if uri in self.films.items:  # a cached film costs nothing more
-                return await asyncio.to_thread(self.films.get, uri, self._load_film)
+            if sealed in self.films.items:  # a cached film costs nothing more
+                return await asyncio.to_thread(self.films.get, sealed, self._load_film(row))
             async with self.film_slot():  # decoding an indexed film counts against the replica's films too
-                return await asyncio.to_thread(self.films.get, uri, self._load_film)
+                return await asyncio.to_thread(self.films.get, sealed, self._load_film(row))
         except MissingImageError:
             raise ApiError(404, "missing_image", "the indexed film is no longer in storage") from None
         except StorageError as exc:
@@ -536,7 +544,7 @@ class QueryService:
 
     async def result_crop(self, key: str, size: int | None) -> Response:
         row = await self.row(key)
-        pixels = await self.film(row["image_uri"])
+        pixels = await self.film(row)
         size = 192 if size is None else size
         if not 16 <= size <= 512:
             raise ApiError(422, "bad_request", "size must lie in 16..512")
@@ -547,7 +555,7 @@ class QueryService:
 
     async def result_image(self, key: str) -> Response:
         row = await self.row(key)
-        pixels = await self.film(row["image_uri"])
+        pixels = await self.film(row)
         png = await asyncio.to_thread(film_with_box, pixels, tuple(row["box"]), DISPLAY_MAX_SIDE)
         height, width = pixels.shape
         return Response(png, media_type="image/png", headers={

@@ -120,6 +120,7 @@ class SearchRuntime:
             return
         if target == own:
             self.collection = own
+            self._locations_open = False  # checked again on the collection now searched
             log.info("search: collection %s of the served model (alias %s is left to `regionmir index`)",
                      own, self.alias)
 
@@ -149,7 +150,7 @@ class SearchRuntime:
         if not stored:
             return None
         try:
-            open_location(stored[0])
+            open_location(*stored[0])
         except SealedLocationError:
             return False
         self._locations_open = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -647,3 +648,37 @@ def test_a_jpeg_ls_frame_header_bigger_than_the_dicom_header_is_refused(tmp_path
     frame[sof + 5:sof + 9] = (97).to_bytes(2, "big") + (80).to_bytes(2, "big")   # one row more than the header
     with pytest.raises(ImageReadError, match="80 x 97 but Rows x Columns say 80 x 96"):
         read_image(to_bytes(encapsulated(ds, JPEGLSLossless, bytes(frame))), source="forged.dcm")
+
+
+def test_the_float32_rescale_and_windows_match_pydicoms_float64_reference():
+    """One float32 working array (half of float64's memory) with pydicom's rules and values."""
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_modality_lut
+
+    from regionmir.dicom_reader import _apply_window, _rescaled
+
+    raw = np.random.default_rng(0).integers(0, 4096, size=(64, 64)).astype(np.uint16)
+    for slope, intercept in ((1, 0), (0.5, -1024), (2, 100), (0, 5)):
+        ds = Dataset()
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        ours = _rescaled(raw, ds)
+        assert ours.dtype == np.float32
+        np.testing.assert_allclose(ours, np.asarray(apply_modality_lut(raw, ds), dtype=np.float64), rtol=1e-6)
+    alone = Dataset()
+    alone.RescaleIntercept = -1024  # pydicom rescales only when slope and intercept are both present
+    np.testing.assert_array_equal(_rescaled(raw, alone), raw.astype(np.float32))
+
+    values = raw.astype(np.float64)
+    reference = {
+        "LINEAR": lambda c, w: np.clip((values - (c - 0.5)) / (w - 1.0) + 0.5, 0.0, 1.0),
+        "LINEAR_EXACT": lambda c, w: np.clip((values - c) / w + 0.5, 0.0, 1.0),
+        "SIGMOID": lambda c, w: 1.0 / (1.0 + np.exp(-4.0 * (values - c) / w)),
+    }
+    for function, expected in reference.items():
+        for center, width in ((2000, 400), (100, 4000), (4000, 40)):
+            with np.errstate(over="ignore"):
+                want = expected(center, width)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # no overflow warning from a far-off sigmoid window
+                got = _apply_window(raw.astype(np.float32), center, width, function)
+            assert got.dtype == np.float32 and np.abs(got - want).max() < 1e-5, (function, center, width)

@@ -34,7 +34,7 @@ from indexing.region_index import (
     row_key,
 )
 from regionmir.anatomy import ANATOMY_NAMES, anatomy_id
-from regionmir.errors import UnknownAnatomyError
+from regionmir.errors import DatasetError, UnknownAnatomyError
 from regionmir.identifiers import hash_identifier
 from regionmir.sealed_location import open_location
 
@@ -269,7 +269,7 @@ def test_filtered_search_returns_the_region_asked_for_and_the_exact_match_first(
         assert {h.anatomy_id for h in hits} == {query.anatomy_id}
         top = hits[0]
         assert top.key == query.key and top.score == pytest.approx(1.0, abs=1e-4)
-        assert (top.image_id, open_location(top.image_uri), top.view, top.split, top.model_version) == (
+        assert (top.image_id, open_location(top.image_uri, top.image_id), top.view, top.split, top.model_version) == (
             query.image_id, query.image_uri, query.view, query.split, query.model_version)
         assert (top.patient_hash, top.study_hash) == (query.patient_hash, query.study_hash)
         assert top.box == pytest.approx(query.box)
@@ -329,13 +329,16 @@ def test_film_locations_are_stored_sealed_and_open_only_with_the_salt(index):
     stored = index.client.query(name, filter="anatomy_id >= 0", output_fields=["image_uri"], limit=20)
     assert len(stored) == 12 and all(r["image_uri"].startswith("sealed:v1:") for r in stored)
     assert not any(secret in str(stored) for secret in ("10000032", "50414267", "files/"))
-    assert len({r["image_uri"] for r in stored}) == 1   # deterministic: a re-index upserts identical rows
+    by_image = {}
+    for row in index.client.query(name, filter="anatomy_id >= 0", output_fields=["image_id", "image_uri"], limit=20):
+        by_image.setdefault(row["image_id"], set()).add(row["image_uri"])
+    assert all(len(v) == 1 for v in by_image.values())  # deterministic: a re-index upserts identical rows
     [hits] = index.search(name, rows[0].vector, k=1)
-    assert open_location(hits[0].image_uri) == path
+    assert open_location(hits[0].image_uri, hits[0].image_id) == path
     from regionmir.sealed_location import SealedLocationError
 
-    with pytest.raises(SealedLocationError, match="another REGIONMIR_ID_SALT") as err:
-        open_location(hits[0].image_uri, salt="another deployment's salt")
+    with pytest.raises(SealedLocationError, match="REGIONMIR_ID_SALT") as err:
+        open_location(hits[0].image_uri, hits[0].image_id, salt="another deployment's salt")
     assert "10000032" not in str(err.value)
 
 
@@ -353,17 +356,27 @@ def test_a_reindex_removes_rows_of_films_that_left_the_data_and_keeps_unreadable
     kept_unreadable = sum(1 for r in train if r.image_id == unreadable)
 
     assert reconcile(index, name, ["train"], written, {unreadable}, keep=True) == \
-        {"removed": 0, "kept": len(stale) + kept_unreadable}
+        {"removed": 0, "kept_missing": len(stale), "kept_unreadable": kept_unreadable}
     assert index.count(name) == N_ROWS
     with pytest.raises(CountMismatchError):
         verify_rows(index, name, ["train"], len(written))
 
-    assert reconcile(index, name, ["train"], written, {unreadable}) == {"removed": len(stale), "kept": kept_unreadable}
+    assert reconcile(index, name, ["train"], written, {unreadable}) == \
+        {"removed": len(stale), "kept_missing": 0, "kept_unreadable": kept_unreadable}
     assert index.count(name) == N_ROWS - len(stale)
     assert index.get(name, [r.key for r in stale]) == {}
     verify_rows(index, name, ["train"], len(written) + kept_unreadable)   # the test split is not this run's
     assert index.count(name, split="test") == sum(1 for r in rows if r.split == "test")
-    assert reconcile(index, name, ["train"], written, {unreadable}) == {"removed": 0, "kept": kept_unreadable}
+    assert reconcile(index, name, ["train"], written, {unreadable})["removed"] == 0
+
+    # a truncated listing (a fifth of the films "gone"): refused, nothing removed, unless allowed
+    cut = set(images[3:3 + len(images) // 5])
+    listed = {r.key for r in train if r.image_id not in (*gone, unreadable, *cut)}
+    with pytest.raises(DatasetError, match="would remove .* rows"):
+        reconcile(index, name, ["train"], listed, {unreadable})
+    assert index.count(name) == N_ROWS - len(stale)
+    removed = reconcile(index, name, ["train"], listed, {unreadable}, allow_mass_removal=True)["removed"]
+    assert removed == sum(1 for r in train if r.image_id in cut) > 0
     with pytest.raises(ValueError, match="region key"):
         index.delete_keys(name, ["x' or 1==1"])
 

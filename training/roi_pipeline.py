@@ -45,7 +45,7 @@ from .object_store import pyarrow_filesystem
 
 log = logging.getLogger("regionmir.training")
 
-CACHE_FORMAT = "regionmir-crop-cache-1"
+CACHE_FORMAT = "regionmir-crop-cache-2"  # 2: complete only when every labelled crop is accounted for
 COMPLETE_MARKER = "_COMPLETE.json"
 
 
