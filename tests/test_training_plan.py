@@ -71,3 +71,11 @@ def test_the_placement_choices_of_the_command_are_the_ones_a_run_accepts(tmp_pat
     with pytest.raises(ValueError, match="placement must be one of"):
         run_phases(TrainOptions(data=str(tmp_path), out=str(tmp_path / "o"), placement="EVERYWHERE"),
                    [Phase("pretrain", "pretrain", 1)])
+
+
+def test_a_models_contract_records_where_it_started_as_a_uri_not_the_plan_encoding():
+    from training.run import _init_provenance
+
+    assert _init_provenance(None, "s3://runs/x") is None
+    assert _init_provenance("dir:s3://runs/pretrain", "s3://runs/x") == "s3://runs/pretrain"
+    assert _init_provenance("phase:c-supcon-pretrain", "s3://runs/x") == "s3://runs/x/c-supcon-pretrain/final"

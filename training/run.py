@@ -140,6 +140,15 @@ class Phase:
             raise ValueError(f"phase {self.name}: epochs must be at least 1, got {self.epochs}")
 
 
+def _init_provenance(init: str | None, out: str) -> str | None:
+    """What a model's contract records as its starting point: the model URI the user gave, or the
+    exported model of the earlier phase (never the internal ``dir:``/``phase:`` encoding)."""
+    if not init:
+        return None
+    kind, _, value = init.partition(":")
+    return value if kind == "dir" else storage.join(out, value, "final")
+
+
 def run_training(options: TrainOptions, s3: S3Options | None = None) -> dict[str, Any]:
     """``regionmir pretrain`` / ``finetune``: one phase, exported to ``OUT/best`` and ``OUT/final``."""
     if options.stage not in ("pretrain", "finetune"):
@@ -237,7 +246,7 @@ def run_phases(options: TrainOptions, phases: list[Phase], s3: S3Options | None 
             "augmentation": augmentation.to_dict(),
             "contract_training": {"stage": phase.stage, "objective": phase.objective, "cotrain": phase.cotrain,
                                   "data": options.data, "preset": options.preset, "regions": options.regions,
-                                  "seed": options.seed, "init": phase.init,
+                                  "seed": options.seed, "init": _init_provenance(phase.init, options.out),
                                   "label_fraction": options.label_fraction if dataset == "train_labelled" else 1.0,
                                   "labelled_films": len(labelled) if dataset == "train_labelled"
                                   else len(records["train"])}})
