@@ -17,12 +17,12 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from typing import Sequence
 
 from regionmir.anatomy import ANATOMY_NAMES
+from regionmir.command_help import command_parser
 from regionmir.errors import DatasetError, RegionMIRError
 from regionmir.identifiers import uses_default_salt
 from regionmir.model_contract import read_contract
@@ -187,7 +187,7 @@ def verify_rows(index: RegionIndex, target: str, splits: Sequence[str], expected
 def index_main(argv: Sequence[str]) -> int:
     import json
 
-    parser = argparse.ArgumentParser(prog="regionmir index", description=__doc__.splitlines()[0])
+    parser = command_parser(prog="regionmir index", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="Chest ImaGenome root or manifest, local or s3://")
     parser.add_argument("--model", required=True, help="model directory (a finetune --out, or its best/)")
     parser.add_argument("--milvus", required=True,
@@ -207,7 +207,7 @@ def index_main(argv: Sequence[str]) -> int:
     parser.add_argument("--keep-missing", action="store_true",
                         help="keep (and report) rows of films no longer in the data instead of removing them")
     parser.add_argument("--allow-mass-removal", action="store_true",
-                        help=f"remove them even when over {MAX_REMOVED_FRACTION:.0%} of a split's rows would go "
+                        help=f"remove them even when over {MAX_REMOVED_FRACTION:.0%}% of a split's rows would go "
                              "(otherwise the job stops, removing nothing)")
     args = parser.parse_args(list(argv))
     if args.batch_size < 1:

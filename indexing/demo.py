@@ -9,7 +9,6 @@ a Markdown report and two pictures.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -20,6 +19,7 @@ from training.demo import add_arguments, print_pictures, synthesise_and_train
 
 from .build import index_data
 from .evaluate import evaluate
+from regionmir.command_help import command_parser
 
 
 def _step(message: str) -> None:
@@ -46,7 +46,7 @@ def index_and_evaluate(data: str, model: str, out: str, milvus: str | None = Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m indexing.demo", description=__doc__.splitlines()[0])
+    parser = command_parser(prog="python -m indexing.demo", description=__doc__.splitlines()[0])
     add_arguments(parser)
     parser.add_argument("--milvus", help="milvus-lite file or server URI (default: OUT/regions.db)")
     args = parser.parse_args(argv)

@@ -13,7 +13,6 @@ command is idempotent and prints what it removed as one JSON object.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -21,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from regionmir import storage
+from regionmir.command_help import command_parser
 from regionmir.errors import RegionMIRError
 from regionmir.identifiers import SALT_ENV, hash_identifier
 
@@ -109,7 +109,7 @@ def _erase_from_crop_cache(root: Path, images: set[str]) -> int:
 
 
 def delete_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="regionmir delete", description=__doc__.splitlines()[0])
+    parser = command_parser(prog="regionmir delete", description=__doc__.splitlines()[0])
     parser.add_argument("--milvus", required=True, help="PATH.db (milvus-lite) or http(s)://host:port")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--patient", help="patient id as in the data (hashed here with REGIONMIR_ID_SALT)")

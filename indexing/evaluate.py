@@ -13,7 +13,6 @@ same exclusions as the ranking), nDCG@k, MRR@k and hit rate@k — overall and pe
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -34,6 +33,7 @@ from regionmir.retrieval_grid import QueryRow, RetrievedCrop, retrieval_grid
 from regionmir.retrieval_run import RankedHit, RetrievalRun
 from regionmir.roi_crop import roi_crop
 from regionmir.boxes import Box
+from regionmir.command_help import command_parser
 from regionmir.storage import S3Options
 
 from .build import DEFAULT_ALIAS
@@ -249,7 +249,7 @@ def markdown_report(metrics: dict) -> str:
 
 
 def evaluate_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="regionmir evaluate", description=__doc__.splitlines()[0])
+    parser = command_parser(prog="regionmir evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--milvus", required=True)

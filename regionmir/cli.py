@@ -8,10 +8,12 @@ one of them runs, so ``regionmir synth`` never imports Ray and the library never
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from typing import Callable, Sequence
 
+from .command_help import DefaultsHelpFormatter, command_parser, version
 from .errors import RegionMIRError
 
 ENTRY_POINT_GROUP = "regionmir.commands"
@@ -79,15 +81,17 @@ def _cmd_anatomies(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="regionmir", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = command_parser(prog="regionmir", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    add = functools.partial(sub.add_parser, formatter_class=DefaultsHelpFormatter)
 
-    p = sub.add_parser("synth", help="write phantom chest films in the Chest ImaGenome layout")
+    p = add("synth", help="write phantom chest films in the Chest ImaGenome layout")
     p.add_argument("--out", required=True, help="folder or s3:// prefix to write")
-    p.add_argument("--images", type=int, default=100)
+    p.add_argument("--images", type=int, default=100, help="films to write")
     p.add_argument("--size", type=int, default=512, help="film side in pixels (square)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=("png", "dicom"), default="png")
+    p.add_argument("--seed", type=int, default=0, help="random seed (the same seed writes the same films)")
+    p.add_argument("--format", choices=("png", "dicom"), default="png", help="file format of the films")
     p.add_argument("--preset", choices=("realistic", "classic"), default="realistic",
                    help="realistic (default): films that vary like an archive's (positioning, processing, "
                         "devices, findings); classic: generator 1's narrow, easy films")
@@ -98,18 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cmd_synth)
 
-    p = sub.add_parser("inspect", help="show how a DICOM/PNG/JPEG decodes; optionally write it as PNG")
+    p = add("inspect", help="show how a DICOM/PNG/JPEG decodes; optionally write it as PNG")
     p.add_argument("file", help="path or s3:// URI")
     p.add_argument("--png", help="write the normalised image (8-bit, bright = dense) here")
     p.add_argument("--window", type=int, default=0, help="which DICOM VOI window to use (default the first)")
     p.set_defaults(func=_cmd_inspect)
 
-    p = sub.add_parser("scan", help="read a data set's labels and report what was skipped and why")
+    p = add("scan", help="read a data set's labels and report what was skipped and why")
     p.add_argument("data", help="Chest ImaGenome root or manifest (.csv/.jsonl), local or s3://")
     p.add_argument("--split", choices=("train", "valid", "test"))
     p.set_defaults(func=_cmd_scan)
 
-    p = sub.add_parser("anatomies", help="list the 36 region names and ids")
+    p = add("anatomies", help="list the 36 region names and ids")
     p.set_defaults(func=_cmd_anatomies)
     return parser
 

@@ -7,7 +7,6 @@ Prints where every picture is. Training, indexing and serving join as later stag
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -17,6 +16,7 @@ import numpy as np
 
 from .anatomy import ANATOMY_NAMES, anatomy_name
 from .augmentation import AugmentationConfig, two_views
+from .command_help import command_parser
 from .contact_sheet import crop_sheet
 from .dataset import open_dataset
 from .image_reader import read_image
@@ -94,7 +94,7 @@ def run_demo(out: str, images: int = 24, size: int = 320, seed: int = 0) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m regionmir.demo", description=__doc__.splitlines()[0])
+    parser = command_parser(prog="python -m regionmir.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo-output")
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--size", type=int, default=320)

@@ -20,10 +20,11 @@ from collections.abc import Sequence
 
 from .config import ConfigError, ServeSettings
 from .startup_checks import require_secure
+from regionmir.command_help import command_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="regionmir serve", description="Serve region queries over HTTP on Ray Serve.")
+    p = command_parser(prog="regionmir serve", description="Serve region queries over HTTP on Ray Serve.")
     p.add_argument("--model", help="model directory (or a training run's output: its best/), local or s3://")
     p.add_argument("--milvus", help="milvus-lite .db file (one replica) or http://host:port of a Milvus server")
     p.add_argument("--collection", help="collection or alias to search (default: regions)")
@@ -119,7 +120,7 @@ def _shutdown() -> None:
 
 def atlas_main(argv: Sequence[str] | None = None) -> int:
     """``python -m serving.cli atlas DATA OUT``: learn an atlas and write it (OUT: .json or model dir)."""
-    p = argparse.ArgumentParser(prog="python -m serving.cli atlas",
+    p = command_parser(prog="python -m serving.cli atlas",
                                 description="learn the anatomy atlas from a data set's training boxes")
     p.add_argument("data")
     p.add_argument("out", help="atlas .json path, or a model directory (writes DIR/atlas.json)")

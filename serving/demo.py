@@ -16,12 +16,12 @@ process that opened it, and the service's search replica must be the only one.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from regionmir.command_help import command_parser
 
 
 def build_demo(out: str, images: int = 10, size: int = 160, seed: int = 3, model: str | None = None,
@@ -106,7 +106,7 @@ def build_demo_subprocess(out: str, **kw) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m serving.demo", description=__doc__.splitlines()[0])
+    p = command_parser(prog="python -m serving.demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--images", type=int, default=10)
     p.add_argument("--size", type=int, default=160)

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ import statistics
 import sys
 import threading
 import time
+from regionmir.command_help import command_parser
 
 #: Regions the demo asks for by name, as a radiologist would (each also queried with its true box).
 DEMO_REGIONS = ("left costophrenic angle", "cardiac silhouette", "right clavicle", "right hilar structures")
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     from indexing.demo import index_and_evaluate
     from training.demo import add_arguments, print_pictures, synthesise_and_train
 
-    parser = argparse.ArgumentParser(prog="python -m serving.full_demo", description=__doc__.splitlines()[0])
+    parser = command_parser(prog="python -m serving.full_demo", description=__doc__.splitlines()[0])
     add_arguments(parser)
     parser.add_argument("--port", type=int, default=8000, help="HTTP port of the service (another if taken)")
     parser.add_argument("--keep-serving", action="store_true", help="keep the service up until Ctrl-C")

@@ -29,6 +29,7 @@ from dataclasses import replace
 from typing import Sequence
 
 from regionmir import storage
+from regionmir.command_help import command_parser
 from regionmir.errors import RegionMIRError
 from regionmir.storage import S3Options
 
@@ -323,7 +324,7 @@ def markdown_table(result: dict) -> str:
 
 
 def ablate_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="regionmir ablate", description=__doc__.splitlines()[0])
+    parser = command_parser(prog="regionmir ablate", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--workers", type=int, default=2)

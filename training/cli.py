@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Sequence
 
+from regionmir.command_help import command_parser
 from regionmir.errors import RegionMIRError
 
 from .run import TrainOptions, run_training
@@ -58,7 +59,7 @@ def _run(options: TrainOptions) -> int:
 
 
 def pretrain_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="regionmir pretrain", epilog=SCALING_HELP,
+    parser = command_parser(prog="regionmir pretrain", epilog=SCALING_HELP,
                                      description="Region-contrastive pretraining on ROI crops (Ray Train).")
     _common(parser, "pretrain")
     parser.add_argument("--objective", choices=("simclr", "supcon"), default="supcon",
@@ -69,7 +70,7 @@ def pretrain_main(argv: Sequence[str]) -> int:
 
 
 def finetune_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="regionmir finetune", epilog=SCALING_HELP,
+    parser = command_parser(prog="regionmir finetune", epilog=SCALING_HELP,
                                      description="Anatomy fine-tuning from a pretrained model or from scratch.")
     _common(parser, "finetune")
     parser.add_argument("--init", help="pretrained model folder (a pretrain --out, or its best/)")

@@ -22,6 +22,7 @@ import numpy as np
 
 from regionmir.anatomy import ANATOMY_NAMES
 from regionmir.classification_metrics import confusion_matrix, plot_confusion_matrix
+from regionmir.command_help import command_parser
 from regionmir.demo import run_demo
 from regionmir.encoder import load_preset
 from regionmir.roi_crop import CropConfig
@@ -93,7 +94,7 @@ def print_pictures(pictures: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.demo", description=__doc__.splitlines()[0])
+    parser = command_parser(prog="python -m training.demo", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
     started = time.perf_counter()
