@@ -15,11 +15,11 @@ import sys
 import time
 from collections.abc import Callable
 
+from regionmir.command_help import command_parser
 from training.demo import add_arguments, print_pictures, synthesise_and_train
 
 from .build import index_data
 from .evaluate import evaluate
-from regionmir.command_help import command_parser
 
 
 def _step(message: str) -> None:

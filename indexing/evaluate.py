@@ -24,16 +24,16 @@ import numpy as np
 
 from regionmir import storage
 from regionmir.anatomy import ANATOMY_NAMES
+from regionmir.boxes import Box
 from regionmir.classification_metrics import classification_report, confusion_matrix, plot_confusion_matrix
-from regionmir.sealed_location import open_location
+from regionmir.command_help import command_parser
 from regionmir.errors import DatasetError, RegionMIRError
 from regionmir.image_reader import read_image
 from regionmir.model_contract import read_contract
 from regionmir.retrieval_grid import QueryRow, RetrievedCrop, retrieval_grid
 from regionmir.retrieval_run import RankedHit, RetrievalRun
 from regionmir.roi_crop import roi_crop
-from regionmir.boxes import Box
-from regionmir.command_help import command_parser
+from regionmir.sealed_location import open_location
 from regionmir.storage import S3Options
 
 from .build import DEFAULT_ALIAS

@@ -18,9 +18,10 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from regionmir.command_help import command_parser
+
 from .config import ConfigError, ServeSettings
 from .startup_checks import require_secure
-from regionmir.command_help import command_parser
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from pathlib import Path
+
 from regionmir.command_help import command_parser
 
 

@@ -24,6 +24,7 @@ import statistics
 import sys
 import threading
 import time
+
 from regionmir.command_help import command_parser
 
 #: Regions the demo asks for by name, as a radiologist would (each also queried with its true box).
