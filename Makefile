@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test test-slow test-faults test-cluster venv clean lint system-deps
+.PHONY: demo test test-slow test-faults test-ray test-cluster venv clean lint system-deps
 
 venv: $(STAMP)
 
@@ -40,6 +40,12 @@ test-slow: $(STAMP)
 test-faults: $(STAMP)
 	$(PY) -m pytest -q -m slow tests/test_serving_faults.py tests/test_rollout.py tests/test_index_faults.py \
 	  tests/test_crop_cache.py
+
+# Ray Train and Ray Data end to end: two workers pretrain from S3 and fine-tune from that checkpoint,
+# a killed worker resumes, the ablation grid, index + evaluate (about 10 minutes on 2 cores; CI
+# runs them too).
+test-ray: $(STAMP)
+	$(PY) -m pytest -q -m slow tests/test_training_ray.py tests/test_index_evaluate.py
 
 # A 3-node Ray cluster on this machine (head + 2 worker nodes): distributed pretraining across the
 # worker nodes survives one of them being killed (about 10 minutes on 2 cores; CI runs it too).
