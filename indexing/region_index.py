@@ -58,6 +58,7 @@ from pymilvus.exceptions import ConnectionConfigException, MilvusException
 
 from regionmir.anatomy import ANATOMY_NAMES, NUM_ANATOMIES
 from regionmir.anatomy import anatomy_id as resolve_anatomy_id
+from regionmir.errors import RegionMIRError
 from regionmir.identifiers import HASH_HEX_CHARS
 from regionmir.sealed_location import seal_location
 
@@ -142,10 +143,12 @@ _ROW_OVERHEAD_BYTES = 128  # per-row protocol overhead in the byte estimate (gen
 # --------------------------------------------------------------------------------------- errors
 
 
-class RegionIndexError(RuntimeError):
+class RegionIndexError(RegionMIRError):
     """Base class: the Milvus store failed. Names the URI, the collection (or alias) and why.
 
-    ``reason`` is a short machine key (``unavailable``, ``locked``, ``not_found``, ...).
+    One family with the library's errors (:class:`regionmir.errors.RegionMIRError`): picklable
+    across Ray as itself, caught by every command's clear one-line error. ``reason`` is a short
+    machine key (``unavailable``, ``locked``, ``not_found``, ...).
     """
 
     reason = "index_error"
@@ -153,11 +156,8 @@ class RegionIndexError(RuntimeError):
     def __init__(self, uri: str, collection: str | None, message: str, *, reason: str | None = None):
         self.uri = uri
         self.collection = collection
-        self.message = message
-        if reason is not None:
-            self.reason = reason
         where = f"Milvus at {uri}" + (f", collection {collection!r}" if collection else "")
-        super().__init__(f"{where}: {message}")
+        super().__init__(where, message, reason=reason)
 
 
 class IndexUnavailableError(RegionIndexError):
@@ -204,7 +204,9 @@ class CountMismatchError(RegionIndexError):
 # ----------------------------------------------------------------------------------------- rows
 
 
-_KEY_RE = re.compile(f"[0-9a-f]{{{_KEY_HEX_CHARS}}}")
+#: A row key: :func:`row_key`'s 32 lowercase hex characters (check with ``fullmatch``: ``match``
+#: lets a trailing newline through).
+KEY_RE = re.compile(f"[0-9a-f]{{{_KEY_HEX_CHARS}}}")
 
 
 def row_key(image_id: str, anatomy_id: int, model_version: str) -> str:
@@ -430,7 +432,7 @@ def _checked_keys(keys: Sequence[str]) -> list[str]:
     """``keys`` without repeats; ``ValueError`` on anything that is not a :func:`row_key` value, so
     no key reaches a filter expression unchecked."""
     keys = list(dict.fromkeys(keys))
-    bad = [k for k in keys if not isinstance(k, str) or not _KEY_RE.fullmatch(k)]
+    bad = [k for k in keys if not isinstance(k, str) or not KEY_RE.fullmatch(k)]
     if bad:
         raise ValueError(f"not a region key (32 lowercase hex characters): {bad[0]!r}")
     return keys

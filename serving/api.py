@@ -34,6 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from indexing.region_index import RegionIndexError
 from regionmir.anatomy import ANATOMY_NAMES, anatomy_id
 from regionmir.anatomy_atlas import AnatomyAtlas, AtlasError
 from regionmir.boxes import Box, require_valid_box
@@ -47,7 +48,7 @@ from regionmir.roi_crop import CropConfig, roi_crop, roi_crops
 from regionmir.sealed_location import SealedLocationError, open_location
 
 from .config import ServeSettings
-from .errors import ApiError, from_library_error
+from .errors import RETRY_AFTER_S, ApiError, from_library_error
 from .metrics import anatomy_label, get_metrics
 from .runtime import KEY_RE, SearchFilters
 
@@ -58,8 +59,6 @@ PAGE_FILE = Path(__file__).with_name("page.html")
 DISPLAY_MAX_SIDE = 1024
 #: Films kept decoded for the crop/image endpoints (a result grid asks for many crops of few films).
 FILM_CACHE_SIZE = 4
-#: Seconds a 503 (overloaded, index or model unavailable) asks the caller to wait before retrying.
-RETRY_AFTER_S = 2
 #: Non-file form fields are short; anything longer is refused by the parser.
 MAX_FIELD_BYTES = 4096
 
@@ -299,6 +298,8 @@ class QueryService:
         except ApiError:
             raise
         except RegionMIRError as exc:
+            if isinstance(exc, RegionIndexError):
+                log.warning("%s call failed: %s (%s)", what, type(exc).__name__, exc.reason)
             raise from_library_error(exc) from exc
         except Exception as exc:
             name = type(exc).__name__

@@ -27,6 +27,8 @@ from regionmir.command_help import command_parser
 
 def build_demo(out: str, images: int = 10, size: int = 160, seed: int = 3, model: str | None = None,
                data: str | None = None, milvus: str | None = None) -> dict:
+    from dataclasses import asdict
+
     import numpy as np
     import torch
 
@@ -37,7 +39,7 @@ def build_demo(out: str, images: int = 10, size: int = 160, seed: int = 3, model
     from regionmir.encoder import RegionEncoder, load_preset
     from regionmir.image_reader import read_image
     from regionmir.model_contract import ModelContract, load_model, save_model
-    from regionmir.roi_crop import roi_crops
+    from regionmir.roi_crop import CropConfig, roi_crops
     from regionmir.synth.dataset_writer import write_phantom_dataset
 
     started = time.perf_counter()
@@ -51,7 +53,7 @@ def build_demo(out: str, images: int = 10, size: int = 160, seed: int = 3, model
         torch.manual_seed(seed)
         config = load_preset("resnet10-cpu")
         contract = ModelContract(stage="finetune", encoder=config.to_dict(), class_anatomy_ids=tuple(STANDARD_29_IDS),
-                                 crop={"size": config.crop_size, "margin": 0.15}, training={"demo": "random init"})
+                                 crop=asdict(CropConfig(size=config.crop_size)), training={"demo": "random init"})
         save_model(model_dir, RegionEncoder(config), contract)
     encoder, contract = load_model(model_dir)
     encoder.eval()

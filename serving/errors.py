@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from indexing.region_index import RegionIndexError
 from regionmir.errors import BoxError, RegionMIRError, UnknownAnatomyError
 
 
@@ -58,8 +59,17 @@ STATUS_BY_REASON: dict[str, int] = {
 }
 
 
+#: Seconds a 503 (overloaded, index or model unavailable) asks the caller to wait before retrying.
+RETRY_AFTER_S = 2
+
+
 def from_library_error(exc: RegionMIRError, field: str | None = None) -> ApiError:
-    """The answer to a library error raised on user input: its status from :data:`STATUS_BY_REASON`."""
+    """The answer to a library error: its status from :data:`STATUS_BY_REASON` for what a caller
+    sent; the index's own failures (:class:`~indexing.region_index.RegionIndexError`) are the
+    service's trouble, 503 ``index_unavailable`` with ``Retry-After`` (the message names no server)."""
+    if isinstance(exc, RegionIndexError):
+        return ApiError(503, "index_unavailable", f"the index is unavailable ({exc.reason}); retry shortly",
+                        retry_after_s=RETRY_AFTER_S)
     status = STATUS_BY_REASON.get(exc.reason, 422)
     where = field or ("anatomy" if isinstance(exc, UnknownAnatomyError) else "box" if isinstance(exc, BoxError)
                       else "image")

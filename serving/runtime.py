@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -19,14 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from indexing.region_index import RegionHit, RegionIndex, RegionIndexError, model_collection_name
+from indexing.region_index import KEY_RE, RegionHit, RegionIndex, RegionIndexError, model_collection_name
 from regionmir.model_contract import load_model
 from regionmir.sealed_location import SealedLocationError, open_location
 
 log = logging.getLogger("ray.serve")
 
 #: Row keys are 32 lowercase hex characters (:func:`indexing.region_index.row_key`).
-KEY_RE = re.compile(r"[0-9a-f]{32}")  # use fullmatch
 
 
 class EncoderRuntime:

@@ -527,7 +527,7 @@ def test_data_survives_a_restart(backend):
 
 
 @pytest.mark.integration
-def test_a_lite_file_held_by_another_process_is_a_clear_error(tmp_path):
+def test_a_lite_file_held_by_another_process_is_a_clear_error(tmp_path, capfd):
     path = tmp_path / "held.db"
     holder = subprocess.Popen(
         [sys.executable, "-c",
@@ -540,6 +540,34 @@ def test_a_lite_file_held_by_another_process_is_a_clear_error(tmp_path):
             RegionIndex(str(path))
         message = str(info.value)
         assert str(path) in message and "another process" in message and "milvus-lite server" in message
+        # one error family: the index's errors are the library's, picklable (across Ray) as themselves
+        import pickle
+
+        from regionmir.errors import RegionMIRError
+
+        again = pickle.loads(pickle.dumps(info.value))
+        assert isinstance(again, IndexLockedError) and isinstance(again, RegionMIRError)
+        assert (again.reason, again.uri, str(again)) == (info.value.reason, info.value.uri, message)
+        # ... so `regionmir index` meeting it prints one clear line, not a traceback
+        from dataclasses import asdict
+
+        from indexing.build import index_main
+        from regionmir.anatomy import STANDARD_29_IDS
+        from regionmir.encoder import RegionEncoder, load_preset
+        from regionmir.model_contract import ModelContract, save_model
+        from regionmir.roi_crop import CropConfig
+        from regionmir.synth.dataset_writer import write_phantom_dataset
+
+        config = load_preset("resnet10-cpu")
+        save_model(str(tmp_path / "model"), RegionEncoder(config),
+                   ModelContract(stage="finetune", encoder=config.to_dict(), class_anatomy_ids=tuple(STANDARD_29_IDS),
+                                 crop=asdict(CropConfig(size=config.crop_size)), training={}))
+        write_phantom_dataset(str(tmp_path / "data"), images=3, size=96, seed=1, progress=False)
+        code = index_main(["--data", str(tmp_path / "data"), "--model", str(tmp_path / "model"),
+                           "--milvus", str(path)])
+        error = capfd.readouterr().err.strip().splitlines()
+        assert code == 2 and error[-1].startswith("regionmir index: Milvus at") and "another process" in error[-1]
+        assert not any("Traceback" in line for line in error)
     finally:
         holder.stdin.close()
         try:

@@ -107,7 +107,7 @@ def run_ablation(base: TrainOptions, pretrain_epochs: int, finetune_epochs: int,
     if not records["test"]:
         raise DatasetError(base.data, "no test films (split 'test' is empty): nothing to compare the arms on")
     crop_size = load_preset(base.preset).crop_size
-    pipeline = RoiPipelineConfig(crop=CropConfig(size=crop_size, margin=0.15), anatomy_ids=region_ids(base.regions))
+    pipeline = RoiPipelineConfig(crop=CropConfig(size=crop_size), anatomy_ids=region_ids(base.regions))
     cached = cached_roi_datasets(records, pipeline, default_cache_root(base) or storage.join(out, "crop-cache"),
                                  s3)["datasets"]
     epoch_seconds, curves = _phase_history(summary, s3)

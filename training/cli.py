@@ -31,8 +31,9 @@ def _common(parser: argparse.ArgumentParser, stage: str) -> None:
     # on real films and led the phantom label-efficiency table (README, "Choosing the defaults").
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
     parser.add_argument("--batch-size", type=int, default=64, help="per worker")
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--temperature", type=float, default=0.2)
+    parser.add_argument("--lr", type=float, default=TrainOptions.lr)
+    parser.add_argument("--temperature", type=float, default=TrainOptions.temperature,
+                        help="contrastive loss temperature")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="resnet10-cpu", help="encoder preset (regionmir/presets)")
     parser.add_argument("--regions", choices=("standard29", "all36"), default="standard29")

@@ -47,7 +47,7 @@ def train_and_test(data: str, out: str, pretrain_epochs: int, finetune_epochs: i
     model = summary["phases"]["finetune"]["best"]
     _step(f"testing {model} on the test split")
     records, _ = list_images(data, None, ("test",))
-    pipeline = RoiPipelineConfig(crop=CropConfig(size=load_preset(options.preset).crop_size, margin=0.15),
+    pipeline = RoiPipelineConfig(crop=CropConfig(size=load_preset(options.preset).crop_size),
                                  anatomy_ids=region_ids(options.regions))
     test = cached_roi_datasets(records, pipeline, default_cache_root(options), None)["datasets"]["test"]
     report = evaluate_classifier(model, test)

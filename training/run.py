@@ -198,7 +198,7 @@ def run_phases(options: TrainOptions, phases: list[Phase], s3: S3Options | None 
     from dataclasses import replace
 
     encoder = replace(encoder, num_classes=len(class_ids))
-    crop = CropConfig(size=encoder.crop_size, margin=0.15)
+    crop = CropConfig(size=encoder.crop_size)
     pipeline = RoiPipelineConfig(crop=crop, anatomy_ids=class_ids, max_bad_fraction=options.max_bad_fraction)
 
     start_ray(options.address)

@@ -48,6 +48,8 @@ from regionmir.roi_crop import CropConfig
 from .roi_pipeline import crop_from_context
 
 TRAIN_STATE_FILE = "train_state.pt"
+#: Rows each worker shuffles among while streaming its shard (``local_shuffle_buffer_size``).
+SHUFFLE_BUFFER_ROWS = 2048
 
 
 def _views(batch: dict[str, np.ndarray], crop: CropConfig, aug: AugmentationConfig,
@@ -164,7 +166,7 @@ def _train_phase(config: dict[str, Any], index: int, phase: dict[str, Any], fini
     use_amp = device.type == "cuda"
 
     contrastive = (SupervisedContrastiveLoss if phase.get("objective") == "supcon" else NTXentLoss)(
-        temperature=float(config.get("temperature", 0.1)))
+        temperature=float(config["temperature"]))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=float(config["lr"]),
                                   weight_decay=float(config.get("weight_decay", 1e-4)))
     epochs = int(phase["epochs"])
@@ -191,7 +193,7 @@ def _train_phase(config: dict[str, Any], index: int, phase: dict[str, Any], fini
         started = time.perf_counter()
         seen, loss_sum, correct, classified, steps_done = 0, 0.0, 0, 0, 0
         for batch in train_shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
-                                              local_shuffle_buffer_size=config.get("shuffle_buffer", 2048),
+                                              local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
                                               local_shuffle_seed=int(config["seed"]) * 1000 + epoch * 10 + rank,
                                               prefetch_batches=2):
             if steps_done >= steps:
