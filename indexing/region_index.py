@@ -948,24 +948,15 @@ class RegionIndex:
         )
         return int(result[0]["count(*)"])
 
-    def tally(
-        self,
-        name: str,
-        fields: Sequence[str],
-        *,
-        view: str | None = None,
-        split: str | None = None,
-        model_version: str | None = None,
-        batch_size: int = 4096,
-    ) -> Counter:
+    def tally(self, name: str, fields: Sequence[str], **constraints: Any) -> Counter:
         """How many rows hold each combination of ``fields`` values, e.g. ``("anatomy_id",
-        "patient_hash")`` → ``Counter({(12, "3f…"): 1, …})``, under the constraints of :meth:`search`.
+        "patient_hash")`` → ``Counter({(12, "3f…"): 1, …})``, under the constraints of :meth:`scan`
+        (those of :meth:`search`, and ``batch_size``).
 
-        One pass over the matching rows (:meth:`scan`) instead of one count per combination: how
-        ``regionmir evaluate`` counts the relevant rows R of every query at once.
+        One pass over the matching rows instead of one count per combination: how ``regionmir
+        evaluate`` counts the relevant rows R of every query at once.
         """
-        return Counter(self.scan(name, fields, view=view, split=split, model_version=model_version,
-                                 batch_size=batch_size))
+        return Counter(self.scan(name, fields, **constraints))
 
     def scan(
         self,
