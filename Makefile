@@ -35,7 +35,7 @@ test-slow: $(STAMP)
 
 # Fault and roll-out tests: Milvus SIGKILLed under the query service, a new model indexed under a
 # running service, `regionmir index` losing S3 or SIGKILLed mid-job and re-run, a re-index after
-# films left the data, the crop cache refusing to be marked complete short of rows (about 9 minutes
+# films left the data, the crop cache refusing to be marked complete short of rows (about 7 minutes
 # on 2 cores; CI runs them too).
 test-faults: $(STAMP)
 	$(PY) -m pytest -q -m slow tests/test_serving_faults.py tests/test_rollout.py tests/test_index_faults.py \

@@ -105,7 +105,7 @@ def index_data(data: str, model: str, milvus: str, collection: str = DEFAULT_ALI
         listed = [s for s in splits if records[s]]  # a split that lists no film is left as it is
         missing = reconcile(index, target, listed, keys, skipped.image_ids, keep=keep_missing,
                             allow_mass_removal=allow_mass_removal)
-        verify_rows(index, target, listed, len(keys) + missing["kept_missing"] + missing["kept_unreadable"])
+        index.verify(target, len(keys) + missing["kept_missing"] + missing["kept_unreadable"], splits=listed)
         previous = index.point_alias(collection, target)
         expected_regions = sum(1 for film in films for r in film.regions if r.anatomy_id in set(contract.class_anatomy_ids))
         summary = {
@@ -172,16 +172,6 @@ def reconcile(index: RegionIndex, target: str, splits: Sequence[str], written: s
         print(f"[index] note: {kept_missing} rows in {target} belong to films or regions no longer in the data; "
               "kept (--keep-missing); run without it to remove them", flush=True)
     return {"removed": len(removed), "kept_missing": kept_missing, "kept_unreadable": kept_unreadable}
-
-
-def verify_rows(index: RegionIndex, target: str, splits: Sequence[str], expected: int) -> None:
-    """The build collection holds exactly ``expected`` rows of the indexed splits (rows of other
-    splits, from an earlier ``--split``, are not this run's business)."""
-    from .region_index import CountMismatchError
-
-    actual = sum(index.count(target, split=split) for split in splits)
-    if actual != expected:
-        raise CountMismatchError(index.display_uri, target, expected, actual)
 
 
 def index_main(argv: Sequence[str]) -> int:

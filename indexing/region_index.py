@@ -1022,9 +1022,10 @@ class RegionIndex:
                                  consistency_level=self.consistency_level)
         return [(str(r["image_uri"]), str(r["image_id"])) for r in rows]
 
-    def verify(self, name: str, expected: int) -> int:
-        """Check that ``name`` holds exactly ``expected`` rows; raises :class:`CountMismatchError`."""
-        actual = self.count(name)
+    def verify(self, name: str, expected: int, *, splits: Sequence[str] | None = None) -> int:
+        """Check that ``name`` holds exactly ``expected`` rows (of ``splits``, when given: a job that
+        indexed some splits does not answer for the others'); raises :class:`CountMismatchError`."""
+        actual = self.count(name) if splits is None else sum(self.count(name, split=s) for s in splits)
         if actual != expected:
             raise CountMismatchError(self.display_uri, name, expected, actual)
         return actual

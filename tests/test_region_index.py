@@ -344,8 +344,8 @@ def test_film_locations_are_stored_sealed_and_open_only_with_the_salt(index):
 
 @pytest.mark.integration
 def test_a_reindex_removes_rows_of_films_that_left_the_data_and_keeps_unreadable_ones(index):
-    """``regionmir index``'s reconciliation (indexing.build.reconcile / verify_rows) on each backend."""
-    from indexing.build import reconcile, verify_rows
+    """``regionmir index``'s reconciliation (indexing.build.reconcile, then verify per split) on each backend."""
+    from indexing.build import reconcile
 
     name, rows = filled(index)
     train = [r for r in rows if r.split == "train"]
@@ -359,13 +359,13 @@ def test_a_reindex_removes_rows_of_films_that_left_the_data_and_keeps_unreadable
         {"removed": 0, "kept_missing": len(stale), "kept_unreadable": kept_unreadable}
     assert index.count(name) == N_ROWS
     with pytest.raises(CountMismatchError):
-        verify_rows(index, name, ["train"], len(written))
+        index.verify(name, len(written), splits=["train"])
 
     assert reconcile(index, name, ["train"], written, {unreadable}) == \
         {"removed": len(stale), "kept_missing": 0, "kept_unreadable": kept_unreadable}
     assert index.count(name) == N_ROWS - len(stale)
     assert index.get(name, [r.key for r in stale]) == {}
-    verify_rows(index, name, ["train"], len(written) + kept_unreadable)   # the test split is not this run's
+    index.verify(name, len(written) + kept_unreadable, splits=["train"])   # the test split is not this run's
     assert index.count(name, split="test") == sum(1 for r in rows if r.split == "test")
     assert reconcile(index, name, ["train"], written, {unreadable})["removed"] == 0
 
