@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test test-slow test-faults test-ray test-cluster venv clean lint system-deps
+.PHONY: demo test test-slow test-faults test-ray test-cluster venv clean lint format system-deps
 
 venv: $(STAMP)
 
@@ -25,9 +25,18 @@ system-deps:
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends chromium prometheus; \
 	fi
 
-test: $(STAMP) system-deps
-	$(VENV)/bin/lint-imports pyproject.toml
+test: $(STAMP) system-deps lint
 	$(PY) -m pytest -q
+
+# The layering contracts (import-linter), ruff's lint rules and its formatting; `make format` fixes the last.
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports pyproject.toml
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 # Ray Train integration and fault tests: minutes each on a 2-core machine.
 test-slow: $(STAMP)

@@ -35,7 +35,7 @@ def regionmir(args: list[str]) -> dict:
     done = subprocess.run([sys.executable, "-m", "regionmir.cli", *args], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"regionmir {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout[done.stdout.index("{"):])
+    return json.loads(done.stdout[done.stdout.index("{") :])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             pre = regionmir(["pretrain", "--data", data, "--out", f"{out}/pre", *pre_flags])
             fine = regionmir(["finetune", "--data", data, "--init", f"{out}/pre", "--out", f"{out}/fine", *fine_flags])
-            results[arm] = {"minutes": round((time.perf_counter() - started) / 60, 2),
-                            "training_minutes": round((pre["seconds"] + fine["seconds"]) / 60, 2),
-                            "val_accuracy": fine["best_metrics"].get("val_accuracy"),
-                            "films": fine["films"]}
+            results[arm] = {
+                "minutes": round((time.perf_counter() - started) / 60, 2),
+                "training_minutes": round((pre["seconds"] + fine["seconds"]) / 60, 2),
+                "val_accuracy": fine["best_metrics"].get("val_accuracy"),
+                "films": fine["films"],
+            }
             print(json.dumps({arm: results[arm]}), flush=True)
     summary = {"arms": results}
     if {"defaults", "previous"} <= results.keys():

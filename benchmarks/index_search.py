@@ -46,8 +46,13 @@ from regionmir.roi_crop import roi_crop  # noqa: E402
 def make_model(directory: str) -> str:
     torch.manual_seed(0)
     config = load_preset("resnet10-cpu")
-    contract = ModelContract(stage="finetune", encoder=config.to_dict(), class_anatomy_ids=tuple(STANDARD_29_IDS),
-                             crop={"size": config.crop_size, "margin": 0.15}, training={"benchmark": True})
+    contract = ModelContract(
+        stage="finetune",
+        encoder=config.to_dict(),
+        class_anatomy_ids=tuple(STANDARD_29_IDS),
+        crop={"size": config.crop_size, "margin": 0.15},
+        training={"benchmark": True},
+    )
     save_model(directory, RegionEncoder(config), contract)
     return directory
 
@@ -61,18 +66,23 @@ def encoder_rate(data: str, model_dir: str, batch_size: int = 256) -> tuple[floa
         if record.split != "train":
             continue
         pixels = read_image(record.image_uri).pixels
-        crops += [roi_crop(pixels, r.box, contract.crop_config) for r in record.regions
-                  if r.anatomy_id in contract.class_anatomy_ids]
+        crops += [
+            roi_crop(pixels, r.box, contract.crop_config)
+            for r in record.regions
+            if r.anatomy_id in contract.class_anatomy_ids
+        ]
     x = torch.from_numpy(np.stack(crops))[:, None]
     with torch.no_grad():
         model.embed(x[:batch_size])  # warm-up
         started = time.perf_counter()
         for start in range(0, len(x), batch_size):
-            model.embed(x[start:start + batch_size])
+            model.embed(x[start : start + batch_size])
     return len(x) / (time.perf_counter() - started), len(x)
 
 
-def clustered_vectors(n: int, dim: int, rng: np.random.Generator, spread: float = 0.35) -> tuple[np.ndarray, np.ndarray]:
+def clustered_vectors(
+    n: int, dim: int, rng: np.random.Generator, spread: float = 0.35
+) -> tuple[np.ndarray, np.ndarray]:
     centres = rng.normal(size=(len(STANDARD_29_IDS), dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     labels = rng.integers(0, len(STANDARD_29_IDS), size=n)
@@ -81,8 +91,16 @@ def clustered_vectors(n: int, dim: int, rng: np.random.Generator, spread: float 
     return vectors.astype(np.float32), np.asarray(STANDARD_29_IDS)[labels]
 
 
-def search_levels(backend: str, uri: str, n: int, dim: int, queries: int, efs: list[int],
-                  rng: np.random.Generator, consistency: str = "Bounded") -> list[dict]:
+def search_levels(
+    backend: str,
+    uri: str,
+    n: int,
+    dim: int,
+    queries: int,
+    efs: list[int],
+    rng: np.random.Generator,
+    consistency: str = "Bounded",
+) -> list[dict]:
     from indexing.region_index import RegionIndex, RegionRow
 
     database, anatomy_ids = clustered_vectors(n, dim, rng)
@@ -94,11 +112,25 @@ def search_levels(backend: str, uri: str, n: int, dim: int, queries: int, efs: l
     started = time.perf_counter()
     chunk = 5000
     for start in range(0, n, chunk):
-        index.upsert(name, [RegionRow(image_id=f"img-{i}", anatomy_id=int(anatomy_ids[i]),
-                                      anatomy=ANATOMY_NAMES[int(anatomy_ids[i])], image_uri=f"bench/{i}.png",
-                                      box=(0.0, 0.0, 10.0, 10.0), view="PA", split="train", patient_hash="",
-                                      study_hash="", model_version="bench", vector=database[i])
-                            for i in range(start, min(n, start + chunk))])
+        index.upsert(
+            name,
+            [
+                RegionRow(
+                    image_id=f"img-{i}",
+                    anatomy_id=int(anatomy_ids[i]),
+                    anatomy=ANATOMY_NAMES[int(anatomy_ids[i])],
+                    image_uri=f"bench/{i}.png",
+                    box=(0.0, 0.0, 10.0, 10.0),
+                    view="PA",
+                    split="train",
+                    patient_hash="",
+                    study_hash="",
+                    model_version="bench",
+                    vector=database[i],
+                )
+                for i in range(start, min(n, start + chunk))
+            ],
+        )
     index.flush(name)
     index.verify(name, n)  # counted with Strong consistency
     insert_s = time.perf_counter() - started
@@ -112,15 +144,23 @@ def search_levels(backend: str, uri: str, n: int, dim: int, queries: int, efs: l
         latencies, recalls = [], []
         for q in range(queries):
             t0 = time.perf_counter()
-            hits = index.search(name, probes[q:q + 1], 10, ef=ef)[0]
+            hits = index.search(name, probes[q : q + 1], 10, ef=ef)[0]
             latencies.append((time.perf_counter() - t0) * 1000)
             found = {int(h.image_id.split("-")[1]) for h in hits}
             recalls.append(len(found & set(exact[q].tolist())) / 10)
-        levels.append({"backend": backend, "vectors": n, "ef": ef, "consistency": consistency,
-                       "p50_ms": round(float(np.percentile(latencies, 50)), 2),
-                       "p99_ms": round(float(np.percentile(latencies, 99)), 2),
-                       "recall_at_10": round(float(np.mean(recalls)), 4),
-                       "insert_rows_per_s": round(n / insert_s, 1), "queries": queries})
+        levels.append(
+            {
+                "backend": backend,
+                "vectors": n,
+                "ef": ef,
+                "consistency": consistency,
+                "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+                "p99_ms": round(float(np.percentile(latencies, 99)), 2),
+                "recall_at_10": round(float(np.mean(recalls)), 4),
+                "insert_rows_per_s": round(n / insert_s, 1),
+                "queries": queries,
+            }
+        )
     index.drop(name)
     index.close()
     return levels
@@ -131,11 +171,18 @@ def main() -> int:
     parser.add_argument("--films", type=int, default=200, help="phantom films for the indexing measurement")
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--ef", default=f"{DEFAULT_SEARCH_EF},512",
-                        help="HNSW search list sizes to measure (the service's default first)")
+    parser.add_argument(
+        "--ef",
+        default=f"{DEFAULT_SEARCH_EF},512",
+        help="HNSW search list sizes to measure (the service's default first)",
+    )
     parser.add_argument("--skip-index", action="store_true", help="search levels only")
-    parser.add_argument("--consistency", default="Bounded", choices=("Strong", "Bounded", "Eventually"),
-                        help="consistency level of the timed searches (the service uses Bounded)")
+    parser.add_argument(
+        "--consistency",
+        default="Bounded",
+        choices=("Strong", "Bounded", "Eventually"),
+        help="consistency level of the timed searches (the service uses Bounded)",
+    )
     parser.add_argument("--backends", default="milvus-lite,milvus-standalone")
     args = parser.parse_args()
     from indexing.build import index_data
@@ -153,14 +200,20 @@ def main() -> int:
         encoder_rois_per_s, rois = encoder_rate(data, model_dir)
         print(f"[bench] encoder alone: {encoder_rois_per_s:.0f} ROIs/s over {rois} ROIs", flush=True)
         summary = index_data(data, model_dir, os.path.join(work, "index.db"), collection="regions")
-        result.update({
-            "index_rois_per_s": summary["rows_per_s_steady"], "index_rois_per_s_total": summary["rows_per_s"],
-            "encoder_rois_per_s": round(encoder_rois_per_s, 1),
-            "ratio_to_encoder": round(summary["rows_per_s_steady"] / encoder_rois_per_s, 3),
-            "index_rows": summary["rows"],
-        })
-        print(f"[bench] regionmir index: {summary['rows_per_s_steady']} ROIs/s steady, {summary['rows_per_s']} "
-              f"with start-up; ratio to the encoder {result['ratio_to_encoder']}", flush=True)
+        result.update(
+            {
+                "index_rois_per_s": summary["rows_per_s_steady"],
+                "index_rois_per_s_total": summary["rows_per_s"],
+                "encoder_rois_per_s": round(encoder_rois_per_s, 1),
+                "ratio_to_encoder": round(summary["rows_per_s_steady"] / encoder_rois_per_s, 3),
+                "index_rows": summary["rows"],
+            }
+        )
+        print(
+            f"[bench] regionmir index: {summary['rows_per_s_steady']} ROIs/s steady, {summary['rows_per_s']} "
+            f"with start-up; ratio to the encoder {result['ratio_to_encoder']}",
+            flush=True,
+        )
     rng = np.random.default_rng(0)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     efs = [int(e) for e in args.ef.split(",") if e]
@@ -181,9 +234,12 @@ def main() -> int:
         try:
             for n in sizes:
                 for level in search_levels(backend, uri, n, 128, args.queries, efs, rng, args.consistency):
-                    print(f"[bench] {backend} {n} vectors, ef {level['ef']}: p50 {level['p50_ms']} ms, "
-                          f"p99 {level['p99_ms']} ms, recall@10 {level['recall_at_10']} "
-                          f"(inserted at {level['insert_rows_per_s']} rows/s)", flush=True)
+                    print(
+                        f"[bench] {backend} {n} vectors, ef {level['ef']}: p50 {level['p50_ms']} ms, "
+                        f"p99 {level['p99_ms']} ms, recall@10 {level['recall_at_10']} "
+                        f"(inserted at {level['insert_rows_per_s']} rows/s)",
+                        flush=True,
+                    )
                     result["search"].append(level)
         finally:
             if server is not None:

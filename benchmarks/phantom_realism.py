@@ -42,13 +42,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def find_reference_dir(explicit: str | None) -> Path:
-    candidates = [Path(explicit)] if explicit else [REPO / "shared" / "reference" / "nih-cxr14",
-                                                    REPO.parent / "shared" / "reference" / "nih-cxr14"]
+    candidates = (
+        [Path(explicit)]
+        if explicit
+        else [REPO / "shared" / "reference" / "nih-cxr14", REPO.parent / "shared" / "reference" / "nih-cxr14"]
+    )
     for path in candidates:
         if (path / "labels.csv").exists():
             return path
-    raise SystemExit(f"no NIH reference films found (looked in {', '.join(map(str, candidates))}); "
-                     "pass --reference DIR")
+    raise SystemExit(
+        f"no NIH reference films found (looked in {', '.join(map(str, candidates))}); pass --reference DIR"
+    )
 
 
 def nih_films(folder: Path) -> list[Film]:
@@ -124,12 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     if dicom is not None:
         real.append(dicom)
     else:
-        print("phantom_realism: pydicom-data is not installed; measuring against the NIH films only",
-              file=sys.stderr)
+        print("phantom_realism: pydicom-data is not installed; measuring against the NIH films only", file=sys.stderr)
     protocol = RealismProtocol()
-    result: dict = {"benchmark": "phantom_realism", "protocol": protocol.as_dict(),
-                    "real_films": [f.name for f in real], "phantom_size": args.size,
-                    "real_spectrum": real_spectrum(real, protocol), "presets": {}}
+    result: dict = {
+        "benchmark": "phantom_realism",
+        "protocol": protocol.as_dict(),
+        "real_films": [f.name for f in real],
+        "phantom_size": args.size,
+        "real_spectrum": real_spectrum(real, protocol),
+        "presets": {},
+    }
     rows = {}
     for preset in args.presets.split(","):
         films = phantom_films(preset, args.films, args.size, args.seed)

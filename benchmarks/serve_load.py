@@ -120,8 +120,7 @@ class ReplicaSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.samples.append({"t_s": round(time.perf_counter() - self.t0, 1), **self.running(),
-                                 "phase": self.label})
+            self.samples.append({"t_s": round(time.perf_counter() - self.t0, 1), **self.running(), "phase": self.label})
             self.stop.wait(1.0)
 
 
@@ -137,8 +136,12 @@ def drive(base: str, film_png: bytes, box: str, clients: int, seconds: float, k:
         while time.perf_counter() < deadline:
             started = time.perf_counter()
             try:
-                response = session.post(base + "/v1/search", files={"image": ("film.png", film_png, "image/png")},
-                                        data={"box": box, "k": str(k)}, timeout=60)
+                response = session.post(
+                    base + "/v1/search",
+                    files={"image": ("film.png", film_png, "image/png")},
+                    data={"box": box, "k": str(k)},
+                    timeout=60,
+                )
                 ok = response.status_code == 200 and len(response.json()["results"]) == k
                 reason = "" if ok else f"HTTP {response.status_code}: {response.text[:200]}"
             except Exception as exc:  # a refused or timed-out call is an error, not a crash
@@ -159,22 +162,45 @@ def drive(base: str, film_png: bytes, box: str, clients: int, seconds: float, k:
     wall = time.perf_counter() - started
     if errors:
         print(f"[bench]   first error: {errors[0]}", flush=True)
-    return {"p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
-            "qps": round(len(latencies) / wall, 2), "answers": len(latencies), "errors": len(errors)}
+    return {
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "qps": round(len(latencies) / wall, 2),
+        "answers": len(latencies),
+        "errors": len(errors),
+    }
 
 
 def settings_for(demo: dict, port: int, batching: bool, args: argparse.Namespace) -> ServeSettings:
-    return ServeSettings.from_dict({
-        "model": demo["model"], "milvus": demo["milvus"], "app_name": APP,
-        "http": {"host": "127.0.0.1", "port": port},
-        "encoder": {"min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
-                    "target_ongoing_requests": args.target_ongoing, "upscale_delay_s": 2.0,
-                    "look_back_period_s": 5.0,
-                    "downscale_delay_s": args.downscale_delay, "torch_threads": 1,
-                    "max_batch_size": 16 if batching else 1, "batch_wait_timeout_ms": 5.0 if batching else 0.0},
-        "ingress": {"min_replicas": 1, "max_replicas": args.max_ingress, "target_ongoing_requests": args.target_ongoing,
-                    "upscale_delay_s": 2.0, "downscale_delay_s": args.downscale_delay, "look_back_period_s": 5.0},
-        "ray": {"num_cpus": 8}}, "benchmark settings")
+    return ServeSettings.from_dict(
+        {
+            "model": demo["model"],
+            "milvus": demo["milvus"],
+            "app_name": APP,
+            "http": {"host": "127.0.0.1", "port": port},
+            "encoder": {
+                "min_replicas": args.min_replicas,
+                "max_replicas": args.max_replicas,
+                "target_ongoing_requests": args.target_ongoing,
+                "upscale_delay_s": 2.0,
+                "look_back_period_s": 5.0,
+                "downscale_delay_s": args.downscale_delay,
+                "torch_threads": 1,
+                "max_batch_size": 16 if batching else 1,
+                "batch_wait_timeout_ms": 5.0 if batching else 0.0,
+            },
+            "ingress": {
+                "min_replicas": 1,
+                "max_replicas": args.max_ingress,
+                "target_ongoing_requests": args.target_ongoing,
+                "upscale_delay_s": 2.0,
+                "downscale_delay_s": args.downscale_delay,
+                "look_back_period_s": 5.0,
+            },
+            "ray": {"num_cpus": 8},
+        },
+        "benchmark settings",
+    )
 
 
 def main() -> int:
@@ -199,23 +225,30 @@ def main() -> int:
     os.makedirs(workdir, exist_ok=True)
     t0 = time.perf_counter()
     print(f"[bench] building the phantom index in {workdir}", flush=True)
-    demo = build_demo_subprocess(os.path.join(workdir, "demo"), images=args.images, size=args.size, seed=5,
-                                 model=args.model)
-    film_png = open(demo["query_films"][0], "rb").read()
+    demo = build_demo_subprocess(
+        os.path.join(workdir, "demo"), images=args.images, size=args.size, seed=5, model=args.model
+    )
+    with open(demo["query_films"][0], "rb") as film:
+        film_png = film.read()
     box = query_box(film_png)
-    print(f"[bench] {demo['rows']} indexed regions; query film {os.path.basename(demo['query_films'][0])} "
-          f"box {box}", flush=True)
+    print(
+        f"[bench] {demo['rows']} indexed regions; query film {os.path.basename(demo['query_films'][0])} box {box}",
+        flush=True,
+    )
 
     floor = floor_latency(demo, film_png, box, args.floor_queries, args.k, workdir)
-    print(f"[bench] floor (in-process decode+crop+encode+search): p50 {floor['p50_ms']} ms, "
-          f"p99 {floor['p99_ms']} ms", flush=True)
+    print(
+        f"[bench] floor (in-process decode+crop+encode+search): p50 {floor['p50_ms']} ms, p99 {floor['p99_ms']} ms",
+        flush=True,
+    )
+
+    import socket
 
     import ray
     from ray import serve
 
     from serving.deployments import start_service
 
-    import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -233,31 +266,49 @@ def main() -> int:
             drive(base, film_png, box, 1, 5.0, args.k)  # warm-up: first calls build handles and caches
             for clients in clients_levels:
                 sampler.label = f"{clients} clients batching {label}"
-                level = {"clients": clients, "batching": batching, **drive(base, film_png, box, clients,
-                                                                             args.seconds, args.k)}
+                level = {
+                    "clients": clients,
+                    "batching": batching,
+                    **drive(base, film_png, box, clients, args.seconds, args.k),
+                }
                 for name in ("encoder", "ingress"):
-                    level[f"{name}_replicas_max"] = max((s[f"{name}_replicas"] + s[f"{name}_starting"]
-                                                         for s in sampler.samples if s["phase"] == sampler.label),
-                                                        default=0)
+                    level[f"{name}_replicas_max"] = max(
+                        (
+                            s[f"{name}_replicas"] + s[f"{name}_starting"]
+                            for s in sampler.samples
+                            if s["phase"] == sampler.label
+                        ),
+                        default=0,
+                    )
                 levels.append(level)
-                print(f"[bench] {clients:>2} clients, batching {label}: p50 {level['p50_ms']} ms, "
-                      f"p99 {level['p99_ms']} ms, {level['qps']} q/s, {level['errors']} errors, "
-                      f"up to {level['encoder_replicas_max']} encoder / {level['ingress_replicas_max']} ingress "
-                      "replicas (running or starting)", flush=True)
+                print(
+                    f"[bench] {clients:>2} clients, batching {label}: p50 {level['p50_ms']} ms, "
+                    f"p99 {level['p99_ms']} ms, {level['qps']} q/s, {level['errors']} errors, "
+                    f"up to {level['encoder_replicas_max']} encoder / {level['ingress_replicas_max']} ingress "
+                    "replicas (running or starting)",
+                    flush=True,
+                )
             if batching:  # watch the encoder scale back down with no load
                 sampler.label = "idle after load"
                 deadline = time.perf_counter() + args.downscale_delay + 60
                 while time.perf_counter() < deadline:
                     last = sampler.samples[-1] if sampler.samples else {}
-                    if last.get("phase") == "idle after load" and last["encoder_starting"] == 0 and \
-                            last["ingress_starting"] == 0 and last["encoder_replicas"] == args.min_replicas \
-                            and last["ingress_replicas"] == 1:
+                    if (
+                        last.get("phase") == "idle after load"
+                        and last["encoder_starting"] == 0
+                        and last["ingress_starting"] == 0
+                        and last["encoder_replicas"] == args.min_replicas
+                        and last["ingress_replicas"] == 1
+                    ):
                         break
                     time.sleep(1)
                 time.sleep(2)
-                print(f"[bench] idle: {sampler.samples[-1]['encoder_replicas']} encoder / "
-                      f"{sampler.samples[-1]['ingress_replicas']} ingress replica(s) "
-                      f"{sampler.samples[-1]['t_s']} s into the run", flush=True)
+                print(
+                    f"[bench] idle: {sampler.samples[-1]['encoder_replicas']} encoder / "
+                    f"{sampler.samples[-1]['ingress_replicas']} ingress replica(s) "
+                    f"{sampler.samples[-1]['t_s']} s into the run",
+                    flush=True,
+                )
     finally:
         sampler.stop.set()
         if ray.is_initialized():
@@ -270,23 +321,27 @@ def main() -> int:
     off = {lv["clients"]: lv for lv in levels if not lv["batching"]}
     first, last = min(clients_levels), max(clients_levels)
     samples = sampler.samples
+
     def placed(s: dict) -> int:  # running + starting: what the autoscaler decided
         return s["encoder_replicas"] + s["encoder_starting"] + s["ingress_replicas"] + s["ingress_starting"]
 
     loaded = [placed(s) for s in samples if "clients" in s["phase"]]
     idle = [placed(s) for s in samples if s["phase"] == "idle after load"]
     result = {
-        "floor_p50_ms": floor["p50_ms"], "floor_p99_ms": floor["p99_ms"],
+        "floor_p50_ms": floor["p50_ms"],
+        "floor_p99_ms": floor["p99_ms"],
         "levels": levels,
         "replicas_over_time": samples,
         "single_client_p50_to_floor": round(on[first]["p50_ms"] / floor["p50_ms"], 2),
         f"qps_{last}_to_{first}": round(on[last]["qps"] / on[first]["qps"], 2) if on[first]["qps"] else None,
         f"qps_{last}_to_{first}_no_batching": round(off[last]["qps"] / off[first]["qps"], 2)
-        if off.get(first) and off[first]["qps"] else None,
+        if off.get(first) and off[first]["qps"]
+        else None,
         "errors": sum(lv["errors"] for lv in levels),
         "replicas_rose": bool(loaded) and max(loaded) > args.min_replicas + 1,
         "replicas_fell": bool(idle) and idle[-1] < max(loaded or [0]),
-        "indexed_regions": demo["rows"], "seconds_per_level": args.seconds,
+        "indexed_regions": demo["rows"],
+        "seconds_per_level": args.seconds,
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     print(json.dumps(result))

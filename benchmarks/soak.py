@@ -153,7 +153,7 @@ class RssSampler:
         t = round(time.monotonic() - self.t0, 2)
         for role, process in serve_processes():
             try:
-                rss = process.memory_info().rss / 2 ** 20
+                rss = process.memory_info().rss / 2**20
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
             self.samples.append((t, process.pid, role, round(rss, 1)))
@@ -188,9 +188,13 @@ def rss_summary(samples: list[tuple[float, int, str, float]], warmup_s: float) -
     out, changed = {}, []
     for name, points in sorted(series.items()):
         post = [(t, r) for t, r in points if t >= warmup_s]
-        row: dict = {"role": name.split(":")[0], "pid": int(name.split(":")[1]),
-                     "at_start_mib": points[0][1], "max_mib": max(r for _, r in points),
-                     "samples_after_warmup": len(post)}
+        row: dict = {
+            "role": name.split(":")[0],
+            "pid": int(name.split(":")[1]),
+            "at_start_mib": points[0][1],
+            "max_mib": max(r for _, r in points),
+            "samples_after_warmup": len(post),
+        }
         present_throughout = bool(post) and post[0][0] == first_t and post[-1][0] == last_t
         if not present_throughout:
             changed.append(name)
@@ -198,12 +202,22 @@ def rss_summary(samples: list[tuple[float, int, str, float]], warmup_s: float) -
             ts, rs = np.array([p[0] for p in post]), np.array([p[1] for p in post])
             slope_per_s = float(np.polyfit(ts, rs, 1)[0])
             growth = slope_per_s * (ts[-1] - ts[0]) / rs[0] if rs[0] else 0.0
-            row.update(first_after_warmup_mib=float(rs[0]), last_mib=float(rs[-1]),
-                       max_after_warmup_mib=float(rs.max()), slope_mib_per_min=round(slope_per_s * 60, 3),
-                       fitted_growth_pct=round(100 * growth, 2), flat=bool(growth < FLAT_GROWTH))
+            row.update(
+                first_after_warmup_mib=float(rs[0]),
+                last_mib=float(rs[-1]),
+                max_after_warmup_mib=float(rs.max()),
+                slope_mib_per_min=round(slope_per_s * 60, 3),
+                fitted_growth_pct=round(100 * growth, 2),
+                flat=bool(growth < FLAT_GROWTH),
+            )
         else:
-            row.update(first_after_warmup_mib=post[0][1] if post else None, last_mib=points[-1][1],
-                       slope_mib_per_min=None, fitted_growth_pct=None, flat=None)
+            row.update(
+                first_after_warmup_mib=post[0][1] if post else None,
+                last_mib=points[-1][1],
+                slope_mib_per_min=None,
+                fitted_growth_pct=None,
+                flat=None,
+            )
         out[name] = row
     flat = bool(out) and not changed and all(r["flat"] for r in out.values())
     return out, flat, changed
@@ -216,17 +230,37 @@ def write_rss_csv(path: Path, samples: list[tuple[float, int, str, float]]) -> N
         writer.writerows(samples)
 
 
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+COLOURS = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 
 
 def _nice_step(span: float, most: int, steps: tuple[float, ...]) -> float:
     return next((s for s in steps if span / s <= most), steps[-1])
 
 
-def _panel(draw, font, box: tuple[int, int, int, int], series: dict[str, list[tuple[float, float]]],
-           t_max: float, y_lo: float, y_hi: float, y_steps: tuple[float, ...], y_label: str, warmup_s: float,
-           band: tuple[float, float] | None = None) -> None:
+def _panel(
+    draw,
+    font,
+    box: tuple[int, int, int, int],
+    series: dict[str, list[tuple[float, float]]],
+    t_max: float,
+    y_lo: float,
+    y_hi: float,
+    y_steps: tuple[float, ...],
+    y_label: str,
+    warmup_s: float,
+    band: tuple[float, float] | None = None,
+) -> None:
     """One plot: ``series`` (name → [(seconds, value)]) in ``box`` (left, top, right, bottom)."""
     left, top, right, bottom = box
 
@@ -253,7 +287,7 @@ def _panel(draw, font, box: tuple[int, int, int, int], series: dict[str, list[tu
     draw.line([xy(warmup_s, y_lo), xy(warmup_s, y_hi)], fill=(150, 150, 150))
     draw.text((xy(warmup_s, y_hi)[0] + 3, top + 3), "end of warm-up", fill=(120, 120, 120), font=font)
     draw.text((left, top - 16), y_label, fill="black", font=font)
-    for i, (name, points) in enumerate(sorted(series.items())):
+    for i, (_name, points) in enumerate(sorted(series.items())):
         colour = COLOURS[i % len(COLOURS)]
         pts = [xy(t, v) for t, v in points]
         if len(pts) > 1:
@@ -283,13 +317,33 @@ def plot_rss(path: Path, samples: list[tuple[float, int, str, float]], warmup_s:
     t_max = max((s[0] for s in samples), default=1.0) or 1.0
     y_max = max((s[3] for s in samples), default=1.0) * 1.1 or 1.0
     draw.text((left, 8), title, fill="black", font=font)
-    _panel(draw, font, (left, 60, width - right, 420), series, t_max, 0.0, y_max,
-           (10, 20, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10000), "RSS (MiB)", warmup_s)
+    _panel(
+        draw,
+        font,
+        (left, 60, width - right, 420),
+        series,
+        t_max,
+        0.0,
+        y_max,
+        (10, 20, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10000),
+        "RSS (MiB)",
+        warmup_s,
+    )
     spread = max([abs(v) for pts in relative.values() for _, v in pts if _ >= warmup_s] + [FLAT_GROWTH * 100])
     lim = min(100.0, spread * 1.3)
-    _panel(draw, font, (left, 480, width - right, 800), relative, t_max, -lim, lim,
-           (0.5, 1, 2, 2.5, 5, 10, 20, 25, 50), f"RSS, % of the first sample after warm-up "
-           f"(shaded: +-{FLAT_GROWTH:.0%})", warmup_s, band=(-100 * FLAT_GROWTH, 100 * FLAT_GROWTH))
+    _panel(
+        draw,
+        font,
+        (left, 480, width - right, 800),
+        relative,
+        t_max,
+        -lim,
+        lim,
+        (0.5, 1, 2, 2.5, 5, 10, 20, 25, 50),
+        f"RSS, % of the first sample after warm-up (shaded: +-{FLAT_GROWTH:.0%})",
+        warmup_s,
+        band=(-100 * FLAT_GROWTH, 100 * FLAT_GROWTH),
+    )
     draw.text((width // 2 - 20, height - 36), "minutes", fill="black", font=font)
     for i, (name, points) in enumerate(sorted(series.items())):  # legend, right of the title
         colour = COLOURS[i % len(COLOURS)]
@@ -314,15 +368,26 @@ class Payloads:
         self.dicom, _ = render_phantom(5, 101, 512, "dicom", DEFAULT_PRESET)  # the demo writes PNGs only
         self.dicom_box = _box(512, 512)
         self.png16 = grey16_png(4096)
-        self.bomb = deflate_bomb_dicom(int(bomb_gib * 1024 ** 3))
+        self.bomb = deflate_bomb_dicom(int(bomb_gib * 1024**3))
         self.nan, self.j2k = nan_rescale_dicom(), forged_jpeg2000_dicom()
         self.strip, self.aspect = strip_png(39000, 1500), strip_png(4000, 400)
         self.not_image = b"this is not an image, only text pretending to be one\n" * 40
 
 
 class Client(threading.Thread):
-    def __init__(self, index: int, base: str, api_key: str, payloads: Payloads, seed: int, t0: float,
-                 deadline: float, records: list, lock: threading.Lock, stop: threading.Event):
+    def __init__(
+        self,
+        index: int,
+        base: str,
+        api_key: str,
+        payloads: Payloads,
+        seed: int,
+        t0: float,
+        deadline: float,
+        records: list,
+        lock: threading.Lock,
+        stop: threading.Event,
+    ):
         super().__init__(name=f"soak-client-{index}", daemon=True)
         self.index, self.base, self.p = index, base, payloads
         self.auth = {"Authorization": f"Bearer {api_key}"}
@@ -332,8 +397,13 @@ class Client(threading.Thread):
         self.kinds, self.weights = list(MIX), [w for w, _, _ in MIX.values()]
 
     def _search(self, data: bytes, name: str, auth: bool = True, **fields) -> requests.Response:
-        return self.session.post(self.base + "/v1/search", files={"image": (name, data)}, data=fields,
-                                 headers=self.auth if auth else None, timeout=180)
+        return self.session.post(
+            self.base + "/v1/search",
+            files={"image": (name, data)},
+            data=fields,
+            headers=self.auth if auth else None,
+            timeout=180,
+        )
 
     def _send(self, kind: str) -> requests.Response:
         p, rng = self.p, self.rng
@@ -395,13 +465,15 @@ class Client(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set() and time.monotonic() < self.deadline:
             kind = self.rng.choices(self.kinds, self.weights)[0]
-            answer = self._record(kind, lambda: self._send(kind))
+            answer = self._record(kind, lambda kind=kind: self._send(kind))
             if kind in GOOD_SEARCHES and answer is not None and answer.status_code == 200:
                 results = answer.json().get("results") or []
                 for follow, (probability, _) in FOLLOW_UPS.items():
                     if results and self.rng.random() < probability and time.monotonic() < self.deadline:
                         url = self.rng.choice(results)["crop_url" if follow == "result_crop" else "image_url"]
-                        self._record(follow, lambda: self.session.get(self.base + url, headers=self.auth, timeout=60))
+                        self._record(
+                            follow, lambda url=url: self.session.get(self.base + url, headers=self.auth, timeout=60)
+                        )
 
 
 # ------------------------------------------------------------------------------------ main
@@ -417,8 +489,9 @@ def summarise(records: list, duration_s: float) -> dict:
         if reason:
             reasons[kind][f"{status} {reason}"] += 1
         if status >= 500:
-            five_xx.append({"t_s": t, "client": client, "kind": kind, "status": status, "reason": reason,
-                            "seconds": seconds})
+            five_xx.append(
+                {"t_s": t, "client": client, "kind": kind, "status": status, "reason": reason, "seconds": seconds}
+            )
         elif status == 0:
             client_errors.append({"t_s": t, "client": client, "kind": kind, "error": reason, "seconds": seconds})
         elif (status, reason) != expected[kind]:
@@ -427,14 +500,16 @@ def summarise(records: list, duration_s: float) -> dict:
     window = min(60.0, duration_s)
     first = [s for t, s in good if t < window]
     last = [s for t, s in good if t >= duration_s - window]
-    lat = {"window_s": window,
-           "first_minute": {"n": len(first), "p50_s": _pct(first, 50), "p99_s": _pct(first, 99)},
-           "last_minute": {"n": len(last), "p50_s": _pct(last, 50), "p99_s": _pct(last, 99)}}
+    lat = {
+        "window_s": window,
+        "first_minute": {"n": len(first), "p50_s": _pct(first, 50), "p99_s": _pct(first, 99)},
+        "last_minute": {"n": len(last), "p50_s": _pct(last, 50), "p99_s": _pct(last, 99)},
+    }
     for q in ("p50", "p99"):
         a, b = lat["first_minute"][f"{q}_s"], lat["last_minute"][f"{q}_s"]
         lat[f"{q}_ratio_last_first"] = round(b / a, 3) if a and b else None
     by_kind_seconds: dict[str, list[float]] = defaultdict(list)
-    for _, _, kind, status, _, seconds in records:
+    for _, _, kind, _status, _, seconds in records:
         by_kind_seconds[kind].append(seconds)
     return {
         "requests": len(records),
@@ -442,11 +517,15 @@ def summarise(records: list, duration_s: float) -> dict:
         "good_fraction": round(sum(1 for r in records if not r[2].startswith("bad_")) / max(1, len(records)), 3),
         "per_kind": {k: dict(sorted(v.items())) for k, v in sorted(per_kind.items())},
         "reasons": {k: dict(v) for k, v in sorted(reasons.items())},
-        "seconds_per_kind": {k: {"p50": _pct(v, 50), "p99": _pct(v, 99), "max": round(max(v), 4)}
-                             for k, v in sorted(by_kind_seconds.items())},
-        "5xx_count": len(five_xx), "5xx": five_xx[:100],
+        "seconds_per_kind": {
+            k: {"p50": _pct(v, 50), "p99": _pct(v, 99), "max": round(max(v), 4)}
+            for k, v in sorted(by_kind_seconds.items())
+        },
+        "5xx_count": len(five_xx),
+        "5xx": five_xx[:100],
         "5xx_by_reason": dict(Counter(f"{e['status']} {e['reason']}" for e in five_xx)),
-        "client_errors_count": len(client_errors), "client_errors": client_errors[:20],
+        "client_errors_count": len(client_errors),
+        "client_errors": client_errors[:20],
         "unexpected_answers": dict(unexpected),
         "good_search_latency": lat,
     }
@@ -485,23 +564,34 @@ def main(argv: list[str] | None = None) -> int:
         demo = build_demo_subprocess(workdir, images=6, size=160, seed=5)
         payloads = Payloads(demo, args.bomb_gib)
         api_key = secrets.token_urlsafe(24)
-        settings = ServeSettings.from_dict({
-            "model": demo["model"], "milvus": demo["milvus"], "http": {"host": "127.0.0.1", "port": _free_port()},
-            "auth": {"api_key": api_key},
-            # the shipped limits (32 MB uploads, 60 Mpx, longer side 8192, 4:1, one film in memory per replica)
-            "encoder": {"min_replicas": 1, "max_replicas": 1}, "ingress": {"min_replicas": 1, "max_replicas": 1},
-            "ray": {"num_cpus": 4, "metrics_export_port": _free_port()}})
+        settings = ServeSettings.from_dict(
+            {
+                "model": demo["model"],
+                "milvus": demo["milvus"],
+                "http": {"host": "127.0.0.1", "port": _free_port()},
+                "auth": {"api_key": api_key},
+                # the shipped limits (32 MB uploads, 60 Mpx, longer side 8192, 4:1, one film in memory per replica)
+                "encoder": {"min_replicas": 1, "max_replicas": 1},
+                "ingress": {"min_replicas": 1, "max_replicas": 1},
+                "ray": {"num_cpus": 4, "metrics_export_port": _free_port()},
+            }
+        )
         try:
             base = start_service(settings, ready_timeout_s=600)
-            print(f"soak: service ready at {base}; {args.clients} clients for {args.minutes:g} min",
-                  file=sys.stderr, flush=True)
+            print(
+                f"soak: service ready at {base}; {args.clients} clients for {args.minutes:g} min",
+                file=sys.stderr,
+                flush=True,
+            )
             t0 = time.monotonic()
             sampler = RssSampler(t0, args.sample_every_s)
             sampler.start()
             if not sampler.samples:
                 print("soak: WARNING no Serve process found to sample", file=sys.stderr, flush=True)
-            clients = [Client(i, base, api_key, payloads, args.seed, t0, t0 + duration, records, lock, stop)
-                       for i in range(args.clients)]
+            clients = [
+                Client(i, base, api_key, payloads, args.seed, t0, t0 + duration, records, lock, stop)
+                for i in range(args.clients)
+            ]
             for client in clients:
                 client.start()
             for client in clients:
@@ -532,16 +622,32 @@ def main(argv: list[str] | None = None) -> int:
     plot_rss(out / "rss.png", samples, warmup, f"soak: {args.clients} clients, {args.minutes:g} min")
     rss, flat, changed = rss_summary(samples, warmup)
     summary = summarise(records, duration_s)
-    result = {"benchmark": "soak", "minutes": args.minutes, "clients": args.clients, "seed": args.seed,
-              "duration_s": round(duration_s, 1), "warmup_s": warmup, "sample_every_s": args.sample_every_s,
-              "cpus": os.cpu_count(), "load_average_before": [round(x, 2) for x in load],
-              "load_average_after": [round(x, 2) for x in os.getloadavg()], "healthz_after": healthy,
-              **summary, "zero_5xx": summary["5xx_count"] == 0,
-              "rss_samples": len({s[0] for s in samples}), "rss": rss, "rss_processes_changed": changed,
-              "flat": flat, "flat_rule": f"per process: least-squares growth after warm-up < {FLAT_GROWTH:.0%} "
-                                         "of its first sample after warm-up; no process appeared or vanished",
-              "files": {"rss_csv": str(out / "rss.csv"), "rss_png": str(out / "rss.png"),
-                        "requests_csv": str(out / "requests.csv")}}
+    result = {
+        "benchmark": "soak",
+        "minutes": args.minutes,
+        "clients": args.clients,
+        "seed": args.seed,
+        "duration_s": round(duration_s, 1),
+        "warmup_s": warmup,
+        "sample_every_s": args.sample_every_s,
+        "cpus": os.cpu_count(),
+        "load_average_before": [round(x, 2) for x in load],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "healthz_after": healthy,
+        **summary,
+        "zero_5xx": summary["5xx_count"] == 0,
+        "rss_samples": len({s[0] for s in samples}),
+        "rss": rss,
+        "rss_processes_changed": changed,
+        "flat": flat,
+        "flat_rule": f"per process: least-squares growth after warm-up < {FLAT_GROWTH:.0%} "
+        "of its first sample after warm-up; no process appeared or vanished",
+        "files": {
+            "rss_csv": str(out / "rss.csv"),
+            "rss_png": str(out / "rss.png"),
+            "requests_csv": str(out / "requests.csv"),
+        },
+    }
     print(json.dumps(result))
     return 0
 

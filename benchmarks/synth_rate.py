@@ -38,8 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", default="realistic,classic")
     args = parser.parse_args(argv)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    result: dict = {"benchmark": "synth_rate", "images": args.images, "size": args.size, "cores": cores,
-                    "load_average": os.getloadavg()[0], "presets": {}}
+    result: dict = {
+        "benchmark": "synth_rate",
+        "images": args.images,
+        "size": args.size,
+        "cores": cores,
+        "load_average": os.getloadavg()[0],
+        "presets": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets.split(","):
             row = {}
@@ -47,11 +53,21 @@ def main(argv: list[str] | None = None) -> int:
             for label, workers in (("one_process", 1), ("default", default_workers(args.images))):
                 out = Path(tmp) / f"{preset}-{label}"
                 start = time.perf_counter()
-                write_phantom_dataset(str(out), images=args.images, size=args.size, seed=args.seed,
-                                      preset=preset, workers=workers, progress=False)
+                write_phantom_dataset(
+                    str(out),
+                    images=args.images,
+                    size=args.size,
+                    seed=args.seed,
+                    preset=preset,
+                    workers=workers,
+                    progress=False,
+                )
                 seconds = time.perf_counter() - start
-                row[label] = {"workers": workers, "seconds": round(seconds, 2),
-                              "films_per_s": round(args.images / seconds, 2)}
+                row[label] = {
+                    "workers": workers,
+                    "seconds": round(seconds, 2),
+                    "films_per_s": round(args.images / seconds, 2),
+                }
                 digests[label] = _digest(out)
             row["speed_up"] = round(row["default"]["films_per_s"] / row["one_process"]["films_per_s"], 2)
             row["same_bytes"] = digests["one_process"] == digests["default"]
@@ -59,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     if {"realistic", "classic"} <= set(result["presets"]):
         p = result["presets"]
         result["realistic_over_classic_one_process"] = round(
-            p["realistic"]["one_process"]["films_per_s"] / p["classic"]["one_process"]["films_per_s"], 2)
+            p["realistic"]["one_process"]["films_per_s"] / p["classic"]["one_process"]["films_per_s"], 2
+        )
     print(json.dumps(result))
     return 0
 

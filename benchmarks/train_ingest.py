@@ -42,8 +42,8 @@ from regionmir.roi_crop import CropConfig
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from cluster.ray_runtime import start_ray  # noqa: E402
 from training.roi_pipeline import RoiPipelineConfig, cached_roi_datasets, crop_from_context, list_images  # noqa: E402
-from training.ray_runtime import start_ray  # noqa: E402
 
 PRESET = "resnet10-cpu"
 
@@ -98,8 +98,11 @@ def floor_rate(files: list[str], crop: CropConfig, args) -> float:
     import pyarrow.parquet as pq
 
     table = pq.read_table(files).to_pydict()
-    batch = {"context": [np.asarray(c, dtype=np.uint8).reshape(crop.size * 2, crop.size * 2) for c in table["context"]],
-             "box": [np.asarray(b, dtype=np.float32) for b in table["box"]], "anatomy_id": table["anatomy_id"]}
+    batch = {
+        "context": [np.asarray(c, dtype=np.uint8).reshape(crop.size * 2, crop.size * 2) for c in table["context"]],
+        "box": [np.asarray(b, dtype=np.float32) for b in table["box"]],
+        "anatomy_id": table["anatomy_id"],
+    }
     inputs = model_inputs(batch, crop, class_lookup())
     x, y = torch.from_numpy(inputs["x"]), torch.from_numpy(inputs["y"])
     n, bs = len(y), args.batch_size
@@ -107,7 +110,8 @@ def floor_rate(files: list[str], crop: CropConfig, args) -> float:
     def forever():
         while True:
             for start in range(0, n - bs + 1, bs):
-                yield x[start:start + bs], y[start:start + bs]
+                yield x[start : start + bs], y[start : start + bs]
+
     return timed(forever(), Stepper(args.threads), args.warmup, args.steps)
 
 
@@ -128,16 +132,23 @@ class ParquetCrops(torch.utils.data.IterableDataset):
                     rows = record_batch.to_pydict()
                     if len(rows["anatomy_id"]) < self.batch_size:
                         continue
-                    batch = {"context": [np.asarray(c, dtype=np.uint8).reshape(side, side) for c in rows["context"]],
-                             "box": [np.asarray(b, dtype=np.float32) for b in rows["box"]],
-                             "anatomy_id": rows["anatomy_id"]}
+                    batch = {
+                        "context": [np.asarray(c, dtype=np.uint8).reshape(side, side) for c in rows["context"]],
+                        "box": [np.asarray(b, dtype=np.float32) for b in rows["box"]],
+                        "anatomy_id": rows["anatomy_id"],
+                    }
                     inputs = model_inputs(batch, self.crop, lookup)
                     yield torch.from_numpy(inputs["x"]), torch.from_numpy(inputs["y"])
 
 
 def dataloader_rate(files: list[str], crop: CropConfig, args) -> float:
-    loader = torch.utils.data.DataLoader(ParquetCrops(files, crop, args.batch_size), batch_size=None,
-                                         num_workers=1, prefetch_factor=4, persistent_workers=False)
+    loader = torch.utils.data.DataLoader(
+        ParquetCrops(files, crop, args.batch_size),
+        batch_size=None,
+        num_workers=1,
+        prefetch_factor=4,
+        persistent_workers=False,
+    )
     return timed(loader, Stepper(args.threads), args.warmup, args.steps)
 
 
@@ -149,9 +160,9 @@ def _ray_loop(config: dict) -> None:
 
     def batches():
         while True:  # epochs until the timed steps are done
-            for batch in shard.iter_torch_batches(batch_size=config["batch_size"], drop_last=True,
-                                                  prefetch_batches=4):
+            for batch in shard.iter_torch_batches(batch_size=config["batch_size"], drop_last=True, prefetch_batches=4):
                 yield batch["x"], batch["y"]
+
     rate = timed(batches(), stepper, config["warmup"], config["steps"])
     # Ray Train V2 hands back (Result.metrics) only metrics reported with a checkpoint.
     with tempfile.TemporaryDirectory() as folder:
@@ -168,13 +179,26 @@ def ray_rate(dataset, crop: CropConfig, args, storage: str) -> float:
     from ray.train.torch import TorchTrainer
 
     lookup = class_lookup()
-    prepared = dataset.map_batches(model_inputs, fn_args=(crop, lookup), batch_size=args.batch_size,
-                                   batch_format="numpy", compute=ray.data.TaskPoolStrategy(size=1))
-    trainer = TorchTrainer(_ray_loop, train_loop_config={"crop": asdict(crop), "threads": args.threads,
-                                                         "batch_size": args.batch_size, "warmup": args.warmup,
-                                                         "steps": args.steps},
-                           scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-                           run_config=RunConfig(name="ingest", storage_path=storage), datasets={"train": prepared})
+    prepared = dataset.map_batches(
+        model_inputs,
+        fn_args=(crop, lookup),
+        batch_size=args.batch_size,
+        batch_format="numpy",
+        compute=ray.data.TaskPoolStrategy(size=1),
+    )
+    trainer = TorchTrainer(
+        _ray_loop,
+        train_loop_config={
+            "crop": asdict(crop),
+            "threads": args.threads,
+            "batch_size": args.batch_size,
+            "warmup": args.warmup,
+            "steps": args.steps,
+        },
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name="ingest", storage_path=storage),
+        datasets={"train": prepared},
+    )
     result = trainer.fit()
     if result.error:
         raise result.error
@@ -207,8 +231,11 @@ def main() -> int:
     cached = cached_roi_datasets(records, pipeline, os.path.join(work, "crop-cache"), None)
     files = sorted(glob.glob(os.path.join(work, "crop-cache", "train-*", "*.parquet")))
     rows = cached["info"]["train"]["rows"]
-    print(f"[bench] {rows} training crops in {len(files)} Parquet file(s); batch {args.batch_size}, "
-          f"{args.steps} timed steps after {args.warmup}, {args.threads} torch thread(s)", flush=True)
+    print(
+        f"[bench] {rows} training crops in {len(files)} Parquet file(s); batch {args.batch_size}, "
+        f"{args.steps} timed steps after {args.warmup}, {args.threads} torch thread(s)",
+        flush=True,
+    )
     results = {}
     results["floor_crops_per_s"] = floor_rate(files, crop, args)
     print(f"[bench] floor (in-memory tensors): {results['floor_crops_per_s']:.1f} crops/s", flush=True)
@@ -222,8 +249,16 @@ def main() -> int:
     results = {k: round(v, 1) for k, v in results.items()}
     results["ratio_to_floor"] = round(results["ray_crops_per_s"] / results["floor_crops_per_s"], 3)
     results["ratio_to_dataloader"] = round(results["ray_crops_per_s"] / results["dataloader_crops_per_s"], 3)
-    results.update({"preset": PRESET, "batch_size": args.batch_size, "steps": args.steps,
-                    "threads": args.threads, "train_crops": rows, "cpu_count": os.cpu_count()})
+    results.update(
+        {
+            "preset": PRESET,
+            "batch_size": args.batch_size,
+            "steps": args.steps,
+            "threads": args.threads,
+            "train_crops": rows,
+            "cpu_count": os.cpu_count(),
+        }
+    )
     print(json.dumps(results))
     return 0
 

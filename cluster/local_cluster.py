@@ -33,8 +33,14 @@ from pathlib import Path
 from typing import Any
 
 #: Ports every node opens; each node gets its own (several nodes share 127.0.0.1).
-NODE_PORTS = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
-              "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port")
+NODE_PORTS = (
+    "node-manager-port",
+    "object-manager-port",
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "metrics-export-port",
+    "runtime-env-agent-port",
+)
 #: Worker processes of one node listen on ports in a block of this size.
 WORKER_PORT_BLOCK = 200
 
@@ -123,8 +129,16 @@ class LocalRayCluster:
     runs the driver and Ray's control plane, workers run the training workers and data tasks.
     """
 
-    def __init__(self, workdir: str | os.PathLike, *, head_cpus: int = 0, object_store_mb: int = 200,
-                 dashboard: bool = False, python: str = sys.executable, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        *,
+        head_cpus: int = 0,
+        object_store_mb: int = 200,
+        dashboard: bool = False,
+        python: str = sys.executable,
+        env: dict[str, str] | None = None,
+    ):
         self.workdir = Path(workdir)
         self.head_cpus = head_cpus
         self.object_store_mb = object_store_mb
@@ -152,8 +166,13 @@ class LocalRayCluster:
         # Ray's unix sockets live under the temp dir and must stay short (107 bytes).
         self.temp_dir = tempfile.mkdtemp(prefix="rmc-")
         gcs_port, client_port, dashboard_port = free_ports(3)
-        extra = ["--head", f"--port={gcs_port}", f"--ray-client-server-port={client_port}",
-                 f"--temp-dir={self.temp_dir}", f"--include-dashboard={'true' if self.dashboard else 'false'}"]
+        extra = [
+            "--head",
+            f"--port={gcs_port}",
+            f"--ray-client-server-port={client_port}",
+            f"--temp-dir={self.temp_dir}",
+            f"--include-dashboard={'true' if self.dashboard else 'false'}",
+        ]
         if self.dashboard:
             extra += ["--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
             self.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
@@ -168,26 +187,53 @@ class LocalRayCluster:
             raise ClusterError(f"a node named {name!r} already exists")
         # Every node here writes into the head's session folder, which the head's log monitor already
         # streams to drivers: a monitor per node would send each line once per node.
-        return self._start_node(name, cpus, gpus, dict(resources or {}),
-                                [f"--address={self.address}", "--include-log-monitor=false"], head=False)
+        return self._start_node(
+            name,
+            cpus,
+            gpus,
+            dict(resources or {}),
+            [f"--address={self.address}", "--include-log-monitor=false"],
+            head=False,
+        )
 
-    def _start_node(self, name: str, cpus: int, gpus: int, resources: dict[str, float], extra: list[str],
-                    head: bool) -> NodeProcess:
+    def _start_node(
+        self, name: str, cpus: int, gpus: int, resources: dict[str, float], extra: list[str], head: bool
+    ) -> NodeProcess:
         ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS))))
         first = _free_port_block(WORKER_PORT_BLOCK, start=20000 + self._next_worker_port)
         self._next_worker_port = first + WORKER_PORT_BLOCK - 20000
-        command = [self.python, "-m", "ray.scripts.scripts", "start", "--node-ip-address=127.0.0.1",
-                   f"--num-cpus={cpus}", f"--num-gpus={gpus}", f"--object-store-memory={self.object_store_mb << 20}",
-                   f"--min-worker-port={first}", f"--max-worker-port={first + WORKER_PORT_BLOCK - 1}",
-                   "--disable-usage-stats", *[f"--{key}={value}" for key, value in ports.items()], *extra]
+        command = [
+            self.python,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={cpus}",
+            f"--num-gpus={gpus}",
+            f"--object-store-memory={self.object_store_mb << 20}",
+            f"--min-worker-port={first}",
+            f"--max-worker-port={first + WORKER_PORT_BLOCK - 1}",
+            "--disable-usage-stats",
+            *[f"--{key}={value}" for key, value in ports.items()],
+            *extra,
+        ]
         if resources:
             command.append(f"--resources={json.dumps(resources)}")
         log = self.workdir / f"{name}.log"
         with open(log, "ab") as handle:
-            process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=self.env,
-                                       start_new_session=True)
-        node = NodeProcess(name=name, head=head, cpus=cpus, gpus=gpus, session=process.pid, ports=ports,
-                           log=str(log), resources=resources)
+            process = subprocess.Popen(
+                command, stdout=handle, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
+        node = NodeProcess(
+            name=name,
+            head=head,
+            cpus=cpus,
+            gpus=gpus,
+            session=process.pid,
+            ports=ports,
+            log=str(log),
+            resources=resources,
+        )
         self.nodes[name] = node
         self._save()
         # `ray start` returns once its node has registered with the head (or failed to): one node
@@ -196,7 +242,9 @@ class LocalRayCluster:
             code = process.wait(timeout=self.start_timeout)
         except subprocess.TimeoutExpired:
             self.kill(name)
-            raise ClusterError(f"node {name} did not start in {self.start_timeout:.0f} s; see {log}:\n{_tail(str(log))}")
+            raise ClusterError(
+                f"node {name} did not start in {self.start_timeout:.0f} s; see {log}:\n{_tail(str(log))}"
+            ) from None
         if code != 0:
             self.kill(name)
             raise ClusterError(f"node {name} failed to start (ray start exited {code}); see {log}:\n{_tail(str(log))}")
@@ -206,10 +254,11 @@ class LocalRayCluster:
         """The head's view of the nodes (``ray.nodes()``), read by a short-lived driver process."""
         if not self.address:
             raise ClusterError("the cluster is not started")
-        script = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
-                  "print('NODES' + json.dumps(ray.nodes()))" % self.address)
-        result = subprocess.run([self.python, "-c", script], env=self.env, capture_output=True, text=True,
-                                timeout=120)
+        script = (
+            f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR', log_to_driver=False); "
+            "print('NODES' + json.dumps(ray.nodes()))"
+        )
+        result = subprocess.run([self.python, "-c", script], env=self.env, capture_output=True, text=True, timeout=120)
         for line in result.stdout.splitlines():
             if line.startswith("NODES"):
                 return json.loads(line[5:])
@@ -242,7 +291,7 @@ class LocalRayCluster:
         if state.exists():
             state.unlink()
 
-    def __enter__(self) -> "LocalRayCluster":
+    def __enter__(self) -> LocalRayCluster:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -250,12 +299,17 @@ class LocalRayCluster:
 
     # ------------------------------------------------------------------ state (for the command line)
     def _save(self) -> None:
-        state = {"address": self.address, "dashboard_url": self.dashboard_url, "temp_dir": self.temp_dir,
-                 "next_worker_port": self._next_worker_port, "nodes": [asdict(n) for n in self.nodes.values()]}
+        state = {
+            "address": self.address,
+            "dashboard_url": self.dashboard_url,
+            "temp_dir": self.temp_dir,
+            "next_worker_port": self._next_worker_port,
+            "nodes": [asdict(n) for n in self.nodes.values()],
+        }
         (self.workdir / "cluster.json").write_text(json.dumps(state, indent=1))
 
     @classmethod
-    def load(cls, workdir: str | os.PathLike) -> "LocalRayCluster":
+    def load(cls, workdir: str | os.PathLike) -> LocalRayCluster:
         path = Path(workdir) / "cluster.json"
         if not path.exists():
             raise ClusterError(f"no local cluster recorded in {path} (start one with `up`)")
@@ -292,8 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--worker-cpus", type=int, default=4, help="logical CPUs per worker node (default 4)")
     up.add_argument("--head-cpus", type=int, default=0, help="logical CPUs of the head (default 0, as in production)")
     up.add_argument("--object-store-mb", type=int, default=200)
-    up.add_argument("--dashboard", action="store_true", help="start the dashboard and job server on the head "
-                                                             "(needed by `ray job submit`)")
+    up.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="start the dashboard and job server on the head (needed by `ray job submit`)",
+    )
     commands.add_parser("status", help="the nodes and whether the head sees them alive")
     kill = commands.add_parser("kill", help="SIGKILL one node (as if its machine vanished)")
     kill.add_argument("name")
@@ -304,8 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            cluster = LocalRayCluster(args.state, head_cpus=args.head_cpus, object_store_mb=args.object_store_mb,
-                                      dashboard=args.dashboard)
+            cluster = LocalRayCluster(
+                args.state, head_cpus=args.head_cpus, object_store_mb=args.object_store_mb, dashboard=args.dashboard
+            )
             if (Path(args.state) / "cluster.json").exists():
                 raise ClusterError(f"a cluster is already recorded in {args.state}/cluster.json: `down` it first")
             cluster.start_head()
@@ -314,8 +372,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"local Ray cluster up: head + {args.workers} worker node(s); logs in {args.state}/")
             print(f"export RAY_ADDRESS={cluster.address}")
             if cluster.dashboard_url:
-                print(f"dashboard and job server: {cluster.dashboard_url}  "
-                      f"(ray job submit --address {cluster.dashboard_url} ...)")
+                print(
+                    f"dashboard and job server: {cluster.dashboard_url}  "
+                    f"(ray job submit --address {cluster.dashboard_url} ...)"
+                )
             return 0
         cluster = LocalRayCluster.load(args.state)
         if args.command == "status":

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from regionmir.anatomy import ANATOMY_NAMES
 from regionmir.command_help import command_parser
@@ -39,20 +39,42 @@ build_collection_name = model_collection_name
 
 def region_rows(batch: dict, model_version: str) -> list[RegionRow]:
     """The index rows of one batch of embedded regions (:mod:`indexing.roi_embedding`'s columns)."""
-    return [RegionRow(image_id=str(batch["image_id"][i]), anatomy_id=int(batch["anatomy_id"][i]),
-                      anatomy=ANATOMY_NAMES[int(batch["anatomy_id"][i])], image_uri=str(batch["image_uri"][i]),
-                      box=tuple(float(v) for v in batch["box"][i]), view=str(batch["view"][i]),
-                      split=str(batch["split"][i]), patient_hash=str(batch["patient_hash"][i]),
-                      study_hash=str(batch["study_hash"][i]), model_version=model_version, vector=batch["vector"][i])
-            for i in range(len(batch["anatomy_id"]))]
+    return [
+        RegionRow(
+            image_id=str(batch["image_id"][i]),
+            anatomy_id=int(batch["anatomy_id"][i]),
+            anatomy=ANATOMY_NAMES[int(batch["anatomy_id"][i])],
+            image_uri=str(batch["image_uri"][i]),
+            box=tuple(float(v) for v in batch["box"][i]),
+            view=str(batch["view"][i]),
+            split=str(batch["split"][i]),
+            patient_hash=str(batch["patient_hash"][i]),
+            study_hash=str(batch["study_hash"][i]),
+            model_version=model_version,
+            vector=batch["vector"][i],
+        )
+        for i in range(len(batch["anatomy_id"]))
+    ]
 
 
-def index_data(data: str, model: str, milvus: str, collection: str = DEFAULT_ALIAS, split: str = "train",
-               gpu: bool = False, encoders: int = 1, index_type: str = "HNSW", batch_size: int = 256,
-               address: str | None = None, s3: S3Options | None = None, progress_every_s: float = 10.0,
-               max_bad_fraction: float = 0.05, keep_missing: bool = False,
-               allow_mass_removal: bool = False) -> dict:
-    from training.ray_runtime import start_ray
+def index_data(
+    data: str,
+    model: str,
+    milvus: str,
+    collection: str = DEFAULT_ALIAS,
+    split: str = "train",
+    gpu: bool = False,
+    encoders: int = 1,
+    index_type: str = "HNSW",
+    batch_size: int = 256,
+    address: str | None = None,
+    s3: S3Options | None = None,
+    progress_every_s: float = 10.0,
+    max_bad_fraction: float = 0.05,
+    keep_missing: bool = False,
+    allow_mass_removal: bool = False,
+) -> dict:
+    from cluster.ray_runtime import start_ray
     from training.roi_pipeline import list_images
 
     from .roi_embedding import SkippedFilms, embedding_dataset
@@ -61,8 +83,11 @@ def index_data(data: str, model: str, milvus: str, collection: str = DEFAULT_ALI
     s3 = s3 or S3Options.from_env()
     model_dir, contract = read_contract(model, s3)
     if contract.stage != "finetune":
-        print(f"[index] note: {model_dir} is a {contract.stage} model; its embedding layer was not trained "
-              "(index a fine-tuned model for retrieval)", flush=True)
+        print(
+            f"[index] note: {model_dir} is a {contract.stage} model; its embedding layer was not trained "
+            "(index a fine-tuned model for retrieval)",
+            flush=True,
+        )
     splits = ("train", "valid", "test") if split == "all" else (split,)
     records, report = list_images(data, s3, splits)
     films = [film for s in splits for film in records[s]]
@@ -71,19 +96,33 @@ def index_data(data: str, model: str, milvus: str, collection: str = DEFAULT_ALI
     if report.total_issues:
         print("[index] label scan:\n" + report.summary(), flush=True)
     if uses_default_salt():
-        print("[index] warning: REGIONMIR_ID_SALT is not set: patient hashes and sealed film locations use the "
-              "public default salt (a demo only: a production service refuses it)", flush=True)
+        print(
+            "[index] warning: REGIONMIR_ID_SALT is not set: patient hashes and sealed film locations use the "
+            "public default salt (a demo only: a production service refuses it)",
+            flush=True,
+        )
     index = RegionIndex(milvus)
     try:
         target = build_collection_name(collection, contract.version_id)
         dim = contract.encoder_config.embedding_dim
         index.create_collection(target, dim, index_type=index_type, exist_ok=True)  # a re-run resumes it
         start_ray(address)
-        dataset = embedding_dataset(films, model_dir, contract.crop_config, contract.class_anatomy_ids, s3, gpu=gpu,
-                                    encoders=encoders, batch_size=batch_size)
+        dataset = embedding_dataset(
+            films,
+            model_dir,
+            contract.crop_config,
+            contract.class_anatomy_ids,
+            s3,
+            gpu=gpu,
+            encoders=encoders,
+            batch_size=batch_size,
+        )
         skipped = SkippedFilms(data, len(films), max_bad_fraction)
-        print(f"[index] {len(films)} films ({', '.join(splits)}) → {target} (alias {collection}) at {milvus}, "
-              f"model {contract.version_id}", flush=True)
+        print(
+            f"[index] {len(films)} films ({', '.join(splits)}) → {target} (alias {collection}) at {milvus}, "
+            f"model {contract.version_id}",
+            flush=True,
+        )
         written, keys, last_print = 0, set(), time.perf_counter()
         embed_started, first_batch_at, first_batch_rows = time.perf_counter(), None, 0
         for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
@@ -103,30 +142,48 @@ def index_data(data: str, model: str, milvus: str, collection: str = DEFAULT_ALI
         embed_seconds = time.perf_counter() - embed_started
         index.flush(target)
         listed = [s for s in splits if records[s]]  # a split that lists no film is left as it is
-        missing = reconcile(index, target, listed, keys, skipped.image_ids, keep=keep_missing,
-                            allow_mass_removal=allow_mass_removal)
+        missing = reconcile(
+            index, target, listed, keys, skipped.image_ids, keep=keep_missing, allow_mass_removal=allow_mass_removal
+        )
         index.verify(target, len(keys) + missing["kept_missing"] + missing["kept_unreadable"], splits=listed)
         previous = index.point_alias(collection, target)
-        expected_regions = sum(1 for film in films for r in film.regions if r.anatomy_id in set(contract.class_anatomy_ids))
+        expected_regions = sum(
+            1 for film in films for r in film.regions if r.anatomy_id in set(contract.class_anatomy_ids)
+        )
         summary = {
-            "alias": collection, "collection": target, "previous_collection": previous, "milvus": milvus,
-            "model_version": contract.version_id, "split": split, "films": len(films), "rows": index.count(target),
-            "rows_written": written, "regions_expected": expected_regions,
-            "regions_skipped": expected_regions - len(keys), "films_skipped": skipped.count,
+            "alias": collection,
+            "collection": target,
+            "previous_collection": previous,
+            "milvus": milvus,
+            "model_version": contract.version_id,
+            "split": split,
+            "films": len(films),
+            "rows": index.count(target),
+            "rows_written": written,
+            "regions_expected": expected_regions,
+            "regions_skipped": expected_regions - len(keys),
+            "films_skipped": skipped.count,
             "films_skipped_by_reason": skipped.by_reason,
-            "rows_of_missing_films_removed": missing["removed"], "rows_of_missing_films_kept": missing["kept_missing"],
+            "rows_of_missing_films_removed": missing["removed"],
+            "rows_of_missing_films_kept": missing["kept_missing"],
             "rows_of_unreadable_films_kept": missing["kept_unreadable"],
             "rows_per_s": round(written / max(1e-9, embed_seconds), 1),
             # after the first batch arrived: the pipeline's steady rate, without actor start-up
-            "rows_per_s_steady": round((written - first_batch_rows) /
-                                       max(1e-9, embed_started + embed_seconds - (first_batch_at or embed_started)), 1),
+            "rows_per_s_steady": round(
+                (written - first_batch_rows)
+                / max(1e-9, embed_started + embed_seconds - (first_batch_at or embed_started)),
+                1,
+            ),
             "seconds": round(time.perf_counter() - started, 1),
         }
     finally:
         index.close()  # also when the build fails: milvus-lite admits one open client per file
-    print(f"[index] done: {summary['rows']} rows in {target} ({summary['rows_per_s']} rows/s), "
-          f"{summary['films_skipped']} films and {summary['regions_skipped']} regions skipped; alias {collection} → {target}"
-          + (f" (was {previous})" if previous and previous != target else ""), flush=True)
+    print(
+        f"[index] done: {summary['rows']} rows in {target} ({summary['rows_per_s']} rows/s), "
+        f"{summary['films_skipped']} films and {summary['regions_skipped']} regions skipped; alias {collection} → {target}"
+        + (f" (was {previous})" if previous and previous != target else ""),
+        flush=True,
+    )
     return summary
 
 
@@ -135,8 +192,16 @@ def index_data(data: str, model: str, milvus: str, collection: str = DEFAULT_ALI
 MAX_REMOVED_FRACTION = 0.10
 
 
-def reconcile(index: RegionIndex, target: str, splits: Sequence[str], written: set[str], unreadable: set[str],
-              *, keep: bool = False, allow_mass_removal: bool = False) -> dict[str, int]:
+def reconcile(
+    index: RegionIndex,
+    target: str,
+    splits: Sequence[str],
+    written: set[str],
+    unreadable: set[str],
+    *,
+    keep: bool = False,
+    allow_mass_removal: bool = False,
+) -> dict[str, int]:
     """Rows of ``splits`` in ``target`` that this run did not write: a re-index after films (or
     regions) left the data. Deleted unless ``keep``; rows of films that are still listed but could
     not be read this time (``unreadable`` image ids) stay. Pass only splits that listed films.
@@ -159,18 +224,25 @@ def reconcile(index: RegionIndex, target: str, splits: Sequence[str], written: s
             else:
                 stale[split].append(key)
         if not allow_mass_removal and len(stale[split]) > MAX_REMOVED_FRACTION * total:
-            raise DatasetError(target, f"re-indexing would remove {len(stale[split])} of the {total} {split} rows "
-                                       f"(over {MAX_REMOVED_FRACTION:.0%}) because their films are no longer "
-                                       "listed: check --data (a truncated listing?); nothing was removed or "
-                                       "switched over. --allow-mass-removal removes them, --keep-missing keeps them")
+            raise DatasetError(
+                target,
+                f"re-indexing would remove {len(stale[split])} of the {total} {split} rows "
+                f"(over {MAX_REMOVED_FRACTION:.0%}) because their films are no longer "
+                "listed: check --data (a truncated listing?); nothing was removed or "
+                "switched over. --allow-mass-removal removes them, --keep-missing keeps them",
+            )
     removed = [key for keys in stale.values() for key in keys]
     if removed:
-        print(f"[index] removing {len(removed)} rows of films or regions no longer in the data from {target}",
-              flush=True)
+        print(
+            f"[index] removing {len(removed)} rows of films or regions no longer in the data from {target}", flush=True
+        )
         index.delete_keys(target, removed)
     if kept_missing:
-        print(f"[index] note: {kept_missing} rows in {target} belong to films or regions no longer in the data; "
-              "kept (--keep-missing); run without it to remove them", flush=True)
+        print(
+            f"[index] note: {kept_missing} rows in {target} belong to films or regions no longer in the data; "
+            "kept (--keep-missing); run without it to remove them",
+            flush=True,
+        )
     return {"removed": len(removed), "kept_missing": kept_missing, "kept_unreadable": kept_unreadable}
 
 
@@ -180,33 +252,64 @@ def index_main(argv: Sequence[str]) -> int:
     parser = command_parser(prog="regionmir index", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="Chest ImaGenome root or manifest, local or s3://")
     parser.add_argument("--model", required=True, help="model directory (a finetune --out, or its best/)")
-    parser.add_argument("--milvus", required=True,
-                        help="PATH.db (milvus-lite, embedded) or http(s)://host:port (a Milvus server; "
-                             "token from MILVUS_TOKEN)")
+    parser.add_argument(
+        "--milvus",
+        required=True,
+        help="PATH.db (milvus-lite, embedded) or http(s)://host:port (a Milvus server; token from MILVUS_TOKEN)",
+    )
     parser.add_argument("--collection", default=DEFAULT_ALIAS, help="the alias the service queries")
-    parser.add_argument("--split", default="train", choices=("train", "valid", "test", "all"),
-                        help="which films to index (default train: the database the paper retrieves from)")
+    parser.add_argument(
+        "--split",
+        default="train",
+        choices=("train", "valid", "test", "all"),
+        help="which films to index (default train: the database the paper retrieves from)",
+    )
     parser.add_argument("--index-type", default="HNSW", choices=("HNSW", "FLAT", "IVF_FLAT"))
     parser.add_argument("--gpu", action="store_true", help="one GPU per encoder actor")
     parser.add_argument("--encoders", type=int, default=1, help="encoder actors")
-    parser.add_argument("--batch-size", type=int, default=256,
-                        help="regions per encoder batch and per Milvus upsert (default 256; larger on a GPU)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=256,
+        help="regions per encoder batch and per Milvus upsert (default 256; larger on a GPU)",
+    )
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    parser.add_argument("--max-bad-fraction", type=float, default=0.05,
-                        help="stop (leaving the alias where it was) when more films than this cannot be read")
-    parser.add_argument("--keep-missing", action="store_true",
-                        help="keep (and report) rows of films no longer in the data instead of removing them")
-    parser.add_argument("--allow-mass-removal", action="store_true",
-                        help=f"remove them even when over {MAX_REMOVED_FRACTION:.0%}% of a split's rows would go "
-                             "(otherwise the job stops, removing nothing)")
+    parser.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=0.05,
+        help="stop (leaving the alias where it was) when more films than this cannot be read",
+    )
+    parser.add_argument(
+        "--keep-missing",
+        action="store_true",
+        help="keep (and report) rows of films no longer in the data instead of removing them",
+    )
+    parser.add_argument(
+        "--allow-mass-removal",
+        action="store_true",
+        help=f"remove them even when over {MAX_REMOVED_FRACTION:.0%}% of a split's rows would go "
+        "(otherwise the job stops, removing nothing)",
+    )
     args = parser.parse_args(list(argv))
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     try:
-        summary = index_data(args.data, args.model, args.milvus, args.collection, args.split, args.gpu,
-                             args.encoders, args.index_type, batch_size=args.batch_size, address=args.address,
-                             max_bad_fraction=args.max_bad_fraction, keep_missing=args.keep_missing,
-                             allow_mass_removal=args.allow_mass_removal)
+        summary = index_data(
+            args.data,
+            args.model,
+            args.milvus,
+            args.collection,
+            args.split,
+            args.gpu,
+            args.encoders,
+            args.index_type,
+            batch_size=args.batch_size,
+            address=args.address,
+            max_bad_fraction=args.max_bad_fraction,
+            keep_missing=args.keep_missing,
+            allow_mass_removal=args.allow_mass_removal,
+        )
     except RegionMIRError as exc:
         print(f"regionmir index: {exc}", file=sys.stderr)
         return 2

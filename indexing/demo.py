@@ -26,8 +26,14 @@ def _step(message: str) -> None:
     print(f"[demo] {message}", file=sys.stderr, flush=True)
 
 
-def index_and_evaluate(data: str, model: str, out: str, milvus: str | None = None, localize_films: int = 3,
-                       after_index: Callable[[str], None] | None = None) -> dict:
+def index_and_evaluate(
+    data: str,
+    model: str,
+    out: str,
+    milvus: str | None = None,
+    localize_films: int = 3,
+    after_index: Callable[[str], None] | None = None,
+) -> dict:
     """Index the train split, then evaluate; ``after_index(milvus)`` is called between the two
     (the full demo starts the service there, while the evaluation runs)."""
     milvus = milvus or os.path.join(out, "regions.db")
@@ -37,12 +43,29 @@ def index_and_evaluate(data: str, model: str, out: str, milvus: str | None = Non
         after_index(milvus)
     _step("evaluating retrieval: test regions as queries against the train split")
     metrics = evaluate(data, model, milvus, os.path.join(out, "report"), localize_films=localize_films)
-    return {"milvus": milvus, "index": {k: built[k] for k in ("collection", "rows", "rows_per_s", "films_skipped",
-                                                               "regions_skipped", "seconds")},
-            "retrieval": {k: metrics[k] for k in ("accuracy", "p@1", "p@5", "p@10", "map@10", "ndcg@10", "mrr@10", "queries",
-                                                   "search_ms_per_query_p50")},
-            "localization_miou": metrics.get("localization_miou"),
-            "report": os.path.join(out, "report", "report.md"), "pictures": metrics["pictures"]}
+    return {
+        "milvus": milvus,
+        "index": {
+            k: built[k] for k in ("collection", "rows", "rows_per_s", "films_skipped", "regions_skipped", "seconds")
+        },
+        "retrieval": {
+            k: metrics[k]
+            for k in (
+                "accuracy",
+                "p@1",
+                "p@5",
+                "p@10",
+                "map@10",
+                "ndcg@10",
+                "mrr@10",
+                "queries",
+                "search_ms_per_query_p50",
+            )
+        },
+        "localization_miou": metrics.get("localization_miou"),
+        "report": os.path.join(out, "report", "report.md"),
+        "pictures": metrics["pictures"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,11 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=1, default=str))
     print_pictures(pictures)
     r = summary["retrieval"]
-    print(f"\nFine-tuned model: test accuracy {summary['test_accuracy']:.2%} (classifier), retrieval of "
-          f"{r['queries']} test regions from {summary['index']['rows']} indexed train regions: "
-          f"p@1 {r['p@1']:.3f}, p@10 {r['p@10']:.3f}, mAP@10 {r['map@10']:.3f}, nDCG@10 {r['ndcg@10']:.3f}, "
-          f"MRR@10 {r['mrr@10']:.3f}; "
-          f"report {summary['report']}; demo finished in {summary['seconds']} s.")
+    print(
+        f"\nFine-tuned model: test accuracy {summary['test_accuracy']:.2%} (classifier), retrieval of "
+        f"{r['queries']} test regions from {summary['index']['rows']} indexed train regions: "
+        f"p@1 {r['p@1']:.3f}, p@10 {r['p@10']:.3f}, mAP@10 {r['map@10']:.3f}, nDCG@10 {r['ndcg@10']:.3f}, "
+        f"MRR@10 {r['mrr@10']:.3f}; "
+        f"report {summary['report']}; demo finished in {summary['seconds']} s."
+    )
     return 0
 
 

@@ -27,8 +27,15 @@ from regionmir.identifiers import SALT_ENV, hash_identifier
 from .region_index import RegionIndex
 
 
-def erase(milvus: str, *, patient: str | None = None, study: str | None = None, image: str | None = None,
-          crop_caches: Sequence[str] = (), default_salt: bool = False) -> dict:
+def erase(
+    milvus: str,
+    *,
+    patient: str | None = None,
+    study: str | None = None,
+    image: str | None = None,
+    crop_caches: Sequence[str] = (),
+    default_salt: bool = False,
+) -> dict:
     """Delete the selected rows everywhere; returns what was removed (hashes, never raw ids).
 
     Order, so that a run stopped half-way can simply be run again: check the crop caches and
@@ -39,15 +46,22 @@ def erase(milvus: str, *, patient: str | None = None, study: str | None = None, 
     if len(given) != 1:
         raise ValueError("give exactly one of --patient, --study, --image")
     if (patient or study) and not os.environ.get(SALT_ENV) and not default_salt:
-        raise ValueError(f"{SALT_ENV} is not set: the id would be hashed with the public default salt and match "
-                         "nothing in an index built with your salt. Set it (the index's salt), or pass "
-                         "--default-salt for an index built without one (a demo)")
+        raise ValueError(
+            f"{SALT_ENV} is not set: the id would be hashed with the public default salt and match "
+            "nothing in an index built with your salt. Set it (the index's salt), or pass "
+            "--default-salt for an index built without one (a demo)"
+        )
     roots = [Path(cache) for cache in crop_caches]
     for root in roots:
         if "://" in str(root) or not root.is_dir():
             raise FileNotFoundError(f"crop cache {root}: no such local folder")
-    selector = {"patient_hash": hash_identifier(patient)} if patient else \
-        {"study_hash": hash_identifier(study)} if study else {"image_id": str(image).strip()}
+    selector = (
+        {"patient_hash": hash_identifier(patient)}
+        if patient
+        else {"study_hash": hash_identifier(study)}
+        if study
+        else {"image_id": str(image).strip()}
+    )
     index = RegionIndex(milvus)
     rows_deleted: dict[str, int] = {}
     failed: dict[str, str] = {}
@@ -72,9 +86,15 @@ def erase(milvus: str, *, patient: str | None = None, study: str | None = None, 
     finally:
         index.close()
     what, value = next(iter(selector.items()))
-    return {"selector": what, "value": value, "images": len(images), "rows_deleted": rows_deleted,
-            "rows_deleted_total": sum(rows_deleted.values()), "crop_rows_deleted": crops_deleted,
-            "failed": failed}
+    return {
+        "selector": what,
+        "value": value,
+        "images": len(images),
+        "rows_deleted": rows_deleted,
+        "rows_deleted_total": sum(rows_deleted.values()),
+        "crop_rows_deleted": crops_deleted,
+        "failed": failed,
+    }
 
 
 def _erase_from_crop_cache(root: Path, images: set[str]) -> int:
@@ -115,21 +135,38 @@ def delete_main(argv: Sequence[str]) -> int:
     which.add_argument("--patient", help="patient id as in the data (hashed here with REGIONMIR_ID_SALT)")
     which.add_argument("--study", help="study id / StudyInstanceUID as in the data (hashed likewise)")
     which.add_argument("--image", help="image id (dicom_id) as in the index")
-    parser.add_argument("--crop-cache", action="append", default=[], metavar="DIR",
-                        help="a local crop cache folder to erase the same images from (repeatable)")
-    parser.add_argument("--default-salt", action="store_true",
-                        help="hash with the public default salt (an index built without REGIONMIR_ID_SALT: demos)")
+    parser.add_argument(
+        "--crop-cache",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a local crop cache folder to erase the same images from (repeatable)",
+    )
+    parser.add_argument(
+        "--default-salt",
+        action="store_true",
+        help="hash with the public default salt (an index built without REGIONMIR_ID_SALT: demos)",
+    )
     args = parser.parse_args(list(argv))
     try:
-        summary = erase(args.milvus, patient=args.patient, study=args.study, image=args.image,
-                        crop_caches=args.crop_cache, default_salt=args.default_salt)
+        summary = erase(
+            args.milvus,
+            patient=args.patient,
+            study=args.study,
+            image=args.image,
+            crop_caches=args.crop_cache,
+            default_salt=args.default_salt,
+        )
     except (RegionMIRError, ValueError, FileNotFoundError) as exc:
         print(f"regionmir delete: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=1))
     if summary["failed"]:
-        print(f"regionmir delete: {len(summary['failed'])} collection(s) could not be erased (see 'failed'); "
-              "run the same command again once they are reachable", file=sys.stderr)
+        print(
+            f"regionmir delete: {len(summary['failed'])} collection(s) could not be erased (see 'failed'); "
+            "run the same command again once they are reachable",
+            file=sys.stderr,
+        )
         return 1
     if not summary["rows_deleted_total"] and not any(summary["crop_rows_deleted"].values()):
         print("regionmir delete: nothing matched (already erased, or another salt/id)", file=sys.stderr)

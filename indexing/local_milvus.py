@@ -102,15 +102,18 @@ class LocalMilvusServer:
         self.starts += 1
         command, env = self.command()
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+            self.process = subprocess.Popen(
+                command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         deadline = time.monotonic() + self.start_timeout_s
         while not self.ready():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 code = self.process.poll()
                 self.stop()
-                raise LocalMilvusError(f"{self.kind} did not start at {self.uri} (exit code {code}); "
-                            f"log {self.log_path}:\n{_log_tail(self.log_path)}")
+                raise LocalMilvusError(
+                    f"{self.kind} did not start at {self.uri} (exit code {code}); "
+                    f"log {self.log_path}:\n{_log_tail(self.log_path)}"
+                )
             time.sleep(0.5)
 
     def stop(self) -> None:
@@ -176,8 +179,7 @@ class MilvusLiteServer(LocalMilvusServer):
         executable = _venv_command("milvus-lite", "it comes with milvus-lite (pip install -e .[dev])")
         port = self.port or _free_ports(1)[0]
         self.uri = f"http://127.0.0.1:{port}"
-        command = [executable, "server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1",
-                   "--port", str(port)]
+        command = [executable, "server", "--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--port", str(port)]
         return command, dict(os.environ, PYTHONUNBUFFERED="1")
 
 
@@ -192,9 +194,17 @@ class MilvusStandaloneServer(LocalMilvusServer):
     """
 
     kind = "milvus-standalone"
-    _PORT_OPTIONS = ("proxy-port", "proxy-internal-port", "root-coord-port", "query-coord-port",
-                     "query-node-port", "index-coord-port", "index-node-port", "data-coord-port",
-                     "data-node-port")
+    _PORT_OPTIONS = (
+        "proxy-port",
+        "proxy-internal-port",
+        "root-coord-port",
+        "query-coord-port",
+        "query-node-port",
+        "index-coord-port",
+        "index-node-port",
+        "data-coord-port",
+        "data-node-port",
+    )
     _COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
 
     def __init__(self, data_dir: Path | str, log_dir: Path | str, bin_cache: Path | None = None):
@@ -202,8 +212,7 @@ class MilvusStandaloneServer(LocalMilvusServer):
         self.bin_cache = bin_cache
 
     def command(self) -> tuple[list[str], dict[str, str]]:
-        executable = _venv_command("milvus-server", "it comes with the PyPI package milvus "
-                                                    "(pip install -e .[dev])")
+        executable = _venv_command("milvus-server", "it comes with the PyPI package milvus (pip install -e .[dev])")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.bin_cache is not None and not (self.data_dir / "bin").exists():
             (self.data_dir / "bin").symlink_to(self.bin_cache, target_is_directory=True)
@@ -231,5 +240,3 @@ class MilvusStandaloneServer(LocalMilvusServer):
         # removes it on a clean exit.
         for pid in pids:
             Path(f"/tmp/milvus/server_id_{pid}").unlink(missing_ok=True)
-
-

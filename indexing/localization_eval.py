@@ -24,8 +24,9 @@ from regionmir.model_contract import load_model
 from regionmir.region_record import ImageRecord
 
 
-def model_atlas(model_dir: str, train_records: Sequence[ImageRecord], s3: storage.S3Options | None,
-                source: str) -> AnatomyAtlas:
+def model_atlas(
+    model_dir: str, train_records: Sequence[ImageRecord], s3: storage.S3Options | None, source: str
+) -> AnatomyAtlas:
     """The atlas the service would use: ``MODEL/atlas.json`` when present, else learned from the
     training films' boxes."""
     try:
@@ -34,9 +35,16 @@ def model_atlas(model_dir: str, train_records: Sequence[ImageRecord], s3: storag
         return AnatomyAtlas.fit_records(train_records, s3=s3, source=source)
 
 
-def localization_report(atlas: AnatomyAtlas, films: Sequence[ImageRecord], model_dir: str,
-                        s3: storage.S3Options | None = None, *, candidates: int = 32, rounds: int = 2,
-                        progress_every_s: float = 15.0) -> dict:
+def localization_report(
+    atlas: AnatomyAtlas,
+    films: Sequence[ImageRecord],
+    model_dir: str,
+    s3: storage.S3Options | None = None,
+    *,
+    candidates: int = 32,
+    rounds: int = 2,
+    progress_every_s: float = 15.0,
+) -> dict:
     """Localise every region of ``films`` the model classifies; mean IoU with the labelled boxes."""
     import torch
 
@@ -54,12 +62,14 @@ def localization_report(atlas: AnatomyAtlas, films: Sequence[ImageRecord], model
 
             def probability(crops: np.ndarray, c: int = column[region.anatomy_id]) -> np.ndarray:
                 with torch.inference_mode():
-                    logits = model(torch.from_numpy(np.ascontiguousarray(crops, np.float32))[:, None],
-                                   heads=("logits",))["logits"]
+                    logits = model(
+                        torch.from_numpy(np.ascontiguousarray(crops, np.float32))[:, None], heads=("logits",)
+                    )["logits"]
                 return torch.softmax(logits.float(), dim=1)[:, c].numpy()
 
-            result = atlas.localize(region.anatomy_id, pixels, probability, n=candidates, rounds=rounds,
-                                    crop=contract.crop_config)
+            result = atlas.localize(
+                region.anatomy_id, pixels, probability, n=candidates, rounds=rounds, crop=contract.crop_config
+            )
             name = ANATOMY_NAMES[region.anatomy_id]
             found[name].append(iou(result.box, region.box))
             prior[name].append(iou(result.prior_box, region.box))
@@ -75,7 +85,8 @@ def localization_report(atlas: AnatomyAtlas, films: Sequence[ImageRecord], model
         "localization_miou": round(float(np.mean(every)), 4),
         "localization_prior_miou": round(float(np.mean(every_prior)), 4),
         "localization_iou_at_0_5": round(float(np.mean(np.asarray(every) >= 0.5)), 4),
-        "localization_regions": len(every), "localization_films": len(films),
+        "localization_regions": len(every),
+        "localization_films": len(films),
         "localization_per_anatomy": {name: round(float(np.mean(v)), 4) for name, v in sorted(found.items())},
         "localization_seconds": round(time.perf_counter() - started, 1),
     }

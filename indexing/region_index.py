@@ -40,9 +40,9 @@ import json
 import logging
 import math
 import os
-import time
 import re
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -131,6 +131,7 @@ _SCHEMA_RE = re.compile(r"schema v(\d+)")
 
 def _schema_description() -> str:
     return f"RegionMIR ROI embeddings, schema v{SCHEMA_VERSION}"
+
 
 _KEY_HEX_CHARS = 32  # 128 bits of SHA-256
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
@@ -260,8 +261,7 @@ class RegionRow:
                 f"anatomy {self.anatomy!r} does not match anatomy_id {self.anatomy_id} "
                 f"({ANATOMY_NAMES[self.anatomy_id]!r})"
             )
-        for name in ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash",
-                     "model_version"):
+        for name in ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash", "model_version"):
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise TypeError(f"{name} must be a str, got {type(value).__name__}")
@@ -273,8 +273,9 @@ class RegionRow:
         if not self.image_id:
             raise ValueError("image_id is empty")
         if "/" in self.image_id or "\\" in self.image_id:
-            raise ValueError(f"image_id must be an identifier, not a path: {self.image_id!r} "
-                             "(put the location in image_uri)")
+            raise ValueError(
+                f"image_id must be an identifier, not a path: {self.image_id!r} (put the location in image_uri)"
+            )
         if not self.model_version:
             raise ValueError("model_version is empty")
         for name in ("patient_hash", "study_hash"):
@@ -391,8 +392,9 @@ def build_filter(
             clauses.append(f"{name} == {quote_filter_value(value)}")
     if exclude_patient_hash:
         if not _HASH_RE.match(exclude_patient_hash):
-            raise ValueError(f"exclude_patient_hash must be a {HASH_HEX_CHARS}-hex patient hash, "
-                             f"got {exclude_patient_hash!r}")
+            raise ValueError(
+                f"exclude_patient_hash must be a {HASH_HEX_CHARS}-hex patient hash, got {exclude_patient_hash!r}"
+            )
         clauses.append(f"patient_hash != {quote_filter_value(exclude_patient_hash)}")
     return " and ".join(clauses)
 
@@ -452,9 +454,7 @@ def _display_uri(uri: str) -> str:
 
 def _check_name(name: str, what: str = "collection") -> str:
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ValueError(
-            f"invalid {what} name {name!r}: letters, digits and '_', starting with a letter or '_'"
-        )
+        raise ValueError(f"invalid {what} name {name!r}: letters, digits and '_', starting with a letter or '_'")
     return name
 
 
@@ -565,7 +565,8 @@ class RegionIndex:
         except ConnectionConfigException as exc:
             if self.is_local_file and _lite_file_locked(self.uri):
                 raise IndexLockedError(
-                    self.display_uri, None,
+                    self.display_uri,
+                    None,
                     "the milvus-lite file is locked: another process owns it (milvus-lite allows "
                     "one process per file). Let that process do the work, or run "
                     "`milvus-lite server --data-dir <dir> --port <port>` and connect every "
@@ -582,8 +583,7 @@ class RegionIndex:
         token fails at once."""
         for attempt in range(attempts):
             try:
-                return MilvusClient(uri=self.uri, token="" if self.is_local_file else token,
-                                    timeout=connect_timeout)
+                return MilvusClient(uri=self.uri, token="" if self.is_local_file else token, timeout=connect_timeout)
             except MilvusException as exc:
                 if attempt == attempts - 1 or isinstance(exc, ConnectionConfigException):
                     raise
@@ -655,10 +655,12 @@ class RegionIndex:
             newer = version is not None and version > SCHEMA_VERSION and not missing
             what = f"v{version}" if version is not None else f"without field(s) {missing}"
             raise SchemaMismatchError(
-                self.display_uri, name,
+                self.display_uri,
+                name,
                 f"was built with {'a newer' if newer else 'an older'} row schema ({what}; this RegionMIR "
                 f"reads v{SCHEMA_VERSION}): rebuild it with `regionmir index --data DATA --model MODEL "
-                "--milvus URI` (a new collection; the alias moves when it is complete)")
+                "--milvus URI` (a new collection; the alias moves when it is complete)",
+            )
 
     def _dimension(self, name: str) -> int:
         """The vector dimension of collection (or alias) ``name``; checks it has the region schema."""
@@ -723,8 +725,14 @@ class RegionIndex:
         params = {**INDEX_TYPES[index_type], **(index_params or {})}
         index = MilvusClient.prepare_index_params()
         index.add_index(field_name="vector", index_type=index_type, metric_type=METRIC_TYPE, params=params)
-        self._call(name, self.client.create_collection, name, schema=schema, index_params=index,
-                   consistency_level=self.consistency_level)
+        self._call(
+            name,
+            self.client.create_collection,
+            name,
+            schema=schema,
+            index_params=index,
+            consistency_level=self.consistency_level,
+        )
         self._call(name, self.client.load_collection, name)
         self._loaded.add(name)
 
@@ -740,7 +748,8 @@ class RegionIndex:
         aliases = self._call(name, self.client.list_aliases, name).get("aliases") or []
         if aliases:
             raise RegionIndexError(
-                self.display_uri, name,
+                self.display_uri,
+                name,
                 f"still served by alias(es) {sorted(aliases)}: point them elsewhere first",
                 reason="in_use",
             )
@@ -759,15 +768,17 @@ class RegionIndex:
         _check_name(collection)
         self._require(collection)
         if self._is_alias(collection):
-            raise RegionIndexError(self.display_uri, collection, "is an alias; point at a collection",
-                                   reason="is_alias")
+            raise RegionIndexError(
+                self.display_uri, collection, "is an alias; point at a collection", reason="is_alias"
+            )
         self._call(collection, self.client.load_collection, collection)
         self._loaded.add(collection)
         previous = None
         if self._call(alias, self.client.has_collection, alias):
             if not self._is_alias(alias):
-                raise RegionIndexError(self.display_uri, alias, "is a collection, cannot be an alias",
-                                       reason="not_alias")
+                raise RegionIndexError(
+                    self.display_uri, alias, "is a collection, cannot be an alias", reason="not_alias"
+                )
             previous = str(self._call(alias, self.client.describe_alias, alias)["collection_name"])
             self._call(alias, self.client.alter_alias, collection, alias)
         else:
@@ -823,7 +834,8 @@ class RegionIndex:
                 raise TypeError(f"upsert takes RegionRow objects, got {type(row).__name__}")
             if row.vector.shape[0] != dim:
                 raise DimensionMismatchError(
-                    self.display_uri, name,
+                    self.display_uri,
+                    name,
                     f"row {row.image_id!r}/{row.anatomy!r} has a {row.vector.shape[0]}-d vector, "
                     f"the collection holds {dim}-d vectors",
                 )
@@ -853,16 +865,18 @@ class RegionIndex:
         """Every collection on this server or file (aliases are not collections)."""
         return sorted(str(n) for n in self._call("", self.client.list_collections))
 
-    def images_of(self, name: str, *, patient_hash: str | None = None, study_hash: str | None = None,
-                  image_id: str | None = None) -> list[str]:
+    def images_of(
+        self, name: str, *, patient_hash: str | None = None, study_hash: str | None = None, image_id: str | None = None
+    ) -> list[str]:
         """The image ids of ``name``'s rows of one patient, study or image (exactly one selector;
         hashes as in :mod:`regionmir.identifiers`). Works on collections of any row schema that
         has the selector's field, so an erasure reaches old collections too."""
         expression = self._erasure_filter(name, patient_hash, study_hash, image_id)
         if expression is None:
             return []
-        rows = self._loaded_call(name, self.client.query, name, filter=expression,
-                                 output_fields=["image_id"], consistency_level="Strong")
+        rows = self._loaded_call(
+            name, self.client.query, name, filter=expression, output_fields=["image_id"], consistency_level="Strong"
+        )
         return sorted({str(r["image_id"]) for r in rows})
 
     def count_all(self, name: str) -> int:
@@ -870,12 +884,14 @@ class RegionIndex:
         _check_name(name)
         if not self._call(name, self.client.has_collection, name):
             raise IndexNotFoundError(self.display_uri, name, "no such collection or alias")
-        result = self._loaded_call(name, self.client.query, name, filter="", output_fields=["count(*)"],
-                                   consistency_level="Strong")
+        result = self._loaded_call(
+            name, self.client.query, name, filter="", output_fields=["count(*)"], consistency_level="Strong"
+        )
         return int(result[0]["count(*)"])
 
-    def delete_rows(self, name: str, *, patient_hash: str | None = None, study_hash: str | None = None,
-                    image_id: str | None = None) -> list[str]:
+    def delete_rows(
+        self, name: str, *, patient_hash: str | None = None, study_hash: str | None = None, image_id: str | None = None
+    ) -> list[str]:
         """Delete the rows of one patient, study or image from collection ``name``; returns the image
         ids whose rows were deleted (empty when none matched: deleting again is a no-op).
 
@@ -898,21 +914,27 @@ class RegionIndex:
             return 0
         self._require(name)
         for start in range(0, len(keys), batch_size):
-            chunk = keys[start:start + batch_size]
-            self._call(name, self.client.delete, name,
-                       filter="key in [" + ", ".join(quote_filter_value(k) for k in chunk) + "]")
+            chunk = keys[start : start + batch_size]
+            self._call(
+                name,
+                self.client.delete,
+                name,
+                filter="key in [" + ", ".join(quote_filter_value(k) for k in chunk) + "]",
+            )
         self._call(name, self.client.flush, name)
         return len(keys)
 
-    def _erasure_filter(self, name: str, patient_hash: str | None, study_hash: str | None,
-                        image_id: str | None) -> str | None:
+    def _erasure_filter(
+        self, name: str, patient_hash: str | None, study_hash: str | None, image_id: str | None
+    ) -> str | None:
         """The filter of one selector, or ``None`` when ``name`` has no such field (nothing to erase)."""
         _check_name(name)
-        chosen = {k: v for k, v in (("patient_hash", patient_hash), ("study_hash", study_hash),
-                                    ("image_id", image_id)) if v}
+        chosen = {
+            k: v for k, v in (("patient_hash", patient_hash), ("study_hash", study_hash), ("image_id", image_id)) if v
+        }
         if len(chosen) != 1:
             raise ValueError("give exactly one of patient_hash, study_hash, image_id (non-empty)")
-        (field_name, value), = chosen.items()
+        ((field_name, value),) = chosen.items()
         if field_name != "image_id" and not _HASH_RE.match(value):
             raise ValueError(f"{field_name} must be a {HASH_HEX_CHARS}-hex hash, got {value!r}")
         if not self._call(name, self.client.has_collection, name):
@@ -940,10 +962,19 @@ class RegionIndex:
         """
         _check_name(name)
         self._require(name)
-        expression = build_filter(anatomy=anatomy, view=view, split=split, model_version=model_version,
-                                  exclude_patient_hash=exclude_patient_hash)
+        expression = build_filter(
+            anatomy=anatomy,
+            view=view,
+            split=split,
+            model_version=model_version,
+            exclude_patient_hash=exclude_patient_hash,
+        )
         result = self._loaded_call(
-            name, self.client.query, name, filter=expression, output_fields=["count(*)"],
+            name,
+            self.client.query,
+            name,
+            filter=expression,
+            output_fields=["count(*)"],
             consistency_level=self.consistency_level,
         )
         return int(result[0]["count(*)"])
@@ -979,8 +1010,13 @@ class RegionIndex:
         expression = build_filter(view=view, split=split, model_version=model_version) or "anatomy_id >= 0"
         with _quiet_iterator_setup():
             iterator = self._loaded_call(
-                name, self.client.query_iterator, name, batch_size=batch_size, filter=expression,
-                output_fields=fields, consistency_level=self.consistency_level,
+                name,
+                self.client.query_iterator,
+                name,
+                batch_size=batch_size,
+                filter=expression,
+                output_fields=fields,
+                consistency_level=self.consistency_level,
             )
         try:
             while True:
@@ -1004,22 +1040,30 @@ class RegionIndex:
             return {}
         self._require(name)
         rows = self._loaded_call(
-            name, self.client.query, name, filter="key in [" + ", ".join(quote_filter_value(k) for k in keys) + "]",
-            output_fields=list(OUTPUT_FIELDS), consistency_level=self.consistency_level,
+            name,
+            self.client.query,
+            name,
+            filter="key in [" + ", ".join(quote_filter_value(k) for k in keys) + "]",
+            output_fields=list(OUTPUT_FIELDS),
+            consistency_level=self.consistency_level,
         )
         hits = (self._hit({"entity": row, "distance": float("nan")}) for row in rows)
         return {hit.key: hit for hit in hits}
 
-    def stored_locations(self, name: str, *, model_version: str | None = None,
-                         limit: int = 1) -> list[tuple[str, str]]:
+    def stored_locations(self, name: str, *, model_version: str | None = None, limit: int = 1) -> list[tuple[str, str]]:
         """Up to ``limit`` ``(sealed location, image id)`` pairs of ``name``, e.g. to check
         at start-up that this process's salt opens them."""
         _check_name(name)
         self._require(name)
-        rows = self._loaded_call(name, self.client.query, name,
-                                 filter=build_filter(model_version=model_version) or "anatomy_id >= 0",
-                                 output_fields=["image_uri", "image_id"], limit=limit,
-                                 consistency_level=self.consistency_level)
+        rows = self._loaded_call(
+            name,
+            self.client.query,
+            name,
+            filter=build_filter(model_version=model_version) or "anatomy_id >= 0",
+            output_fields=["image_uri", "image_id"],
+            limit=limit,
+            consistency_level=self.consistency_level,
+        )
         return [(str(r["image_uri"]), str(r["image_id"])) for r in rows]
 
     def verify(self, name: str, expected: int, *, splits: Sequence[str] | None = None) -> int:
@@ -1056,9 +1100,19 @@ class RegionIndex:
         one list of :class:`RegionHit` per query, best first.
         """
         if group_by is not None:
-            return self._grouped_search(name, vectors, k, GROUP_FIELDS.get(group_by, ""), group_by, anatomy=anatomy,
-                                        view=view, split=split, model_version=model_version,
-                                        exclude_patient_hash=exclude_patient_hash, ef=ef)
+            return self._grouped_search(
+                name,
+                vectors,
+                k,
+                GROUP_FIELDS.get(group_by, ""),
+                group_by,
+                anatomy=anatomy,
+                view=view,
+                split=split,
+                model_version=model_version,
+                exclude_patient_hash=exclude_patient_hash,
+                ef=ef,
+            )
         _check_name(name)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_TOP_K:
             raise ValueError(f"k must be an int in 1..{MAX_TOP_K}, got {k!r}")
@@ -1069,8 +1123,13 @@ class RegionIndex:
             raise ValueError(f"vectors must be one vector or a 2-D array, got shape {queries.shape}")
         if not np.all(np.isfinite(queries)):
             raise ValueError("query vectors have NaN or infinite values")
-        expression = build_filter(anatomy=anatomy, view=view, split=split, model_version=model_version,
-                                  exclude_patient_hash=exclude_patient_hash)
+        expression = build_filter(
+            anatomy=anatomy,
+            view=view,
+            split=split,
+            model_version=model_version,
+            exclude_patient_hash=exclude_patient_hash,
+        )
         dim = self._dimension(name)
         if queries.shape[1] != dim:
             raise DimensionMismatchError(
@@ -1078,14 +1137,21 @@ class RegionIndex:
             )
         params = {"ef": max(int(ef or self.search_ef), k), "nprobe": self.nprobe}
         results = self._loaded_call(
-            name, self.client.search, name, data=list(queries), filter=expression, limit=k,
-            output_fields=list(OUTPUT_FIELDS), search_params={"metric_type": METRIC_TYPE, "params": params},
+            name,
+            self.client.search,
+            name,
+            data=list(queries),
+            filter=expression,
+            limit=k,
+            output_fields=list(OUTPUT_FIELDS),
+            search_params={"metric_type": METRIC_TYPE, "params": params},
             consistency_level=self.consistency_level,
         )
         return [[self._hit(h) for h in hits] for hits in results]
 
-    def _grouped_search(self, name: str, vectors: Any, k: int, field_name: str, group_by: str, *, ef: int | None,
-                        **filters: Any) -> list[list[RegionHit]]:
+    def _grouped_search(
+        self, name: str, vectors: Any, k: int, field_name: str, group_by: str, *, ef: int | None, **filters: Any
+    ) -> list[list[RegionHit]]:
         """Best hit per group, found client-side so every Milvus (Lite, 2.3 servers) gives the same
         answer: fetch 4k candidates, keep the first of each group, and fetch more (doubling, up to
         :data:`MAX_TOP_K`) for the queries that found fewer than k groups in a full page."""

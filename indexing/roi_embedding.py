@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -42,10 +43,21 @@ def film_rows(records: Iterable[ImageRecord], anatomy_ids: Iterable[int]) -> lis
     for record in records:
         regions = [[r.anatomy_id, *r.box.as_list()] for r in record.regions if r.anatomy_id in wanted]
         if regions:
-            rows.append({"film": json.dumps({
-                "image_uri": record.image_uri, "image_id": record.image_id, "split": record.split,
-                "view": record.view, "patient_hash": record.patient_hash, "study_hash": record.study_hash,
-                "regions": regions})})
+            rows.append(
+                {
+                    "film": json.dumps(
+                        {
+                            "image_uri": record.image_uri,
+                            "image_id": record.image_id,
+                            "split": record.split,
+                            "view": record.view,
+                            "patient_hash": record.patient_hash,
+                            "study_hash": record.study_hash,
+                            "regions": regions,
+                        }
+                    )
+                }
+            )
     return rows
 
 
@@ -79,10 +91,15 @@ class RegionCropper:
                     out[name].append(film[name])
                 continue
             height, width = pixels.shape
-            record = ImageRecord(image_uri=film["image_uri"], image_id=film["image_id"], split=film["split"],
-                                 regions=tuple(RegionRecord(film["image_uri"], film["image_id"], int(a),
-                                                            Box(x1, y1, x2, y2), film["split"])
-                                               for a, x1, y1, x2, y2 in film["regions"]))
+            record = ImageRecord(
+                image_uri=film["image_uri"],
+                image_id=film["image_id"],
+                split=film["split"],
+                regions=tuple(
+                    RegionRecord(film["image_uri"], film["image_id"], int(a), Box(x1, y1, x2, y2), film["split"])
+                    for a, x1, y1, x2, y2 in film["regions"]
+                ),
+            )
             record = clamp_to_image(record, width, height, ScanReport(source=film["image_id"]))
             for region in record.regions:
                 out["crop"].append(roi_crop(pixels, region.box, self.crop))
@@ -96,8 +113,10 @@ class RegionCropper:
             "crop": np.stack(out["crop"]) if out["crop"] else np.zeros((0, size, size), np.float32),
             "box": np.stack(out["box"]) if out["box"] else np.zeros((0, 4), np.float32),
             "anatomy_id": np.asarray(out["anatomy_id"], dtype=np.int32),
-            **{name: np.asarray(out[name], dtype=object)
-               for name in ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash", "skip_reason")},
+            **{
+                name: np.asarray(out[name], dtype=object)
+                for name in ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash", "skip_reason")
+            },
         }
 
 
@@ -130,8 +149,17 @@ class RegionEmbedder:
         return batch
 
 
-def embedding_dataset(records: list[ImageRecord], model_dir: str, crop: CropConfig, anatomy_ids: Iterable[int],
-                      s3: S3Options | None, *, gpu: bool = False, encoders: int = 1, batch_size: int = 256):
+def embedding_dataset(
+    records: list[ImageRecord],
+    model_dir: str,
+    crop: CropConfig,
+    anatomy_ids: Iterable[int],
+    s3: S3Options | None,
+    *,
+    gpu: bool = False,
+    encoders: int = 1,
+    batch_size: int = 256,
+):
     """A streaming Ray Dataset of ROI rows with ``vector`` (and the classifier's prediction)."""
     import ray
 
@@ -140,11 +168,20 @@ def embedding_dataset(records: list[ImageRecord], model_dir: str, crop: CropConf
         raise DatasetError("data", "no films with regions of the model's vocabulary in this split")
     s3_dict = asdict(s3) if s3 else None
     crops = ray.data.from_items(films, override_num_blocks=max(1, min(len(films), 64))).map_batches(
-        RegionCropper, fn_constructor_kwargs={"crop": asdict(crop), "s3": s3_dict},
-        batch_size=4, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
-    return crops.map_batches(RegionEmbedder, fn_constructor_kwargs={"model_dir": model_dir, "s3": s3_dict},
-                             batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=encoders),
-                             num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1)
+        RegionCropper,
+        fn_constructor_kwargs={"crop": asdict(crop), "s3": s3_dict},
+        batch_size=4,
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=1,
+    )
+    return crops.map_batches(
+        RegionEmbedder,
+        fn_constructor_kwargs={"model_dir": model_dir, "s3": s3_dict},
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=encoders),
+        num_gpus=1 if gpu else 0,
+        num_cpus=0 if gpu else 1,
+    )
 
 
 #: Query sets up to this many films are embedded in the calling process by default: starting Ray
@@ -152,8 +189,17 @@ def embedding_dataset(records: list[ImageRecord], model_dir: str, crop: CropConf
 IN_PROCESS_MAX_FILMS = 32
 
 
-def embedded_batches(records: list[ImageRecord], model_dir: str, crop: CropConfig, anatomy_ids: Iterable[int],
-                     s3: S3Options | None, *, mode: str = "auto", batch_size: int = 256, films_per_batch: int = 8):
+def embedded_batches(
+    records: list[ImageRecord],
+    model_dir: str,
+    crop: CropConfig,
+    anatomy_ids: Iterable[int],
+    s3: S3Options | None,
+    *,
+    mode: str = "auto",
+    batch_size: int = 256,
+    films_per_batch: int = 8,
+):
     """Numpy batches of embedded ROI rows (as :func:`embedding_dataset` streams them).
 
     ``mode``: ``"ray"`` (Ray Data, the caller has started Ray), ``"local"`` (the same cropper and
@@ -162,8 +208,9 @@ def embedded_batches(records: list[ImageRecord], model_dir: str, crop: CropConfi
     if mode not in ("auto", "ray", "local"):
         raise ValueError(f"embedding mode must be auto, ray or local, got {mode!r}")
     if mode == "ray" or (mode == "auto" and len(records) > IN_PROCESS_MAX_FILMS):
-        yield from embedding_dataset(records, model_dir, crop, anatomy_ids, s3,
-                                     batch_size=batch_size).iter_batches(batch_size=batch_size, batch_format="numpy")
+        yield from embedding_dataset(records, model_dir, crop, anatomy_ids, s3, batch_size=batch_size).iter_batches(
+            batch_size=batch_size, batch_format="numpy"
+        )
         return
     import os
 
@@ -174,7 +221,7 @@ def embedded_batches(records: list[ImageRecord], model_dir: str, crop: CropConfi
     cropper = RegionCropper(asdict(crop), s3_dict)
     embedder = RegionEmbedder(model_dir, s3_dict, threads=os.cpu_count() or 1)
     for start in range(0, len(films), films_per_batch):
-        chunk = np.asarray([f["film"] for f in films[start:start + films_per_batch]], dtype=object)
+        chunk = np.asarray([f["film"] for f in films[start : start + films_per_batch]], dtype=object)
         batch = cropper({"film": chunk})
         if len(batch["anatomy_id"]):
             yield embedder(batch)
@@ -209,11 +256,17 @@ class SkippedFilms:
                 self.examples.append(str(batch["image_id"][i]))
         unreachable = {r: n for r, n in self.by_reason.items() if r in STORAGE_REASONS}
         if unreachable:  # storage down is not a bad film: stop before the index silently shrinks
-            raise StorageError(self.source, f"storage failed while reading films ({unreachable}, e.g. "
-                                            f"{', '.join(self.examples)}), after retries; nothing was switched "
-                                            "over: re-run the job once storage answers")
+            raise StorageError(
+                self.source,
+                f"storage failed while reading films ({unreachable}, e.g. "
+                f"{', '.join(self.examples)}), after retries; nothing was switched "
+                "over: re-run the job once storage answers",
+            )
         if self.count > self.allowed:
-            raise DatasetError(self.source, f"{self.count} of {self.total} films were unreadable, over the allowed "
-                                            f"{self.max_bad_fraction:.0%} ({self.allowed}): {self.by_reason}, e.g. "
-                                            f"{', '.join(self.examples)}")
+            raise DatasetError(
+                self.source,
+                f"{self.count} of {self.total} films were unreadable, over the allowed "
+                f"{self.max_bad_fraction:.0%} ({self.allowed}): {self.by_reason}, e.g. "
+                f"{', '.join(self.examples)}",
+            )
         return {name: values[~bad] for name, values in batch.items()} if bad.any() else batch

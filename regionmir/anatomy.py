@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from .errors import UnknownAnatomyError
 
@@ -80,9 +80,9 @@ _ID_BY_NAME = {name: i for i, name in enumerate(ANATOMY_NAMES)}
 
 def _mirror_name(name: str) -> str:
     if name.startswith("left "):
-        return "right " + name[len("left "):]
+        return "right " + name[len("left ") :]
     if name.startswith("right "):
-        return "left " + name[len("right "):]
+        return "left " + name[len("right ") :]
     return name
 
 
@@ -94,9 +94,7 @@ LEFT_RIGHT_PAIRS: tuple[tuple[int, int], ...] = tuple(
 )
 
 #: Maps every id to its mirror image under a horizontal flip (midline regions map to themselves).
-MIRROR_IDS: tuple[int, ...] = tuple(
-    _ID_BY_NAME.get(_mirror_name(n), i) for i, n in enumerate(ANATOMY_NAMES)
-)
+MIRROR_IDS: tuple[int, ...] = tuple(_ID_BY_NAME.get(_mirror_name(n), i) for i, n in enumerate(ANATOMY_NAMES))
 
 # Words users type for a region, after normalisation (lower case, '_'/'-' → space).
 _ALIASES: dict[str, str] = {

@@ -187,12 +187,14 @@ class AtlasEntry:
     def offsets(self, box: Box, width: float, height: float) -> np.ndarray:
         """How many spreads ``box`` lies from the prior: ``(dx, dy, dlog w, dlog h)``."""
         cx, cy = box.center
-        return np.array([
-            (cx / width - self.center[0]) / self.center_spread[0],
-            (cy / height - self.center[1]) / self.center_spread[1],
-            (math.log(max(box.width, 1e-9) / width) - self.log_size[0]) / self.log_size_spread[0],
-            (math.log(max(box.height, 1e-9) / height) - self.log_size[1]) / self.log_size_spread[1],
-        ])
+        return np.array(
+            [
+                (cx / width - self.center[0]) / self.center_spread[0],
+                (cy / height - self.center[1]) / self.center_spread[1],
+                (math.log(max(box.width, 1e-9) / width) - self.log_size[0]) / self.log_size_spread[0],
+                (math.log(max(box.height, 1e-9) / height) - self.log_size[1]) / self.log_size_spread[1],
+            ]
+        )
 
     def log_prior(self, box: Box, width: float, height: float) -> float:
         """Gaussian log density of ``box`` under this prior, up to a constant (0 at the prior box)."""
@@ -201,13 +203,25 @@ class AtlasEntry:
 
     def flipped(self) -> AtlasEntry:
         """This entry on a horizontally mirrored film: same region, centre at ``1 − cx``."""
-        return AtlasEntry(self.anatomy_id, self.count, (1.0 - self.center[0], self.center[1]),
-                          self.center_spread, self.log_size, self.log_size_spread)
+        return AtlasEntry(
+            self.anatomy_id,
+            self.count,
+            (1.0 - self.center[0], self.center[1]),
+            self.center_spread,
+            self.log_size,
+            self.log_size_spread,
+        )
 
     def to_dict(self) -> dict:
-        return {"anatomy": self.anatomy, "anatomy_id": self.anatomy_id, "count": self.count,
-                "center": list(self.center), "center_spread": list(self.center_spread),
-                "log_size": list(self.log_size), "log_size_spread": list(self.log_size_spread)}
+        return {
+            "anatomy": self.anatomy,
+            "anatomy_id": self.anatomy_id,
+            "count": self.count,
+            "center": list(self.center),
+            "center_spread": list(self.center_spread),
+            "log_size": list(self.log_size),
+            "log_size_spread": list(self.log_size_spread),
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> AtlasEntry:
@@ -217,8 +231,14 @@ class AtlasEntry:
                 raise ValueError(f"{key} is not finite")
             return a, b
 
-        entry = cls(int(data["anatomy_id"]), int(data["count"]), pair("center"), pair("center_spread"),
-                    pair("log_size"), pair("log_size_spread"))
+        entry = cls(
+            int(data["anatomy_id"]),
+            int(data["count"]),
+            pair("center"),
+            pair("center_spread"),
+            pair("log_size"),
+            pair("log_size_spread"),
+        )
         if not 0 <= entry.anatomy_id < len(ANATOMY_NAMES):
             raise ValueError(f"anatomy_id {entry.anatomy_id} outside the vocabulary")
         if min(entry.center_spread + entry.log_size_spread) <= 0:
@@ -256,8 +276,9 @@ class AnatomyAtlas:
     # -- learning
 
     @classmethod
-    def fit(cls, samples: Iterable[tuple[ImageRecord, float, float]], *, source: str = "",
-            min_count: int = 1) -> AnatomyAtlas:
+    def fit(
+        cls, samples: Iterable[tuple[ImageRecord, float, float]], *, source: str = "", min_count: int = 1
+    ) -> AnatomyAtlas:
         """Learn the atlas from ``(record, width, height)`` tuples (sizes of the stored films).
 
         Boxes with no area or whose centre lies outside their film are ignored (labels drawn on
@@ -278,7 +299,8 @@ class AnatomyAtlas:
                 if not (0 <= cx <= width and 0 <= cy <= height):
                     continue
                 values.setdefault(region.anatomy_id, []).append(
-                    (cx / width, cy / height, math.log(b.width / width), math.log(b.height / height)))
+                    (cx / width, cy / height, math.log(b.width / width), math.log(b.height / height))
+                )
         entries = {}
         for aid, rows in sorted(values.items()):
             if len(rows) < min_count:
@@ -288,28 +310,47 @@ class AnatomyAtlas:
             spread = MAD_TO_STD * np.median(np.abs(data - median), axis=0)
             floors = np.array([MIN_CENTER_SPREAD, MIN_CENTER_SPREAD, MIN_LOG_SIZE_SPREAD, MIN_LOG_SIZE_SPREAD])
             spread = np.maximum(spread, floors)
-            entries[aid] = AtlasEntry(aid, len(rows), (float(median[0]), float(median[1])),
-                                      (float(spread[0]), float(spread[1])),
-                                      (float(median[2]), float(median[3])), (float(spread[2]), float(spread[3])))
+            entries[aid] = AtlasEntry(
+                aid,
+                len(rows),
+                (float(median[0]), float(median[1])),
+                (float(spread[0]), float(spread[1])),
+                (float(median[2]), float(median[3])),
+                (float(spread[2]), float(spread[3])),
+            )
         if not entries:
             raise AtlasError(source or "atlas", "no usable boxes to learn an atlas from")
         return cls(entries, source=source, images=images)
 
     @classmethod
-    def fit_records(cls, records: Iterable[ImageRecord], *, s3: storage.S3Options | None = None,
-                    source: str = "", min_count: int = 1) -> AnatomyAtlas:
+    def fit_records(
+        cls,
+        records: Iterable[ImageRecord],
+        *,
+        s3: storage.S3Options | None = None,
+        source: str = "",
+        min_count: int = 1,
+    ) -> AnatomyAtlas:
         """:meth:`fit` on records whose film sizes are read from the image headers."""
-        return cls.fit(((r, *image_size(r.image_uri, s3)) for r in records if r.regions),
-                       source=source, min_count=min_count)
+        return cls.fit(
+            ((r, *image_size(r.image_uri, s3)) for r in records if r.regions), source=source, min_count=min_count
+        )
 
     # -- files
 
     def to_json(self) -> str:
-        return json.dumps({"format_version": FORMAT_VERSION, "kind": "regionmir-anatomy-atlas",
-                           "coordinates": "fractions of image width/height; log sizes natural log",
-                           "source": self.source, "images": self.images, "notes": list(self.notes),
-                           "entries": [self.entries[k].to_dict() for k in sorted(self.entries)]},
-                          indent=1)
+        return json.dumps(
+            {
+                "format_version": FORMAT_VERSION,
+                "kind": "regionmir-anatomy-atlas",
+                "coordinates": "fractions of image width/height; log sizes natural log",
+                "source": self.source,
+                "images": self.images,
+                "notes": list(self.notes),
+                "entries": [self.entries[k].to_dict() for k in sorted(self.entries)],
+            },
+            indent=1,
+        )
 
     @classmethod
     def from_json(cls, text: str, source: str = ATLAS_FILE) -> AnatomyAtlas:
@@ -327,8 +368,12 @@ class AnatomyAtlas:
             raise AtlasError(source, f"not a RegionMIR anatomy atlas ({exc})", reason="bad_atlas") from exc
         if not entries:
             raise AtlasError(source, "the atlas has no entries", reason="bad_atlas")
-        return cls(entries, source=str(data.get("source", "")), images=int(data.get("images", 0)),
-                   notes=list(data.get("notes", [])))
+        return cls(
+            entries,
+            source=str(data.get("source", "")),
+            images=int(data.get("images", 0)),
+            notes=list(data.get("notes", [])),
+        )
 
     def save(self, uri: str, s3: storage.S3Options | None = None) -> str:
         """Write the atlas to ``uri`` (a ``.json`` path, or a model directory → ``DIR/atlas.json``)."""
@@ -352,8 +397,10 @@ class AnatomyAtlas:
         try:
             return self.entries[aid]
         except KeyError:
-            raise AtlasError("anatomy", f"the atlas has no prior for {anatomy_name(aid)!r}: "
-                                        "it was learned from films without that region") from None
+            raise AtlasError(
+                "anatomy",
+                f"the atlas has no prior for {anatomy_name(aid)!r}: it was learned from films without that region",
+            ) from None
 
     def __contains__(self, anatomy: object) -> bool:
         try:
@@ -365,11 +412,20 @@ class AnatomyAtlas:
         """The atlas of horizontally mirrored films: every region keeps its (patient-side) name and
         moves to the mirrored position, so left and right entries trade sides of the image."""
         entries = {aid: e.flipped() for aid, e in self.entries.items()}
-        return AnatomyAtlas(entries, source=f"{self.source} (flipped)".strip(), images=self.images,
-                            notes=list(self.notes))
+        return AnatomyAtlas(
+            entries, source=f"{self.source} (flipped)".strip(), images=self.images, notes=list(self.notes)
+        )
 
-    def propose(self, anatomy: str | int, width: float, height: float, n: int = 32, *,
-                around: Sequence[float] | None = None, step: float = 1.0) -> list[Box]:
+    def propose(
+        self,
+        anatomy: str | int,
+        width: float,
+        height: float,
+        n: int = 32,
+        *,
+        around: Sequence[float] | None = None,
+        step: float = 1.0,
+    ) -> list[Box]:
         """Up to ``n`` candidate boxes around the prior on a ``width`` × ``height`` film.
 
         The grid: centre offsets of :data:`CENTER_STEPS` spreads each way and joint size offsets
@@ -398,18 +454,29 @@ class AnatomyAtlas:
             if len(boxes) == n:
                 break
         if not boxes:
-            raise AtlasError("anatomy", f"the prior of {entry.anatomy!r} falls outside a {width:g}x{height:g} film",
-                             reason="no_candidate")
+            raise AtlasError(
+                "anatomy",
+                f"the prior of {entry.anatomy!r} falls outside a {width:g}x{height:g} film",
+                reason="no_candidate",
+            )
         return boxes
 
-    def refine(self, anatomy: str | int, best: Box, width: float, height: float, n: int = 32,
-               step: float = 0.5) -> list[Box]:
+    def refine(
+        self, anatomy: str | int, best: Box, width: float, height: float, n: int = 32, step: float = 0.5
+    ) -> list[Box]:
         """Candidates for a second, finer round around the winner ``best`` of a first round."""
         offsets = self.entry(anatomy).offsets(best, width, height)
         return self.propose(anatomy, width, height, n=n, around=offsets, step=step)
 
-    def choose(self, anatomy: str | int, boxes: Sequence[Box], probabilities: Sequence[float] | None,
-               width: float, height: float, prior_weight: float = 0.1) -> Localization:
+    def choose(
+        self,
+        anatomy: str | int,
+        boxes: Sequence[Box],
+        probabilities: Sequence[float] | None,
+        width: float,
+        height: float,
+        prior_weight: float = 0.1,
+    ) -> Localization:
         """The best of ``boxes`` given the classifier's ``probabilities`` of the anatomy.
 
         Maximises ``log p + prior_weight × log prior``; with ``probabilities=None`` the box
@@ -429,12 +496,21 @@ class AnatomyAtlas:
         p = np.where(np.isfinite(p), p, 0.0)
         scores = np.log(np.clip(p, 1e-6, 1.0)) + prior_weight * priors
         best = int(np.argmax(scores))
-        return Localization(entry.anatomy_id, boxes[best], float(p[best]), prior_box, best, len(boxes),
-                            float(scores[best]))
+        return Localization(
+            entry.anatomy_id, boxes[best], float(p[best]), prior_box, best, len(boxes), float(scores[best])
+        )
 
-    def localize(self, anatomy: str | int, pixels: np.ndarray, score_fn: ScoreFn | None = None, *,
-                 n: int = 32, rounds: int = 2, crop: CropConfig = DEFAULT_CROP,
-                 prior_weight: float = 0.1) -> Localization:
+    def localize(
+        self,
+        anatomy: str | int,
+        pixels: np.ndarray,
+        score_fn: ScoreFn | None = None,
+        *,
+        n: int = 32,
+        rounds: int = 2,
+        crop: CropConfig = DEFAULT_CROP,
+        prior_weight: float = 0.1,
+    ) -> Localization:
         """Find ``anatomy`` on a film: :meth:`propose`, crop, score with ``score_fn``, :meth:`choose`,
         then ``rounds - 1`` finer rounds (:meth:`refine`, half the step each time).
 
@@ -461,14 +537,19 @@ class AnatomyAtlas:
             if result is None or current.score >= result.score:
                 result = current
         assert result is not None
-        return Localization(result.anatomy_id, result.box, result.confidence, result.prior_box, result.index,
-                            scored, result.score)
+        return Localization(
+            result.anatomy_id, result.box, result.confidence, result.prior_box, result.index, scored, result.score
+        )
 
     def describe(self) -> str:
-        lines = [f"anatomy atlas: {len(self.entries)} regions from {self.images} films ({self.source or 'unknown source'})"]
+        lines = [
+            f"anatomy atlas: {len(self.entries)} regions from {self.images} films ({self.source or 'unknown source'})"
+        ]
         for aid in sorted(self.entries):
             e = self.entries[aid]
-            lines.append(f"{aid:2d} {e.anatomy:28s} centre {e.center[0]:.3f},{e.center[1]:.3f} "
-                         f"± {e.center_spread[0]:.3f},{e.center_spread[1]:.3f}  "
-                         f"size {math.exp(e.log_size[0]):.3f}x{math.exp(e.log_size[1]):.3f}  n={e.count}")
+            lines.append(
+                f"{aid:2d} {e.anatomy:28s} centre {e.center[0]:.3f},{e.center[1]:.3f} "
+                f"± {e.center_spread[0]:.3f},{e.center_spread[1]:.3f}  "
+                f"size {math.exp(e.log_size[0]):.3f}x{math.exp(e.log_size[1]):.3f}  n={e.count}"
+            )
         return "\n".join(lines)

@@ -77,44 +77,59 @@ class AugmentationConfig:
                 raise ValueError(f"AugmentationConfig.{name} must be >= 0, got {value!r}")
         if not 0 <= self.rotation_degrees <= 45:
             # The enlarged window in _rotated_crop is sized for at most 45°.
-            raise ValueError(f"AugmentationConfig.rotation_degrees must be in [0, 45], "
-                             f"got {self.rotation_degrees!r}")
+            raise ValueError(f"AugmentationConfig.rotation_degrees must be in [0, 45], got {self.rotation_degrees!r}")
         for name in ("blur_p", "horizontal_flip_p"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"AugmentationConfig.{name} must be a probability, got {value!r}")
 
     @classmethod
-    def contrastive(cls) -> "AugmentationConfig":
+    def contrastive(cls) -> AugmentationConfig:
         """The strong two-view augmentation for region contrastive pretraining (the defaults)."""
         return cls()
 
     @classmethod
-    def fine_tuning(cls) -> "AugmentationConfig":
+    def fine_tuning(cls) -> AugmentationConfig:
         """A light preset for anatomy-classification fine-tuning.
 
         Neighbouring zones (upper/mid/lower lung zone, hilum) differ mostly by where the box sits,
         so box jitter is kept to ±5 % shift and 0.9–1.1 scale; rotation ±5°, milder intensity
         changes, occasional mild blur, no flip.
         """
-        return cls(scale_range=(0.9, 1.1), translate_fraction=0.05, rotation_degrees=5.0,
-                   brightness=0.05, contrast_range=(0.9, 1.1), gamma_range=(0.85, 1.2),
-                   noise_sigma_max=0.01, blur_p=0.2, blur_sigma_range=(0.1, 0.5),
-                   horizontal_flip_p=0.0)
+        return cls(
+            scale_range=(0.9, 1.1),
+            translate_fraction=0.05,
+            rotation_degrees=5.0,
+            brightness=0.05,
+            contrast_range=(0.9, 1.1),
+            gamma_range=(0.85, 1.2),
+            noise_sigma_max=0.01,
+            blur_p=0.2,
+            blur_sigma_range=(0.1, 0.5),
+            horizontal_flip_p=0.0,
+        )
 
     @classmethod
-    def none(cls) -> "AugmentationConfig":
+    def none(cls) -> AugmentationConfig:
         """The identity: :func:`augment_region` then returns exactly ``roi_crop(image, box, crop)``."""
-        return cls(scale_range=(1.0, 1.0), translate_fraction=0.0, rotation_degrees=0.0,
-                   brightness=0.0, contrast_range=(1.0, 1.0), gamma_range=(1.0, 1.0),
-                   noise_sigma_max=0.0, blur_p=0.0, blur_sigma_range=(1.0, 1.0),
-                   horizontal_flip_p=0.0)
+        return cls(
+            scale_range=(1.0, 1.0),
+            translate_fraction=0.0,
+            rotation_degrees=0.0,
+            brightness=0.0,
+            contrast_range=(1.0, 1.0),
+            gamma_range=(1.0, 1.0),
+            noise_sigma_max=0.0,
+            blur_p=0.0,
+            blur_sigma_range=(1.0, 1.0),
+            horizontal_flip_p=0.0,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "AugmentationConfig":
+    def from_dict(cls, data: dict) -> AugmentationConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -122,8 +137,9 @@ class AugmentationConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
-def augment_region(image: np.ndarray, box: Box, anatomy_id: int, crop: CropConfig,
-                   aug: AugmentationConfig, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+def augment_region(
+    image: np.ndarray, box: Box, anatomy_id: int, crop: CropConfig, aug: AugmentationConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, int]:
     """One random view of the region ``box`` of ``image``.
 
     Args:
@@ -195,9 +211,9 @@ def can_flip(anatomy_id: int) -> bool:
     return mirror_id(anatomy_id) != anatomy_id or side_of(anatomy_id) == "midline"
 
 
-def two_views(image: np.ndarray, box: Box, anatomy_id: int, crop: CropConfig,
-              aug: AugmentationConfig, rng: np.random.Generator
-              ) -> tuple[np.ndarray, np.ndarray, int, int]:
+def two_views(
+    image: np.ndarray, box: Box, anatomy_id: int, crop: CropConfig, aug: AugmentationConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Two independent views of one region → ``(view1, view2, label1, label2)``.
 
     Each view is ``(crop.size, crop.size)`` float32 in [0, 1]; each label is the anatomy id after
@@ -286,5 +302,5 @@ def _gaussian_blur(view: np.ndarray, sigma: float) -> np.ndarray:
     kernel = (kernel / kernel.sum()).astype(np.float32)
     height, width = view.shape
     padded = np.pad(view, radius, mode="reflect")
-    rows = sum(w * padded[:, k:k + width] for k, w in enumerate(kernel))
-    return sum(w * rows[k:k + height, :] for k, w in enumerate(kernel)).astype(np.float32, copy=False)
+    rows = sum(w * padded[:, k : k + width] for k, w in enumerate(kernel))
+    return sum(w * rows[k : k + height, :] for k, w in enumerate(kernel)).astype(np.float32, copy=False)

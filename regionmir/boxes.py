@@ -9,8 +9,8 @@ count every case instead of dropping rows silently.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from .errors import BoxError
 
@@ -48,19 +48,23 @@ class Box:
     def as_list(self) -> list[float]:
         return [self.x1, self.y1, self.x2, self.y2]
 
-    def scaled(self, sx: float, sy: float | None = None) -> "Box":
+    def scaled(self, sx: float, sy: float | None = None) -> Box:
         sy = sx if sy is None else sy
         return Box(self.x1 * sx, self.y1 * sy, self.x2 * sx, self.y2 * sy)
 
-    def flipped_horizontally(self, image_width: float) -> "Box":
+    def flipped_horizontally(self, image_width: float) -> Box:
         """The same box after mirroring an image of ``image_width`` left-right."""
         return Box(image_width - self.x2, self.y1, image_width - self.x1, self.y2)
 
-    def clamped(self, width: float, height: float) -> "Box":
-        return Box(min(max(self.x1, 0.0), width), min(max(self.y1, 0.0), height),
-                   min(max(self.x2, 0.0), width), min(max(self.y2, 0.0), height))
+    def clamped(self, width: float, height: float) -> Box:
+        return Box(
+            min(max(self.x1, 0.0), width),
+            min(max(self.y1, 0.0), height),
+            min(max(self.x2, 0.0), width),
+            min(max(self.y2, 0.0), height),
+        )
 
-    def iou(self, other: "Box") -> float:
+    def iou(self, other: Box) -> float:
         ix = max(0.0, min(self.x2, other.x2) - max(self.x1, other.x1))
         iy = max(0.0, min(self.y2, other.y2) - max(self.y1, other.y1))
         inter = ix * iy
@@ -68,7 +72,7 @@ class Box:
         return inter / union if union > 0 else 0.0
 
     @classmethod
-    def parse(cls, text: str, source: str = "box") -> "Box":
+    def parse(cls, text: str, source: str = "box") -> Box:
         """``"x1,y1,x2,y2"`` → Box; anything else raises :class:`BoxError`."""
         parts = [p.strip() for p in str(text).replace(";", ",").split(",")]
         if len(parts) != 4:
@@ -80,8 +84,7 @@ class Box:
         return cls(*values)
 
 
-def sanitize_box(box: Box, width: float, height: float,
-                 min_size: float = 1.0) -> tuple[Box | None, str | None]:
+def sanitize_box(box: Box, width: float, height: float, min_size: float = 1.0) -> tuple[Box | None, str | None]:
     """Clamp ``box`` to a ``width`` × ``height`` image.
 
     Returns ``(box, None)`` when it was inside, ``(clamped, CLAMPED)`` when it stuck out but keeps at
@@ -113,12 +116,10 @@ def require_valid_box(box: Box, width: float, height: float, source: str = "box"
             raise BoxError(source, f"inverted box {values}: need x1 < x2 and y1 < y2", reason=INVERTED)
         raise BoxError(source, f"zero-area box {values}", reason=ZERO_AREA)
     if box.x1 < 0 or box.y1 < 0 or box.x2 > width or box.y2 > height:
-        raise BoxError(source, f"box {values} lies outside the {int(width)}x{int(height)} image",
-                       reason=OUTSIDE)
+        raise BoxError(source, f"box {values} lies outside the {int(width)}x{int(height)} image", reason=OUTSIDE)
     return box
 
 
 def union_box(boxes: Iterable[Box]) -> Box:
     boxes = list(boxes)
-    return Box(min(b.x1 for b in boxes), min(b.y1 for b in boxes),
-               max(b.x2 for b in boxes), max(b.y2 for b in boxes))
+    return Box(min(b.x1 for b in boxes), min(b.y1 for b in boxes), max(b.x2 for b in boxes), max(b.y2 for b in boxes))

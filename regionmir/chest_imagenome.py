@@ -36,17 +36,25 @@ import io
 import json
 import posixpath
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from . import storage
 from .anatomy import ANATOMY_NAMES, NUM_ANATOMIES, anatomy_id
 from .boxes import Box
 from .errors import DatasetError, StorageError, UnknownAnatomyError
 from .identifiers import hash_identifier
-from .region_record import (SPLITS, ImageRecord, RegionRecord, clamp_to_image, hash_split,
-                            normalise_view, sanitize_unsized_box)
+from .region_record import (
+    SPLITS,
+    ImageRecord,
+    RegionRecord,
+    clamp_to_image,
+    hash_split,
+    normalise_view,
+    sanitize_unsized_box,
+)
 from .scan_report import ScanReport
 from .storage import S3Options
 
@@ -78,7 +86,7 @@ class ImageLayout:
         else:
             path = csv_path.lstrip("/")
             if self.form == "without files/" and path.startswith("files/"):
-                path = path[len("files/"):]
+                path = path[len("files/") :]
             stem, written_ext = posixpath.splitext(path)
         return stem + (self.extension or written_ext)
 
@@ -136,10 +144,18 @@ class ChestImaGenomeReader:
     flat. (s3fs's connection pool holds 10 connections, so more threads than that only queue.)
     """
 
-    def __init__(self, root: str, image_root: str | None = None,
-                 splits: Iterable[str] = SPLITS, s3: S3Options | None = None,
-                 skip_images_to_avoid: bool = True, *, salt: str | None = None,
-                 workers: int | None = None, probe_rows: int = 5):
+    def __init__(
+        self,
+        root: str,
+        image_root: str | None = None,
+        splits: Iterable[str] = SPLITS,
+        s3: S3Options | None = None,
+        skip_images_to_avoid: bool = True,
+        *,
+        salt: str | None = None,
+        workers: int | None = None,
+        probe_rows: int = 5,
+    ):
         self.root = _clean_root(root)
         self.s3 = s3
         self.splits = tuple(splits)
@@ -166,8 +182,11 @@ class ChestImaGenomeReader:
     def _locate(self) -> None:
         """Find silver_dataset, the scene graph folder and the splits folder; raise if none."""
         if not storage.is_dir(self.root, self.s3):
-            raise DatasetError(self.root, "no such folder or prefix (expected a Chest ImaGenome "
-                               "copy holding silver_dataset/scene_graph and silver_dataset/splits)")
+            raise DatasetError(
+                self.root,
+                "no such folder or prefix (expected a Chest ImaGenome "
+                "copy holding silver_dataset/scene_graph and silver_dataset/splits)",
+            )
         silver = storage.join(self.root, "silver_dataset")
         self.root_is_silver = False
         if not storage.is_dir(silver, self.s3):
@@ -184,20 +203,27 @@ class ChestImaGenomeReader:
         self.splits_dir = splits_dir if storage.is_dir(splits_dir, self.s3) else None
         if self.splits_dir is None:
             if not storage.glob(storage.join(graphs, "*" + SCENE_GRAPH_SUFFIX), self.s3):
-                raise DatasetError(self.root, "not a Chest ImaGenome copy: looked for "
-                                   "silver_dataset/splits/{train,valid,test}.csv and for "
-                                   f"*{SCENE_GRAPH_SUFFIX} files in {graphs}")
+                raise DatasetError(
+                    self.root,
+                    "not a Chest ImaGenome copy: looked for "
+                    "silver_dataset/splits/{train,valid,test}.csv and for "
+                    f"*{SCENE_GRAPH_SUFFIX} files in {graphs}",
+                )
             self.root_is_silver = False
         else:
             for split in self.splits:
                 csv_uri = storage.join(self.splits_dir, f"{split}.csv")
                 if not storage.exists(csv_uri, self.s3):
-                    raise DatasetError(csv_uri, f"split file missing; pass splits= with the splits "
-                                       f"you have (found {self._split_files_present()})")
+                    raise DatasetError(
+                        csv_uri,
+                        f"split file missing; pass splits= with the splits "
+                        f"you have (found {self._split_files_present()})",
+                    )
 
     def _split_files_present(self) -> str:
-        names = [s for s in SPLITS if self.splits_dir and
-                 storage.exists(storage.join(self.splits_dir, f"{s}.csv"), self.s3)]
+        names = [
+            s for s in SPLITS if self.splits_dir and storage.exists(storage.join(self.splits_dir, f"{s}.csv"), self.s3)
+        ]
         return ", ".join(names) or "none"
 
     def _load_images_to_avoid(self) -> tuple[frozenset[str], str | None]:
@@ -260,10 +286,13 @@ class ChestImaGenomeReader:
         self._probed.append(dicom_id)
         if len(self._probed) >= self.probe_rows:
             roots = ", ".join(self._image_roots())
-            raise DatasetError(self.root, f"no image found for the first {len(self._probed)} images "
-                               f"(e.g. {csv_path}) under {roots}, as written, without 'files/' or "
-                               f"as {{dicom_id}}, with extensions as written, "
-                               f"{', '.join(PROBE_EXTENSIONS)}; pass image_root=")
+            raise DatasetError(
+                self.root,
+                f"no image found for the first {len(self._probed)} images "
+                f"(e.g. {csv_path}) under {roots}, as written, without 'files/' or "
+                f"as {{dicom_id}}, with extensions as written, "
+                f"{', '.join(PROBE_EXTENSIONS)}; pass image_root=",
+            )
         return None
 
     def image_layout(self) -> ImageLayout:
@@ -379,8 +408,9 @@ class ChestImaGenomeReader:
             return None
         return layout.uri(csv_path, dicom_id)
 
-    def _image_record(self, candidate: _Candidate, payload: bytes | None,
-                      wanted: tuple[str, ...], report: ScanReport) -> ImageRecord | None:
+    def _image_record(
+        self, candidate: _Candidate, payload: bytes | None, wanted: tuple[str, ...], report: ScanReport
+    ) -> ImageRecord | None:
         dicom_id = candidate.dicom_id
         if payload is None:
             report.issue("missing_scene_graph", dicom_id)
@@ -412,16 +442,32 @@ class ChestImaGenomeReader:
         patient_hash = hash_identifier(subject, self.salt)
         study_hash = hash_identifier(study, self.salt)
         records = tuple(
-            RegionRecord(image_uri=image_uri, image_id=dicom_id, anatomy_id=aid, box=box,
-                         split=split, patient_hash=patient_hash, study_hash=study_hash,
-                         view=view, attributes=attrs)
-            for aid, box, attrs in regions)
-        return ImageRecord(image_uri=image_uri, image_id=dicom_id, split=split,
-                           patient_hash=patient_hash, study_hash=study_hash, view=view,
-                           regions=records)
+            RegionRecord(
+                image_uri=image_uri,
+                image_id=dicom_id,
+                anatomy_id=aid,
+                box=box,
+                split=split,
+                patient_hash=patient_hash,
+                study_hash=study_hash,
+                view=view,
+                attributes=attrs,
+            )
+            for aid, box, attrs in regions
+        )
+        return ImageRecord(
+            image_uri=image_uri,
+            image_id=dicom_id,
+            split=split,
+            patient_hash=patient_hash,
+            study_hash=study_hash,
+            view=view,
+            regions=records,
+        )
 
-    def _regions(self, graph: dict[str, Any], dicom_id: str,
-                 report: ScanReport) -> list[tuple[int, Box, tuple[str, ...]]]:
+    def _regions(
+        self, graph: dict[str, Any], dicom_id: str, report: ScanReport
+    ) -> list[tuple[int, Box, tuple[str, ...]]]:
         """``(anatomy id, box, findings)`` per usable object, sorted by anatomy id."""
         findings: dict[int, set[str]] = {}
         for entry in graph.get("attributes") or []:
@@ -469,8 +515,7 @@ class ChestImaGenomeReader:
             lines.append("  splits: no split files; hash split 80/10/10 by patient")
         if self.images_to_avoid_file:
             action = "dropped" if self.skip_images_to_avoid else "kept (skip_images_to_avoid=False)"
-            lines.append(f"  images to avoid: {len(self.images_to_avoid):,} from "
-                         f"{self.images_to_avoid_file}, {action}")
+            lines.append(f"  images to avoid: {len(self.images_to_avoid):,} from {self.images_to_avoid_file}, {action}")
         else:
             lines.append("  images to avoid: no images_to_avoid.csv found")
         try:
@@ -483,7 +528,7 @@ class ChestImaGenomeReader:
 def _clean_root(root: str) -> str:
     root = str(root).strip()
     if root.startswith("file://"):
-        root = root[len("file://"):]
+        root = root[len("file://") :]
     if storage.is_remote(root):
         return root.rstrip("/")
     return storage.filesystem(root)[1].rstrip("/") or "/"

@@ -15,8 +15,8 @@ matplotlib is not a dependency of the library.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -34,9 +34,7 @@ def _check_labels(y_true, y_pred, num_classes: int | None = None) -> tuple[np.nd
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
     if y_true.ndim != 1 or y_true.shape != y_pred.shape:
-        raise ValueError(
-            f"y_true and y_pred must be (N,) of equal length; got {y_true.shape} and {y_pred.shape}"
-        )
+        raise ValueError(f"y_true and y_pred must be (N,) of equal length; got {y_true.shape} and {y_pred.shape}")
     if y_true.size == 0:
         raise ValueError("no samples: y_true is empty")
     if not (np.issubdtype(y_true.dtype, np.integer) and np.issubdtype(y_pred.dtype, np.integer)):
@@ -44,9 +42,7 @@ def _check_labels(y_true, y_pred, num_classes: int | None = None) -> tuple[np.nd
     if num_classes is not None:
         for name, labels in (("y_true", y_true), ("y_pred", y_pred)):
             if labels.min() < 0 or labels.max() >= num_classes:
-                raise ValueError(
-                    f"{name} holds ids outside [0, {num_classes}): min {labels.min()}, max {labels.max()}"
-                )
+                raise ValueError(f"{name} holds ids outside [0, {num_classes}): min {labels.min()}, max {labels.max()}")
     return y_true, y_pred
 
 
@@ -129,9 +125,7 @@ def classification_report(y_true, y_pred, label_names: Sequence[str], top_confus
 # --- the picture ---------------------------------------------------------------------------------
 
 # ColorBrewer "Blues" anchors: white for 0 so an empty off-diagonal recedes, dark blue for 1.
-_BLUES = np.array(
-    [(247, 251, 255), (198, 219, 239), (107, 174, 214), (33, 113, 181), (8, 48, 107)], dtype=np.float64
-)
+_BLUES = np.array([(247, 251, 255), (198, 219, 239), (107, 174, 214), (33, 113, 181), (8, 48, 107)], dtype=np.float64)
 _EMPTY_ROW = (232, 232, 232)
 _GRID_LINE = (220, 220, 220)
 _TEXT = (30, 30, 30)
@@ -139,8 +133,10 @@ _TEXT = (30, 30, 30)
 
 # 256-step lookup table, linear between the anchors; a cell needs only an index.
 _BLUES_TABLE = [
-    tuple(int(round(np.interp(step / 255 * (len(_BLUES) - 1), np.arange(len(_BLUES)), _BLUES[:, channel])))
-          for channel in range(3))
+    tuple(
+        int(round(np.interp(step / 255 * (len(_BLUES) - 1), np.arange(len(_BLUES)), _BLUES[:, channel])))
+        for channel in range(3)
+    )
     for step in range(256)
 ]
 
@@ -163,9 +159,7 @@ def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
     return right - left, bottom - top
 
 
-def _draw_text(
-    draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, fill, anchor: str
-) -> None:
+def _draw_text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, fill, anchor: str) -> None:
     """Draw with an anchor when the font supports it (scalable fonts), else top-left aligned."""
     try:
         draw.text(xy, text, font=font, fill=fill, anchor=anchor)
@@ -219,9 +213,7 @@ def plot_confusion_matrix(
         cell_size = int(np.clip(864 // max(num_classes, 1), 24, 56))
 
     support = cm.sum(axis=1)
-    shares = np.divide(
-        cm, support[:, None], out=np.zeros(cm.shape, dtype=np.float64), where=support[:, None] > 0
-    )
+    shares = np.divide(cm, support[:, None], out=np.zeros(cm.shape, dtype=np.float64), where=support[:, None] > 0)
 
     label_font = _font(13)
     value_font = _font(max(9, min(14, cell_size // 3)))

@@ -11,7 +11,7 @@ import argparse
 import functools
 import json
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .command_help import DefaultsHelpFormatter, command_parser, version
 from .errors import RegionMIRError
@@ -30,9 +30,16 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from .synth.dataset_writer import write_phantom_dataset
     from .synth.preview import write_preview
 
-    summary = write_phantom_dataset(args.out, images=args.images, size=args.size, seed=args.seed,
-                                    fmt=args.format, progress=not args.quiet, preset=args.preset,
-                                    workers=args.workers)
+    summary = write_phantom_dataset(
+        args.out,
+        images=args.images,
+        size=args.size,
+        seed=args.seed,
+        fmt=args.format,
+        progress=not args.quiet,
+        preset=args.preset,
+        workers=args.workers,
+    )
     if args.preview:
         summary["preview"] = write_preview(args.out, args.preview if isinstance(args.preview, str) else None)
     print(json.dumps(summary, indent=1))
@@ -46,8 +53,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     decoded = read_image(args.file, window_index=args.window)
     print(describe(decoded))
     if args.png:
-        from PIL import Image
         import io
+
+        from PIL import Image
+
         from . import storage
 
         buffer = io.BytesIO()
@@ -92,13 +101,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512, help="film side in pixels (square)")
     p.add_argument("--seed", type=int, default=0, help="random seed (the same seed writes the same films)")
     p.add_argument("--format", choices=("png", "dicom"), default="png", help="file format of the films")
-    p.add_argument("--preset", choices=("realistic", "classic"), default="realistic",
-                   help="realistic (default): films that vary like an archive's (positioning, processing, "
-                        "devices, findings); classic: generator 1's narrow, easy films")
-    p.add_argument("--workers", type=int, default=None,
-                   help="rendering processes (default: one per core; 1 renders in this process)")
-    p.add_argument("--preview", nargs="?", const=True, default=False,
-                   help="also write a contact sheet PNG (default OUT/preview.png)")
+    p.add_argument(
+        "--preset",
+        choices=("realistic", "classic"),
+        default="realistic",
+        help="realistic (default): films that vary like an archive's (positioning, processing, "
+        "devices, findings); classic: generator 1's narrow, easy films",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="rendering processes (default: one per core; 1 renders in this process)",
+    )
+    p.add_argument(
+        "--preview",
+        nargs="?",
+        const=True,
+        default=False,
+        help="also write a contact sheet PNG (default OUT/preview.png)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cmd_synth)
 

@@ -15,8 +15,15 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if (not action.option_strings or "default" in text.lower() or default is None or default is True
-                or default is False or default == argparse.SUPPRESS or default == ""):
+        if (
+            not action.option_strings
+            or "default" in text.lower()
+            or default is None
+            or default is True
+            or default is False
+            or default == argparse.SUPPRESS
+            or default == ""
+        ):
             return text
         return f"{text} (default: %(default)s)" if text else "default: %(default)s"
 

@@ -7,7 +7,7 @@ their boxes in a fixed colour per region, so the same region has the same colour
 from __future__ import annotations
 
 import colorsys
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -31,8 +31,13 @@ def font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def film_with_boxes(image: np.ndarray, boxes: Mapping[str, Box] | None = None, width: int | None = None,
-                    line: int = 2, labels: bool = False) -> Image.Image:
+def film_with_boxes(
+    image: np.ndarray,
+    boxes: Mapping[str, Box] | None = None,
+    width: int | None = None,
+    line: int = 2,
+    labels: bool = False,
+) -> Image.Image:
     """An RGB picture of a film with its boxes drawn; resized to ``width`` if given."""
     picture = Image.fromarray(to_uint8(image), mode="L").convert("RGB")
     scale = 1.0
@@ -51,8 +56,13 @@ def film_with_boxes(image: np.ndarray, boxes: Mapping[str, Box] | None = None, w
     return picture
 
 
-def contact_sheet(pictures: Sequence[Image.Image], captions: Sequence[str], columns: int = 4,
-                  title: str = "", background: tuple[int, int, int] = (24, 24, 28)) -> Image.Image:
+def contact_sheet(
+    pictures: Sequence[Image.Image],
+    captions: Sequence[str],
+    columns: int = 4,
+    title: str = "",
+    background: tuple[int, int, int] = (24, 24, 28),
+) -> Image.Image:
     """Tile same-size-ish pictures in a grid with a caption under each."""
     if not pictures:
         raise ValueError("contact sheet needs at least one picture")
@@ -63,8 +73,9 @@ def contact_sheet(pictures: Sequence[Image.Image], captions: Sequence[str], colu
     title_h = caption_h * 2 if title else 0
     rows = (len(pictures) + columns - 1) // columns
     pad = 6
-    sheet = Image.new("RGB", (columns * (cell_w + pad) + pad, title_h + rows * (cell_h + caption_h + pad) + pad),
-                      background)
+    sheet = Image.new(
+        "RGB", (columns * (cell_w + pad) + pad, title_h + rows * (cell_h + caption_h + pad) + pad), background
+    )
     draw = ImageDraw.Draw(sheet)
     caption_font = font(max(9, int(caption_h * 0.7)))
     if title:
@@ -78,8 +89,9 @@ def contact_sheet(pictures: Sequence[Image.Image], captions: Sequence[str], colu
     return sheet
 
 
-def crop_sheet(crops: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str], cell: int = 72,
-               title: str = "") -> Image.Image:
+def crop_sheet(
+    crops: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str], cell: int = 72, title: str = ""
+) -> Image.Image:
     """A grid of ROI crops: one row per region (labelled), one column per film."""
     if not crops:
         raise ValueError("crop sheet needs at least one row")
@@ -94,8 +106,9 @@ def crop_sheet(crops: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str],
     for r, (row, label) in enumerate(zip(crops, row_labels)):
         y0 = title_h + 2 + r * (cell + 2)
         name = label if label in ANATOMY_NAMES else None
-        draw.text((4, y0 + cell // 2 - 6), label, fill=region_colour(name) if name else (220, 220, 220),
-                  font=label_font)
+        draw.text(
+            (4, y0 + cell // 2 - 6), label, fill=region_colour(name) if name else (220, 220, 220), font=label_font
+        )
         for c, crop in enumerate(row):
             tile = Image.fromarray(to_uint8(crop), mode="L").resize((cell, cell), Image.Resampling.BILINEAR)
             sheet.paste(tile.convert("RGB"), (label_w + 2 + c * (cell + 2), y0))

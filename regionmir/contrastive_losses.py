@@ -18,7 +18,7 @@ loses the ranking. The returned loss is a 0-dim tensor of that compute dtype.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +36,7 @@ def _check_views(z1: Tensor, z2: Tensor, labels: Tensor | None) -> None:
     if z1.ndim != 2 or z2.ndim != 2:
         raise ValueError(f"z1 and z2 must be (B, D); got shapes {tuple(z1.shape)} and {tuple(z2.shape)}")
     if z1.shape != z2.shape:
-        raise ValueError(
-            f"the two views must have the same shape; got z1 {tuple(z1.shape)} and z2 {tuple(z2.shape)}"
-        )
+        raise ValueError(f"the two views must have the same shape; got z1 {tuple(z1.shape)} and z2 {tuple(z2.shape)}")
     if z1.shape[0] == 0:
         raise ValueError("empty batch: z1 and z2 have no rows")
     if labels is not None and tuple(labels.shape) != (z1.shape[0],):
@@ -68,9 +66,7 @@ def _unpack_gathered(
     all_z1, all_z2 = gathered[0], gathered[1]
     all_labels = gathered[2] if len(gathered) == 3 else None
     if all_z1.ndim != 2 or all_z1.shape != all_z2.shape:
-        raise ValueError(
-            f"gathered views must both be (W*B, D); got {tuple(all_z1.shape)} and {tuple(all_z2.shape)}"
-        )
+        raise ValueError(f"gathered views must both be (W*B, D); got {tuple(all_z1.shape)} and {tuple(all_z2.shape)}")
     if all_z1.shape[1] != z1.shape[1]:
         raise ValueError(f"gathered views have dimension {all_z1.shape[1]}, local views {z1.shape[1]}")
     if all_z1.shape[0] % batch != 0:
@@ -157,13 +153,10 @@ class NTXentLoss(_TemperatureScaledLoss):
     ) -> Tensor:
         _check_views(z1, z2, labels)
         all_z1, all_z2, _, world, rank = _unpack_gathered(z1, z2, None, gathered, rank)
-        logits, self_column, positive_column = _similarity_logits(
-            z1, z2, all_z1, all_z2, self.temperature, world, rank
-        )
+        logits, self_column, positive_column = _similarity_logits(z1, z2, all_z1, all_z2, self.temperature, world, rank)
         # -inf drops an anchor's own view from the softmax denominator (the k ≠ i of the paper).
         logits = logits.scatter(1, self_column[:, None], float("-inf"))
         return F.cross_entropy(logits, positive_column)
-
 
 
 class SupervisedContrastiveLoss(_TemperatureScaledLoss):
@@ -228,4 +221,3 @@ class SupervisedContrastiveLoss(_TemperatureScaledLoss):
         positives_per_anchor = is_positive.sum(dim=1)  # >= 1: the anchor's other view
         mean_log_prob_positive = torch.where(is_positive, log_prob, 0.0).sum(dim=1) / positives_per_anchor
         return -mean_log_prob_positive.mean()
-

@@ -13,7 +13,8 @@ Both readers expose ``iter_images(split=None)``, ``report`` and ``describe()``.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from . import storage
 from .chest_imagenome import SCENE_GRAPH_SUFFIX, ChestImaGenomeReader
@@ -44,9 +45,11 @@ def open_dataset(data: str, s3: S3Options | None = None, **kw: Any) -> DatasetRe
     Raises :class:`DatasetError` naming ``data`` and what was looked for when nothing fits.
     """
     data = str(data).strip()
-    looked_for = (f"a manifest file ({', '.join(MANIFEST_EXTENSIONS)}), or a folder holding "
-                  f"silver_dataset/, scene_graph/, splits/, *{SCENE_GRAPH_SUFFIX} files or "
-                  f"{', '.join(MANIFEST_NAMES)}")
+    looked_for = (
+        f"a manifest file ({', '.join(MANIFEST_EXTENSIONS)}), or a folder holding "
+        f"silver_dataset/, scene_graph/, splits/, *{SCENE_GRAPH_SUFFIX} files or "
+        f"{', '.join(MANIFEST_NAMES)}"
+    )
     if data.lower().endswith(MANIFEST_EXTENSIONS) and not storage.is_dir(data, s3):
         if not storage.exists(data, s3):
             raise DatasetError(data, "manifest not found")

@@ -38,15 +38,20 @@ class DecodeLimits:
     def check(self, source: str, width: int, height: int) -> None:
         """Raise :class:`ImageTooLargeError` or :class:`ImageShapeError` for a header over the limits."""
         if width * height > self.max_pixels:
-            raise ImageTooLargeError(source, f"{width} x {height} = {width * height} pixels exceeds the "
-                                     f"limit of {self.max_pixels}")
+            raise ImageTooLargeError(
+                source, f"{width} x {height} = {width * height} pixels exceeds the limit of {self.max_pixels}"
+            )
         if self.max_side is not None and max(width, height) > self.max_side:
-            raise ImageTooLargeError(source, f"{width} x {height}: the longer side exceeds the limit of "
-                                     f"{self.max_side} pixels")
+            raise ImageTooLargeError(
+                source, f"{width} x {height}: the longer side exceeds the limit of {self.max_side} pixels"
+            )
         if self.max_aspect is not None and max(width, height) > self.max_aspect * min(width, height):
-            raise ImageShapeError(source, f"{width} x {height}: a side ratio of "
-                                  f"{max(width, height) / min(width, height):.1f} is not a radiograph's "
-                                  f"(at most {self.max_aspect:g})")
+            raise ImageShapeError(
+                source,
+                f"{width} x {height}: a side ratio of "
+                f"{max(width, height) / min(width, height):.1f} is not a radiograph's "
+                f"(at most {self.max_aspect:g})",
+            )
 
 
 @dataclass

@@ -65,7 +65,14 @@ def run_demo(out: str, images: int = 24, size: int = 320, seed: int = 0) -> dict
     aug = AugmentationConfig.contrastive()
     aug_rows, aug_labels = [], []
     record, pixels = films[0]
-    for name in ("left lung", "right costophrenic angle", "cardiac silhouette", "trachea", "left clavicle", "aortic arch"):
+    for name in (
+        "left lung",
+        "right costophrenic angle",
+        "cardiac silhouette",
+        "trachea",
+        "left clavicle",
+        "aortic arch",
+    ):
         region = record.region(ANATOMY_NAMES.index(name))
         pairs = []
         for _ in range(4):
@@ -79,7 +86,9 @@ def run_demo(out: str, images: int = 24, size: int = 320, seed: int = 0) -> dict
     aug_rows.append([roi_crop(pixels, region.box, crop), v1, v2])
     aug_labels.append(f"flipped: {anatomy_name(l1)}")
     aug_path = os.path.join(out, "augmentation.png")
-    crop_sheet(aug_rows, aug_labels, cell=64, title="Contrastive views: pairs per region; last row flipped").save(aug_path)
+    crop_sheet(aug_rows, aug_labels, cell=64, title="Contrastive views: pairs per region; last row flipped").save(
+        aug_path
+    )
 
     summary = {
         "data": data,

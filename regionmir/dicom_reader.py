@@ -67,9 +67,9 @@ from pydicom.uid import (
     JPEGTransferSyntaxes,
 )
 
+from .decoded_image import DEFAULT_MAX_PIXELS, DecodedImage, DecodeLimits, ImageInfo
 from .errors import ImageReadError, ImageTooLargeError, PixelValueError, UnsupportedImageError
 from .identifiers import hash_identifier
-from .decoded_image import DEFAULT_MAX_PIXELS, DecodedImage, DecodeLimits, ImageInfo
 from .intensity import rescale_to_unit
 
 #: Photometric interpretations read as greyscale.
@@ -147,7 +147,7 @@ def _file_meta(data: bytes, offset: int = 132) -> tuple[str, int] | None:
         group, element = struct.unpack_from("<HH", data, offset)
         if group != 0x0002:
             break
-        vr = data[offset + 4:offset + 6]
+        vr = data[offset + 4 : offset + 6]
         if not (vr.isalpha() and vr.isupper()):
             return None  # implicit VR (or garbage) where explicit VR must be
         if vr in _LONG_LENGTH_VRS:
@@ -161,7 +161,7 @@ def _file_meta(data: bytes, offset: int = 132) -> tuple[str, int] | None:
         if start + length > len(data):
             return None
         if element == 0x0010:
-            syntax = data[start:start + length].rstrip(b"\0 ").decode("ascii", "replace")
+            syntax = data[start : start + length].rstrip(b"\0 ").decode("ascii", "replace")
         offset, seen = start + length, True
     return (syntax, offset) if seen else None
 
@@ -183,18 +183,21 @@ def check_inflated_size(data: bytes, source: str, limits: DecodeLimits = DecodeL
         return
     meta = _file_meta(data, 132) if data[128:132] == b"DICM" else _file_meta(data, 0)
     if meta is None:
-        raise UnsupportedImageError(source, "deflated dataset whose file meta information is not explicit VR "
-                                    "little endian: refused (it cannot be bounded before inflating)")
+        raise UnsupportedImageError(
+            source,
+            "deflated dataset whose file meta information is not explicit VR "
+            "little endian: refused (it cannot be bounded before inflating)",
+        )
     syntax, start = meta
     if syntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         return
-    bound = limits.max_pixels * 4 + DEFLATE_ALLOWANCE_BYTES   # 32-bit pixels at most, plus the rest
+    bound = limits.max_pixels * 4 + DEFLATE_ALLOWANCE_BYTES  # 32-bit pixels at most, plus the rest
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     body = memoryview(data)[start:]
     produced, position, step = 0, 0, 1 << 16
     try:
         while position < len(body) and produced <= bound and not inflater.eof:
-            pending = bytes(body[position:position + step])   # small input slices: no big copies
+            pending = bytes(body[position : position + step])  # small input slices: no big copies
             position += len(pending)
             while pending and produced <= bound and not inflater.eof:
                 produced += len(inflater.decompress(pending, 1 << 20))
@@ -202,8 +205,11 @@ def check_inflated_size(data: bytes, source: str, limits: DecodeLimits = DecodeL
     except zlib.error as exc:
         raise ImageReadError(source, f"corrupt deflated dataset ({exc})") from exc
     if produced > bound:
-        raise ImageTooLargeError(source, f"the deflated dataset inflates past {bound} bytes, more than a film "
-                                 f"of at most {limits.max_pixels} pixels holds (a decompression bomb)")
+        raise ImageTooLargeError(
+            source,
+            f"the deflated dataset inflates past {bound} bytes, more than a film "
+            f"of at most {limits.max_pixels} pixels holds (a decompression bomb)",
+        )
 
 
 #: Image components and tiles a JPEG 2000 code stream may declare (grey or RGB; generous tiling).
@@ -221,7 +227,7 @@ def _first_fragment(ds: Dataset, source: str) -> bytes:
 
     try:
         items = generate_fragments(ds.PixelData)
-        next(items, b"")             # the Basic Offset Table (always the first item, maybe empty)
+        next(items, b"")  # the Basic Offset Table (always the first item, maybe empty)
         return next(items, b"")
     except Exception as exc:  # malformed encapsulation
         raise ImageReadError(source, f"malformed encapsulated pixel data ({type(exc).__name__})") from exc
@@ -232,12 +238,12 @@ def _check_jpeg_frame_size(ds: Dataset, rows: int, cols: int, source: str, limit
     limits, with 1 or 3 components — the codec allocates what the frame header says."""
     data = _first_fragment(ds, source)
     at = 2 if data.startswith(b"\xff\xd8") else -1
-    while 0 <= at and at + 4 <= len(data):
+    while at >= 0 and at + 4 <= len(data):
         if data[at] != 0xFF:
             at = -1
             break
         marker = data[at + 1]
-        if marker == 0xFF:           # fill byte
+        if marker == 0xFF:  # fill byte
             at += 1
             continue
         (length,) = struct.unpack_from(">H", data, at + 2)
@@ -270,7 +276,7 @@ def _check_jpeg2000_size(ds: Dataset, rows: int, cols: int, source: str, limits:
     if first.startswith(b"\x00\x00\x00\x0cjP  "):
         box = first.find(b"jp2c")
         at = box + 4 if box >= 0 else -1
-    if at < 0 or first[at:at + 4] != b"\xff\x4f\xff\x51" or len(first) < at + 42:
+    if at < 0 or first[at : at + 4] != b"\xff\x4f\xff\x51" or len(first) < at + 42:
         raise ImageReadError(source, "JPEG 2000 pixel data without a code stream header (SOC, SIZ) at its start")
     # after SOC, SIZ, Lsiz, Rsiz: image size and offset, tile size and offset, then Csiz
     xsiz, ysiz, x0, y0, xt, yt, xt0, yt0 = struct.unpack_from(">IIIIIIII", first, at + 8)
@@ -284,8 +290,9 @@ def _check_jpeg2000_size(ds: Dataset, rows: int, cols: int, source: str, limits:
     if xt <= 0 or yt <= 0 or -(-(xsiz - xt0) // xt) * -(-(ysiz - yt0) // yt) > _J2K_MAX_TILES:
         raise ImageReadError(source, f"JPEG 2000 code stream declares an absurd tiling ({xt} x {yt} tiles)")
     if (width, height) != (cols, rows):
-        raise ImageReadError(source, f"JPEG 2000 code stream is {width} x {height} but Rows x Columns say "
-                             f"{cols} x {rows}")
+        raise ImageReadError(
+            source, f"JPEG 2000 code stream is {width} x {height} but Rows x Columns say {cols} x {rows}"
+        )
 
 
 def _parse(data: bytes, source: str, limits: DecodeLimits = DecodeLimits()) -> Dataset:
@@ -311,8 +318,9 @@ def _transfer_syntax(ds: Dataset, source: str) -> UID:
         return UID(str(ts).strip().strip("\x00"))
     if ds["PixelData"].is_undefined_length:
         # Encapsulated (compressed) pixel data but nothing says which codec: cannot guess.
-        raise UnsupportedImageError(source, "compressed pixel data without a Transfer Syntax UID "
-                                    "(no file meta information)")
+        raise UnsupportedImageError(
+            source, "compressed pixel data without a Transfer Syntax UID (no file meta information)"
+        )
     implicit, little = ds.original_encoding
     if implicit:
         ts = ImplicitVRLittleEndian
@@ -340,8 +348,8 @@ def _check_decodable(ts: UID, source: str) -> None:
     if not decoder.is_available:
         missing = "; ".join(getattr(decoder, "missing_dependencies", []) or [])
         raise UnsupportedImageError(
-            source, f"{label} is not supported here: no decoder plugin installed"
-            + (f" ({missing})" if missing else ""))
+            source, f"{label} is not supported here: no decoder plugin installed" + (f" ({missing})" if missing else "")
+        )
 
 
 def _as_floats(value: Any) -> list[float]:
@@ -385,7 +393,7 @@ def _rescaled(raw: np.ndarray, ds: Dataset) -> np.ndarray | None:
     if all(math.isfinite(v) for v in (slope, intercept)) and abs(slope) * 65536.0 + abs(intercept) > 1e37:
         return None
     values = raw.astype(np.float32)
-    values *= slope        # NaN/inf rescales give NaN/inf pixels: the caller reports them
+    values *= slope  # NaN/inf rescales give NaN/inf pixels: the caller reports them
     values += intercept
     return values
 
@@ -406,7 +414,7 @@ def _apply_window(values: np.ndarray, center: float, width: float, function: str
         out /= width
     else:  # LINEAR: pixel value x covers [c - w/2, c + w/2 - 1], hence the 0.5 and w - 1.
         out = values - (center - 0.5)
-        out /= (width - 1.0)
+        out /= width - 1.0
     out += 0.5
     np.clip(out, 0.0, 1.0, out=out)
     return out
@@ -434,8 +442,9 @@ def _decode(ds: Dataset, ts: UID, source: str) -> np.ndarray:
         with _quiet_pydicom():
             arr = ds.pixel_array
     except Exception as exc:  # decoder plugins raise RuntimeError/ValueError/... on corrupt data
-        raise ImageReadError(source, f"cannot decode pixel data ({_syntax_name(ts)}): "
-                             f"{type(exc).__name__}: {exc}") from exc
+        raise ImageReadError(
+            source, f"cannot decode pixel data ({_syntax_name(ts)}): {type(exc).__name__}: {exc}"
+        ) from exc
     return np.asarray(arr)
 
 
@@ -443,18 +452,26 @@ def _grey_from_colour(arr: np.ndarray, bits: int, source: str, photometric: str)
     """Luminance of a colour array whose channels agree (a grey image stored as colour)."""
     if arr.ndim != 3 or arr.shape[-1] != 3:
         raise ImageReadError(source, f"{photometric} pixel data has shape {arr.shape}, expected (rows, columns, 3)")
-    rgb = arr.astype(np.float32)   # ≤ 16-bit channels: exact in float32
-    full = float(2 ** bits - 1)
+    rgb = arr.astype(np.float32)  # ≤ 16-bit channels: exact in float32
+    full = float(2**bits - 1)
     spread = float(np.max(rgb.max(axis=-1) - rgb.min(axis=-1))) if rgb.size else 0.0
     if spread > GREY_IN_COLOUR_TOLERANCE * full:
         raise UnsupportedImageError(
-            source, f"colour image ({photometric}, channels differ by up to {spread:g} of {full:g}) "
-            "is not supported: chest radiographs are greyscale; export it as MONOCHROME2")
+            source,
+            f"colour image ({photometric}, channels differ by up to {spread:g} of {full:g}) "
+            "is not supported: chest radiographs are greyscale; export it as MONOCHROME2",
+        )
     return rgb @ _LUMA
 
 
-def read_dicom(data: bytes, source: str, *, window_index: int = 0,
-               max_pixels: int = DEFAULT_MAX_PIXELS, limits: DecodeLimits | None = None) -> DecodedImage:
+def read_dicom(
+    data: bytes,
+    source: str,
+    *,
+    window_index: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    limits: DecodeLimits | None = None,
+) -> DecodedImage:
     """Decode one DICOM radiograph (bytes of a Part 10 file or a bare dataset).
 
     Returns a :class:`DecodedImage` whose ``pixels`` are float32 ``(Rows, Columns)`` in ``[0, 1]``,
@@ -476,8 +493,9 @@ def read_dicom(data: bytes, source: str, *, window_index: int = 0,
         if "Rows" in ds or "Columns" in ds or "Image Storage" in sop_name:
             raise ImageReadError(source, "image attributes but no pixel data: the file is truncated or corrupt")
         if not sop:
-            raise ImageReadError(source, "no pixel data and no SOP Class UID: the file is truncated or "
-                                 "not a DICOM object")
+            raise ImageReadError(
+                source, "no pixel data and no SOP Class UID: the file is truncated or not a DICOM object"
+            )
         raise UnsupportedImageError(source, f"not an image: the DICOM object has no pixel data ({sop_name})")
 
     ts = _transfer_syntax(ds, source)
@@ -485,8 +503,9 @@ def read_dicom(data: bytes, source: str, *, window_index: int = 0,
 
     frames = _int_attr(ds, "NumberOfFrames", 1, source)
     if frames > 1:
-        raise UnsupportedImageError(source, f"multi-frame image ({frames} frames) is not supported: "
-                                    "expected a single radiograph")
+        raise UnsupportedImageError(
+            source, f"multi-frame image ({frames} frames) is not supported: expected a single radiograph"
+        )
     rows = _int_attr(ds, "Rows", 0, source)
     cols = _int_attr(ds, "Columns", 0, source)
     if rows <= 0 or cols <= 0:
@@ -508,8 +527,11 @@ def read_dicom(data: bytes, source: str, *, window_index: int = 0,
         if samples != 3:
             raise ImageReadError(source, f"{photometric} with SamplesPerPixel={samples}, expected 3")
     else:
-        raise UnsupportedImageError(source, f"photometric interpretation {photometric or '(missing)'!r} "
-                                    "is not supported (expected MONOCHROME1 or MONOCHROME2)")
+        raise UnsupportedImageError(
+            source,
+            f"photometric interpretation {photometric or '(missing)'!r} "
+            "is not supported (expected MONOCHROME1 or MONOCHROME2)",
+        )
     if bits_allocated not in (8, 16, 32):
         raise UnsupportedImageError(source, f"BitsAllocated={bits_allocated} is not supported (8, 16 or 32 expected)")
     if not 1 <= bits_stored <= bits_allocated:
@@ -525,7 +547,7 @@ def read_dicom(data: bytes, source: str, *, window_index: int = 0,
 
     if photometric in RGB_PHOTOMETRICS:
         grey = _grey_from_colour(raw, bits_stored, source, photometric)
-        full = float(2 ** bits_stored - 1)
+        full = float(2**bits_stored - 1)
         pixels = rescale_to_unit(grey, 0.0, full)
         window: tuple[float, float] | None = (full / 2.0, full)
         window_source = "bit depth"
@@ -539,18 +561,30 @@ def read_dicom(data: bytes, source: str, *, window_index: int = 0,
             notes.append("MONOCHROME1 inverted against the window (bright = dense)")
 
     info = ImageInfo(
-        source=source, format="dicom", width=cols, height=rows, photometric=photometric,
-        bits_stored=bits_stored, bits_allocated=bits_allocated, pixel_representation=signed,
-        transfer_syntax=str(ts), transfer_syntax_name=ts_name, window=window,
-        window_source=window_source, frames=frames,
+        source=source,
+        format="dicom",
+        width=cols,
+        height=rows,
+        photometric=photometric,
+        bits_stored=bits_stored,
+        bits_allocated=bits_allocated,
+        pixel_representation=signed,
+        transfer_syntax=str(ts),
+        transfer_syntax_name=ts_name,
+        window=window,
+        window_source=window_source,
+        frames=frames,
         patient_hash=hash_identifier(ds.get("PatientID", None)),
         study_hash=hash_identifier(ds.get("StudyInstanceUID", None)),
-        view=str(ds.get("ViewPosition", "") or "").strip().upper(), notes=notes)
+        view=str(ds.get("ViewPosition", "") or "").strip().upper(),
+        notes=notes,
+    )
     return DecodedImage(pixels=np.ascontiguousarray(pixels, dtype=np.float32), info=info)
 
 
-def _grey_pipeline(ds: Dataset, raw: np.ndarray, source: str, window_index: int,
-                   notes: list[str]) -> tuple[np.ndarray, tuple[float, float] | None, str]:
+def _grey_pipeline(
+    ds: Dataset, raw: np.ndarray, source: str, window_index: int, notes: list[str]
+) -> tuple[np.ndarray, tuple[float, float] | None, str]:
     """Modality LUT then VOI for a greyscale frame → (``[0,1]`` float32, window, window_source)."""
     from pydicom.pixels import apply_modality_lut
 
@@ -563,8 +597,11 @@ def _grey_pipeline(ds: Dataset, raw: np.ndarray, source: str, window_index: int,
         raise ImageReadError(source, f"invalid modality LUT or rescale ({type(exc).__name__}: {exc})") from exc
     if not np.isfinite(values).all():
         slope, intercept = ds.get("RescaleSlope", None), ds.get("RescaleIntercept", None)
-        raise PixelValueError(source, f"the modality rescale (RescaleSlope {slope}, RescaleIntercept {intercept}) "
-                              "gives NaN or infinite pixel values")
+        raise PixelValueError(
+            source,
+            f"the modality rescale (RescaleSlope {slope}, RescaleIntercept {intercept}) "
+            "gives NaN or infinite pixel values",
+        )
 
     centers = _as_floats(ds.get("WindowCenter", None))
     widths = _as_floats(ds.get("WindowWidth", None))
@@ -575,8 +612,11 @@ def _grey_pipeline(ds: Dataset, raw: np.ndarray, source: str, window_index: int,
 
     if n_windows:
         if window_index >= n_windows:
-            raise UnsupportedImageError(source, f"window_index {window_index} is out of range: the file has "
-                                        f"{n_windows} VOI window(s)", reason="bad_window_index")
+            raise UnsupportedImageError(
+                source,
+                f"window_index {window_index} is out of range: the file has {n_windows} VOI window(s)",
+                reason="bad_window_index",
+            )
         center, width = centers[window_index], widths[window_index]
         function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
         if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
@@ -587,22 +627,28 @@ def _grey_pipeline(ds: Dataset, raw: np.ndarray, source: str, window_index: int,
             if function != "LINEAR":
                 notes.append(f"VOI LUT Function {function}")
             label = f"VOI window {window_index + 1} of {n_windows}"
-            return (_apply_window(values, center, width, function).astype(np.float32),
-                    (center, width), label)
-        notes.append(f"VOI window {window_index + 1} (center {center:g}, width {width:g}) is invalid; "
-                     "used the pixel range")
+            return (_apply_window(values, center, width, function).astype(np.float32), (center, width), label)
+        notes.append(
+            f"VOI window {window_index + 1} (center {center:g}, width {width:g}) is invalid; used the pixel range"
+        )
     elif n_luts:
         if window_index >= n_luts:
-            raise UnsupportedImageError(source, f"window_index {window_index} is out of range: the file has "
-                                        f"no VOI window and {n_luts} VOI LUT(s)", reason="bad_window_index")
+            raise UnsupportedImageError(
+                source,
+                f"window_index {window_index} is out of range: the file has no VOI window and {n_luts} VOI LUT(s)",
+                reason="bad_window_index",
+            )
         try:
             mapped = _apply_voi_lut_item(values, ds, window_index)
         except Exception as exc:  # malformed LUT Descriptor / LUT Data
             raise ImageReadError(source, f"invalid VOI LUT ({type(exc).__name__}: {exc})") from exc
         return mapped.astype(np.float32), None, f"VOI LUT {window_index + 1} of {n_luts}"
     elif window_index > 0:
-        raise UnsupportedImageError(source, f"window_index {window_index} requested but the file has no "
-                                    "VOI window or VOI LUT", reason="bad_window_index")
+        raise UnsupportedImageError(
+            source,
+            f"window_index {window_index} requested but the file has no VOI window or VOI LUT",
+            reason="bad_window_index",
+        )
 
     # No usable VOI: stretch the modality values' own range, leaving out padding pixels (the
     # area outside the collimated field), which would otherwise squash the anatomy's contrast.

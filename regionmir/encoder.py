@@ -27,9 +27,9 @@ channels and natural-image statistics, and hospitals run air-gapped.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
-from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,7 @@ INPUT_STD = 0.25
 
 #: Crops at or below this size skip the stem's max-pool (see :class:`RegionEncoder`).
 MAXPOOL_MIN_CROP = 128
+
 
 def resnet10(weights=None, width: int = 64, **kwargs) -> models.ResNet:
     """torchvision's ResNet with one BasicBlock per stage (ResNet-18 halved in depth) and
@@ -108,10 +109,11 @@ class EncoderConfig:
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
         if self.width != 64 and self.backbone != "resnet10":
-            raise ValueError(f"EncoderConfig.width: only resnet10 can be narrower than 64, "
-                             f"got width {self.width} for {self.backbone}")
-        for name in ("embedding_dim", "projection_hidden_dim", "num_classes", "in_channels", "crop_size",
-                     "width"):
+            raise ValueError(
+                f"EncoderConfig.width: only resnet10 can be narrower than 64, "
+                f"got width {self.width} for {self.backbone}"
+            )
+        for name in ("embedding_dim", "projection_hidden_dim", "num_classes", "in_channels", "crop_size", "width"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"EncoderConfig.{name} must be a positive int, got {value!r}")
@@ -124,7 +126,7 @@ class EncoderConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "EncoderConfig":
+    def from_dict(cls, data: dict) -> EncoderConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise so a foreign checkpoint is never half-read."""
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
@@ -176,8 +178,9 @@ class RegionEncoder(nn.Module):
         self.config = config if config is not None else EncoderConfig()
         extra = {"width": self.config.width} if self.config.backbone == "resnet10" else {}
         backbone = BACKBONES[self.config.backbone](weights=None, **extra)
-        backbone.conv1 = nn.Conv2d(self.config.in_channels, self.config.width, kernel_size=7, stride=2, padding=3,
-                                   bias=False)
+        backbone.conv1 = nn.Conv2d(
+            self.config.in_channels, self.config.width, kernel_size=7, stride=2, padding=3, bias=False
+        )
         # The same initialisation torchvision gives its own conv layers.
         nn.init.kaiming_normal_(backbone.conv1.weight, mode="fan_out", nonlinearity="relu")
         if not self.config.keeps_stem_maxpool:
@@ -185,15 +188,15 @@ class RegionEncoder(nn.Module):
         self.feature_dim = backbone.fc.in_features
         backbone.fc = nn.Identity()
         self.backbone = backbone
-        self.projection_head = ProjectionHead(self.feature_dim, self.config.projection_hidden_dim,
-                                              self.config.embedding_dim)
+        self.projection_head = ProjectionHead(
+            self.feature_dim, self.config.projection_hidden_dim, self.config.embedding_dim
+        )
         self.embedding_layer = nn.Linear(self.feature_dim, self.config.embedding_dim)
         self.classification_head = nn.Linear(self.config.embedding_dim, self.config.num_classes)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"RegionEncoder expects (B, {self.config.in_channels}, H, W), "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(f"RegionEncoder expects (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
         if not torch.is_floating_point(x):
             raise ValueError(f"RegionEncoder expects float input in [0, 1], got {x.dtype}")
 
@@ -256,14 +259,14 @@ class RegionEncoder(nn.Module):
 
 # --- presets ---------------------------------------------------------------------------------
 
+
 def _preset_dir():
     return resources.files(__package__).joinpath("presets")
 
 
 def list_presets() -> list[str]:
     """Names of the bundled encoder presets (``regionmir/presets/*.json``), sorted."""
-    return sorted(entry.name[: -len(".json")] for entry in _preset_dir().iterdir()
-                  if entry.name.endswith(".json"))
+    return sorted(entry.name[: -len(".json")] for entry in _preset_dir().iterdir() if entry.name.endswith(".json"))
 
 
 def load_preset(name: str) -> EncoderConfig:

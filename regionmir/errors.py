@@ -25,7 +25,7 @@ class RegionMIRError(Exception):
         return (_rebuild, (type(self), dict(self.__dict__)))
 
 
-def _rebuild(cls: type, state: dict) -> "RegionMIRError":
+def _rebuild(cls: type, state: dict) -> RegionMIRError:
     error = cls.__new__(cls)
     error.__dict__.update(state)
     Exception.__init__(error, f"{error.source}: {error.message}" if error.source else error.message)
@@ -90,8 +90,11 @@ class UnknownAnatomyError(RegionMIRError):
         self.matches = list(matches)
         if message is None:
             message = f"unknown anatomy {name!r}"
-            message += f"; did you mean: {', '.join(self.matches)}?" if self.matches else \
-                "; see `regionmir anatomies` for the 36 names"
+            message += (
+                f"; did you mean: {', '.join(self.matches)}?"
+                if self.matches
+                else "; see `regionmir anatomies` for the 36 names"
+            )
         super().__init__("anatomy", message)
 
 

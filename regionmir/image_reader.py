@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 
-
 from .decoded_image import DEFAULT_MAX_PIXELS, DecodedImage, DecodeLimits, ImageInfo
 from .errors import NotAnImageError
 from .storage import S3Options, read_bytes
@@ -41,10 +40,15 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def read_image(uri_or_bytes: str | os.PathLike[str] | bytes | bytearray | memoryview, *,
-               source: str | None = None, s3: S3Options | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS, window_index: int = 0,
-               limits: DecodeLimits | None = None) -> DecodedImage:
+def read_image(
+    uri_or_bytes: str | os.PathLike[str] | bytes | bytearray | memoryview,
+    *,
+    source: str | None = None,
+    s3: S3Options | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    window_index: int = 0,
+    limits: DecodeLimits | None = None,
+) -> DecodedImage:
     """Read a DICOM, PNG or JPEG from a path, URI or bytes into a :class:`DecodedImage`.
 
     ``source`` names the image in errors and in ``info.source`` (default: the path/URI, or
@@ -108,6 +112,8 @@ def describe(decoded: DecodedImage) -> str:
     for note in info.notes:
         lines.append(f"note:             {note}")
     if px.size:
-        lines.append(f"output:           float32 [0,1] bright=dense; min {float(px.min()):.3f}, "
-                     f"mean {float(px.mean()):.3f}, max {float(px.max()):.3f}")
+        lines.append(
+            f"output:           float32 [0,1] bright=dense; min {float(px.min()):.3f}, "
+            f"mean {float(px.mean()):.3f}, max {float(px.max()):.3f}"
+        )
     return "\n".join(lines)

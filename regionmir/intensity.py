@@ -23,7 +23,7 @@ def rescale_to_unit(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     # Up to 16-bit integers and float32 are exact enough in float32 (24-bit mantissa); wider
     # inputs (float64 modality values, 32-bit integers) are computed in float64.
     exact_in_float32 = values.dtype in (np.uint8, np.int8, np.uint16, np.int16, np.float32)
-    out = values.astype(np.float32 if exact_in_float32 else np.float64)   # the one working copy
+    out = values.astype(np.float32 if exact_in_float32 else np.float64)  # the one working copy
     out -= out.dtype.type(lo)
     out /= out.dtype.type(span)
     np.clip(out, 0.0, 1.0, out=out)
@@ -43,8 +43,9 @@ def to_uint16(image: np.ndarray) -> np.ndarray:
 def check_convention(image: np.ndarray, source: str = "image") -> np.ndarray:
     """Raise ``ValueError`` naming ``source`` unless ``image`` follows the convention."""
     if not isinstance(image, np.ndarray) or image.ndim != 2 or image.dtype != np.float32:
-        raise ValueError(f"{source}: expected float32 HxW, got {getattr(image, 'dtype', type(image))} "
-                         f"{getattr(image, 'shape', '')}")
+        raise ValueError(
+            f"{source}: expected float32 HxW, got {getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}"
+        )
     if image.size and (float(image.min()) < 0.0 or float(image.max()) > 1.0):
         raise ValueError(f"{source}: values outside [0, 1]")
     return image

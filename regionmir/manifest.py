@@ -35,16 +35,25 @@ import io
 import json
 import os
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from . import storage
 from .anatomy import ANATOMY_NAMES, anatomy_id
 from .boxes import Box
 from .errors import DatasetError, MissingImageError, UnknownAnatomyError
 from .identifiers import hash_identifier
-from .region_record import (SPLITS, ImageRecord, RegionRecord, hash_split, normalise_split,
-                            normalise_view, sanitize_unsized_box, stable_image_id)
+from .region_record import (
+    SPLITS,
+    ImageRecord,
+    RegionRecord,
+    hash_split,
+    normalise_split,
+    normalise_view,
+    sanitize_unsized_box,
+    stable_image_id,
+)
 from .scan_report import ScanReport
 from .storage import S3Options
 
@@ -73,11 +82,12 @@ class ManifestReader:
     salt (tests).
     """
 
-    def __init__(self, path_or_uri: str, s3: S3Options | None = None, *, salt: str | None = None,
-                 format: str | None = None):
+    def __init__(
+        self, path_or_uri: str, s3: S3Options | None = None, *, salt: str | None = None, format: str | None = None
+    ):
         self.path = str(path_or_uri).strip()
         if self.path.startswith("file://"):
-            self.path = self.path[len("file://"):]
+            self.path = self.path[len("file://") :]
         if not storage.is_remote(self.path):
             self.path = os.path.abspath(self.path)
         self.s3 = s3
@@ -105,9 +115,12 @@ class ManifestReader:
             where = "first object"
         for column in REQUIRED_COLUMNS:
             if column not in columns:
-                raise DatasetError(self.path, f"required column {column!r} missing from the {where} "
-                                   f"(found: {', '.join(columns) or 'nothing'}; required: "
-                                   f"{', '.join(REQUIRED_COLUMNS)})")
+                raise DatasetError(
+                    self.path,
+                    f"required column {column!r} missing from the {where} "
+                    f"(found: {', '.join(columns) or 'nothing'}; required: "
+                    f"{', '.join(REQUIRED_COLUMNS)})",
+                )
         return columns
 
     def _dialect(self) -> type[csv.Dialect]:
@@ -166,15 +179,30 @@ class ManifestReader:
                 report.issue("image_without_regions", group.image_id)
                 continue
             regions = tuple(
-                RegionRecord(image_uri=group.image_uri, image_id=group.image_id, anatomy_id=aid,
-                             box=box, split=group.split, patient_hash=group.patient_hash,
-                             study_hash=group.study_hash, view=group.view, attributes=attrs)
-                for aid, (box, attrs) in sorted(group.regions.items()))
+                RegionRecord(
+                    image_uri=group.image_uri,
+                    image_id=group.image_id,
+                    anatomy_id=aid,
+                    box=box,
+                    split=group.split,
+                    patient_hash=group.patient_hash,
+                    study_hash=group.study_hash,
+                    view=group.view,
+                    attributes=attrs,
+                )
+                for aid, (box, attrs) in sorted(group.regions.items())
+            )
             report.count("images")
             report.count("regions", len(regions))
-            yield ImageRecord(image_uri=group.image_uri, image_id=group.image_id, split=group.split,
-                              patient_hash=group.patient_hash, study_hash=group.study_hash,
-                              view=group.view, regions=regions)
+            yield ImageRecord(
+                image_uri=group.image_uri,
+                image_id=group.image_id,
+                split=group.split,
+                patient_hash=group.patient_hash,
+                study_hash=group.study_hash,
+                view=group.view,
+                regions=regions,
+            )
 
     def _groups(self, report: ScanReport) -> dict[str, _ImageGroup]:
         groups: dict[str, _ImageGroup] = {}
@@ -211,8 +239,15 @@ class ManifestReader:
             group.regions[aid] = (box, _findings(row.get("findings")))
         return groups
 
-    def _group_for(self, groups: dict[str, _ImageGroup], image: str, row: dict[str, Any],
-                   split: str, example: str, report: ScanReport) -> _ImageGroup:
+    def _group_for(
+        self,
+        groups: dict[str, _ImageGroup],
+        image: str,
+        row: dict[str, Any],
+        split: str,
+        example: str,
+        report: ScanReport,
+    ) -> _ImageGroup:
         """The image's group, created from this row; later rows that disagree are counted."""
         image_uri = storage.resolve(self.base_dir, image)
         patient = _text(row.get("patient_id"))
@@ -229,14 +264,20 @@ class ManifestReader:
                 split=split or hash_split(patient or image),
                 patient_hash=hash_identifier(patient, self.salt),
                 study_hash=hash_identifier(study, self.salt),
-                view=view)
+                view=view,
+            )
             groups[image_uri] = group
             return group
-        disagree = [name for name, mine, first in (
-            ("split", split, group.split if split else ""),
-            ("patient_id", hash_identifier(patient, self.salt), group.patient_hash),
-            ("study_id", hash_identifier(study, self.salt), group.study_hash),
-            ("view", view, group.view)) if mine != first]
+        disagree = [
+            name
+            for name, mine, first in (
+                ("split", split, group.split if split else ""),
+                ("patient_id", hash_identifier(patient, self.salt), group.patient_hash),
+                ("study_id", hash_identifier(study, self.salt), group.study_hash),
+                ("view", view, group.view),
+            )
+            if mine != first
+        ]
         if disagree:
             report.issue("inconsistent_image", example, detail=", ".join(disagree))
         return group
@@ -246,9 +287,11 @@ class ManifestReader:
     def describe(self) -> str:
         optional = [c for c in OPTIONAL_COLUMNS if c in self.columns]
         ignored = [c for c in self.columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
-        lines = [f"Manifest {self.path} ({self.format})",
-                 f"  images relative to: {self.base_dir}",
-                 f"  optional columns: {', '.join(optional) or 'none'}"]
+        lines = [
+            f"Manifest {self.path} ({self.format})",
+            f"  images relative to: {self.base_dir}",
+            f"  optional columns: {', '.join(optional) or 'none'}",
+        ]
         if "split" not in self.columns:
             lines.append("  splits: no split column; hash split 80/10/10 by patient_id (else image)")
         if ignored:

@@ -39,10 +39,10 @@ class ModelContractError(RegionMIRError):
 
 @dataclass(frozen=True)
 class ModelContract:
-    stage: str                           # "pretrain" or "finetune"
-    encoder: dict[str, Any]              # EncoderConfig.to_dict()
-    class_anatomy_ids: tuple[int, ...]   # classifier output k ↔ anatomy id
-    crop: dict[str, Any]                 # CropConfig fields
+    stage: str  # "pretrain" or "finetune"
+    encoder: dict[str, Any]  # EncoderConfig.to_dict()
+    class_anatomy_ids: tuple[int, ...]  # classifier output k ↔ anatomy id
+    crop: dict[str, Any]  # CropConfig fields
     version_id: str = ""
     anatomy_vocabulary: tuple[str, ...] = ANATOMY_NAMES
     intensity_convention: str = INTENSITY_CONVENTION
@@ -65,7 +65,7 @@ class ModelContract:
         return json.dumps(data, indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, source: str = CONTRACT_FILE) -> "ModelContract":
+    def from_json(cls, text: str, source: str = CONTRACT_FILE) -> ModelContract:
         try:
             data = json.loads(text)
             data.pop("class_names", None)
@@ -86,8 +86,9 @@ def model_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in bare.state_dict().items()}
 
 
-def save_model(directory: str, model: torch.nn.Module, contract: ModelContract,
-               s3: storage.S3Options | None = None) -> ModelContract:
+def save_model(
+    directory: str, model: torch.nn.Module, contract: ModelContract, s3: storage.S3Options | None = None
+) -> ModelContract:
     """Write ``model.pt`` and ``contract.json``; returns the contract with its version id set."""
     buffer = io.BytesIO()
     torch.save(model_state_dict(model), buffer)
@@ -95,7 +96,7 @@ def save_model(directory: str, model: torch.nn.Module, contract: ModelContract,
     from dataclasses import replace
 
     contract = replace(contract, version_id=weights_version(contract.stage, weights))
-    storage.remove(storage.join(directory, CONTRACT_FILE), s3)   # no old contract over new weights
+    storage.remove(storage.join(directory, CONTRACT_FILE), s3)  # no old contract over new weights
     storage.write_bytes(storage.join(directory, WEIGHTS_FILE), weights, s3)
     # The contract is written last: a directory with a contract holds complete weights.
     storage.write_text(storage.join(directory, CONTRACT_FILE), contract.to_json(), s3)
@@ -120,19 +121,25 @@ def read_contract(uri: str, s3: storage.S3Options | None = None) -> tuple[str, M
 
 def check_contract(contract: ModelContract, source: str) -> None:
     if contract.format_version != FORMAT_VERSION:
-        raise ModelContractError(source, f"contract format {contract.format_version}, this library reads {FORMAT_VERSION}")
-    if tuple(contract.anatomy_vocabulary) != ANATOMY_NAMES[:len(contract.anatomy_vocabulary)]:
+        raise ModelContractError(
+            source, f"contract format {contract.format_version}, this library reads {FORMAT_VERSION}"
+        )
+    if tuple(contract.anatomy_vocabulary) != ANATOMY_NAMES[: len(contract.anatomy_vocabulary)]:
         raise ModelContractError(source, "trained with another anatomy vocabulary")
     if contract.intensity_convention != INTENSITY_CONVENTION:
-        raise ModelContractError(source, f"trained on intensity convention {contract.intensity_convention!r}, "
-                                         f"this library produces {INTENSITY_CONVENTION!r}")
+        raise ModelContractError(
+            source,
+            f"trained on intensity convention {contract.intensity_convention!r}, "
+            f"this library produces {INTENSITY_CONVENTION!r}",
+        )
     encoder = EncoderConfig.from_dict(contract.encoder)
     if encoder.num_classes != len(contract.class_anatomy_ids):
         raise ModelContractError(source, "classifier size and class list disagree")
 
 
-def load_model(uri: str, s3: storage.S3Options | None = None,
-               map_location: str | torch.device = "cpu") -> tuple[RegionEncoder, ModelContract]:
+def load_model(
+    uri: str, s3: storage.S3Options | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[RegionEncoder, ModelContract]:
     """Rebuild the encoder of a model directory (or a run's ``best/``), checked against its contract."""
     directory, contract = read_contract(uri, s3)
     weights = storage.read_bytes(storage.join(directory, WEIGHTS_FILE), s3)

@@ -36,8 +36,16 @@ class PairedDifference:
         return self.low > 0.0 or self.high < 0.0
 
     def as_dict(self) -> dict:
-        return {"mean": self.mean, "low": self.low, "high": self.high, "level": self.level, "items": self.items,
-                "seeds": self.seeds, "resamples": self.resamples, "excludes_zero": self.excludes_zero}
+        return {
+            "mean": self.mean,
+            "low": self.low,
+            "high": self.high,
+            "level": self.level,
+            "items": self.items,
+            "seeds": self.seeds,
+            "resamples": self.resamples,
+            "excludes_zero": self.excludes_zero,
+        }
 
 
 def mean_and_sd(values) -> tuple[float, float]:
@@ -73,8 +81,15 @@ def paired_bootstrap(first, second, *, resamples: int = 2000, level: float = 0.9
     means = np.empty(resamples)
     for start in range(0, resamples, 256):  # bounded memory: 256 × N indices at a time
         count = min(256, resamples - start)
-        means[start:start + count] = difference[rng.integers(0, n, size=(count, n))].mean(axis=1)
+        means[start : start + count] = difference[rng.integers(0, n, size=(count, n))].mean(axis=1)
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
-    return PairedDifference(mean=float(difference.mean()), low=float(low), high=float(high), level=level, items=n,
-                            seeds=a.shape[0], resamples=resamples)
+    return PairedDifference(
+        mean=float(difference.mean()),
+        low=float(low),
+        high=float(high),
+        level=level,
+        items=n,
+        seeds=a.shape[0],
+        resamples=resamples,
+    )

@@ -33,8 +33,8 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from .errors import ImageReadError, ImageTooLargeError, UnsupportedImageError
 from .decoded_image import DEFAULT_MAX_PIXELS, DecodedImage, DecodeLimits, ImageInfo
+from .errors import ImageReadError, ImageTooLargeError, UnsupportedImageError
 from .intensity import rescale_to_unit
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
@@ -54,7 +54,7 @@ def _luminance(image: Image.Image, rows_per_block: int = 256) -> np.ndarray:
     weights = _LUMA.astype(np.float32)
     for top in range(0, height, rows_per_block):
         band = np.asarray(rgb.crop((0, top, width, min(height, top + rows_per_block))), dtype=np.float32)
-        out[top:top + rows_per_block] = band @ weights
+        out[top : top + rows_per_block] = band @ weights
     return out
 
 
@@ -72,8 +72,9 @@ def _open(data: bytes, source: str) -> Image.Image:
         raise ImageReadError(source, f"cannot read PNG/JPEG header ({type(exc).__name__}: {exc})") from exc
 
 
-def read_raster(data: bytes, source: str, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                limits: DecodeLimits | None = None) -> DecodedImage:
+def read_raster(
+    data: bytes, source: str, *, max_pixels: int = DEFAULT_MAX_PIXELS, limits: DecodeLimits | None = None
+) -> DecodedImage:
     """Decode a PNG or JPEG (bytes) into a :class:`DecodedImage` (see the module docstring)."""
     image = _open(data, source)
     fmt = "png" if image.format == "PNG" else "jpeg"
@@ -122,13 +123,23 @@ def read_raster(data: bytes, source: str, *, max_pixels: int = DEFAULT_MAX_PIXEL
 
     if grey.shape != (height, width):
         raise ImageReadError(source, f"decoded shape {grey.shape}, expected ({height}, {width})")
-    if grey.dtype == np.float32:   # the luminance array is ours: scale it in place, no second copy
+    if grey.dtype == np.float32:  # the luminance array is ours: scale it in place, no second copy
         pixels = np.clip(np.divide(grey, full, out=grey), 0.0, 1.0, out=grey)
     else:
         pixels = rescale_to_unit(grey, 0.0, full)
     del grey
     info = ImageInfo(
-        source=source, format=fmt, width=width, height=height, photometric=photometric,
-        bits_stored=bits, bits_allocated=bits, pixel_representation=0,
-        window=(full / 2.0, full), window_source="bit depth", frames=1, notes=notes)
+        source=source,
+        format=fmt,
+        width=width,
+        height=height,
+        photometric=photometric,
+        bits_stored=bits,
+        bits_allocated=bits,
+        pixel_representation=0,
+        window=(full / 2.0, full),
+        window_source="bit depth",
+        frames=1,
+        notes=notes,
+    )
     return DecodedImage(pixels=pixels, info=info)

@@ -15,8 +15,8 @@ convention), each with its pixel spacing in millimetres.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -33,11 +33,11 @@ class Film:
 
 @dataclass(frozen=True)
 class RealismProtocol:
-    spacing_mm: float = 1.0          # every film is resampled to this pixel spacing
-    crop_px: int = 48                # crop side at that spacing (48 mm)
+    spacing_mm: float = 1.0  # every film is resampled to this pixel spacing
+    crop_px: int = 48  # crop side at that spacing (48 mm)
     crops_per_film: int = 48
     folds: int = 4
-    steps: int = 400                 # classifier training steps per fold
+    steps: int = 400  # classifier training steps per fold
     batch: int = 64
     histogram_bins: int = 64
     seed: int = 0
@@ -74,10 +74,10 @@ def radial_power_spectrum(pixels: np.ndarray, bands: int = 16) -> np.ndarray:
     h, w = pixels.shape
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    square = pixels[top:top + side, left:left + side].astype(np.float64)
+    square = pixels[top : top + side, left : left + side].astype(np.float64)
     square = square - square.mean()
     window = np.hanning(side)
-    power = np.abs(np.fft.fftshift(np.fft.fft2(square * np.outer(window, window)))) ** 2 / side ** 2
+    power = np.abs(np.fft.fftshift(np.fft.fft2(square * np.outer(window, window)))) ** 2 / side**2
     fy, fx = np.meshgrid(np.fft.fftshift(np.fft.fftfreq(side)), np.fft.fftshift(np.fft.fftfreq(side)), indexing="ij")
     radius = np.hypot(fx, fy) / 0.5
     edges = np.linspace(0.0, 1.0, bands + 1)
@@ -100,7 +100,7 @@ def sample_crops(pixels: np.ndarray, crop_px: int, count: int, rng: np.random.Ge
         raise ValueError(f"film of {w}x{h} px is smaller than the {crop_px} px crop at this spacing")
     ys = rng.integers(0, h - crop_px + 1, size=count)
     xs = rng.integers(0, w - crop_px + 1, size=count)
-    return np.stack([pixels[y:y + crop_px, x:x + crop_px] for y, x in zip(ys, xs)]).astype(np.float32)
+    return np.stack([pixels[y : y + crop_px, x : x + crop_px] for y, x in zip(ys, xs)]).astype(np.float32)
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -118,9 +118,9 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
         j = i
         while j + 1 < values.size and values[j + 1] == values[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
-    return float((ranks[:pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
+    return float((ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
 
 
 def _classifier():
@@ -131,12 +131,18 @@ def _classifier():
     def block(cin: int, cout: int) -> list:
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
 
-    return nn.Sequential(*block(1, 16), *block(16, 32), *block(32, 64), *block(64, 64),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1))
+    return nn.Sequential(
+        *block(1, 16),
+        *block(16, 32),
+        *block(32, 64),
+        *block(64, 64),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 1),
+    )
 
 
-def domain_classifier_auc(phantom: Sequence[np.ndarray], real: Sequence[np.ndarray],
-                          protocol: RealismProtocol) -> dict:
+def domain_classifier_auc(phantom: Sequence[np.ndarray], real: Sequence[np.ndarray], protocol: RealismProtocol) -> dict:
     """Out-of-fold AUC of a small CNN telling phantom crops (label 1) from real crops (label 0).
 
     ``phantom``/``real`` hold one crop stack per film. Film ``i`` of each side goes to fold
@@ -154,7 +160,8 @@ def domain_classifier_auc(phantom: Sequence[np.ndarray], real: Sequence[np.ndarr
     labels: list[np.ndarray] = []
     per_fold = []
     for fold in range(folds):
-        def stack(films, keep):
+
+        def stack(films, keep, fold=fold):
             chosen = [c for i, c in enumerate(films) if (i % folds == fold) == keep]
             return np.concatenate(chosen) if chosen else np.zeros((0, protocol.crop_px, protocol.crop_px), np.float32)
 
@@ -213,5 +220,7 @@ def realism_report(phantom_films: Sequence[Film], real_films: Sequence[Film], pr
 
 def real_spectrum(real_films: Sequence[Film], protocol: RealismProtocol) -> list[float]:
     """The mean radial power spectrum of the real films (for the report's side-by-side)."""
-    return [round(float(v), 3) for v in
-            np.mean([radial_power_spectrum(resample(f, protocol.spacing_mm)) for f in real_films], axis=0)]
+    return [
+        round(float(v), 3)
+        for v in np.mean([radial_power_spectrum(resample(f, protocol.spacing_mm)) for f in real_films], axis=0)
+    ]

@@ -33,8 +33,7 @@ from .scan_report import ScanReport
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 
 # Spellings other data sets use for our split names.
-_SPLIT_ALIASES = {"val": "valid", "validation": "valid", "dev": "valid",
-                  "training": "train", "testing": "test"}
+_SPLIT_ALIASES = {"val": "valid", "validation": "valid", "dev": "valid", "training": "train", "testing": "test"}
 
 #: Views a record may carry; anything else becomes ``""``.
 VIEWS: tuple[str, ...] = ("PA", "AP")
@@ -98,7 +97,7 @@ class ImageRecord:
                 return record
         return None
 
-    def with_regions(self, regions: tuple[RegionRecord, ...] | list[RegionRecord]) -> "ImageRecord":
+    def with_regions(self, regions: tuple[RegionRecord, ...] | list[RegionRecord]) -> ImageRecord:
         return dataclasses.replace(self, regions=tuple(regions))
 
 
@@ -156,8 +155,7 @@ def sanitize_unsized_box(box: Box, report: ScanReport, example: str) -> Box | No
     return cleaned
 
 
-def clamp_to_image(image: ImageRecord, width: float, height: float,
-                   report: ScanReport) -> ImageRecord:
+def clamp_to_image(image: ImageRecord, width: float, height: float, report: ScanReport) -> ImageRecord:
     """Fit an image's boxes to its decoded size; call once the image has been read.
 
     Boxes past the right/bottom edge are clamped (``box_clamped``, detail ``past image edge``),
@@ -173,8 +171,11 @@ def clamp_to_image(image: ImageRecord, width: float, height: float,
     right = max(r.box.x2 for r in image.regions)
     bottom = max(r.box.y2 for r in image.regions)
     if right > width * (1 + SIZE_MISMATCH_TOLERANCE) or bottom > height * (1 + SIZE_MISMATCH_TOLERANCE):
-        report.issue(IMAGE_SIZE_MISMATCH, example,
-                     detail=f"boxes reach {right:.0f}x{bottom:.0f}, image is {width:.0f}x{height:.0f}")
+        report.issue(
+            IMAGE_SIZE_MISMATCH,
+            example,
+            detail=f"boxes reach {right:.0f}x{bottom:.0f}, image is {width:.0f}x{height:.0f}",
+        )
         return image.with_regions(())
     kept: list[RegionRecord] = []
     for record in image.regions:

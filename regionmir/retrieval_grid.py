@@ -7,8 +7,8 @@ under it. Used by ``regionmir evaluate`` (and anyone who wants to look rather th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -22,7 +22,7 @@ NOT_RELEVANT = (225, 60, 60)
 
 @dataclass(frozen=True)
 class RetrievedCrop:
-    crop: np.ndarray          # float32 HxW in [0, 1]
+    crop: np.ndarray  # float32 HxW in [0, 1]
     anatomy: str
     score: float
     relevant: bool
@@ -52,8 +52,10 @@ def retrieval_grid(rows: Sequence[QueryRow], cell: int = 96, title: str = "") ->
     for r, row in enumerate(rows):
         y0 = title_h + gap + r * (cell + caption_h + gap)
         tiles = [(row.crop, None, f"query: {row.anatomy}", "")]
-        tiles += [(hit.crop, RELEVANT if hit.relevant else NOT_RELEVANT, f"#{k + 1} {hit.score:.3f}", hit.anatomy)
-                  for k, hit in enumerate(row.results)]
+        tiles += [
+            (hit.crop, RELEVANT if hit.relevant else NOT_RELEVANT, f"#{k + 1} {hit.score:.3f}", hit.anatomy)
+            for k, hit in enumerate(row.results)
+        ]
         for c, (crop, colour, line1, line2) in enumerate(tiles):
             x0 = gap + c * (cell + gap)
             if colour is not None:

@@ -24,7 +24,7 @@ ground truth and :func:`recall_at_k` compares id lists.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -55,8 +55,7 @@ def relevance(query_labels: np.ndarray, retrieved_labels: np.ndarray, k: int) ->
         raise ValueError(f"query_labels must be (Q,); got shape {query_labels.shape}")
     if retrieved_labels.ndim != 2 or retrieved_labels.shape[0] != query_labels.shape[0]:
         raise ValueError(
-            f"retrieved_labels must be (Q, K) with Q={query_labels.shape[0]}; "
-            f"got shape {retrieved_labels.shape}"
+            f"retrieved_labels must be (Q, K) with Q={query_labels.shape[0]}; got shape {retrieved_labels.shape}"
         )
     if k < 1:
         raise ValueError(f"k must be >= 1; got {k}")
@@ -76,8 +75,10 @@ def _checked_num_relevant(num_relevant: np.ndarray, hits: np.ndarray) -> np.ndar
     if num_relevant.shape != (hits.shape[0],):
         raise ValueError(f"num_relevant must be (Q,) = ({hits.shape[0]},); got {num_relevant.shape}")
     if np.any(num_relevant < hits.sum(axis=1)):
-        raise ValueError("num_relevant is below the number of relevant items retrieved for some query "
-                         "(R must be counted after the same exclusions as the ranking)")
+        raise ValueError(
+            "num_relevant is below the number of relevant items retrieved for some query "
+            "(R must be counted after the same exclusions as the ranking)"
+        )
     return num_relevant
 
 
@@ -168,8 +169,13 @@ def _per_query_metrics(
     num_relevant: np.ndarray,
 ) -> dict[str, np.ndarray]:
     metrics: dict[str, np.ndarray] = {}
-    for name, metric in (("p", precision_at_k), ("map", average_precision_at_k), ("ndcg", ndcg_at_k),
-                         ("mrr", reciprocal_rank_at_k), ("hit", hit_at_k)):
+    for name, metric in (
+        ("p", precision_at_k),
+        ("map", average_precision_at_k),
+        ("ndcg", ndcg_at_k),
+        ("mrr", reciprocal_rank_at_k),
+        ("hit", hit_at_k),
+    ):
         for k in ks:
             if metric in (average_precision_at_k, ndcg_at_k):
                 metrics[f"{name}@{k}"] = metric(query_labels, retrieved_labels, k, num_relevant)
@@ -224,9 +230,7 @@ def retrieval_report(
         entry: dict = {"num_queries": int(mask.sum())}
         entry.update({name: float(values[mask].mean()) for name, values in per_query.items()})
         per_anatomy[_label_name(label.item() if isinstance(label, np.generic) else label, label_names)] = entry
-    report["macro"] = {
-        name: float(np.mean([entry[name] for entry in per_anatomy.values()])) for name in per_query
-    }
+    report["macro"] = {name: float(np.mean([entry[name] for entry in per_anatomy.values()])) for name in per_query}
     report["per_anatomy"] = per_anatomy
     return report
 
@@ -256,9 +260,7 @@ def exact_knn(
     query_vecs = np.asarray(query_vecs, dtype=np.float32)
     db_vecs = np.asarray(db_vecs, dtype=np.float32)
     if query_vecs.ndim != 2 or db_vecs.ndim != 2 or query_vecs.shape[1] != db_vecs.shape[1]:
-        raise ValueError(
-            f"need (Q, D) queries and (N, D) database; got {query_vecs.shape} and {db_vecs.shape}"
-        )
+        raise ValueError(f"need (Q, D) queries and (N, D) database; got {query_vecs.shape} and {db_vecs.shape}")
     if k < 1:
         raise ValueError(f"k must be >= 1; got {k}")
     k = min(k, db_vecs.shape[0])
@@ -268,10 +270,10 @@ def exact_knn(
     indices = np.empty((queries.shape[0], k), dtype=np.int64)
     scores = np.empty((queries.shape[0], k), dtype=np.float32)
     for start in range(0, queries.shape[0], batch_size):
-        similarity = queries[start:start + batch_size] @ database.T
+        similarity = queries[start : start + batch_size] @ database.T
         top = _top_k_stable(similarity, k)
-        indices[start:start + batch_size] = top
-        scores[start:start + batch_size] = np.take_along_axis(similarity, top, axis=1)
+        indices[start : start + batch_size] = top
+        scores[start : start + batch_size] = np.take_along_axis(similarity, top, axis=1)
     return indices, scores
 
 
@@ -317,9 +319,7 @@ def recall_at_k(found_ids: np.ndarray, true_ids: np.ndarray) -> float:
     found_ids = np.asarray(found_ids)
     true_ids = np.asarray(true_ids)
     if found_ids.ndim != 2 or true_ids.ndim != 2 or found_ids.shape[0] != true_ids.shape[0]:
-        raise ValueError(
-            f"need (Q, K') found and (Q, k) true ids; got {found_ids.shape} and {true_ids.shape}"
-        )
+        raise ValueError(f"need (Q, K') found and (Q, k) true ids; got {found_ids.shape} and {true_ids.shape}")
     valid_true = true_ids >= 0
     # Each true id counts once, however many times the index returned it.
     found = (true_ids[:, :, None] == found_ids[:, None, :]).any(axis=2) & valid_true

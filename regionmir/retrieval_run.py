@@ -16,8 +16,8 @@ computation behind ``metrics.json``, so the figures can be checked from the file
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -73,8 +73,12 @@ class RetrievalRun:
     def report(self, ks: Sequence[int]) -> dict:
         """:func:`~regionmir.retrieval_metrics.retrieval_report` of this run (per anatomy by name)."""
         depth = max(ks)
-        return retrieval_report(np.asarray(self.query_anatomies, dtype=object), self.retrieved_anatomies(depth),
-                                np.asarray(self.num_relevant), ks=ks)
+        return retrieval_report(
+            np.asarray(self.query_anatomies, dtype=object),
+            self.retrieved_anatomies(depth),
+            np.asarray(self.num_relevant),
+            ks=ks,
+        )
 
     # -- files
 
@@ -92,7 +96,7 @@ class RetrievalRun:
         return "\n".join(lines) + "\n"
 
     @classmethod
-    def from_tsv(cls, run_text: str, qrels_text: str, *, source: str = "run") -> "RetrievalRun":
+    def from_tsv(cls, run_text: str, qrels_text: str, *, source: str = "run") -> RetrievalRun:
         """Read the two files back; every query of ``qrels`` is a query (with or without hits)."""
         run = cls()
         position: dict[str, int] = {}

@@ -26,8 +26,8 @@ are :class:`regionmir.boxes.Box` in the image's pixel coordinates.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -153,8 +153,7 @@ def _cut_window(image: np.ndarray, box: Box, window: Box, pad_value: float) -> n
     """The pixels of ``window`` snapped to the pixel grid, padded outside the image → (S, S)."""
     height, width = image.shape
     if not box_overlaps_image(box, width, height):
-        raise BoxError("box", f"box {box.as_list()} does not overlap the {width}x{height} image",
-                       reason=OUTSIDE)
+        raise BoxError("box", f"box {box.as_list()} does not overlap the {width}x{height} image", reason=OUTSIDE)
     side = max(1, _round_half_up(window.width))
     x0 = _round_half_up(window.x1)
     y0 = _round_half_up(window.y1)
@@ -164,10 +163,9 @@ def _cut_window(image: np.ndarray, box: Box, window: Box, pad_value: float) -> n
     ix0, iy0 = max(x0, 0), max(y0, 0)
     ix1, iy1 = min(x1, width), min(y1, height)
     if ix1 <= ix0 or iy1 <= iy0:  # only a sliver of the box overlaps and rounding lost it
-        raise BoxError("box", f"box {box.as_list()} does not overlap the {width}x{height} image",
-                       reason=OUTSIDE)
+        raise BoxError("box", f"box {box.as_list()} does not overlap the {width}x{height} image", reason=OUTSIDE)
     patch = np.full((side, side), pad_value, dtype=np.float32)
-    patch[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0] = image[iy0:iy1, ix0:ix1]
+    patch[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = image[iy0:iy1, ix0:ix1]
     return patch
 
 
@@ -177,6 +175,5 @@ def _resize_square(patch: np.ndarray, size: int) -> np.ndarray:
         return np.array(patch, dtype=np.float32, copy=True)
     tensor = torch.from_numpy(np.ascontiguousarray(patch))[None, None]
     with torch.no_grad():
-        resized = F.interpolate(tensor, size=(size, size), mode="bilinear",
-                                align_corners=False, antialias=True)
+        resized = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return resized[0, 0].numpy().astype(np.float32, copy=False)

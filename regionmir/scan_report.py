@@ -56,8 +56,7 @@ class ScanReport:
         """Count something read (``images``, ``regions``, ``rows``...)."""
         self.read[what] += n
 
-    def issue(self, reason: str, example: str | None = None, *, detail: str | None = None,
-              n: int = 1) -> None:
+    def issue(self, reason: str, example: str | None = None, *, detail: str | None = None, n: int = 1) -> None:
         """Count ``n`` records changed or skipped for ``reason``; keep ``example`` if room is left."""
         self.issues[reason] += n
         if detail is not None:
@@ -79,16 +78,18 @@ class ScanReport:
 
     def skipped(self) -> int:
         """Issues whose records were dropped (everything not marked kept/absent in :data:`REASONS`)."""
-        return sum(n for reason, n in self.issues.items()
-                   if REASONS.get(reason, ("skipped", ""))[0] == "skipped")
+        return sum(n for reason, n in self.issues.items() if REASONS.get(reason, ("skipped", ""))[0] == "skipped")
 
     # -- combining and transport -----------------------------------------------------------
 
-    def merge(self, other: "ScanReport") -> "ScanReport":
+    def merge(self, other: ScanReport) -> ScanReport:
         """A new report holding both counts (examples up to ``max_examples`` per reason)."""
         merged = ScanReport.from_dict(self.as_dict())
-        merged.source = self.source if self.source == other.source or not other.source \
+        merged.source = (
+            self.source
+            if self.source == other.source or not other.source
             else (f"{self.source} + {other.source}" if self.source else other.source)
+        )
         merged.read.update(other.read)
         for reason, n in other.issues.items():
             merged.issues[reason] += n
@@ -101,7 +102,7 @@ class ScanReport:
                     kept.append(example)
         return merged
 
-    def __add__(self, other: "ScanReport") -> "ScanReport":
+    def __add__(self, other: ScanReport) -> ScanReport:
         return self.merge(other)
 
     def as_dict(self) -> dict[str, Any]:
@@ -116,7 +117,7 @@ class ScanReport:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ScanReport":
+    def from_dict(cls, data: dict[str, Any]) -> ScanReport:
         return cls(
             source=data.get("source", ""),
             max_examples=int(data.get("max_examples", 5)),

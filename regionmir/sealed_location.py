@@ -55,8 +55,9 @@ def seal_location(location: str, image_id: str, salt: str | None = None) -> str:
         return location
     if not location or not image_id:
         raise ValueError("a film location and its image id are needed to seal it")
-    sealed = _cipher(current_salt() if salt is None else salt).encrypt(location.encode("utf-8"),
-                                                                       [image_id.encode("utf-8")])
+    sealed = _cipher(current_salt() if salt is None else salt).encrypt(
+        location.encode("utf-8"), [image_id.encode("utf-8")]
+    )
     return PREFIX + base64.urlsafe_b64encode(sealed).decode("ascii").rstrip("=")
 
 
@@ -67,17 +68,26 @@ def open_location(location: str, image_id: str, salt: str | None = None) -> str:
     the salt (the reader's ``REGIONMIR_ID_SALT`` is not the index job's), belongs to another image,
     or was altered."""
     if not is_sealed(location):
-        raise SealedLocationError(f"film {image_id}", "the index holds an unsealed film location (written by "
-                                  "something else than `regionmir index`, or before locations were sealed): "
-                                  "re-index")
+        raise SealedLocationError(
+            f"film {image_id}",
+            "the index holds an unsealed film location (written by "
+            "something else than `regionmir index`, or before locations were sealed): "
+            "re-index",
+        )
     from cryptography.exceptions import InvalidTag
 
-    body = location[len(PREFIX):]
+    body = location[len(PREFIX) :]
     try:
         sealed = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-        return _cipher(current_salt() if salt is None else salt).decrypt(
-            sealed, [image_id.encode("utf-8")]).decode("utf-8")
+        return (
+            _cipher(current_salt() if salt is None else salt)
+            .decrypt(sealed, [image_id.encode("utf-8")])
+            .decode("utf-8")
+        )
     except (InvalidTag, binascii.Error, ValueError, UnicodeDecodeError):
-        raise SealedLocationError(f"film {image_id}", "its location does not open with this process's "
-                                  "REGIONMIR_ID_SALT (sealed with another salt, for another image, or altered): "
-                                  "give the service and the index job the same salt, or re-index") from None
+        raise SealedLocationError(
+            f"film {image_id}",
+            "its location does not open with this process's "
+            "REGIONMIR_ID_SALT (sealed with another salt, for another image, or altered): "
+            "give the service and the index job the same salt, or re-index",
+        ) from None

@@ -45,10 +45,11 @@ class S3Options:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "S3Options":
+    def from_env(cls, env: dict[str, str] | None = None) -> S3Options:
         env = dict(os.environ if env is None else env)
-        endpoint = (env.get("REGIONMIR_S3_ENDPOINT") or env.get("AWS_ENDPOINT_URL_S3")
-                    or env.get("AWS_ENDPOINT_URL") or None)
+        endpoint = (
+            env.get("REGIONMIR_S3_ENDPOINT") or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        )
         path_style = env.get("REGIONMIR_S3_PATH_STYLE")
         return cls(
             endpoint_url=endpoint,
@@ -76,9 +77,12 @@ class S3Options:
         path_style = self.path_style if self.path_style is not None else bool(self.endpoint_url)
         # Deadlines on every call: a hung endpoint costs at most these, times botocore's and then
         # read_bytes' own (bounded) retries, never a job or a replica thread.
-        config: dict[str, Any] = {"region_name": self.region, "connect_timeout": CONNECT_TIMEOUT_S,
-                                  "read_timeout": READ_TIMEOUT_S,
-                                  "retries": {"max_attempts": 2, "mode": "standard"}}
+        config: dict[str, Any] = {
+            "region_name": self.region,
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "read_timeout": READ_TIMEOUT_S,
+            "retries": {"max_attempts": 2, "mode": "standard"},
+        }
         if path_style:
             config["s3"] = {"addressing_style": "path"}
         kwargs["config_kwargs"] = config
@@ -101,7 +105,7 @@ def filesystem(uri: str, s3: S3Options | None = None) -> tuple[fsspec.AbstractFi
         fs = s3fs.S3FileSystem(**options.s3fs_kwargs())
         return fs, uri.split("://", 1)[1]
     if uri.startswith("file://"):
-        uri = uri[len("file://"):]
+        uri = uri[len("file://") :]
     if "://" in uri:
         fs, path = fsspec.core.url_to_fs(uri)
         return fs, path
@@ -163,7 +167,9 @@ def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
             raise StorageError(uri, f"permission denied ({exc})", reason="storage_denied") from exc
         except _transient_errors() as exc:
             if attempt + 1 >= attempts:
-                raise StorageError(uri, f"cannot read after {attempts} attempt(s): {type(exc).__name__}: {exc}") from exc
+                raise StorageError(
+                    uri, f"cannot read after {attempts} attempt(s): {type(exc).__name__}: {exc}"
+                ) from exc
             time.sleep(RETRY_PAUSES_S[min(attempt, len(RETRY_PAUSES_S) - 1)])
     raise AssertionError("unreachable")
 

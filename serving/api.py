@@ -15,9 +15,9 @@ key is configured. Every error is ``{"error": {"reason", "message"}}`` with a 4x
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import io
-import contextlib
 import json
 import logging
 import math
@@ -38,8 +38,8 @@ from indexing.region_index import RegionIndexError
 from regionmir.anatomy import ANATOMY_NAMES, anatomy_id
 from regionmir.anatomy_atlas import AnatomyAtlas, AtlasError
 from regionmir.boxes import Box, require_valid_box
-from regionmir.errors import BoxError, MissingImageError, RegionMIRError, StorageError
 from regionmir.decoded_image import DecodedImage
+from regionmir.errors import BoxError, MissingImageError, RegionMIRError, StorageError
 from regionmir.image_reader import read_image
 from regionmir.intensity import to_uint8
 from regionmir.model_contract import ModelContract
@@ -89,15 +89,18 @@ class GuardMiddleware:
         path = scope.get("path", "")
         root = scope.get("root_path", "")
         if root and path.startswith(root):
-            path = path[len(root):]
+            path = path[len(root) :]
         if path.startswith("/v1/") or path == "/v1":
             headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
             if self.api_key is not None and not self._authorised(headers.get("authorization")):
                 get_metrics().error("unauthorized")
                 get_metrics().requests.inc(1, tags={"endpoint": "guard", "status": "4xx"})
-                await _send_json(send, 401, ApiError(401, "unauthorized", "this service needs "
-                                                     "'Authorization: Bearer <API key>'").body(),
-                                 extra_headers=[(b"www-authenticate", b'Bearer realm="regionmir"')])
+                await _send_json(
+                    send,
+                    401,
+                    ApiError(401, "unauthorized", "this service needs 'Authorization: Bearer <API key>'").body(),
+                    extra_headers=[(b"www-authenticate", b'Bearer realm="regionmir"')],
+                )
                 return
             length = headers.get("content-length")
             if length is not None:
@@ -136,8 +139,9 @@ class GuardMiddleware:
 
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "upload_too_large", f"the request body exceeds the upload limit of "
-                                             f"{limit / (1024 * 1024):.1f} MiB")
+    return ApiError(
+        413, "upload_too_large", f"the request body exceeds the upload limit of {limit / (1024 * 1024):.1f} MiB"
+    )
 
 
 async def _send_json(send: Callable, status: int, body: dict, extra_headers: list | None = None) -> None:
@@ -158,8 +162,9 @@ def png_bytes(image: np.ndarray, max_side: int | None = None) -> tuple[bytes, fl
     scale = 1.0
     if max_side and max(pil.size) > max_side:
         scale = max_side / max(pil.size)
-        pil = pil.resize((max(1, round(pil.size[0] * scale)), max(1, round(pil.size[1] * scale))),
-                         Image.Resampling.BILINEAR)
+        pil = pil.resize(
+            (max(1, round(pil.size[0] * scale)), max(1, round(pil.size[1] * scale))), Image.Resampling.BILINEAR
+        )
     buffer = io.BytesIO()
     pil.save(buffer, format="PNG", compress_level=3)
     return buffer.getvalue(), scale
@@ -172,8 +177,9 @@ def film_with_box(pixels: np.ndarray, box: tuple[float, ...], max_side: int) -> 
     grey = Image.fromarray(to_uint8(pixels))
     scale = min(1.0, max_side / max(grey.size))
     if scale < 1.0:
-        grey = grey.resize((max(1, round(grey.size[0] * scale)), max(1, round(grey.size[1] * scale))),
-                           Image.Resampling.BILINEAR)
+        grey = grey.resize(
+            (max(1, round(grey.size[0] * scale)), max(1, round(grey.size[1] * scale))), Image.Resampling.BILINEAR
+        )
     rgb = grey.convert("RGB")
     x1, y1, x2, y2 = (v * scale for v in box)
     width = max(2, round(max(rgb.size) / 250))
@@ -232,8 +238,9 @@ def parse_group_by(text: str | None) -> str | None:
     if not value or value == "none":
         return None
     if value not in GROUP_BY_CHOICES:
-        raise ApiError(422, "bad_filter", f"group_by must be one of {', '.join(GROUP_BY_CHOICES)}, "
-                                          f"got {str(text)[:40]!r}")
+        raise ApiError(
+            422, "bad_filter", f"group_by must be one of {', '.join(GROUP_BY_CHOICES)}, got {str(text)[:40]!r}"
+        )
     return value
 
 
@@ -273,8 +280,7 @@ class _FilmCache:
 class QueryService:
     """The routes' logic: decode, crop or localise, embed, search, format. ``backend``: see module doc."""
 
-    def __init__(self, settings: ServeSettings, backend: Any, contract: ModelContract,
-                 atlas: AnatomyAtlas | None):
+    def __init__(self, settings: ServeSettings, backend: Any, contract: ModelContract, atlas: AnatomyAtlas | None):
         from regionmir.storage import S3Options
 
         self.settings = settings
@@ -304,8 +310,9 @@ class QueryService:
         except Exception as exc:
             name = type(exc).__name__
             if "BackPressure" in name:
-                raise ApiError(503, "overloaded", f"the {what} is overloaded; retry shortly",
-                               retry_after_s=RETRY_AFTER_S) from exc
+                raise ApiError(
+                    503, "overloaded", f"the {what} is overloaded; retry shortly", retry_after_s=RETRY_AFTER_S
+                ) from exc
             reason = "index_unavailable" if what == "index" else "model_unavailable"
             log.warning("%s call failed: %s", what, name)
             raise ApiError(503, reason, f"the {what} is unavailable ({name})", retry_after_s=RETRY_AFTER_S) from exc
@@ -351,8 +358,12 @@ class QueryService:
         try:
             await asyncio.wait_for(self.film_slots.acquire(), timeout=limits.film_wait_s)
         except TimeoutError:
-            raise ApiError(503, "overloaded", f"this replica is decoding {limits.films_in_memory} films already; "
-                                              "retry shortly", retry_after_s=RETRY_AFTER_S) from None
+            raise ApiError(
+                503,
+                "overloaded",
+                f"this replica is decoding {limits.films_in_memory} films already; retry shortly",
+                retry_after_s=RETRY_AFTER_S,
+            ) from None
         try:
             yield
         finally:
@@ -360,8 +371,9 @@ class QueryService:
 
     async def decode(self, data: bytes) -> DecodedImage:
         try:
-            decoded = await asyncio.to_thread(read_image, data, source="upload",
-                                              limits=self.settings.limits.decode_limits())
+            decoded = await asyncio.to_thread(
+                read_image, data, source="upload", limits=self.settings.limits.decode_limits()
+            )
         except RegionMIRError as exc:
             raise from_library_error(exc, "image") from None
         except MemoryError:
@@ -385,7 +397,9 @@ class QueryService:
         group_by = parse_group_by(fields.get("group_by"))
         box_text = (fields.get("box") or "").strip()
         if not box_text and anatomy is None:
-            raise ApiError(422, "missing_field", "give a 'box' (x1,y1,x2,y2 in image pixels), an 'anatomy' name, or both")
+            raise ApiError(
+                422, "missing_field", "give a 'box' (x1,y1,x2,y2 in image pixels), an 'anatomy' name, or both"
+            )
         if not box_text and self.atlas is None:
             raise ApiError(422, "no_atlas", "this service has no anatomy atlas: draw a box instead of naming a region")
 
@@ -398,8 +412,12 @@ class QueryService:
             height, width = pixels.shape
             patient_hash = decoded.info.patient_hash
             if exclude_same_patient and not patient_hash:
-                raise ApiError(422, "no_patient_id", "exclude_same_patient: the upload names no patient (a DICOM "
-                                                     "with PatientID is needed to leave that patient's films out)")
+                raise ApiError(
+                    422,
+                    "no_patient_id",
+                    "exclude_same_patient: the upload names no patient (a DICOM "
+                    "with PatientID is needed to leave that patient's films out)",
+                )
             if box_text:
                 box = parse_box(box_text, width, height)
                 t = time.perf_counter()
@@ -413,8 +431,12 @@ class QueryService:
                 timings["encode"] = encode_ms
                 source = "atlas"
                 del decoded, pixels
-        filters = SearchFilters(anatomy=filter_anatomy, view=view, group_by=group_by,
-                                exclude_patient_hash=patient_hash if exclude_same_patient else None)
+        filters = SearchFilters(
+            anatomy=filter_anatomy,
+            view=view,
+            group_by=group_by,
+            exclude_patient_hash=patient_hash if exclude_same_patient else None,
+        )
         if box_text:
             t = time.perf_counter()
             out = await self._call("encoder", self.backend.embed(crops))
@@ -436,22 +458,45 @@ class QueryService:
         for stage, value in timings.items():
             self.metrics.observe_stage(stage, value / 1000.0)
         query: dict[str, Any] = {
-            "box": [round(float(v), 2) for v in box.as_list()], "box_source": source,
+            "box": [round(float(v), 2) for v in box.as_list()],
+            "box_source": source,
             "anatomy": ANATOMY_NAMES[anatomy] if anatomy is not None else None,
-            "predicted_anatomy": predicted, "confidence": round(confidence, 4),
-            "model_version": self.contract.version_id, "image_size": [width, height], "k": k,
-            "filters": {"anatomy": ANATOMY_NAMES[filter_anatomy] if filter_anatomy is not None else None,
-                        "view": view, "exclude_same_patient": exclude_same_patient, "group_by": group_by},
+            "predicted_anatomy": predicted,
+            "confidence": round(confidence, 4),
+            "model_version": self.contract.version_id,
+            "image_size": [width, height],
+            "k": k,
+            "filters": {
+                "anatomy": ANATOMY_NAMES[filter_anatomy] if filter_anatomy is not None else None,
+                "view": view,
+                "exclude_same_patient": exclude_same_patient,
+                "group_by": group_by,
+            },
         }
         if localization is not None:
             query["localization"] = localization
-        log.info("search: anatomy=%s source=%s k=%d hits=%d total_ms=%.1f", anatomy_label(query_anatomy),
-                 source, k, len(hits), timings["total"])
-        results = [{
-            "rank": i + 1, "score": round(float(h["score"]), 5), "anatomy": h["anatomy"], "image_id": h["image_id"],
-            "box": [round(float(v), 2) for v in h["box"]], "view": h["view"], "key": h["key"],
-            "crop_url": f"/v1/results/{h['key']}/crop", "image_url": f"/v1/results/{h['key']}/image",
-        } for i, h in enumerate(hits)]
+        log.info(
+            "search: anatomy=%s source=%s k=%d hits=%d total_ms=%.1f",
+            anatomy_label(query_anatomy),
+            source,
+            k,
+            len(hits),
+            timings["total"],
+        )
+        results = [
+            {
+                "rank": i + 1,
+                "score": round(float(h["score"]), 5),
+                "anatomy": h["anatomy"],
+                "image_id": h["image_id"],
+                "box": [round(float(v), 2) for v in h["box"]],
+                "view": h["view"],
+                "key": h["key"],
+                "crop_url": f"/v1/results/{h['key']}/crop",
+                "image_url": f"/v1/results/{h['key']}/image",
+            }
+            for i, h in enumerate(hits)
+        ]
         return {"query": query, "results": results, "timings_ms": timings}
 
     async def localize(self, anatomy: int, pixels: np.ndarray):
@@ -480,18 +525,27 @@ class QueryService:
             probs = out["probabilities"][:, column] if column is not None else None
             chosen = atlas.choose(anatomy, boxes, probs, width, height, prior_weight=cfg.prior_weight)
             if best is None or chosen.score >= best["score"]:
-                best = {"box": chosen.box, "score": chosen.score, "confidence": chosen.confidence,
-                        "vector": out["embeddings"][chosen.index], "probabilities": out["probabilities"][chosen.index],
-                        "prior_box": chosen.prior_box}
+                best = {
+                    "box": chosen.box,
+                    "score": chosen.score,
+                    "confidence": chosen.confidence,
+                    "vector": out["embeddings"][chosen.index],
+                    "probabilities": out["probabilities"][chosen.index],
+                    "prior_box": chosen.prior_box,
+                }
             if column is None:
                 break
         assert best is not None
         if best["confidence"] is not None:
             self.metrics.localized.observe(float(best["confidence"]))
-        info = {"method": "atlas prior + classifier" if column is not None else "atlas prior (the classifier has no "
-                "class for this region)", "confidence": None if best["confidence"] is None else round(best["confidence"], 4),
-                "prior_box": [round(float(v), 2) for v in best["prior_box"].as_list()],
-                "rounds": cfg.rounds if column is not None else 1}
+        info = {
+            "method": "atlas prior + classifier"
+            if column is not None
+            else "atlas prior (the classifier has no class for this region)",
+            "confidence": None if best["confidence"] is None else round(best["confidence"], 4),
+            "prior_box": [round(float(v), 2) for v in best["prior_box"].as_list()],
+            "rounds": cfg.rounds if column is not None else 1,
+        }
         return best["box"], best["vector"], best["probabilities"], info, encode_ms
 
     async def preview(self, request: Request) -> Response:
@@ -501,9 +555,16 @@ class QueryService:
             height, width = pixels.shape
             png, scale = await asyncio.to_thread(png_bytes, pixels, DISPLAY_MAX_SIDE)
             del pixels
-        return Response(png, media_type="image/png", headers={
-            "X-Image-Width": str(width), "X-Image-Height": str(height), "X-Preview-Scale": f"{scale:.6f}",
-            "Cache-Control": "no-store"})
+        return Response(
+            png,
+            media_type="image/png",
+            headers={
+                "X-Image-Width": str(width),
+                "X-Image-Height": str(height),
+                "X-Preview-Scale": f"{scale:.6f}",
+                "Cache-Control": "no-store",
+            },
+        )
 
     async def row(self, key: str) -> dict[str, Any]:
         if not KEY_RE.fullmatch(key):  # match() would let "key\n" through: "$" matches before a final newline
@@ -516,10 +577,13 @@ class QueryService:
     def _load_film(self, row: dict[str, Any]) -> Callable[[str], np.ndarray]:
         """The loader of one indexed film: its sealed location opened (with this replica's salt and
         the row's image id), read and decoded; errors name the image id, never the path."""
+
         def load(sealed: str) -> np.ndarray:
             path = open_location(sealed, row["image_id"])
-            return read_image(path, source=f"indexed film {row['image_id']}", s3=self.s3,
-                              max_pixels=self.settings.limits.max_pixels).pixels
+            return read_image(
+                path, source=f"indexed film {row['image_id']}", s3=self.s3, max_pixels=self.settings.limits.max_pixels
+            ).pixels
+
         return load
 
     async def film(self, row: dict[str, Any]) -> np.ndarray:
@@ -535,11 +599,15 @@ class QueryService:
         except StorageError as exc:
             # the message may name the object (a path with a patient's id): it goes to the log, not the caller
             log.warning("result film unreadable: %s", exc.reason)
-            raise ApiError(503, "storage_unavailable", "the film store did not answer; retry shortly",
-                           retry_after_s=RETRY_AFTER_S) from None
+            raise ApiError(
+                503, "storage_unavailable", "the film store did not answer; retry shortly", retry_after_s=RETRY_AFTER_S
+            ) from None
         except SealedLocationError:
-            raise ApiError(500, "sealed_location", "this service's REGIONMIR_ID_SALT does not open the index's "
-                           "film locations (see /readyz)") from None
+            raise ApiError(
+                500,
+                "sealed_location",
+                "this service's REGIONMIR_ID_SALT does not open the index's film locations (see /readyz)",
+            ) from None
         except RegionMIRError as exc:
             raise ApiError(500, "internal", f"the indexed film cannot be read ({exc.reason})") from None
 
@@ -559,18 +627,37 @@ class QueryService:
         pixels = await self.film(row)
         png = await asyncio.to_thread(film_with_box, pixels, tuple(row["box"]), DISPLAY_MAX_SIDE)
         height, width = pixels.shape
-        return Response(png, media_type="image/png", headers={
-            "Cache-Control": "private, max-age=3600", "X-Image-Width": str(width), "X-Image-Height": str(height)})
+        return Response(
+            png,
+            media_type="image/png",
+            headers={
+                "Cache-Control": "private, max-age=3600",
+                "X-Image-Width": str(width),
+                "X-Image-Height": str(height),
+            },
+        )
 
     def anatomies(self) -> dict[str, Any]:
         items = []
         for aid, name in enumerate(ANATOMY_NAMES):
-            items.append({"id": aid, "name": name, "classifier": aid in self.class_column,
-                          "atlas": self.atlas is not None and aid in self.atlas.entries})
-        return {"anatomies": items, "model_version": self.contract.version_id,
-                "limits": {"max_k": self.settings.limits.max_k, "default_k": self.settings.limits.default_k,
-                           "max_upload_mb": self.settings.limits.max_upload_mb,
-                           "max_pixels": self.settings.limits.max_pixels}}
+            items.append(
+                {
+                    "id": aid,
+                    "name": name,
+                    "classifier": aid in self.class_column,
+                    "atlas": self.atlas is not None and aid in self.atlas.entries,
+                }
+            )
+        return {
+            "anatomies": items,
+            "model_version": self.contract.version_id,
+            "limits": {
+                "max_k": self.settings.limits.max_k,
+                "default_k": self.settings.limits.default_k,
+                "max_upload_mb": self.settings.limits.max_upload_mb,
+                "max_pixels": self.settings.limits.max_pixels,
+            },
+        }
 
     async def ready(self) -> tuple[int, dict[str, Any]]:
         checks: dict[str, Any] = {}
@@ -591,17 +678,23 @@ class QueryService:
                 checks["index"]["problem"] = "the collection is empty"
             elif status["model_rows"] <= 0:
                 ok = False
-                checks["index"]["problem"] = (f"no rows of the served model {self.contract.version_id}: "
-                                              "index the data with this model, or serve the model it was built with")
+                checks["index"]["problem"] = (
+                    f"no rows of the served model {self.contract.version_id}: "
+                    "index the data with this model, or serve the model it was built with"
+                )
             elif status.get("locations_open") is False:
                 ok = False
-                checks["index"]["problem"] = ("the index's film locations were sealed with another REGIONMIR_ID_SALT "
-                                              "than this service's: give the service the index job's salt")
+                checks["index"]["problem"] = (
+                    "the index's film locations were sealed with another REGIONMIR_ID_SALT "
+                    "than this service's: give the service the index job's salt"
+                )
         except Exception as exc:
             ok = False
             checks["index"] = {"reachable": False, "error": getattr(exc, "message", type(exc).__name__)}
-        checks["atlas"] = {"loaded": self.atlas is not None,
-                           "regions": 0 if self.atlas is None else len(self.atlas.entries)}
+        checks["atlas"] = {
+            "loaded": self.atlas is not None,
+            "regions": 0 if self.atlas is None else len(self.atlas.entries),
+        }
         return (200 if ok else 503), {"status": "ready" if ok else "not ready", "checks": checks}
 
 
@@ -609,13 +702,13 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 2)
 
 
-def create_app(settings: ServeSettings, backend: Any, contract: ModelContract,
-               atlas: AnatomyAtlas | None) -> Any:
+def create_app(settings: ServeSettings, backend: Any, contract: ModelContract, atlas: AnatomyAtlas | None) -> Any:
     """The ASGI app: FastAPI routes wrapped in :class:`GuardMiddleware` (auth + upload limit)."""
     service = QueryService(settings, backend, contract, atlas)
     metrics = service.metrics
-    app = FastAPI(title="RegionMIR query service", version="1", docs_url="/docs", redoc_url=None,
-                  openapi_url="/openapi.json")
+    app = FastAPI(
+        title="RegionMIR query service", version="1", docs_url="/docs", redoc_url=None, openapi_url="/openapi.json"
+    )
     app.state.service = service
 
     def answer(error: ApiError, endpoint: str) -> JSONResponse:

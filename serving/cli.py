@@ -33,20 +33,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="HTTP port (default 8000)")
     p.add_argument("--config", help="YAML or JSON settings file (default $REGIONMIR_SERVE_CONFIG)")
     p.add_argument("--atlas", help="anatomy atlas JSON (default MODEL/atlas.json)")
-    p.add_argument("--atlas-from", metavar="DATA", help="learn the atlas from DATA's training boxes at start-up "
-                   "(when there is no atlas.json)")
+    p.add_argument(
+        "--atlas-from",
+        metavar="DATA",
+        help="learn the atlas from DATA's training boxes at start-up (when there is no atlas.json)",
+    )
     p.add_argument("--address", help="join this Ray cluster (default $RAY_ADDRESS, else start a local one)")
     p.add_argument("--print-config", action="store_true", help="print the merged settings and exit")
-    p.add_argument("--insecure-dev", action="store_true",
-                   help="start without an API key or with the public identifier salt (demos and tests on a "
-                        "private machine only; refused otherwise)")
+    p.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        help="start without an API key or with the public identifier salt (demos and tests on a "
+        "private machine only; refused otherwise)",
+    )
     return p
 
 
 def load_settings(args: argparse.Namespace) -> ServeSettings:
-    overrides = {"model": args.model, "milvus": args.milvus, "collection": args.collection,
-                 "http.host": args.host, "http.port": args.port, "atlas.path": args.atlas,
-                 "ray.address": args.address}
+    overrides = {
+        "model": args.model,
+        "milvus": args.milvus,
+        "collection": args.collection,
+        "http.host": args.host,
+        "http.port": args.port,
+        "atlas.path": args.atlas,
+        "ray.address": args.address,
+    }
     return ServeSettings.load(args.config, overrides=overrides)
 
 
@@ -82,8 +94,11 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         print(f"regionmir serve: could not start the service: {type(exc).__name__}: {exc}", file=sys.stderr)
         _shutdown()
         return 1
-    print(f"[serve] RegionMIR query service ready at {base}/ (API under {base}/v1/, "
-          f"health {base}/healthz, readiness {base}/readyz); Ctrl-C stops it", flush=True)
+    print(
+        f"[serve] RegionMIR query service ready at {base}/ (API under {base}/v1/, "
+        f"health {base}/healthz, readiness {base}/readyz); Ctrl-C stops it",
+        flush=True,
+    )
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -121,8 +136,9 @@ def _shutdown() -> None:
 
 def atlas_main(argv: Sequence[str] | None = None) -> int:
     """``python -m serving.cli atlas DATA OUT``: learn an atlas and write it (OUT: .json or model dir)."""
-    p = command_parser(prog="python -m serving.cli atlas",
-                                description="learn the anatomy atlas from a data set's training boxes")
+    p = command_parser(
+        prog="python -m serving.cli atlas", description="learn the anatomy atlas from a data set's training boxes"
+    )
     p.add_argument("data")
     p.add_argument("out", help="atlas .json path, or a model directory (writes DIR/atlas.json)")
     args = p.parse_args(list(argv or []))

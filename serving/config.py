@@ -54,16 +54,16 @@ class LimitSettings:
     any supported DICOM syntax) within 32 MB; the film limits are checked on the header, before any
     pixel is decompressed."""
 
-    max_upload_mb: float = 32.0          # 413 above this many MiB of request body
-    max_pixels: int = 60_000_000         # 413 for films with more pixels (decompression bombs)
-    max_side: int = 8192                 # 413 for a longer side than this
-    max_aspect_ratio: float = 4.0        # 422 for films longer than 4:1 (no radiograph is)
-    max_k: int = 100                     # 422 for k outside 1..max_k
+    max_upload_mb: float = 32.0  # 413 above this many MiB of request body
+    max_pixels: int = 60_000_000  # 413 for films with more pixels (decompression bombs)
+    max_side: int = 8192  # 413 for a longer side than this
+    max_aspect_ratio: float = 4.0  # 422 for films longer than 4:1 (no radiograph is)
+    max_k: int = 100  # 422 for k outside 1..max_k
     default_k: int = 10
-    request_timeout_s: float = 60.0      # per call to an inner deployment, and Serve's HTTP proxy
-    films_in_memory: int = 1             # decoded films a replica holds at once (decode → crops)
-    film_wait_s: float = 5.0             # how long a request waits for one of those; then 503 + Retry-After
-    index_timeout_s: float = 10.0        # deadline of every Milvus RPC the search replica makes
+    request_timeout_s: float = 60.0  # per call to an inner deployment, and Serve's HTTP proxy
+    films_in_memory: int = 1  # decoded films a replica holds at once (decode → crops)
+    film_wait_s: float = 5.0  # how long a request waits for one of those; then 503 + Retry-After
+    index_timeout_s: float = 10.0  # deadline of every Milvus RPC the search replica makes
 
     def decode_limits(self):
         from regionmir.decoded_image import DecodeLimits
@@ -82,7 +82,7 @@ class DeploymentSettings:
     max_ongoing_requests: int = 16
     upscale_delay_s: float = 3.0
     downscale_delay_s: float = 60.0
-    look_back_period_s: float = 30.0     # ongoing requests are averaged over this window
+    look_back_period_s: float = 30.0  # ongoing requests are averaged over this window
     num_cpus: float = 0.5
 
     def serve_scaling(self) -> dict[str, Any]:
@@ -90,10 +90,14 @@ class DeploymentSettings:
         else an ``autoscaling_config``."""
         if self.min_replicas == self.max_replicas:
             return {"num_replicas": self.max_replicas}
-        config: dict[str, Any] = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
-                                  "target_ongoing_requests": self.target_ongoing_requests,
-                                  "upscale_delay_s": self.upscale_delay_s, "downscale_delay_s": self.downscale_delay_s,
-                                  "look_back_period_s": self.look_back_period_s}
+        config: dict[str, Any] = {
+            "min_replicas": self.min_replicas,
+            "max_replicas": self.max_replicas,
+            "target_ongoing_requests": self.target_ongoing_requests,
+            "upscale_delay_s": self.upscale_delay_s,
+            "downscale_delay_s": self.downscale_delay_s,
+            "look_back_period_s": self.look_back_period_s,
+        }
         if self.initial_replicas is not None:
             config["initial_replicas"] = self.initial_replicas
         return {"autoscaling_config": config}
@@ -102,7 +106,7 @@ class DeploymentSettings:
 @dataclass
 class EncoderSettings(DeploymentSettings):
     max_replicas: int = 2
-    max_batch_size: int = 16             # requests (each a stack of crops) merged into one forward pass
+    max_batch_size: int = 16  # requests (each a stack of crops) merged into one forward pass
     batch_wait_timeout_ms: float = 10.0
     #: GPUs per replica: ``"auto"`` = 1 when the cluster has GPUs, else 0; or a number (0.25 shares one).
     gpus_per_replica: float | str = "auto"
@@ -112,8 +116,8 @@ class EncoderSettings(DeploymentSettings):
 
 @dataclass
 class SearchSettings(DeploymentSettings):
-    max_replicas: int = 2                # forced to 1 for a milvus-lite file (one process per file)
-    consistency_level: str = "Bounded"   # a read-only service does not need "Strong"
+    max_replicas: int = 2  # forced to 1 for a milvus-lite file (one process per file)
+    consistency_level: str = "Bounded"  # a read-only service does not need "Strong"
     search_ef: int = 64
 
 
@@ -128,25 +132,25 @@ class IngressSettings(DeploymentSettings):
 
 @dataclass
 class AtlasSettings:
-    path: str | None = None              # default: MODEL/atlas.json
-    candidates: int = 32                 # boxes scored per round
-    rounds: int = 2                      # coarse-to-fine rounds
+    path: str | None = None  # default: MODEL/atlas.json
+    candidates: int = 32  # boxes scored per round
+    rounds: int = 2  # coarse-to-fine rounds
     prior_weight: float = 0.1
 
 
 @dataclass
 class RaySettings:
-    address: str | None = None           # join this cluster (else RAY_ADDRESS, else start a local one)
-    num_cpus: int | None = None          # logical CPUs of a local cluster
+    address: str | None = None  # join this cluster (else RAY_ADDRESS, else start a local one)
+    num_cpus: int | None = None  # logical CPUs of a local cluster
     object_store_mb: int = 256
     metrics_export_port: int | None = None  # Prometheus scrape port of a local node
 
 
 @dataclass
 class ServeSettings:
-    model: str = ""                      # model directory (or a training run's output: its best/)
-    milvus: str = ""                     # .db file (milvus-lite) or http://host:port
-    collection: str = "regions"          # collection or alias to search
+    model: str = ""  # model directory (or a training run's output: its best/)
+    milvus: str = ""  # .db file (milvus-lite) or http://host:port
+    collection: str = "regions"  # collection or alias to search
     app_name: str = "regionmir"
     http: HttpSettings = field(default_factory=HttpSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -166,9 +170,14 @@ class ServeSettings:
         return settings
 
     @classmethod
-    def load(cls, path: str | None = None, env: Mapping[str, str] | None = None,
-             overrides: Mapping[str, Any] | None = None, data: Mapping[str, Any] | None = None,
-             data_source: str = "settings") -> ServeSettings:
+    def load(
+        cls,
+        path: str | None = None,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+        data_source: str = "settings",
+    ) -> ServeSettings:
         """Defaults, then the file ``path`` (or ``$REGIONMIR_SERVE_CONFIG``), then ``data`` (the same
         nested settings as a mapping, e.g. Ray Serve application ``args``; errors name ``data_source``),
         then the environment, then ``overrides`` (dotted keys such as ``"http.port"``, from the command line)."""
@@ -181,7 +190,7 @@ class ServeSettings:
             _merge(settings, dict(data), data_source, "")
         for name, value in sorted(env.items()):
             if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
-                dotted = ".".join(part.lower() for part in name[len(ENV_PREFIX):].split("__"))
+                dotted = ".".join(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
                 _set_dotted(settings, dotted, _parse_scalar(value), name)
         key_file = env.get(API_KEY_FILE_ENV)
         if key_file:
@@ -230,8 +239,10 @@ class ServeSettings:
             raise ConfigError("encoder: max_batch_size >= 1 and batch_wait_timeout_ms >= 0")
         if enc.max_ongoing_requests < enc.max_batch_size:
             # Ray Serve caps a batch at the requests a replica may hold at once.
-            raise ConfigError(f"encoder.max_ongoing_requests ({enc.max_ongoing_requests}) must be >= "
-                              f"encoder.max_batch_size ({enc.max_batch_size})")
+            raise ConfigError(
+                f"encoder.max_ongoing_requests ({enc.max_ongoing_requests}) must be >= "
+                f"encoder.max_batch_size ({enc.max_batch_size})"
+            )
         if isinstance(enc.gpus_per_replica, str) and enc.gpus_per_replica != "auto":
             raise ConfigError(f"encoder.gpus_per_replica: 'auto' or a number, got {enc.gpus_per_replica!r}")
         if not isinstance(enc.gpus_per_replica, str) and enc.gpus_per_replica < 0:

@@ -25,8 +25,15 @@ from pathlib import Path
 from regionmir.command_help import command_parser
 
 
-def build_demo(out: str, images: int = 10, size: int = 160, seed: int = 3, model: str | None = None,
-               data: str | None = None, milvus: str | None = None) -> dict:
+def build_demo(
+    out: str,
+    images: int = 10,
+    size: int = 160,
+    seed: int = 3,
+    model: str | None = None,
+    data: str | None = None,
+    milvus: str | None = None,
+) -> dict:
     from dataclasses import asdict
 
     import numpy as np
@@ -52,8 +59,13 @@ def build_demo(out: str, images: int = 10, size: int = 160, seed: int = 3, model
     if model is None and not (root / "model" / "contract.json").exists():
         torch.manual_seed(seed)
         config = load_preset("resnet10-cpu")
-        contract = ModelContract(stage="finetune", encoder=config.to_dict(), class_anatomy_ids=tuple(STANDARD_29_IDS),
-                                 crop=asdict(CropConfig(size=config.crop_size)), training={"demo": "random init"})
+        contract = ModelContract(
+            stage="finetune",
+            encoder=config.to_dict(),
+            class_anatomy_ids=tuple(STANDARD_29_IDS),
+            crop=asdict(CropConfig(size=config.crop_size)),
+            training={"demo": "random init"},
+        )
         save_model(model_dir, RegionEncoder(config), contract)
     encoder, contract = load_model(model_dir)
     encoder.eval()
@@ -75,20 +87,39 @@ def build_demo(out: str, images: int = 10, size: int = 160, seed: int = 3, model
         with torch.inference_mode():
             vectors = encoder(torch.from_numpy(crops)[:, None], heads=("embedding",))["embedding"].numpy()
         for region, vector in zip(regions, vectors):
-            rows.append(RegionRow(image_id=record.image_id, anatomy_id=region.anatomy_id,
-                                  anatomy=ANATOMY_NAMES[region.anatomy_id], image_uri=record.image_uri,
-                                  box=tuple(region.box.as_list()), view=record.view or "PA", split=record.split,
-                                  patient_hash=record.patient_hash, study_hash=record.study_hash,
-                                  model_version=contract.version_id, vector=np.asarray(vector, np.float32)))
+            rows.append(
+                RegionRow(
+                    image_id=record.image_id,
+                    anatomy_id=region.anatomy_id,
+                    anatomy=ANATOMY_NAMES[region.anatomy_id],
+                    image_uri=record.image_uri,
+                    box=tuple(region.box.as_list()),
+                    view=record.view or "PA",
+                    split=record.split,
+                    patient_hash=record.patient_hash,
+                    study_hash=record.study_hash,
+                    model_version=contract.version_id,
+                    vector=np.asarray(vector, np.float32),
+                )
+            )
     index.upsert(collection, rows)
     index.flush(collection)
     index.verify(collection, len(rows))
     index.point_alias("regions", collection)
     index.close()
     films = [r.image_uri for r in open_dataset(data_dir).iter_images() if r.split != "train"]
-    return {"data": data_dir, "model": model_dir, "atlas": atlas_path, "milvus": db, "collection": "regions",
-            "rows": len(rows), "train_films": len(records), "query_films": films,
-            "model_version": contract.version_id, "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "data": data_dir,
+        "model": model_dir,
+        "atlas": atlas_path,
+        "milvus": db,
+        "collection": "regions",
+        "rows": len(rows),
+        "train_films": len(records),
+        "query_films": films,
+        "model_version": contract.version_id,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def build_demo_subprocess(out: str, **kw) -> dict:
@@ -119,14 +150,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--milvus", help="index into this Milvus (http://host:port or a .db) instead of OUT/regions.db")
     p.add_argument("--json", action="store_true", help="print only the summary as one JSON line")
     args = p.parse_args(argv)
-    summary = build_demo(args.out, images=args.images, size=args.size, seed=args.seed, model=args.model,
-                         data=args.data, milvus=args.milvus)
+    summary = build_demo(
+        args.out,
+        images=args.images,
+        size=args.size,
+        seed=args.seed,
+        model=args.model,
+        data=args.data,
+        milvus=args.milvus,
+    )
     if args.json:
         print(json.dumps(summary))
     else:
         print(json.dumps(summary, indent=1))
-        print(f"\nnow: regionmir serve --model {summary['model']} --milvus {summary['milvus']} --insecure-dev"
-              "\n(a real deployment sets REGIONMIR_API_KEY and REGIONMIR_ID_SALT instead of --insecure-dev)")
+        print(
+            f"\nnow: regionmir serve --model {summary['model']} --milvus {summary['milvus']} --insecure-dev"
+            "\n(a real deployment sets REGIONMIR_API_KEY and REGIONMIR_ID_SALT instead of --insecure-dev)"
+        )
     return 0
 
 

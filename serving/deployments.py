@@ -30,6 +30,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from cluster.ray_runtime import start_ray
 from regionmir.anatomy_atlas import AnatomyAtlas, AtlasError
 from regionmir.model_contract import ModelContract, read_contract
 from regionmir.storage import S3Options
@@ -46,9 +47,20 @@ INGRESS = "ingress"
 
 #: Environment variables handed to every replica (object storage, Milvus token, id salt), so a
 #: remote cluster's replicas reach what the command line could reach.
-FORWARDED_ENV = ("REGIONMIR_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                 "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
-                 "REGIONMIR_S3_PATH_STYLE", "REGIONMIR_S3_ANON", "MILVUS_TOKEN", "REGIONMIR_ID_SALT")
+FORWARDED_ENV = (
+    "REGIONMIR_S3_ENDPOINT",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "REGIONMIR_S3_PATH_STYLE",
+    "REGIONMIR_S3_ANON",
+    "MILVUS_TOKEN",
+    "REGIONMIR_ID_SALT",
+)
 
 
 @serve.deployment(name=ENCODER)
@@ -72,8 +84,12 @@ class EncoderDeployment:
         self.metrics.batch_crops.observe(int(merged.shape[0]))
         results, start = [], 0
         for n in sizes:
-            results.append({"embeddings": out["embeddings"][start:start + n],
-                            "probabilities": out["probabilities"][start:start + n]})
+            results.append(
+                {
+                    "embeddings": out["embeddings"][start : start + n],
+                    "probabilities": out["probabilities"][start : start + n],
+                }
+            )
             start += n
         return results
 
@@ -93,9 +109,14 @@ class SearchDeployment:
 
     def __init__(self, settings: dict, model_version: str):
         search = settings["search"]
-        self.runtime = SearchRuntime(settings["milvus"], settings["collection"], model_version,
-                                     consistency_level=search["consistency_level"], search_ef=search["search_ef"],
-                                     timeout_s=settings["limits"]["index_timeout_s"])
+        self.runtime = SearchRuntime(
+            settings["milvus"],
+            settings["collection"],
+            model_version,
+            consistency_level=search["consistency_level"],
+            search_ef=search["search_ef"],
+            timeout_s=settings["limits"]["index_timeout_s"],
+        )
         self.metrics = get_metrics()
         self._last_gauge = 0.0
         self._update_gauge()
@@ -155,9 +176,15 @@ class RayBackend:
 class QueryIngress:
     """The HTTP front door (FastAPI, built per replica by ``__serve_build_asgi_app__``)."""
 
-    def __init__(self, settings: dict, contract_json: str, atlas_json: str | None,
-                 encoder: DeploymentHandle | None = None, search: DeploymentHandle | None = None,
-                 backend_app: str | None = None):
+    def __init__(
+        self,
+        settings: dict,
+        contract_json: str,
+        atlas_json: str | None,
+        encoder: DeploymentHandle | None = None,
+        search: DeploymentHandle | None = None,
+        backend_app: str | None = None,
+    ):
         if backend_app:  # an extra front door onto another application's encoder and index
             encoder = serve.get_deployment_handle(ENCODER, app_name=backend_app)
             search = serve.get_deployment_handle(SEARCH, app_name=backend_app)
@@ -189,8 +216,11 @@ def resolve_gpus(value: float | str) -> float:
 #: mmap, returned to the system when freed. By default glibc raises that threshold after the first
 #: big free (up to 32 MiB), so decoded films end up on the heap, fragment it, and a replica that
 #: has decoded a few large films keeps their memory for good.
-DECODER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 20),
-                      "MALLOC_ARENA_MAX": "2"}
+DECODER_MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 20),
+    "MALLOC_ARENA_MAX": "2",
+}
 
 
 def _actor_options(num_cpus: float, num_gpus: float = 0.0, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -229,18 +259,22 @@ def build_app(settings: ServeSettings, *, atlas: AnatomyAtlas | None = None, bac
         atlas = load_atlas(settings, model_dir)
     data = settings.to_dict()
     atlas_json = atlas.to_json() if atlas is not None else None
-    ingress_opts = dict(max_ongoing_requests=settings.ingress.max_ongoing_requests,
-                        max_queued_requests=settings.ingress.max_queued_requests,
-                        ray_actor_options=_actor_options(settings.ingress.num_cpus, extra_env=DECODER_MALLOC_ENV),
-                        **settings.ingress.serve_scaling())
+    ingress_opts = dict(
+        max_ongoing_requests=settings.ingress.max_ongoing_requests,
+        max_queued_requests=settings.ingress.max_queued_requests,
+        ray_actor_options=_actor_options(settings.ingress.num_cpus, extra_env=DECODER_MALLOC_ENV),
+        **settings.ingress.serve_scaling(),
+    )
     if backend_app:
         return QueryIngress.options(**ingress_opts).bind(data, contract.to_json(), atlas_json, None, None, backend_app)
 
     enc = settings.encoder
     gpus = resolve_gpus(enc.gpus_per_replica)
     encoder = EncoderDeployment.options(
-        max_ongoing_requests=enc.max_ongoing_requests, ray_actor_options=_actor_options(enc.num_cpus, gpus),
-        **enc.serve_scaling()).bind(model_dir, data)
+        max_ongoing_requests=enc.max_ongoing_requests,
+        ray_actor_options=_actor_options(enc.num_cpus, gpus),
+        **enc.serve_scaling(),
+    ).bind(model_dir, data)
 
     sch = settings.search
     if settings.index_is_file:
@@ -250,8 +284,8 @@ def build_app(settings: ServeSettings, *, atlas: AnatomyAtlas | None = None, bac
     else:
         search_scaling = sch.serve_scaling()
     search = SearchDeployment.options(
-        max_ongoing_requests=sch.max_ongoing_requests, ray_actor_options=_actor_options(sch.num_cpus),
-        **search_scaling).bind(data, contract.version_id)
+        max_ongoing_requests=sch.max_ongoing_requests, ray_actor_options=_actor_options(sch.num_cpus), **search_scaling
+    ).bind(data, contract.version_id)
     return QueryIngress.options(**ingress_opts).bind(data, contract.to_json(), atlas_json, encoder, search)
 
 
@@ -277,55 +311,38 @@ def app_builder(args: dict[str, Any]):
 
 def init_ray(settings: ServeSettings) -> None:
     """Join ``ray.address`` / ``$RAY_ADDRESS``, or start a local Ray sized by ``ray.*``."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local clusters; real ones configure auth
-    # On a small, busy machine the raylet gives up when the node's metrics agent is slow to come
-    # up; workers prestarted at the same moment (one per logical CPU) make that likely. Serve starts
-    # the workers it needs anyway.
-    os.environ.setdefault("RAY_enable_worker_prestart", "0")
-    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
-    os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
-    os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")
-    # Likewise Serve's controller kills an HTTP proxy that is slow to answer its first checks
-    # (5 s by default) while `serve.start` waits for it; give a slow start more room.
+    # Serve's controller kills an HTTP proxy that is slow to answer its first checks (5 s by
+    # default) while `serve.start` waits for it; give a slow start more room.
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
     os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
-    address = settings.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return
-    kwargs: dict[str, Any] = {"include_dashboard": False,
-                              "object_store_memory": settings.ray.object_store_mb * 1024 * 1024,
-                              "log_to_driver": False, "logging_level": "WARNING"}
-    if settings.ray.num_cpus:
-        kwargs["num_cpus"] = settings.ray.num_cpus
-    if settings.ray.metrics_export_port:
-        kwargs["_metrics_export_port"] = settings.ray.metrics_export_port
-    attempts = 4
-    for attempt in range(attempts):
-        try:
-            ray.init(**kwargs)
-            return
-        except Exception as exc:  # a node start-up that timed out on an overloaded machine: try again
-            if attempt == attempts - 1 or "timed out" not in str(exc).lower():
-                raise
-            log.warning("local Ray did not start (%s); retrying", exc)
-            ray.shutdown()
-            time.sleep(5)
+    start_ray(
+        settings.ray.address,
+        num_cpus=settings.ray.num_cpus,
+        object_store_mb=settings.ray.object_store_mb,
+        log_to_driver=False,
+        metrics_export_port=settings.ray.metrics_export_port,
+        attempts=4,
+    )
 
 
-def start_service(settings: ServeSettings, *, atlas: AnatomyAtlas | None = None, ready_timeout_s: float = 300.0,
-                  backend_app: str | None = None, route_prefix: str | None = None,
-                  app_name: str | None = None) -> str:
+def start_service(
+    settings: ServeSettings,
+    *,
+    atlas: AnatomyAtlas | None = None,
+    ready_timeout_s: float = 300.0,
+    backend_app: str | None = None,
+    route_prefix: str | None = None,
+    app_name: str | None = None,
+) -> str:
     """Start Ray (if needed), Serve's HTTP proxy on ``http.host:http.port`` and the application;
     wait until its ``/readyz`` answers 200. Returns the base URL."""
     init_ray(settings)
-    http_options = {"host": settings.http.host, "port": settings.http.port,
-                    # the proxy gives up on a request (and answers 408) after this: none queues for ever
-                    "request_timeout_s": settings.limits.request_timeout_s}
+    http_options = {
+        "host": settings.http.host,
+        "port": settings.http.port,
+        # the proxy gives up on a request (and answers 408) after this: none queues for ever
+        "request_timeout_s": settings.limits.request_timeout_s,
+    }
     try:
         serve.start(http_options=http_options)
     except Exception as exc:  # the proxy was replaced while starting (a slow machine): the controller lives on

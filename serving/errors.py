@@ -30,12 +30,38 @@ class ApiError(Exception):
 
 #: Reasons the service answers with (the closed label set of ``regionmir_serve_errors``).
 REASONS: tuple[str, ...] = (
-    "unauthorized", "missing_field", "bad_request", "bad_k", "bad_filter", "bad_key", "not_found",
-    "upload_too_large", "image_too_large", "unreadable_image", "unsupported_image", "missing_image",
-    "unsupported_media_type", "bad_image_shape", "bad_pixel_values", "bad_box", "box_outside_image",
-    "box_inverted", "box_zero_area", "box_not_finite",
-    "unknown_anatomy", "no_atlas", "no_atlas_entry", "no_candidate", "no_patient_id", "method_not_allowed",
-    "index_unavailable", "model_unavailable", "storage_unavailable", "timeout", "overloaded", "internal",
+    "unauthorized",
+    "missing_field",
+    "bad_request",
+    "bad_k",
+    "bad_filter",
+    "bad_key",
+    "not_found",
+    "upload_too_large",
+    "image_too_large",
+    "unreadable_image",
+    "unsupported_image",
+    "missing_image",
+    "unsupported_media_type",
+    "bad_image_shape",
+    "bad_pixel_values",
+    "bad_box",
+    "box_outside_image",
+    "box_inverted",
+    "box_zero_area",
+    "box_not_finite",
+    "unknown_anatomy",
+    "no_atlas",
+    "no_atlas_entry",
+    "no_candidate",
+    "no_patient_id",
+    "method_not_allowed",
+    "index_unavailable",
+    "model_unavailable",
+    "storage_unavailable",
+    "timeout",
+    "overloaded",
+    "internal",
 )
 
 
@@ -47,15 +73,19 @@ def reason_label(reason: str) -> str:
 #: The one table from a library error's ``reason`` to the HTTP status of its answer. Anything a
 #: caller sent that the library refuses and that is not listed here is a 422.
 STATUS_BY_REASON: dict[str, int] = {
-    "image_too_large": 413,          # over max_pixels / max_side: a smaller film will do
-    "unsupported_media_type": 415,   # no image at all (empty, text, another file type)
-    "unreadable_image": 422,         # an image's signature with damaged content
-    "unsupported_image": 422,        # multi-frame, colour, an unknown transfer syntax
-    "bad_image_shape": 422,          # a strip no radiograph is
-    "bad_pixel_values": 422,         # a rescale that gives NaN / infinite pixels
+    "image_too_large": 413,  # over max_pixels / max_side: a smaller film will do
+    "unsupported_media_type": 415,  # no image at all (empty, text, another file type)
+    "unreadable_image": 422,  # an image's signature with damaged content
+    "unsupported_image": 422,  # multi-frame, colour, an unknown transfer syntax
+    "bad_image_shape": 422,  # a strip no radiograph is
+    "bad_pixel_values": 422,  # a rescale that gives NaN / infinite pixels
     "unknown_anatomy": 422,
-    "bad_box": 422, "box_outside_image": 422, "box_inverted": 422, "box_zero_area": 422, "box_not_finite": 422,
-    "missing_image": 404,            # a stored film the index names is gone
+    "bad_box": 422,
+    "box_outside_image": 422,
+    "box_inverted": 422,
+    "box_zero_area": 422,
+    "box_not_finite": 422,
+    "missing_image": 404,  # a stored film the index names is gone
 }
 
 
@@ -68,11 +98,16 @@ def from_library_error(exc: RegionMIRError, field: str | None = None) -> ApiErro
     sent; the index's own failures (:class:`~indexing.region_index.RegionIndexError`) are the
     service's trouble, 503 ``index_unavailable`` with ``Retry-After`` (the message names no server)."""
     if isinstance(exc, RegionIndexError):
-        return ApiError(503, "index_unavailable", f"the index is unavailable ({exc.reason}); retry shortly",
-                        retry_after_s=RETRY_AFTER_S)
+        return ApiError(
+            503,
+            "index_unavailable",
+            f"the index is unavailable ({exc.reason}); retry shortly",
+            retry_after_s=RETRY_AFTER_S,
+        )
     status = STATUS_BY_REASON.get(exc.reason, 422)
-    where = field or ("anatomy" if isinstance(exc, UnknownAnatomyError) else "box" if isinstance(exc, BoxError)
-                      else "image")
+    where = field or (
+        "anatomy" if isinstance(exc, UnknownAnatomyError) else "box" if isinstance(exc, BoxError) else "image"
+    )
     if isinstance(exc, UnknownAnatomyError):
         return ApiError(status, exc.reason, exc.message, field=where, suggestions=list(exc.matches))
     return ApiError(status, exc.reason, f"{where}: {exc.message}")

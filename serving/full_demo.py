@@ -81,23 +81,35 @@ def query_service(base: str, data: str, regions=DEMO_REGIONS, films: int = 3, k:
             truth = boxes.get(anatomy_id(name))
             if truth is None:
                 continue
-            for kind, form in (("box", {"box": ",".join(f"{v:.0f}" for v in truth.as_list())}),
-                               ("anatomy", {"anatomy": name})):
+            for kind, form in (
+                ("box", {"box": ",".join(f"{v:.0f}" for v in truth.as_list())}),
+                ("anatomy", {"anatomy": name}),
+            ):
                 started = time.perf_counter()
-                response = session.post(base + "/v1/search", files={"image": ("film.png", film, "image/png")},
-                                        data={**form, "k": str(k)}, timeout=120)
+                response = session.post(
+                    base + "/v1/search",
+                    files={"image": ("film.png", film, "image/png")},
+                    data={**form, "k": str(k)},
+                    timeout=120,
+                )
                 latency_ms = (time.perf_counter() - started) * 1000.0
                 if response.status_code != 200:
-                    raise RuntimeError(f"{kind} query for {name} answered {response.status_code}: {response.text[:300]}")
+                    raise RuntimeError(
+                        f"{kind} query for {name} answered {response.status_code}: {response.text[:300]}"
+                    )
                 body = response.json()
                 results = body["results"]
-                answers.append({
-                    "kind": kind, "anatomy": name, "latency_ms": round(latency_ms, 1),
-                    "predicted_anatomy": body["query"]["predicted_anatomy"],
-                    "top_result_anatomy": results[0]["anatomy"] if results else None,
-                    "same_anatomy_in_top_k": sum(r["anatomy"] == name for r in results) / max(1, len(results)),
-                    "box_iou": round(iou(body["query"]["box"], truth.as_list()), 3),
-                })
+                answers.append(
+                    {
+                        "kind": kind,
+                        "anatomy": name,
+                        "latency_ms": round(latency_ms, 1),
+                        "predicted_anatomy": body["query"]["predicted_anatomy"],
+                        "top_result_anatomy": results[0]["anatomy"] if results else None,
+                        "same_anatomy_in_top_k": sum(r["anatomy"] == name for r in results) / max(1, len(results)),
+                        "box_iou": round(iou(body["query"]["box"], truth.as_list()), 3),
+                    }
+                )
     by_kind = {}
     for kind in ("box", "anatomy"):
         rows = [a for a in answers if a["kind"] == kind]
@@ -129,10 +141,16 @@ class ServiceStarter(threading.Thread):
         started = time.perf_counter()
         try:
             milvus = serving_copy(self.db, self.out)
-            settings = ServeSettings.from_dict({
-                "model": self.model, "milvus": milvus, "http": {"host": "127.0.0.1", "port": _free_port(self.port)},
-                "encoder": {"min_replicas": 1, "max_replicas": 2},
-                "ingress": {"min_replicas": 1, "max_replicas": 1}}, "demo settings")
+            settings = ServeSettings.from_dict(
+                {
+                    "model": self.model,
+                    "milvus": milvus,
+                    "http": {"host": "127.0.0.1", "port": _free_port(self.port)},
+                    "encoder": {"min_replicas": 1, "max_replicas": 2},
+                    "ingress": {"min_replicas": 1, "max_replicas": 1},
+                },
+                "demo settings",
+            )
             _step(f"starting the query service on Ray Serve in the background (index copy {milvus})")
             self.base = start_service(settings, ready_timeout_s=600)
         except BaseException as exc:  # handed to the main thread by result()
@@ -185,34 +203,47 @@ def main(argv: list[str] | None = None) -> int:
             starters.append(ServiceStarter(trained["model"], db, args.out, args.port))
             starters[0].start()
 
-        indexed = index_and_evaluate(trained["data"], trained["model"], args.out, localize_films=3,
-                                     after_index=start_serving)
+        indexed = index_and_evaluate(
+            trained["data"], trained["model"], args.out, localize_films=3, after_index=start_serving
+        )
         timings["index_and_evaluate_s"] = round(time.perf_counter() - t, 1)
         t = time.perf_counter()
         base = starters[0].result()
         timings["service_start_s"] = starters[0].seconds
-        _step(f"service ready at {base}/ ({starters[0].seconds} s after it was started); sending box and "
-              "anatomy-only queries over HTTP")
+        _step(
+            f"service ready at {base}/ ({starters[0].seconds} s after it was started); sending box and "
+            "anatomy-only queries over HTTP"
+        )
         served = {"url": base + "/", "api": base + "/docs", **query_service(base, trained["data"], films=2)}
         timings["after_evaluation_until_answered_s"] = round(time.perf_counter() - t, 1)
         pictures = {**trained.pop("pictures"), **{f"report_{k}": v for k, v in indexed.pop("pictures").items()}}
-        summary = {**trained, **indexed, "service": served, "timings": timings,
-                   "seconds": round(time.perf_counter() - started, 1)}
+        summary = {
+            **trained,
+            **indexed,
+            "service": served,
+            "timings": timings,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
         with open(os.path.join(args.out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1, default=str)
         print(json.dumps({k: v for k, v in summary.items() if k != "service"}, indent=1, default=str))
         print_pictures(pictures)
         r, s = summary["retrieval"], served["by_kind"]
-        print(f"\nService at {served['url']} (OpenAPI {served['api']}): "
-              f"{s['box']['queries']} box queries p50 {s['box']['latency_ms_p50']} ms, top-1 same anatomy "
-              f"{s['box']['top1_same_anatomy']:.0%}; {s['anatomy']['queries']} anatomy-only queries p50 "
-              f"{s['anatomy']['latency_ms_p50']} ms, found box IoU {s['anatomy']['mean_box_iou']:.2f}, top-1 same "
-              f"anatomy {s['anatomy']['top1_same_anatomy']:.0%}.")
-        print(f"Fine-tuned model: test accuracy {summary['test_accuracy']:.2%} (classifier); retrieval of "
-              f"{r['queries']} test regions from {summary['index']['rows']} indexed train regions: "
-              f"p@1 {r['p@1']:.3f}, p@10 {r['p@10']:.3f}, mAP@10 {r['map@10']:.3f}, nDCG@10 {r['ndcg@10']:.3f}; localization mIoU "
-              f"{summary['localization_miou'] if summary['localization_miou'] is None else round(summary['localization_miou'], 3)}; report {summary['report']}; summary "
-              f"{os.path.join(args.out, 'summary.json')}; demo finished in {summary['seconds']} s.", flush=True)
+        print(
+            f"\nService at {served['url']} (OpenAPI {served['api']}): "
+            f"{s['box']['queries']} box queries p50 {s['box']['latency_ms_p50']} ms, top-1 same anatomy "
+            f"{s['box']['top1_same_anatomy']:.0%}; {s['anatomy']['queries']} anatomy-only queries p50 "
+            f"{s['anatomy']['latency_ms_p50']} ms, found box IoU {s['anatomy']['mean_box_iou']:.2f}, top-1 same "
+            f"anatomy {s['anatomy']['top1_same_anatomy']:.0%}."
+        )
+        print(
+            f"Fine-tuned model: test accuracy {summary['test_accuracy']:.2%} (classifier); retrieval of "
+            f"{r['queries']} test regions from {summary['index']['rows']} indexed train regions: "
+            f"p@1 {r['p@1']:.3f}, p@10 {r['p@10']:.3f}, mAP@10 {r['map@10']:.3f}, nDCG@10 {r['ndcg@10']:.3f}; localization mIoU "
+            f"{summary['localization_miou'] if summary['localization_miou'] is None else round(summary['localization_miou'], 3)}; report {summary['report']}; summary "
+            f"{os.path.join(args.out, 'summary.json')}; demo finished in {summary['seconds']} s.",
+            flush=True,
+        )
         if args.keep_serving:
             wait_for_interrupt(served["url"])
     finally:

@@ -55,21 +55,37 @@ class ServiceMetrics:
             self.latency = self.queries = self.errors = self.batch_size = self.batch_crops = _Noop()
             self.index_rows = self.requests = self.localized = _Noop()
             return
-        self.latency = Histogram(PREFIX + "latency_seconds", "Query latency per stage (seconds)",
-                                 boundaries=LATENCY_BOUNDARIES_S, tag_keys=("stage",))
-        self.requests = Counter(PREFIX + "requests_total", "HTTP requests by route template and status class",
-                                tag_keys=("endpoint", "status"))
-        self.queries = Counter(PREFIX + "queries_total", "Search queries by query anatomy and how the box was found",
-                               tag_keys=("anatomy", "source"))
+        self.latency = Histogram(
+            PREFIX + "latency_seconds",
+            "Query latency per stage (seconds)",
+            boundaries=LATENCY_BOUNDARIES_S,
+            tag_keys=("stage",),
+        )
+        self.requests = Counter(
+            PREFIX + "requests_total",
+            "HTTP requests by route template and status class",
+            tag_keys=("endpoint", "status"),
+        )
+        self.queries = Counter(
+            PREFIX + "queries_total",
+            "Search queries by query anatomy and how the box was found",
+            tag_keys=("anatomy", "source"),
+        )
         self.errors = Counter(PREFIX + "errors_total", "Answered errors by reason", tag_keys=("reason",))
-        self.batch_size = Histogram(PREFIX + "encoder_batch_requests", "Requests merged into one encoder batch",
-                                    boundaries=BATCH_BOUNDARIES)
-        self.batch_crops = Histogram(PREFIX + "encoder_batch_crops", "Crops in one encoder forward pass",
-                                     boundaries=BATCH_BOUNDARIES)
-        self.index_rows = Gauge(PREFIX + "index_rows", "Rows in the searched collection (and of the served model)",
-                                tag_keys=("scope",))
-        self.localized = Histogram(PREFIX + "localization_confidence", "Classifier confidence of atlas-found boxes",
-                                   boundaries=[0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99])
+        self.batch_size = Histogram(
+            PREFIX + "encoder_batch_requests", "Requests merged into one encoder batch", boundaries=BATCH_BOUNDARIES
+        )
+        self.batch_crops = Histogram(
+            PREFIX + "encoder_batch_crops", "Crops in one encoder forward pass", boundaries=BATCH_BOUNDARIES
+        )
+        self.index_rows = Gauge(
+            PREFIX + "index_rows", "Rows in the searched collection (and of the served model)", tag_keys=("scope",)
+        )
+        self.localized = Histogram(
+            PREFIX + "localization_confidence",
+            "Classifier confidence of atlas-found boxes",
+            boundaries=[0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99],
+        )
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         if stage in STAGES:

@@ -47,9 +47,13 @@ class EncoderRuntime:
         self.crop_size = contract.crop_config.size
 
     def info(self) -> dict[str, Any]:
-        return {"model_version": self.contract.version_id, "device": str(self.device),
-                "crop_size": self.crop_size, "classes": int(self.class_ids.size),
-                "embedding_dim": int(self.contract.encoder_config.embedding_dim)}
+        return {
+            "model_version": self.contract.version_id,
+            "device": str(self.device),
+            "crop_size": self.crop_size,
+            "classes": int(self.class_ids.size),
+            "embedding_dim": int(self.contract.encoder_config.embedding_dim),
+        }
 
     def forward(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         """``crops`` float32 ``(N, S, S)`` in [0, 1] → ``embeddings`` ``(N, D)`` (L2-normalised) and
@@ -61,14 +65,18 @@ class EncoderRuntime:
             raise ValueError(f"expected crops (N, {self.crop_size}, {self.crop_size}), got {crops.shape}")
         if crops.shape[0] == 0:
             dim = int(self.contract.encoder_config.embedding_dim)
-            return {"embeddings": np.zeros((0, dim), np.float32),
-                    "probabilities": np.zeros((0, self.class_ids.size), np.float32)}
+            return {
+                "embeddings": np.zeros((0, dim), np.float32),
+                "probabilities": np.zeros((0, self.class_ids.size), np.float32),
+            }
         x = torch.from_numpy(crops)[:, None].to(self.device)
         with torch.inference_mode():
             out = self.model(x, heads=("embedding", "logits"))
             probabilities = torch.softmax(out["logits"].float(), dim=1)
-        return {"embeddings": out["embedding"].float().cpu().numpy(),
-                "probabilities": probabilities.cpu().numpy().astype(np.float32)}
+        return {
+            "embeddings": out["embedding"].float().cpu().numpy(),
+            "probabilities": probabilities.cpu().numpy().astype(np.float32),
+        }
 
 
 def hit_to_dict(hit: RegionHit) -> dict[str, Any]:
@@ -92,11 +100,20 @@ class SearchFilters:
 class SearchRuntime:
     """The index connection of one process (a milvus-lite file may have only one)."""
 
-    def __init__(self, milvus_uri: str, collection: str, model_version: str, *,
-                 consistency_level: str = "Bounded", search_ef: int = 64, timeout_s: float | None = None):
+    def __init__(
+        self,
+        milvus_uri: str,
+        collection: str,
+        model_version: str,
+        *,
+        consistency_level: str = "Bounded",
+        search_ef: int = 64,
+        timeout_s: float | None = None,
+    ):
         # timeout_s: the deadline of every Milvus RPC (a hung server must not hold a replica thread)
-        self.index = RegionIndex(milvus_uri, consistency_level=consistency_level, search_ef=search_ef,
-                                 timeout=timeout_s)
+        self.index = RegionIndex(
+            milvus_uri, consistency_level=consistency_level, search_ef=search_ef, timeout=timeout_s
+        )
         self.alias = collection
         self.model_version = model_version
         self.collection = collection
@@ -119,13 +136,21 @@ class SearchRuntime:
         if target == own:
             self.collection = own
             self._locations_open = False  # checked again on the collection now searched
-            log.info("search: collection %s of the served model (alias %s is left to `regionmir index`)",
-                     own, self.alias)
+            log.info(
+                "search: collection %s of the served model (alias %s is left to `regionmir index`)", own, self.alias
+            )
 
     def search(self, vector: Sequence[float], k: int, filters: SearchFilters = SearchFilters()) -> list[dict[str, Any]]:
-        hits = self.index.search(self.collection, np.asarray(vector, dtype=np.float32), k=k, anatomy=filters.anatomy,
-                                 view=filters.view, exclude_patient_hash=filters.exclude_patient_hash,
-                                 group_by=filters.group_by, model_version=self.model_version)
+        hits = self.index.search(
+            self.collection,
+            np.asarray(vector, dtype=np.float32),
+            k=k,
+            anatomy=filters.anatomy,
+            view=filters.view,
+            exclude_patient_hash=filters.exclude_patient_hash,
+            group_by=filters.group_by,
+            model_version=self.model_version,
+        )
         return [hit_to_dict(h) for h in hits[0]]
 
     def get(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -158,9 +183,15 @@ class SearchRuntime:
         """``rows`` in the collection, ``model_rows`` of the served model version, whether the salt
         opens the stored film locations; raises when unreachable."""
         self._use_own_collection()  # an index built after start-up is picked up by the next readiness check
-        return {"collection": self.collection, "alias": self.alias, "rows": self.index.count(self.collection),
-                "model_rows": self.count_for_model(), "model_version": self.model_version,
-                "locations_open": self.locations_open(), "uri": self.index.display_uri}
+        return {
+            "collection": self.collection,
+            "alias": self.alias,
+            "rows": self.index.count(self.collection),
+            "model_rows": self.count_for_model(),
+            "model_version": self.model_version,
+            "locations_open": self.locations_open(),
+            "uri": self.index.display_uri,
+        }
 
     def close(self) -> None:
         self.index.close()

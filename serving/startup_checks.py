@@ -21,11 +21,15 @@ def insecure_settings(settings: ServeSettings, environ: dict[str, str] | None = 
     env = os.environ if environ is None else environ
     problems = []
     if not settings.auth.api_key:
-        problems.append("no API key (set REGIONMIR_API_KEY or REGIONMIR_API_KEY_FILE): /v1/* would be open to "
-                        "anyone who reaches the port")
+        problems.append(
+            "no API key (set REGIONMIR_API_KEY or REGIONMIR_API_KEY_FILE): /v1/* would be open to "
+            "anyone who reaches the port"
+        )
     if (env.get(SALT_ENV) or DEFAULT_SALT) == DEFAULT_SALT:
-        problems.append(f"no identifier salt ({SALT_ENV} unset): patient hashes would use the public default "
-                        "salt, and 8-digit record numbers could be recovered from them")
+        problems.append(
+            f"no identifier salt ({SALT_ENV} unset): patient hashes would use the public default "
+            "salt, and 8-digit record numbers could be recovered from them"
+        )
     return problems
 
 
@@ -34,7 +38,10 @@ def require_secure(settings: ServeSettings, insecure_dev: bool, environ: dict[st
     (the caller warns)."""
     problems = insecure_settings(settings, environ)
     if problems and not insecure_dev:
-        raise ConfigError("refusing to start: " + "; ".join(problems)
-                          + ". Pass --insecure-dev (insecure_dev: true in application args) for a demo or a "
-                            "test on a private machine.")
+        raise ConfigError(
+            "refusing to start: "
+            + "; ".join(problems)
+            + ". Pass --insecure-dev (insecure_dev: true in application args) for a demo or a "
+            "test on a private machine."
+        )
     return problems

@@ -10,9 +10,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from local_process import free_port
@@ -57,10 +57,10 @@ class S3TestServer:
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A local Ray (``training.ray_runtime.start_ray``) for one module, shut down after it."""
+    """A local Ray (``cluster.ray_runtime.start_ray``) for one module, shut down after it."""
     import ray
 
-    from training.ray_runtime import start_ray
+    from cluster.ray_runtime import start_ray
 
     start_ray()
     yield
@@ -81,8 +81,9 @@ def s3_server() -> Iterator[S3TestServer]:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
-    process = subprocess.Popen([command, "-H", "127.0.0.1", "-p", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [command, "-H", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -123,8 +124,7 @@ def _check_milvus_package(name: str) -> str:
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
-        pytest.fail(f"the PyPI package {name!r} is not installed: it comes with the dev extra "
-                    "(pip install -e .[dev])")
+        pytest.fail(f"the PyPI package {name!r} is not installed: it comes with the dev extra (pip install -e .[dev])")
 
 
 @pytest.fixture(scope="session")

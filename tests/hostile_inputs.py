@@ -73,7 +73,7 @@ def nan_rescale_dicom() -> bytes:
     return dicom_bytes(dicom_dataset(RescaleSlope="NaN", RescaleIntercept="0"))
 
 
-def deflate_bomb_dicom(inflated_bytes: int = 4 * 1024 ** 3) -> bytes:
+def deflate_bomb_dicom(inflated_bytes: int = 4 * 1024**3) -> bytes:
     """A deflated DICOM (a valid small film) followed by a private element of ``inflated_bytes``
     zeros: about 4 MB on the wire for 4 GiB inflated."""
     ds = dicom_dataset()
@@ -87,11 +87,12 @@ def deflate_bomb_dicom(inflated_bytes: int = 4 * 1024 ** 3) -> bytes:
     block = b"\0" * (64 * 1024 * 1024)
     left, element = int(inflated_bytes), 0x1010
     while left > 0:  # private OB elements (7FE1,10xx) after the pixel data, at most 2 GiB each
-        size = min(left, 2 * 1024 ** 3)
-        parts.append(packer.compress(b"\xe1\x7f" + element.to_bytes(2, "little") + b"OB\x00\x00"
-                                     + size.to_bytes(4, "little")))
+        size = min(left, 2 * 1024**3)
+        parts.append(
+            packer.compress(b"\xe1\x7f" + element.to_bytes(2, "little") + b"OB\x00\x00" + size.to_bytes(4, "little"))
+        )
         for start in range(0, size, len(block)):
-            parts.append(packer.compress(block[:min(len(block), size - start)]))
+            parts.append(packer.compress(block[: min(len(block), size - start)]))
         left, element = left - size, element + 1
     parts.append(packer.flush())
     return b"".join(parts)
@@ -105,7 +106,7 @@ def forged_jpeg2000_dicom(declared: int = 200_000) -> bytes:
     twin.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg", generate_instance_uid=False)
     frame = bytearray(next(f for f in generate_fragments(twin.PixelData) if f.startswith(b"\xff\x4f")))
     at = frame.find(b"\xff\x4f\xff\x51")
-    frame[at + 8:at + 16] = int(declared).to_bytes(4, "big") * 2
+    frame[at + 8 : at + 16] = int(declared).to_bytes(4, "big") * 2
     twin.PixelData = encapsulate([bytes(frame)])
     twin.SOPInstanceUID = generate_uid()
     return dicom_bytes(twin)

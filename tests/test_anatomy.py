@@ -2,8 +2,19 @@ from __future__ import annotations
 
 import pytest
 
-from regionmir.anatomy import (ANATOMY_NAMES, LEFT_RIGHT_PAIRS, MIRROR_IDS, NUM_ANATOMIES, STANDARD_29,
-                               STANDARD_29_IDS, anatomy_id, anatomy_name, mirror_id, side_of, suggest)
+from regionmir.anatomy import (
+    ANATOMY_NAMES,
+    LEFT_RIGHT_PAIRS,
+    MIRROR_IDS,
+    NUM_ANATOMIES,
+    STANDARD_29,
+    STANDARD_29_IDS,
+    anatomy_id,
+    anatomy_name,
+    mirror_id,
+    side_of,
+    suggest,
+)
 from regionmir.errors import UnknownAnatomyError
 
 
@@ -19,27 +30,37 @@ def test_vocabulary_is_the_36_chest_imagenome_names_with_stable_ids():
 def test_standard_29_drops_the_seven_regions():
     assert len(STANDARD_29) == 29
     dropped = set(ANATOMY_NAMES) - set(STANDARD_29)
-    assert dropped == {"left cardiophrenic angle", "right cardiophrenic angle", "left cardiac silhouette",
-                       "right cardiac silhouette", "descending aorta", "left upper abdomen", "right upper abdomen"}
+    assert dropped == {
+        "left cardiophrenic angle",
+        "right cardiophrenic angle",
+        "left cardiac silhouette",
+        "right cardiac silhouette",
+        "descending aorta",
+        "left upper abdomen",
+        "right upper abdomen",
+    }
     assert [ANATOMY_NAMES[i] for i in STANDARD_29_IDS] == list(STANDARD_29)
 
 
-@pytest.mark.parametrize("typed, expected", [
-    ("left lung", "left lung"),
-    ("left_lung", "left lung"),
-    ("Left-Lung", "left lung"),
-    ("  LEFT   LUNG ", "left lung"),
-    ("heart", "cardiac silhouette"),
-    ("Heart", "cardiac silhouette"),
-    ("left cp angle", "left costophrenic angle"),
-    ("lcpa", "left costophrenic angle"),
-    ("RUZ", "right upper lung zone"),
-    ("r costophrenic angle", "right costophrenic angle"),
-    ("superior vena cava", "svc"),
-    ("aortic knob", "aortic arch"),
-    (17, "trachea"),
-    ("17", "trachea"),
-])
+@pytest.mark.parametrize(
+    "typed, expected",
+    [
+        ("left lung", "left lung"),
+        ("left_lung", "left lung"),
+        ("Left-Lung", "left lung"),
+        ("  LEFT   LUNG ", "left lung"),
+        ("heart", "cardiac silhouette"),
+        ("Heart", "cardiac silhouette"),
+        ("left cp angle", "left costophrenic angle"),
+        ("lcpa", "left costophrenic angle"),
+        ("RUZ", "right upper lung zone"),
+        ("r costophrenic angle", "right costophrenic angle"),
+        ("superior vena cava", "svc"),
+        ("aortic knob", "aortic arch"),
+        (17, "trachea"),
+        ("17", "trachea"),
+    ],
+)
 def test_names_and_aliases(typed, expected):
     assert anatomy_name(typed) == expected
 

@@ -118,9 +118,14 @@ def test_json_round_trip_beside_the_model(atlas, tmp_path):
 def _mirrored(records: list[ImageRecord], swap_labels: bool) -> list[tuple[ImageRecord, int, int]]:
     out = []
     for record in records:
-        regions = tuple(dataclasses.replace(r, box=r.box.flipped_horizontally(SIZE),
-                                            anatomy_id=mirror_id(r.anatomy_id) if swap_labels else r.anatomy_id)
-                        for r in record.regions)
+        regions = tuple(
+            dataclasses.replace(
+                r,
+                box=r.box.flipped_horizontally(SIZE),
+                anatomy_id=mirror_id(r.anatomy_id) if swap_labels else r.anatomy_id,
+            )
+            for r in record.regions
+        )
         out.append((record.with_regions(regions), SIZE, SIZE))
     return out
 
@@ -134,9 +139,11 @@ def test_flipped_films_swap_left_and_right(atlas, phantoms):
     for aid, entry in expected.entries.items():
         got = learned.entries[aid]
         assert got.count == entry.count
-        np.testing.assert_allclose(got.center + got.center_spread + got.log_size + got.log_size_spread,
-                                   entry.center + entry.center_spread + entry.log_size + entry.log_size_spread,
-                                   atol=1e-9)
+        np.testing.assert_allclose(
+            got.center + got.center_spread + got.log_size + got.log_size_spread,
+            entry.center + entry.center_spread + entry.log_size + entry.log_size_spread,
+            atol=1e-9,
+        )
     # The patient's left lung now shows on the image's left, about where the right lung was.
     left, right = expected.entry("left lung"), expected.entry("right lung")
     assert left.center[0] < 0.5 < right.center[0]
@@ -189,13 +196,16 @@ def test_localisation_on_held_out_phantoms(atlas, phantoms):
             prior = atlas.localize(region.anatomy_id, pixels)
             assert prior.confidence is None
             prior_pairs.append((prior.box, region.box))
-            found = atlas.localize(region.anatomy_id, pixels, classifier.score_fn(region.anatomy_id), n=32,
-                                   rounds=2, crop=CROP)
+            found = atlas.localize(
+                region.anatomy_id, pixels, classifier.score_fn(region.anatomy_id), n=32, rounds=2, crop=CROP
+            )
             assert 0.0 <= found.confidence <= 1.0 and found.candidates > 32
             classifier_pairs.append((found.box, region.box))
     prior_iou, classifier_iou = mean_iou(prior_pairs), mean_iou(classifier_pairs)
-    print(f"\nmean IoU over {len(prior_pairs)} held-out regions: atlas prior {prior_iou:.3f}, "
-          f"atlas + classifier {classifier_iou:.3f}")
+    print(
+        f"\nmean IoU over {len(prior_pairs)} held-out regions: atlas prior {prior_iou:.3f}, "
+        f"atlas + classifier {classifier_iou:.3f}"
+    )
     assert prior_iou >= 0.45
     assert classifier_iou >= 0.6
     assert classifier_iou > prior_iou

@@ -32,7 +32,7 @@ def asymmetric_film() -> np.ndarray:
     """
     ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
     film = 0.15 + 0.1 * ys / HEIGHT
-    film += 0.7 * np.exp(-((xs - 240.0) ** 2 + (ys - 130.0) ** 2) / (2 * 8.0 ** 2))
+    film += 0.7 * np.exp(-((xs - 240.0) ** 2 + (ys - 130.0) ** 2) / (2 * 8.0**2))
     return np.clip(film, 0, 1).astype(np.float32)
 
 
@@ -42,6 +42,7 @@ def looks_mirrored(view: np.ndarray) -> bool:
 
 
 # --- laterality --------------------------------------------------------------------------------
+
 
 def test_flip_mirrors_the_crop_and_turns_left_lung_into_right_lung():
     film = asymmetric_film()
@@ -122,6 +123,7 @@ def test_only_the_right_atrium_refuses_to_flip():
 
 # --- geometry on the full film -----------------------------------------------------------------
 
+
 def test_none_is_exactly_the_plain_crop():
     film = asymmetric_film()
     view, label = augment_region(film, LEFT_LUNG_BOX, LEFT_LUNG, CROP, NO_AUG, np.random.default_rng(5))
@@ -166,6 +168,7 @@ def test_a_box_on_the_film_edge_never_fails_under_jitter():
 
 # --- values and determinism --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("preset", [AugmentationConfig.contrastive(), AugmentationConfig.fine_tuning()])
 def test_views_are_float32_in_unit_range(preset):
     rng = np.random.default_rng(9)
@@ -192,6 +195,7 @@ def test_same_seed_same_views_other_seed_other_views():
 
 # --- config ------------------------------------------------------------------------------------
 
+
 def test_presets_and_round_trip():
     light, strong = AugmentationConfig.fine_tuning(), AugmentationConfig.contrastive()
     assert light.rotation_degrees < strong.rotation_degrees
@@ -203,14 +207,17 @@ def test_presets_and_round_trip():
     assert AugmentationConfig.from_dict(as_json) == strong
 
 
-@pytest.mark.parametrize("change", [
-    {"scale_range": (1.2, 0.8)},
-    {"horizontal_flip_p": 1.5},
-    {"blur_p": -0.1},
-    {"brightness": -0.1},
-    {"rotation_degrees": 90.0},
-    {"gamma_range": (0.0, 1.0)},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"scale_range": (1.2, 0.8)},
+        {"horizontal_flip_p": 1.5},
+        {"blur_p": -0.1},
+        {"brightness": -0.1},
+        {"rotation_degrees": 90.0},
+        {"gamma_range": (0.0, 1.0)},
+    ],
+)
 def test_config_rejects_bad_ranges(change):
     with pytest.raises(ValueError):
         dataclasses.replace(AugmentationConfig(), **change)

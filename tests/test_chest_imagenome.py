@@ -71,25 +71,49 @@ def scene_graph(dicom_id: str) -> dict:
                 x2 = x1
             if name == "cardiac silhouette":
                 y2 = 350.0
-        objects.append({
-            "object_id": f"{dicom_id}_{name}", "bbox_name": name, "name": name.title(),
-            "synsets": ["C0000000"],
-            "x1": 1, "y1": 1, "x2": 2, "y2": 2, "width": 1, "height": 1,  # 224 px copy: unused
-            "original_x1": x1, "original_y1": y1, "original_x2": x2, "original_y2": y2,
-            "original_width": x2 - x1, "original_height": y2 - y1,
-        })
+        objects.append(
+            {
+                "object_id": f"{dicom_id}_{name}",
+                "bbox_name": name,
+                "name": name.title(),
+                "synsets": ["C0000000"],
+                "x1": 1,
+                "y1": 1,
+                "x2": 2,
+                "y2": 2,
+                "width": 1,
+                "height": 1,  # 224 px copy: unused
+                "original_x1": x1,
+                "original_y1": y1,
+                "original_x2": x2,
+                "original_y2": y2,
+                "original_width": x2 - x1,
+                "original_height": y2 - y1,
+            }
+        )
     if dicom_id == B:
         objects.append({**objects[0], "bbox_name": "left kidney"})
     if dicom_id == C:
-        attributes.append({
-            "bbox_name": "left costophrenic angle", "name": "Left costophrenic angle",
-            "attributes": [["anatomicalfinding|yes|pleural effusion", "nlp|no|normal"],
-                           ["nlp|yes|abnormal", "anatomicalfinding|no|lung opacity"]],
-            "phrases": ["Small left pleural effusion."],
-        })
-    return {"image_id": dicom_id, "patient_id": int(subject), "study_id": int(study),
-            "viewpoint": "PA" if dicom_id != G else "AP",
-            "objects": objects, "attributes": attributes, "relationships": []}
+        attributes.append(
+            {
+                "bbox_name": "left costophrenic angle",
+                "name": "Left costophrenic angle",
+                "attributes": [
+                    ["anatomicalfinding|yes|pleural effusion", "nlp|no|normal"],
+                    ["nlp|yes|abnormal", "anatomicalfinding|no|lung opacity"],
+                ],
+                "phrases": ["Small left pleural effusion."],
+            }
+        )
+    return {
+        "image_id": dicom_id,
+        "patient_id": int(subject),
+        "study_id": int(study),
+        "viewpoint": "PA" if dicom_id != G else "AP",
+        "objects": objects,
+        "attributes": attributes,
+        "relationships": [],
+    }
 
 
 def mimic_path(dicom_id: str, ext: str = ".dcm") -> str:
@@ -117,12 +141,14 @@ def write_chest_imagenome(root: Path, nested: bool = False) -> Path:
             Image.new("L", (WIDTH, HEIGHT), 128).save(image)
     header = ",subject_id,study_id,dicom_id,path,ViewPosition\n"  # the release's leading index column
     for split in ("train", "valid", "test"):
-        rows = [f"{n},{s},{t},{d},{mimic_path(d)},PA\n"
-                for n, (d, (sp, s, t)) in enumerate(IMAGES.items()) if sp == split]
+        rows = [
+            f"{n},{s},{t},{d},{mimic_path(d)},PA\n" for n, (d, (sp, s, t)) in enumerate(IMAGES.items()) if sp == split
+        ]
         (silver / "splits" / f"{split}.csv").write_text(header + "".join(rows))
     _, subject, study = IMAGES[D]
     (silver / "splits" / "images_to_avoid.csv").write_text(
-        f"subject_id,study_id,dicom_id,path,ViewPosition\n{subject},{study},{D},{mimic_path(D)},PA\n")
+        f"subject_id,study_id,dicom_id,path,ViewPosition\n{subject},{study},{D},{mimic_path(D)},PA\n"
+    )
     return silver
 
 
@@ -139,8 +165,15 @@ def check_full_scan(reader: ChestImaGenomeReader) -> dict:
     report = reader.report
     assert dict(report.read) == {"split_rows": 8, "images": 4, "regions": 36 + 34 + 36 + 36}
     assert dict(report.issues) == {
-        "missing_image": 1, "box_clamped": 1, "box_zero_area": 1, "unknown_anatomy": 1,
-        "region_missing": 1, "image_to_avoid": 1, "missing_scene_graph": 1, "bad_json": 1}
+        "missing_image": 1,
+        "box_clamped": 1,
+        "box_zero_area": 1,
+        "unknown_anatomy": 1,
+        "region_missing": 1,
+        "image_to_avoid": 1,
+        "missing_scene_graph": 1,
+        "bad_json": 1,
+    }
     assert report.details["region_missing"] == {"spine": 1}
     assert report.details["unknown_anatomy"] == {"left kidney": 1}
     assert report.details["box_clamped"] == {"negative coordinates": 1}
@@ -276,8 +309,13 @@ def test_scene_graph_folder_without_splits(dataset_root: Path):
     assert isinstance(reader, ChestImaGenomeReader)
     images = list(reader.iter_images())
     assert sorted(i.image_id for i in images) == sorted([A, B, C, D, G, H])
-    assert dict(reader.report.issues) == {"bad_json": 1, "box_clamped": 1, "box_zero_area": 1,
-                                          "unknown_anatomy": 1, "region_missing": 1}
+    assert dict(reader.report.issues) == {
+        "bad_json": 1,
+        "box_clamped": 1,
+        "box_zero_area": 1,
+        "unknown_anatomy": 1,
+        "region_missing": 1,
+    }
     assert reader.report.read["scene_graphs"] == 7
     # The first image fixed the layout; later missing files are not stat'ed (decode finds them).
     assert not Path(next(i for i in images if i.image_id == H).image_uri).exists()

@@ -22,7 +22,10 @@ def test_every_slow_test_file_is_run_by_a_ci_target():
     assert targets[0] == "test", ".ci/run runs make test first"
     covered = set().union(*(_target_files(makefile, t) for t in targets[1:]))
     marked = re.compile(r"^[^#\n]*pytest\.mark\.slow", re.M)
-    slow = {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py")
-            if p.name != Path(__file__).name and marked.search(p.read_text())}
+    slow = {
+        f"tests/{p.name}"
+        for p in (ROOT / "tests").glob("test_*.py")
+        if p.name != Path(__file__).name and marked.search(p.read_text())
+    }
     assert slow and slow <= covered, f"slow tests no CI target runs: {sorted(slow - covered)}"
     assert covered <= {f"tests/{p.name}" for p in (ROOT / "tests").glob("test_*.py")}, "a target names a missing file"

@@ -32,12 +32,14 @@ def test_accuracy():
 
 
 def test_confusion_matrix_rows_are_true_columns_are_predicted():
-    expected = np.array([
-        [2, 1, 0, 0],  # true 0: twice right, once called 1
-        [1, 1, 0, 0],  # true 1: once called 0, once right
-        [0, 0, 1, 0],
-        [0, 0, 0, 0],  # no true 3
-    ])
+    expected = np.array(
+        [
+            [2, 1, 0, 0],  # true 0: twice right, once called 1
+            [1, 1, 0, 0],  # true 1: once called 0, once right
+            [0, 0, 1, 0],
+            [0, 0, 0, 0],  # no true 3
+        ]
+    )
     cm = confusion_matrix(Y_TRUE, Y_PRED, 4)
     np.testing.assert_array_equal(cm, expected)
     assert cm.dtype == np.int64
@@ -61,7 +63,10 @@ def test_classification_report_worked_example():
     assert report["macro_f1"] == pytest.approx(13 / 18)
     assert list(report["per_class"]) == ["a", "b", "c"]  # "d" has no targets: omitted
     assert report["per_class"]["a"] == {
-        "support": 3, "accuracy": pytest.approx(2 / 3), "precision": pytest.approx(2 / 3), "f1": pytest.approx(2 / 3)
+        "support": 3,
+        "accuracy": pytest.approx(2 / 3),
+        "precision": pytest.approx(2 / 3),
+        "f1": pytest.approx(2 / 3),
     }
     # Off-diagonal cells (0,1) and (1,0) hold one each; ties keep row-major order.
     assert report["top_confusions"] == [
@@ -115,7 +120,7 @@ def test_plot_confusion_matrix_writes_a_png_of_the_expected_size(tmp_path):
         pixels = np.asarray(image)
     grid = num_classes * 24  # 36 classes -> 24 px cells
     assert grid + 200 < width < grid + 800 and grid + 100 < height < grid + 600  # grid plus labels
-    assert np.all(pixels == (8, 48, 107), axis=2).any()     # the darkest Blues: the colour bar's 100 %
+    assert np.all(pixels == (8, 48, 107), axis=2).any()  # the darkest Blues: the colour bar's 100 %
     assert np.all(pixels == (232, 232, 232), axis=2).any()  # the empty row
 
 

@@ -35,8 +35,8 @@ def test_help_shows_defaults_once_and_version_answers(capsys):
     with pytest.raises(SystemExit):
         main(["synth", "--help"])
     printed = " ".join(capsys.readouterr().out.split())
-    assert "(default: 0)" in printed                     # a zero default is still shown
-    assert "(default: realistic)" not in printed          # its help text already names its default
+    assert "(default: 0)" in printed  # a zero default is still shown
+    assert "(default: realistic)" not in printed  # its help text already names its default
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.startswith("regionmir ")

@@ -49,7 +49,7 @@ def test_inspect_monochrome1_film_writes_bright_bone_dark_lung_png(tmp_path, cap
     h, w = png.shape
 
     def patch(fx, fy):
-        return float(png[int(fy * h) - 15:int(fy * h) + 15, int(fx * w) - 15:int(fx * w) + 15].mean())
+        return float(png[int(fy * h) - 15 : int(fy * h) + 15, int(fx * w) - 15 : int(fx * w) + 15].mean())
 
     lungs = max(patch(0.3, 0.45), patch(0.7, 0.45))
     spine_and_mediastinum = patch(0.5, 0.45)

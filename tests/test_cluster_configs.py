@@ -78,7 +78,8 @@ def test_the_aws_head_advertises_no_cpus_to_the_autoscaler():
 def test_a_misspelled_field_is_refused_by_rays_schema():
     config = _load(ROOT / "cluster" / "aws-gpu.yaml")
     config["available_node_types"]["gpu_worker"]["max_worker"] = config["available_node_types"]["gpu_worker"].pop(
-        "max_workers")
+        "max_workers"
+    )
     with pytest.raises(jsonschema.ValidationError, match="max_worker"):
         _ray_up_check(config)
     config = _load(ROOT / "cluster" / "onprem-gpu.yaml")

@@ -12,8 +12,8 @@ import torch
 
 from regionmir.contrastive_losses import NTXentLoss, SupervisedContrastiveLoss
 
-
 # --- NumPy references, written from the papers, loops on purpose -----------------------------------
+
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
@@ -21,18 +21,18 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 def simclr_reference(z1: np.ndarray, z2: np.ndarray, temperature: float) -> float:
     """SimCLR Algorithm 1: views interleaved as z_{2k-1}, z_{2k}; sim = cosine;
-    l(i,j) = -log exp(s_ij/τ) / Σ_{k≠i} exp(s_ik/τ); L = 1/(2N) Σ_k [l(2k-1,2k) + l(2k,2k-1)]."""
+    ℓ(i,j) = -log exp(s_ij/τ) / Σ_{k≠i} exp(s_ik/τ); L = 1/(2N) Σ_k [ℓ(2k-1,2k) + ℓ(2k,2k-1)]."""
     n = z1.shape[0]
     z = [None] * (2 * n)
     for k in range(n):
         z[2 * k], z[2 * k + 1] = _unit(z1[k]), _unit(z2[k])
     s = [[float(z[i] @ z[j]) for j in range(2 * n)] for i in range(2 * n)]
 
-    def l(i: int, j: int) -> float:
+    def loss_term(i: int, j: int) -> float:
         denominator = sum(math.exp(s[i][k] / temperature) for k in range(2 * n) if k != i)
         return -math.log(math.exp(s[i][j] / temperature) / denominator)
 
-    return sum(l(2 * k, 2 * k + 1) + l(2 * k + 1, 2 * k) for k in range(n)) / (2 * n)
+    return sum(loss_term(2 * k, 2 * k + 1) + loss_term(2 * k + 1, 2 * k) for k in range(n)) / (2 * n)
 
 
 def supcon_reference(z1: np.ndarray, z2: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -60,6 +60,7 @@ def _views(batch: int, dim: int, seed: int, dtype=torch.float64) -> tuple[torch.
 
 # --- (1) NT-Xent against the SimCLR pseudocode ------------------------------------------------------
 
+
 @pytest.mark.parametrize("temperature", [0.05, 0.1, 0.5, 1.0])
 @pytest.mark.parametrize("batch, dim, seed", [(2, 3, 0), (5, 8, 1), (16, 32, 2)])
 def test_ntxent_matches_simclr_pseudocode(temperature, batch, dim, seed):
@@ -69,6 +70,7 @@ def test_ntxent_matches_simclr_pseudocode(temperature, batch, dim, seed):
 
 
 # --- (2) closed-form values ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("temperature", [0.1, 0.5, 1.0])
 def test_ntxent_closed_form_orthogonal_crops_identical_views(temperature):
@@ -100,6 +102,7 @@ def test_ntxent_is_invariant_to_embedding_scale():
 
 
 # --- (3) gathered negatives: two simulated ranks equal the global batch ----------------------------
+
 
 @pytest.mark.parametrize("loss_class", [NTXentLoss, SupervisedContrastiveLoss])
 @pytest.mark.parametrize("world", [2, 3])
@@ -143,6 +146,7 @@ def test_gathered_with_world_one_equals_plain_loss():
 
 # --- (4) gradients ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("loss_class", [NTXentLoss, SupervisedContrastiveLoss])
 def test_gradients_reach_both_views(loss_class):
     z1, z2 = (v.requires_grad_() for v in _views(6, 5, 6))
@@ -172,6 +176,7 @@ def test_gradient_matches_finite_differences(loss_class):
 
 # --- (5) SupCon --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("temperature", [0.07, 0.1, 0.5])
 @pytest.mark.parametrize(
     "labels",
@@ -192,7 +197,9 @@ def test_supcon_matches_khosla_equation_2(temperature, labels):
 def test_supcon_with_distinct_labels_equals_ntxent(temperature):
     z1, z2 = _views(7, 6, 9)
     ntxent = NTXentLoss(temperature)(z1, z2).item()
-    assert SupervisedContrastiveLoss(temperature)(z1, z2, torch.arange(7) * 10).item() == pytest.approx(ntxent, rel=1e-12)
+    assert SupervisedContrastiveLoss(temperature)(z1, z2, torch.arange(7) * 10).item() == pytest.approx(
+        ntxent, rel=1e-12
+    )
     assert SupervisedContrastiveLoss(temperature)(z1, z2, None).item() == pytest.approx(ntxent, rel=1e-12)
 
 
@@ -200,11 +207,12 @@ def test_supcon_without_labels_under_gathering_uses_instance_ids_across_ranks():
     # labels=None must not make crop 0 of rank 0 a positive of crop 0 of rank 1.
     z1, z2 = _views(6, 5, 10)
     loss = SupervisedContrastiveLoss(0.1)
-    per_rank = [loss(z1[r * 3:(r + 1) * 3], z2[r * 3:(r + 1) * 3], gathered=(z1, z2), rank=r) for r in range(2)]
+    per_rank = [loss(z1[r * 3 : (r + 1) * 3], z2[r * 3 : (r + 1) * 3], gathered=(z1, z2), rank=r) for r in range(2)]
     assert torch.stack(per_rank).mean().item() == pytest.approx(NTXentLoss(0.1)(z1, z2).item(), rel=1e-12)
 
 
 # --- (6) devices and dtypes ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("loss_class", [NTXentLoss, SupervisedContrastiveLoss])
 def test_float64_stays_float64(loss_class):
@@ -240,6 +248,7 @@ def test_cuda_inputs_stay_on_cuda():
 
 # --- argument checking --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "z1_shape, z2_shape, labels_shape, gathered_shapes, rank, message",
     [
@@ -259,7 +268,9 @@ def test_shape_mismatches_raise_value_error(z1_shape, z2_shape, labels_shape, ga
         gathered = (torch.randn(*gathered_shapes[0]), torch.randn(*gathered_shapes[1]), torch.zeros(gathered_shapes[2]))
     for loss in (NTXentLoss(0.1), SupervisedContrastiveLoss(0.1)):
         with pytest.raises(ValueError, match=message):
-            loss(torch.randn(*z1_shape), torch.randn(*z2_shape), torch.zeros(labels_shape), gathered=gathered, rank=rank)
+            loss(
+                torch.randn(*z1_shape), torch.randn(*z2_shape), torch.zeros(labels_shape), gathered=gathered, rank=rank
+            )
 
 
 def test_supcon_needs_gathered_labels_when_given_local_labels():
@@ -274,6 +285,7 @@ def test_temperature_must_be_positive():
 
 
 # --- the real thing: two gloo processes and gather_with_grad --------------------------------------
+
 
 def _two_process_worker(rank: int, world: int, workdir: str, z1_all, z2_all, labels_all) -> None:
     import torch.distributed as dist
@@ -296,8 +308,9 @@ def _two_process_worker(rank: int, world: int, workdir: str, z1_all, z2_all, lab
         dist.destroy_process_group()
 
 
-@pytest.mark.skipif(not hasattr(os, "fork") or not torch.distributed.is_available(),
-                    reason="needs fork and torch.distributed (gloo)")
+@pytest.mark.skipif(
+    not hasattr(os, "fork") or not torch.distributed.is_available(), reason="needs fork and torch.distributed (gloo)"
+)
 def test_gather_with_grad_across_two_gloo_processes(tmp_path, monkeypatch):
     """Two real processes: per-rank gradients are W x the global-batch gradient of their rows
     (gather_with_grad sums the ranks' contributions; DDP's average then divides by W)."""

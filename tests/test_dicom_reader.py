@@ -29,16 +29,18 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
-    JPEGLossless as JPEGLosslessP14,
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
     generate_uid,
 )
+from pydicom.uid import (
+    JPEGLossless as JPEGLosslessP14,
+)
 
-from regionmir.dicom_reader import read_dicom
 from regionmir.decoded_image import DecodeLimits
+from regionmir.dicom_reader import read_dicom
 from regionmir.errors import ImageReadError, ImageShapeError, ImageTooLargeError, PixelValueError, UnsupportedImageError
 from regionmir.identifiers import hash_identifier
 from regionmir.image_reader import describe, read_image
@@ -58,7 +60,7 @@ def chest_like(rows: int = 96, cols: int = 80, bits: int = 12, seed: int = 0) ->
     """A deterministic uint16 test pattern using the whole range: gradient, two dark 'lungs',
     a bright 'spine' and noise. Non-square so that a transposed decode would be caught."""
     rng = np.random.default_rng(seed)
-    top = 2 ** bits - 1
+    top = 2**bits - 1
     y, x = np.mgrid[0:rows, 0:cols].astype(np.float64)
     img = 0.55 + 0.25 * (y / rows)
     for cx in (0.3, 0.7):
@@ -69,9 +71,15 @@ def chest_like(rows: int = 96, cols: int = 80, bits: int = 12, seed: int = 0) ->
     return np.round(img * top).astype(np.uint16)
 
 
-def make_ds(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
-            windows: list[tuple[float, float]] | None = None, rescale: tuple[float, float] | None = None,
-            view: str = "PA") -> Dataset:
+def make_ds(
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    windows: list[tuple[float, float]] | None = None,
+    rescale: tuple[float, float] | None = None,
+    view: str = "PA",
+) -> Dataset:
     """A DX 'for presentation' dataset with identifiers, pixel data and optional window/rescale."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
@@ -144,12 +152,19 @@ def encode_jpeg_lossless(pixels: np.ndarray, precision: int, predictor: int = 1)
     rows, cols = pixels.shape
     px = pixels.astype(np.int64)
     out = bytearray(b"\xff\xd8")
-    out += b"\xff\xc3" + (11).to_bytes(2, "big") + bytes([precision]) + rows.to_bytes(2, "big") \
-        + cols.to_bytes(2, "big") + bytes([1, 1, 0x11, 0])
+    out += (
+        b"\xff\xc3"
+        + (11).to_bytes(2, "big")
+        + bytes([precision])
+        + rows.to_bytes(2, "big")
+        + cols.to_bytes(2, "big")
+        + bytes([1, 1, 0x11, 0])
+    )
     bits_per_length = [0] * 16
     bits_per_length[4] = 17  # 17 codes of length 5: 00000 .. 10000
-    out += b"\xff\xc4" + (2 + 1 + 16 + 17).to_bytes(2, "big") + bytes([0x00]) + bytes(bits_per_length) \
-        + bytes(range(17))
+    out += (
+        b"\xff\xc4" + (2 + 1 + 16 + 17).to_bytes(2, "big") + bytes([0x00]) + bytes(bits_per_length) + bytes(range(17))
+    )
     out += b"\xff\xda" + (8).to_bytes(2, "big") + bytes([1, 1, 0x00, predictor, 0, 0])
 
     acc, nacc = 0, 0
@@ -270,7 +285,7 @@ def test_voi_lut_sequence_used_when_no_window(tmp_path: Path) -> None:
     ds = make_ds(arr, bits_stored=12)
     item = Dataset()
     item.add_new(0x00283002, "US", [4096, 0, 12])  # LUT Descriptor: entries, first value, bits
-    item.add_new(0x00283006, "US", lut.tolist())   # LUT Data
+    item.add_new(0x00283006, "US", lut.tolist())  # LUT Data
     ds.VOILUTSequence = [item]
     decoded = read_image(write(tmp_path, "voilut.dcm", ds))
     np.testing.assert_allclose(decoded.pixels, lut[arr] / 4095.0, atol=1e-6)
@@ -288,8 +303,9 @@ def test_monochrome1_and_monochrome2_twins_read_identically(tmp_path: Path) -> N
     # window must cover the mirrored interval, so c' = top + 1 - c.
     c, w = 1800.0, 2400.0
     a = read_image(write(tmp_path, "m2.dcm", make_ds(mono2, bits_stored=12, windows=[(c, w)])))
-    b = read_image(write(tmp_path, "m1.dcm", make_ds(mono1, photometric="MONOCHROME1", bits_stored=12,
-                                                      windows=[(top + 1 - c, w)])))
+    b = read_image(
+        write(tmp_path, "m1.dcm", make_ds(mono1, photometric="MONOCHROME1", bits_stored=12, windows=[(top + 1 - c, w)]))
+    )
     np.testing.assert_allclose(b.pixels, a.pixels, atol=1e-6)
     assert b.info.photometric == "MONOCHROME1" and a.info.photometric == "MONOCHROME2"
     # Without any window (pixel-range normalisation) the twins agree as well.
@@ -316,7 +332,7 @@ def test_real_nih_film_as_monochrome1_gives_bright_bone_dark_lung(tmp_path: Path
 
     def patch(fx: float, fy: float) -> float:
         cx, cy = int(fx * w), int(fy * h)
-        return float(decoded.pixels[cy - half:cy + half, cx - half:cx + half].mean())
+        return float(decoded.pixels[cy - half : cy + half, cx - half : cx + half].mean())
 
     right_lung, left_lung, mediastinum = patch(0.3, 0.45), patch(0.7, 0.45), patch(0.5, 0.45)
     assert right_lung < 0.5 * mediastinum and left_lung < 0.5 * mediastinum
@@ -326,14 +342,19 @@ def test_real_nih_film_as_monochrome1_gives_bright_bone_dark_lung(tmp_path: Path
 # --------------------------------------------------------------------------- compressed syntaxes
 
 
-@pytest.mark.parametrize("syntax, kwargs", [
-    (RLELossless, {}),
-    (JPEG2000Lossless, {"encoding_plugin": "pylibjpeg"}),
-    (JPEGLSLossless, {}),
-], ids=["rle", "jpeg2000-lossless", "jpegls-lossless"])
+@pytest.mark.parametrize(
+    "syntax, kwargs",
+    [
+        (RLELossless, {}),
+        (JPEG2000Lossless, {"encoding_plugin": "pylibjpeg"}),
+        (JPEGLSLossless, {}),
+    ],
+    ids=["rle", "jpeg2000-lossless", "jpegls-lossless"],
+)
 @pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
-def test_lossless_twins_read_exactly_like_uncompressed(tmp_path: Path, syntax: str, kwargs: dict,
-                                                       photometric: str) -> None:
+def test_lossless_twins_read_exactly_like_uncompressed(
+    tmp_path: Path, syntax: str, kwargs: dict, photometric: str
+) -> None:
     ds = make_ds(chest_like(bits=12), photometric=photometric, bits_stored=12, windows=[(2000, 3000)])
     plain = read_image(write(tmp_path, "plain.dcm", ds))
     twin = read_image(write(tmp_path, "twin.dcm", compressed(ds, syntax, **kwargs)))
@@ -351,8 +372,9 @@ def test_signed_16bit_rle_and_jpeg2000_lossless_twins(tmp_path: Path) -> None:
         np.testing.assert_array_equal(twin.pixels, plain.pixels)
 
 
-@pytest.mark.parametrize("syntax, predictor", [(JPEGLosslessSV1, 1), (JPEGLosslessP14, 7)],
-                         ids=["sv1", "process14-predictor7"])
+@pytest.mark.parametrize(
+    "syntax, predictor", [(JPEGLosslessSV1, 1), (JPEGLosslessP14, 7)], ids=["sv1", "process14-predictor7"]
+)
 def test_jpeg_lossless_twin_reads_exactly(tmp_path: Path, syntax: str, predictor: int) -> None:
     arr = chest_like(rows=48, cols=40, bits=12)
     ds = make_ds(arr, bits_stored=12, windows=[(2048, 4096)])
@@ -378,10 +400,14 @@ def test_jpeg_lossy_8bit_is_close(tmp_path: Path, syntax: str) -> None:
     assert decoded.info.transfer_syntax == syntax
 
 
-@pytest.mark.parametrize("syntax, kwargs", [
-    (JPEGLSNearLossless, {"jls_error": 3}),
-    (JPEG2000, {"encoding_plugin": "pylibjpeg", "j2k_psnr": [50]}),
-], ids=["jpegls-near-lossless", "jpeg2000-lossy"])
+@pytest.mark.parametrize(
+    "syntax, kwargs",
+    [
+        (JPEGLSNearLossless, {"jls_error": 3}),
+        (JPEG2000, {"encoding_plugin": "pylibjpeg", "j2k_psnr": [50]}),
+    ],
+    ids=["jpegls-near-lossless", "jpeg2000-lossy"],
+)
 def test_lossy_twins_are_close(tmp_path: Path, syntax: str, kwargs: dict) -> None:
     arr = chest_like(bits=12)
     ds = make_ds(arr, bits_stored=12, windows=[(2048, 4096)])
@@ -478,10 +504,13 @@ def test_truncated_compressed_file_raises_read_error(tmp_path: Path) -> None:
     assert type(err.value) is ImageReadError and str(path) in str(err.value)
 
 
-@pytest.mark.parametrize("uid, name", [
-    ("1.2.826.0.1.3680043.9.9999.42", "unknown or private transfer syntax"),
-    ("1.2.840.10008.1.2.4.100", "MPEG2 Main Profile / Main Level"),
-])
+@pytest.mark.parametrize(
+    "uid, name",
+    [
+        ("1.2.826.0.1.3680043.9.9999.42", "unknown or private transfer syntax"),
+        ("1.2.840.10008.1.2.4.100", "MPEG2 Main Profile / Main Level"),
+    ],
+)
 def test_unknown_transfer_syntax_refused_with_its_uid_and_name(tmp_path: Path, uid: str, name: str) -> None:
     ds = make_ds(chest_like(bits=12), bits_stored=12)
     path = write(tmp_path, "private.dcm", encapsulated(ds, uid, b"\x00" * 64))
@@ -496,8 +525,11 @@ def test_missing_decoder_plugin_refused(tmp_path: Path, monkeypatch: pytest.Monk
         is_available = False
         missing_dependencies = ["plugin 'pylibjpeg' requires pylibjpeg-openjpeg"]
 
-    path = write(tmp_path, "j2k.dcm", compressed(make_ds(chest_like(bits=12), bits_stored=12),
-                                                 JPEG2000Lossless, encoding_plugin="pylibjpeg"))
+    path = write(
+        tmp_path,
+        "j2k.dcm",
+        compressed(make_ds(chest_like(bits=12), bits_stored=12), JPEG2000Lossless, encoding_plugin="pylibjpeg"),
+    )
     monkeypatch.setattr(pydicom.pixels, "get_decoder", lambda uid: NoPlugin())
     with pytest.raises(UnsupportedImageError, match="no decoder plugin installed") as err:
         read_image(path)
@@ -530,11 +562,22 @@ def test_no_raw_patient_identifiers_in_info(tmp_path: Path) -> None:
 
 
 def test_describe_summarises_the_image(tmp_path: Path) -> None:
-    ds = compressed(make_ds(chest_like(bits=12), photometric="MONOCHROME1", bits_stored=12,
-                            windows=[(2048, 4096), (1500, 1000)]), RLELossless)
+    ds = compressed(
+        make_ds(chest_like(bits=12), photometric="MONOCHROME1", bits_stored=12, windows=[(2048, 4096), (1500, 1000)]),
+        RLELossless,
+    )
     text = describe(read_image(write(tmp_path, "d.dcm", ds)))
-    for expected in ("80 x 96", "MONOCHROME1", "12 stored / 16 allocated", "RLE Lossless",
-                     RLELossless, "VOI window 1 of 2", "center 2048", "width 4096", "PA"):
+    for expected in (
+        "80 x 96",
+        "MONOCHROME1",
+        "12 stored / 16 allocated",
+        "RLE Lossless",
+        RLELossless,
+        "VOI window 1 of 2",
+        "center 2048",
+        "width 4096",
+        "PA",
+    ):
         assert expected in text, expected
 
 
@@ -547,16 +590,17 @@ def test_read_dicom_directly_from_bytes() -> None:
 
 # --------------------------------------------------------------- hostile files: bounded before decoding
 
+
 def test_a_deflate_bomb_is_refused_before_it_inflates(tmp_path: Path) -> None:
     """A small deflated dataset whose private element inflates to 64 MB: refused from the bounded
     inflate (the film itself would be within the limits), without pydicom inflating it whole."""
     import time
 
     ds = make_ds(chest_like(bits=12), bits_stored=12, windows=[(2048, 4096)])
-    ds.add_new(0x00091010, "OB", b"\0" * (64 * 1024 * 1024))     # the payload a bomb hides
+    ds.add_new(0x00091010, "OB", b"\0" * (64 * 1024 * 1024))  # the payload a bomb hides
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     data = to_bytes(ds)
-    assert len(data) < 200_000                                     # ~1000:1 on the wire
+    assert len(data) < 200_000  # ~1000:1 on the wire
     started = time.perf_counter()
     with pytest.raises(ImageTooLargeError, match="decompression bomb") as err:
         read_image(data, source="bomb.dcm", limits=DecodeLimits(max_pixels=1_000_000))
@@ -577,18 +621,18 @@ def test_a_jpeg2000_code_stream_bigger_than_its_header_is_refused(tmp_path: Path
     twin = compressed(ds, JPEG2000Lossless, encoding_plugin="pylibjpeg")
     frame = bytearray(next(f for f in pydicom.encaps.generate_fragments(twin.PixelData) if f.startswith(b"\xff\x4f")))
     at = frame.find(b"\xff\x4f\xff\x51")
-    frame[at + 8:at + 16] = (200_000).to_bytes(4, "big") + (200_000).to_bytes(4, "big")   # Xsiz, Ysiz
+    frame[at + 8 : at + 16] = (200_000).to_bytes(4, "big") + (200_000).to_bytes(4, "big")  # Xsiz, Ysiz
     forged = encapsulated(ds, JPEG2000Lossless, bytes(frame))
     with pytest.raises(ImageTooLargeError, match="200000 x 200000"):
         read_image(to_bytes(forged), source="forged.dcm")
-    frame[at + 8:at + 16] = (80).to_bytes(4, "big") + (97).to_bytes(4, "big")               # one row more
+    frame[at + 8 : at + 16] = (80).to_bytes(4, "big") + (97).to_bytes(4, "big")  # one row more
     with pytest.raises(ImageReadError, match="80 x 97 but Rows x Columns say 80 x 96"):
         read_image(to_bytes(encapsulated(ds, JPEG2000Lossless, bytes(frame))), source="forged.dcm")
-    frame[at + 12:at + 16] = (96).to_bytes(4, "big")
-    frame[at + 40:at + 42] = (16384).to_bytes(2, "big")                                       # Csiz
+    frame[at + 12 : at + 16] = (96).to_bytes(4, "big")
+    frame[at + 40 : at + 42] = (16384).to_bytes(2, "big")  # Csiz
     with pytest.raises(ImageReadError, match="16384 components"):
         read_image(to_bytes(encapsulated(ds, JPEG2000Lossless, bytes(frame))), source="forged.dcm")
-    decoy = b"\x00" * 8 + bytes(frame)                            # a code stream not at the fragment's start
+    decoy = b"\x00" * 8 + bytes(frame)  # a code stream not at the fragment's start
     with pytest.raises(ImageReadError, match="at its start"):
         read_image(to_bytes(encapsulated(ds, JPEG2000Lossless, decoy)), source="forged.dcm")
 
@@ -600,13 +644,17 @@ def test_a_deflate_bomb_without_preamble_is_bounded_even_while_sniffing() -> Non
     ds = make_ds(chest_like(bits=12), bits_stored=12, windows=[(2048, 4096)])
     ds.add_new(0x00091010, "OB", b"\0" * (64 * 1024 * 1024))
     ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    bare = to_bytes(ds)[128 + 4:]                                   # no preamble, no DICM
-    assert looks_like_dicom(bare)                                  # sniffed without inflating it all
+    bare = to_bytes(ds)[128 + 4 :]  # no preamble, no DICM
+    assert looks_like_dicom(bare)  # sniffed without inflating it all
     with pytest.raises(ImageTooLargeError, match="decompression bomb"):
         read_image(bare, source="bare-bomb.dcm", limits=DecodeLimits(max_pixels=1_000_000))
     # a file meta that is not explicit VR cannot be bounded: refused rather than inflated
-    implicit_meta = b"\x02\x00\x10\x00" + len(DeflatedExplicitVRLittleEndian).to_bytes(4, "little") \
-        + DeflatedExplicitVRLittleEndian.encode() + b"\x00" * 64
+    implicit_meta = (
+        b"\x02\x00\x10\x00"
+        + len(DeflatedExplicitVRLittleEndian).to_bytes(4, "little")
+        + DeflatedExplicitVRLittleEndian.encode()
+        + b"\x00" * 64
+    )
     with pytest.raises(UnsupportedImageError, match="not explicit VR"):
         read_image(implicit_meta, source="implicit.dcm")
 
@@ -631,21 +679,21 @@ def test_decode_limits_check_the_header_side_and_shape(tmp_path: Path) -> None:
     assert err.value.reason == "bad_image_shape"
     with pytest.raises(ImageTooLargeError, match="pixels exceeds"):
         limits.check("big", 8000, 8000)
-    ds = make_ds(np.zeros((40, 400), np.uint16), bits_stored=12)            # a 10:1 DICOM strip
+    ds = make_ds(np.zeros((40, 400), np.uint16), bits_stored=12)  # a 10:1 DICOM strip
     with pytest.raises(ImageShapeError):
         read_image(to_bytes(ds), limits=DecodeLimits(max_aspect=4.0))
-    assert read_image(to_bytes(ds)).pixels.shape == (40, 400)             # the library's defaults accept it
+    assert read_image(to_bytes(ds)).pixels.shape == (40, 400)  # the library's defaults accept it
 
 
 def test_a_jpeg_ls_frame_header_bigger_than_the_dicom_header_is_refused(tmp_path: Path) -> None:
     ds = make_ds(chest_like(bits=12), bits_stored=12, windows=[(2000, 3000)])
     twin = compressed(ds, JPEGLSLossless)
     frame = bytearray(next(f for f in pydicom.encaps.generate_fragments(twin.PixelData) if f.startswith(b"\xff\xd8")))
-    sof = frame.find(b"\xff\xf7")                                  # JPEG-LS start of frame
-    frame[sof + 5:sof + 9] = (60000).to_bytes(2, "big") * 2        # Y, X
+    sof = frame.find(b"\xff\xf7")  # JPEG-LS start of frame
+    frame[sof + 5 : sof + 9] = (60000).to_bytes(2, "big") * 2  # Y, X
     with pytest.raises(ImageTooLargeError, match="60000 x 60000"):
         read_image(to_bytes(encapsulated(ds, JPEGLSLossless, bytes(frame))), source="forged.dcm")
-    frame[sof + 5:sof + 9] = (97).to_bytes(2, "big") + (80).to_bytes(2, "big")   # one row more than the header
+    frame[sof + 5 : sof + 9] = (97).to_bytes(2, "big") + (80).to_bytes(2, "big")  # one row more than the header
     with pytest.raises(ImageReadError, match="80 x 97 but Rows x Columns say 80 x 96"):
         read_image(to_bytes(encapsulated(ds, JPEGLSLossless, bytes(frame))), source="forged.dcm")
 

@@ -8,8 +8,16 @@ import pytest
 import torch
 import torchvision
 
-from regionmir.encoder import (BACKBONES, HEADS, INPUT_MEAN, INPUT_STD, EncoderConfig,
-                               RegionEncoder, list_presets, load_preset)
+from regionmir.encoder import (
+    BACKBONES,
+    HEADS,
+    INPUT_MEAN,
+    INPUT_STD,
+    EncoderConfig,
+    RegionEncoder,
+    list_presets,
+    load_preset,
+)
 
 PRESETS = ("resnet10-cpu", "resnet18", "resnet18-small", "resnet34", "resnet50")
 
@@ -17,6 +25,7 @@ PRESETS = ("resnet10-cpu", "resnet18", "resnet18-small", "resnet34", "resnet50")
 @pytest.fixture(autouse=True)
 def no_weight_downloads(monkeypatch, tmp_path):
     """Any attempt to fetch pretrained weights fails the test, and nothing lands in the hub cache."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the encoder tried to download weights")
 
@@ -126,8 +135,9 @@ def test_forward_runs_only_the_requested_heads():
 
 
 def test_config_round_trips_through_a_dict_and_json():
-    config = EncoderConfig(backbone="resnet34", embedding_dim=64, projection_hidden_dim=256,
-                           num_classes=29, crop_size=64)
+    config = EncoderConfig(
+        backbone="resnet34", embedding_dim=64, projection_hidden_dim=256, num_classes=29, crop_size=64
+    )
     assert EncoderConfig.from_dict(config.to_dict()) == config
     assert EncoderConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match="unknown"):
@@ -139,12 +149,15 @@ def test_config_round_trips_through_a_dict_and_json():
     assert set(BACKBONES) == {"resnet10", "resnet18", "resnet34", "resnet50"}
 
 
-@pytest.mark.parametrize("preset, low, high", [
-    ("resnet10-cpu", 1.22e6, 1.23e6),  # one BasicBlock per stage, half the stock width
-    ("resnet18", 11.1e6, 11.2e6),
-    ("resnet34", 21.2e6, 21.3e6),
-    ("resnet50", 23.4e6, 23.6e6),
-])
+@pytest.mark.parametrize(
+    "preset, low, high",
+    [
+        ("resnet10-cpu", 1.22e6, 1.23e6),  # one BasicBlock per stage, half the stock width
+        ("resnet18", 11.1e6, 11.2e6),
+        ("resnet34", 21.2e6, 21.3e6),
+        ("resnet50", 23.4e6, 23.6e6),
+    ],
+)
 def test_backbone_parameter_counts_are_the_stock_resnets_minus_fc(models_by_preset, preset, low, high):
     model = models_by_preset[preset]
     backbone_params = sum(p.numel() for p in model.backbone.parameters())

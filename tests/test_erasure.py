@@ -48,8 +48,9 @@ def _search(db: str, model: str, k: int = 50) -> list:
     index = RegionIndex(db)
     try:
         rng = np.random.default_rng(0)
-        return [hit for hits in index.search("regions", rng.normal(size=(8, dim)).astype(np.float32), k=k)
-                for hit in hits]
+        return [
+            hit for hits in index.search("regions", rng.normal(size=(8, dim)).astype(np.float32), k=k) for hit in hits
+        ]
     finally:
         index.close()
 
@@ -70,16 +71,20 @@ def test_deleting_a_patient_removes_every_row_and_a_rerun_removes_nothing(demo, 
     assert before.get(patient_hash), "the demo indexed films of this patient"
     assert any(h.patient_hash == patient_hash for h in _search(db, demo["model"], k=200))
 
-    assert delete_main(["--milvus", db, "--patient", patient]) == 2   # no salt set: refused, nothing deleted
+    assert delete_main(["--milvus", db, "--patient", patient]) == 2  # no salt set: refused, nothing deleted
     assert "REGIONMIR_ID_SALT is not set" in capsys.readouterr().err
     assert _rows_by(db, "patient_hash") == before
     summary = _delete(capsys, "--milvus", db, "--patient", patient, "--default-salt")  # the demo's index
     assert summary["selector"] == "patient_hash" and summary["value"] == patient_hash
-    assert summary["rows_deleted_total"] == before[patient_hash] == summary["rows_deleted"][model_collection_name("regions", demo["model_version"])]
-    assert patient not in json.dumps(summary)                       # the raw id is never printed
+    assert (
+        summary["rows_deleted_total"]
+        == before[patient_hash]
+        == summary["rows_deleted"][model_collection_name("regions", demo["model_version"])]
+    )
+    assert patient not in json.dumps(summary)  # the raw id is never printed
     after = _rows_by(db, "patient_hash")
     assert patient_hash not in after
-    assert after == {h: n for h, n in before.items() if h != patient_hash}   # nobody else lost a row
+    assert after == {h: n for h, n in before.items() if h != patient_hash}  # nobody else lost a row
     assert not [h for h in _search(db, demo["model"], k=200) if h.patient_hash == patient_hash]
 
     assert delete_main(["--milvus", db, "--patient", patient, "--default-salt"]) == 0  # idempotent
@@ -116,6 +121,8 @@ def test_deleting_an_image_also_erases_its_crops_from_a_crop_cache(demo, tmp_pat
 def test_delete_refuses_two_selectors_and_a_missing_crop_cache(tmp_path, capsys):
     with pytest.raises(SystemExit):
         delete_main(["--milvus", str(tmp_path / "x.db"), "--patient", "1", "--image", "2"])
-    assert delete_main(["--milvus", str(tmp_path / "x.db"), "--image", "2",
-                        "--crop-cache", str(tmp_path / "nowhere")]) == 2
+    assert (
+        delete_main(["--milvus", str(tmp_path / "x.db"), "--image", "2", "--crop-cache", str(tmp_path / "nowhere")])
+        == 2
+    )
     assert "no such local folder" in capsys.readouterr().err

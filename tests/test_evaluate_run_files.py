@@ -63,8 +63,9 @@ def indexed(tmp_path_factory):
     test_films = list(open_dataset(demo["data"]).iter_images(split="test"))
     index = RegionIndex(demo["milvus"])
     added = 0
-    for batch in embedded_batches(test_films, demo["model"], contract.crop_config, contract.class_anatomy_ids, None,
-                                  mode="local"):
+    for batch in embedded_batches(
+        test_films, demo["model"], contract.crop_config, contract.class_anatomy_ids, None, mode="local"
+    ):
         added += index.upsert("regions", region_rows(batch, contract.version_id)).rows
     index.flush("regions")
     index.close()
@@ -75,8 +76,15 @@ def test_the_run_files_give_back_every_figure_of_metrics_json(tmp_path, indexed)
     from indexing.evaluate import evaluate
 
     demo, _ = indexed
-    metrics = evaluate(demo["data"], demo["model"], demo["milvus"], str(tmp_path), collection="regions",
-                       embed="local", localize_films=0)
+    metrics = evaluate(
+        demo["data"],
+        demo["model"],
+        demo["milvus"],
+        str(tmp_path),
+        collection="regions",
+        embed="local",
+        localize_films=0,
+    )
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["map@10"] == pytest.approx(metrics["map@10"], abs=1e-12)
     again = recompute(tmp_path)
@@ -100,17 +108,21 @@ def test_the_query_s_own_patient_leaves_the_ranking_and_r_together(tmp_path, ind
 
     demo, _ = indexed
     common = dict(collection="regions", database_split=None, embed="local", localize_films=0)
-    excluded = evaluate(demo["data"], demo["model"], demo["milvus"], str(tmp_path / "excluded"), **common)
-    included = evaluate(demo["data"], demo["model"], demo["milvus"], str(tmp_path / "included"),
-                        exclude_same_patient=False, **common)
+    evaluate(demo["data"], demo["model"], demo["milvus"], str(tmp_path / "excluded"), **common)
+    included = evaluate(
+        demo["data"], demo["model"], demo["milvus"], str(tmp_path / "included"), exclude_same_patient=False, **common
+    )
     ex_run = {q["query_key"]: q for q in read_tsv(tmp_path / "excluded" / "qrels.tsv")}
     in_run = {q["query_key"]: q for q in read_tsv(tmp_path / "included" / "qrels.tsv")}
     assert ex_run.keys() == in_run.keys()
     # with its own film in the index, each query's own region is one more relevant row...
     assert all(int(in_run[key]["num_relevant"]) == int(ex_run[key]["num_relevant"]) + 1 for key in ex_run)
     # ...and is found first (cosine 1 with itself); left out, it is nowhere in the ranking
-    firsts = {line["query_key"]: line["hit_key"] for line in read_tsv(tmp_path / "included" / "run.tsv")
-              if line["rank"] == "1"}
+    firsts = {
+        line["query_key"]: line["hit_key"]
+        for line in read_tsv(tmp_path / "included" / "run.tsv")
+        if line["rank"] == "1"
+    }
     assert all(firsts[key] == key for key in in_run)
     assert not any(line["hit_key"] == line["query_key"] for line in read_tsv(tmp_path / "excluded" / "run.tsv"))
     assert included["p@1"] == 1.0  # every query finds itself first

@@ -23,8 +23,13 @@ def make_model(directory: Path, seed: int) -> str:
     torch.manual_seed(seed)
     config = load_preset("resnet10-cpu")
     model = RegionEncoder(config)
-    contract = ModelContract(stage="finetune", encoder=config.to_dict(), class_anatomy_ids=tuple(STANDARD_29_IDS),
-                             crop={"size": config.crop_size, "margin": 0.15}, training={"seed": seed})
+    contract = ModelContract(
+        stage="finetune",
+        encoder=config.to_dict(),
+        class_anatomy_ids=tuple(STANDARD_29_IDS),
+        crop={"size": config.crop_size, "margin": 0.15},
+        training={"seed": seed},
+    )
     save_model(str(directory), model, contract)
     return str(directory)
 
@@ -79,8 +84,9 @@ def test_index_upserts_moves_the_alias_only_when_complete_and_evaluates(tmp_path
     metrics = evaluate(str(data), second, db, str(report), collection="regions", embed="ray", localize_films=1)
     saved = json.loads((report / "metrics.json").read_text())
     # the queries embedded in this process (the default for a few films) give the same answers
-    local = evaluate(str(data), second, db, str(tmp_path / "report-local"), collection="regions", embed="local",
-                     localize_films=0)
+    local = evaluate(
+        str(data), second, db, str(tmp_path / "report-local"), collection="regions", embed="local", localize_films=0
+    )
     for key in ("accuracy", "p@1", "p@10", "map@10", "queries"):
         assert local[key] == pytest.approx(metrics[key], abs=1e-6), key
     for key in ("accuracy", "p@1", "p@5", "p@10", "map@10", "mrr@10", "per_anatomy"):

@@ -38,8 +38,13 @@ def models(milvus_lite_server, tmp_path_factory):
     old = build_demo_subprocess(str(root / "old"), images=FILMS, size=128, seed=31, milvus=milvus_lite_server.uri)
     new = build_demo_subprocess(str(root / "new"), images=2, size=96, seed=32, milvus=str(root / "new" / "own.db"))
     assert new["model_version"] != old["model_version"]
-    return {"data": old["data"], "previous": model_collection_name("regions", old["model_version"]),
-            "model": new["model"], "version": new["model_version"], "uri": milvus_lite_server.uri}
+    return {
+        "data": old["data"],
+        "previous": model_collection_name("regions", old["model_version"]),
+        "model": new["model"],
+        "version": new["model_version"],
+        "uri": milvus_lite_server.uri,
+    }
 
 
 def _command() -> list[str]:
@@ -48,8 +53,20 @@ def _command() -> list[str]:
 
 
 def _index_args(models: dict, data: str, alias: str) -> list[str]:
-    return [*_command(), "index", "--data", data, "--model", models["model"], "--milvus", models["uri"],
-            "--collection", alias, "--batch-size", "16"]
+    return [
+        *_command(),
+        "index",
+        "--data",
+        data,
+        "--model",
+        models["model"],
+        "--milvus",
+        models["uri"],
+        "--collection",
+        alias,
+        "--batch-size",
+        "16",
+    ]
 
 
 def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
@@ -58,7 +75,7 @@ def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 
 
 def _summary(stdout: str) -> dict:
-    return json.loads(stdout[stdout.rindex("\n{") + 1:])
+    return json.loads(stdout[stdout.rindex("\n{") + 1 :])
 
 
 def _with_alias(models: dict, alias: str) -> RegionIndex:
@@ -81,8 +98,12 @@ def test_s3_going_away_mid_index_fails_clearly_leaves_the_alias_and_a_rerun_comp
     data = s3_server.make_bucket("films") + "/phantoms"
     s3_server.upload(models["data"], data)
     relay = TcpRelay(int(s3_server.endpoint_url.rsplit(":", 1)[1]))
-    env = dict(os.environ, REGIONMIR_S3_ENDPOINT=relay.endpoint_url, AWS_ACCESS_KEY_ID="testing",
-               AWS_SECRET_ACCESS_KEY="testing")
+    env = dict(
+        os.environ,
+        REGIONMIR_S3_ENDPOINT=relay.endpoint_url,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+    )
     try:
         relay.trip_after(b".png", FILMS // 2)  # the endpoint resets everything once half the films were asked for
         started = time.perf_counter()
@@ -106,8 +127,10 @@ def test_s3_going_away_mid_index_fails_clearly_leaves_the_alias_and_a_rerun_comp
         assert summary["rows"] == summary["regions_expected"] > partial and summary["films_skipped"] == 0
         assert summary["previous_collection"] == models["previous"]
         assert index.alias_target(alias) == target and index.count(target) == summary["rows"]
-        print(f"\n[index faults] S3 down after {FILMS // 2} film requests: failed in {failed_s:.0f} s "
-              f"({partial} rows written before); re-run {rerun_s:.0f} s → {summary['rows']} rows")
+        print(
+            f"\n[index faults] S3 down after {FILMS // 2} film requests: failed in {failed_s:.0f} s "
+            f"({partial} rows written before); re-run {rerun_s:.0f} s → {summary['rows']} rows"
+        )
     finally:
         relay.close()
         index.close()
@@ -148,8 +171,9 @@ def test_index_sigkilled_mid_way_leaves_the_alias_and_a_rerun_completes_without_
     target = model_collection_name(alias, models["version"])
     log = (tmp_path / "index.log").open("w")
     with ahead_of_other_work():
-        job = subprocess.Popen(_index_args(models, models["data"], alias), stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+        job = subprocess.Popen(
+            _index_args(models, models["data"], alias), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + 420
         while _rows(index, target) == 0:  # rows are landing: the job is mid-way
@@ -171,19 +195,24 @@ def test_index_sigkilled_mid_way_leaves_the_alias_and_a_rerun_completes_without_
         assert 0 < partial < summary["rows"] == summary["regions_expected"]
         assert index.count(target) == summary["rows"]  # the killed run's rows were upserted over, not added
         assert index.alias_target(alias) == target
-        print(f"\n[index faults] SIGKILL with {partial} of {summary['rows']} rows written; "
-              f"re-run {time.perf_counter() - started:.0f} s")
+        print(
+            f"\n[index faults] SIGKILL with {partial} of {summary['rows']} rows written; "
+            f"re-run {time.perf_counter() - started:.0f} s"
+        )
     finally:
         index.close()
 
 
-
 def test_reindexing_after_films_left_the_data_removes_their_rows(models, tmp_path):
-    """Runs after the SIGKILL test: alias `killed` holds the complete build of the full data."""
+    """After the SIGKILL test, alias `killed` already holds the complete build of the full data;
+    run alone (or after that test failed) it builds it first."""
     alias = "killed"
     index = RegionIndex(models["uri"])
     target = model_collection_name(alias, models["version"])
     try:
+        if index.alias_target(alias) != target:  # no complete build yet: make one
+            full = _run(_index_args(models, models["data"], alias))
+            assert full.returncode == 0, full.stderr[-3000:]
         before = index.count(target)
         data = tmp_path / "data"
         shutil.copytree(models["data"], data)

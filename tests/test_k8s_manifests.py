@@ -78,8 +78,11 @@ def load_all(path: Path) -> list[Any]:
 
 
 def manifest_files() -> list[Path]:
-    return sorted(p for p in K8S.rglob("*.yaml")
-                  if p.name not in NOT_MANIFESTS and not p.name.endswith(PATCH_SUFFIX) and p != HELM_VALUES)
+    return sorted(
+        p
+        for p in K8S.rglob("*.yaml")
+        if p.name not in NOT_MANIFESTS and not p.name.endswith(PATCH_SUFFIX) and p != HELM_VALUES
+    )
 
 
 @functools.cache
@@ -101,8 +104,9 @@ def env_configmap() -> dict[str, str]:
 
 @functools.cache
 def render(overlay: str) -> list[dict]:
-    result = subprocess.run(["kubectl", "kustomize", str(K8S / overlay)], capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(K8S / overlay)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, f"kubectl kustomize {overlay} failed:\n{result.stderr}"
     return [d for d in yaml.safe_load_all(result.stdout) if d is not None]
 
@@ -110,9 +114,10 @@ def render(overlay: str) -> list[dict]:
 # Ray Serve's own pydantic models warn about pydantic-v1 idioms when imported: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None,
-                                   reason="kubectl not on PATH: the rendered overlays are not checked "
-                                          "(the raw files under k8s/ still are)")
+needs_kubectl = pytest.mark.skipif(
+    shutil.which("kubectl") is None,
+    reason="kubectl not on PATH: the rendered overlays are not checked (the raw files under k8s/ still are)",
+)
 
 
 # ------------------------------------------------------------------ key diff for lenient models
@@ -171,55 +176,114 @@ _POD_TEMPLATE = {"$ref": "https://kubernetes.io/api/podtemplatespec/v1"}  # the 
 # KubeRay documents for current releases; the RayService health thresholds
 # (serviceUnhealthySecondThreshold, deploymentUnhealthySecondThreshold) are left out on purpose:
 # the operator ignores them since KubeRay issue 1685, so setting them would mislead.
-_HEAD_GROUP = _obj({
-    "rayStartParams": _STRING_MAP, "template": _POD_TEMPLATE,
-    "serviceType": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
-    "headService": _k8s("io.k8s.api.core.v1.Service"), "enableIngress": _BOOL,
-}, required=("rayStartParams", "template"))
-_WORKER_GROUP = _obj({
-    "groupName": _STR, "replicas": _INT0, "minReplicas": _INT0, "maxReplicas": _INT0, "idleTimeoutSeconds": _INT0,
-    "rayStartParams": _STRING_MAP, "template": _POD_TEMPLATE, "numOfHosts": _INT1, "suspend": _BOOL,
-    "scaleStrategy": _obj({"workersToDelete": {"type": "array", "items": _STR}}),
-}, required=("groupName", "minReplicas", "maxReplicas", "rayStartParams", "template"))
-_AUTOSCALER = _obj({
-    "upscalingMode": {"enum": ["Default", "Aggressive", "Conservative"]}, "idleTimeoutSeconds": _INT0,
-    "resources": _k8s("io.k8s.api.core.v1.ResourceRequirements"), "image": _STR,
-    "imagePullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
-    "securityContext": _k8s("io.k8s.api.core.v1.SecurityContext"),
-    "env": {"type": "array", "items": _k8s("io.k8s.api.core.v1.EnvVar")},
-    "envFrom": {"type": "array", "items": _k8s("io.k8s.api.core.v1.EnvFromSource")},
-    "volumeMounts": {"type": "array", "items": _k8s("io.k8s.api.core.v1.VolumeMount")},
-})
-_RAY_CLUSTER_SPEC = _obj({
-    "rayVersion": _STR, "enableInTreeAutoscaling": _BOOL, "autoscalerOptions": _AUTOSCALER,
-    "headGroupSpec": _HEAD_GROUP, "workerGroupSpecs": {"type": "array", "items": _WORKER_GROUP},
-    "headServiceAnnotations": _STRING_MAP, "suspend": _BOOL,
-}, required=("rayVersion", "headGroupSpec"))
+_HEAD_GROUP = _obj(
+    {
+        "rayStartParams": _STRING_MAP,
+        "template": _POD_TEMPLATE,
+        "serviceType": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
+        "headService": _k8s("io.k8s.api.core.v1.Service"),
+        "enableIngress": _BOOL,
+    },
+    required=("rayStartParams", "template"),
+)
+_WORKER_GROUP = _obj(
+    {
+        "groupName": _STR,
+        "replicas": _INT0,
+        "minReplicas": _INT0,
+        "maxReplicas": _INT0,
+        "idleTimeoutSeconds": _INT0,
+        "rayStartParams": _STRING_MAP,
+        "template": _POD_TEMPLATE,
+        "numOfHosts": _INT1,
+        "suspend": _BOOL,
+        "scaleStrategy": _obj({"workersToDelete": {"type": "array", "items": _STR}}),
+    },
+    required=("groupName", "minReplicas", "maxReplicas", "rayStartParams", "template"),
+)
+_AUTOSCALER = _obj(
+    {
+        "upscalingMode": {"enum": ["Default", "Aggressive", "Conservative"]},
+        "idleTimeoutSeconds": _INT0,
+        "resources": _k8s("io.k8s.api.core.v1.ResourceRequirements"),
+        "image": _STR,
+        "imagePullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
+        "securityContext": _k8s("io.k8s.api.core.v1.SecurityContext"),
+        "env": {"type": "array", "items": _k8s("io.k8s.api.core.v1.EnvVar")},
+        "envFrom": {"type": "array", "items": _k8s("io.k8s.api.core.v1.EnvFromSource")},
+        "volumeMounts": {"type": "array", "items": _k8s("io.k8s.api.core.v1.VolumeMount")},
+    }
+)
+_RAY_CLUSTER_SPEC = _obj(
+    {
+        "rayVersion": _STR,
+        "enableInTreeAutoscaling": _BOOL,
+        "autoscalerOptions": _AUTOSCALER,
+        "headGroupSpec": _HEAD_GROUP,
+        "workerGroupSpecs": {"type": "array", "items": _WORKER_GROUP},
+        "headServiceAnnotations": _STRING_MAP,
+        "suspend": _BOOL,
+    },
+    required=("rayVersion", "headGroupSpec"),
+)
 # Our own policy rides along in `required`: every RayJob cleans up after itself and has a deadline.
-_RAYJOB_SPEC = _obj({
-    "entrypoint": _STR, "submissionMode": {"enum": ["K8sJobMode", "HTTPMode", "InteractiveMode"]},
-    "shutdownAfterJobFinishes": _BOOL, "ttlSecondsAfterFinished": _INT0, "activeDeadlineSeconds": _INT1,
-    "backoffLimit": _INT0, "rayClusterSpec": _RAY_CLUSTER_SPEC, "submitterPodTemplate": _POD_TEMPLATE,
-    "submitterConfig": _obj({"backoffLimit": _INT0}), "runtimeEnvYAML": _STR, "jobId": _STR,
-    "metadata": _STRING_MAP, "entrypointNumCpus": _NUM, "entrypointNumGpus": _NUM, "entrypointResources": _STR,
-    "suspend": _BOOL,
-}, required=("entrypoint", "submissionMode", "shutdownAfterJobFinishes", "ttlSecondsAfterFinished",
-             "activeDeadlineSeconds", "backoffLimit", "rayClusterSpec"))
-_RAYSERVICE_SPEC = _obj({
-    "serveConfigV2": _STR, "rayClusterConfig": _RAY_CLUSTER_SPEC,
-    "upgradeStrategy": _obj({"type": {"enum": ["NewCluster", "NewClusterWithIncrementalUpgrade", "None"]}}),
-    "serveService": _k8s("io.k8s.api.core.v1.Service"), "excludeHeadPodFromServeSvc": _BOOL,
-}, required=("serveConfigV2", "rayClusterConfig"))
+_RAYJOB_SPEC = _obj(
+    {
+        "entrypoint": _STR,
+        "submissionMode": {"enum": ["K8sJobMode", "HTTPMode", "InteractiveMode"]},
+        "shutdownAfterJobFinishes": _BOOL,
+        "ttlSecondsAfterFinished": _INT0,
+        "activeDeadlineSeconds": _INT1,
+        "backoffLimit": _INT0,
+        "rayClusterSpec": _RAY_CLUSTER_SPEC,
+        "submitterPodTemplate": _POD_TEMPLATE,
+        "submitterConfig": _obj({"backoffLimit": _INT0}),
+        "runtimeEnvYAML": _STR,
+        "jobId": _STR,
+        "metadata": _STRING_MAP,
+        "entrypointNumCpus": _NUM,
+        "entrypointNumGpus": _NUM,
+        "entrypointResources": _STR,
+        "suspend": _BOOL,
+    },
+    required=(
+        "entrypoint",
+        "submissionMode",
+        "shutdownAfterJobFinishes",
+        "ttlSecondsAfterFinished",
+        "activeDeadlineSeconds",
+        "backoffLimit",
+        "rayClusterSpec",
+    ),
+)
+_RAYSERVICE_SPEC = _obj(
+    {
+        "serveConfigV2": _STR,
+        "rayClusterConfig": _RAY_CLUSTER_SPEC,
+        "upgradeStrategy": _obj({"type": {"enum": ["NewCluster", "NewClusterWithIncrementalUpgrade", "None"]}}),
+        "serveService": _k8s("io.k8s.api.core.v1.Service"),
+        "excludeHeadPodFromServeSvc": _BOOL,
+    },
+    required=("serveConfigV2", "rayClusterConfig"),
+)
 
 
 def _kuberay_schema(kind: str, spec: dict) -> dict:
-    return _obj({"apiVersion": {"const": "ray.io/v1"}, "kind": {"const": kind},
-                 "metadata": _k8s("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"), "spec": spec},
-                required=("apiVersion", "kind", "metadata", "spec"))
+    return _obj(
+        {
+            "apiVersion": {"const": "ray.io/v1"},
+            "kind": {"const": kind},
+            "metadata": _k8s("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+            "spec": spec,
+        },
+        required=("apiVersion", "kind", "metadata", "spec"),
+    )
 
 
-KUBERAY_SCHEMAS = {"RayJob": _kuberay_schema("RayJob", _RAYJOB_SPEC),
-                   "RayService": _kuberay_schema("RayService", _RAYSERVICE_SPEC)}
+KUBERAY_SCHEMAS = {
+    "RayJob": _kuberay_schema("RayJob", _RAYJOB_SPEC),
+    "RayService": _kuberay_schema("RayService", _RAYSERVICE_SPEC),
+}
 
 
 @functools.cache
@@ -244,8 +308,10 @@ def kuberay_validator(kind: str):
 
 def schema_problems(doc: dict, kind: str) -> list[str]:
     validator = kuberay_validator(kind)
-    return [f"{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
-            for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))]
+    return [
+        f"{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}"
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    ]
 
 
 def _containers(template: dict) -> list[dict]:
@@ -283,13 +349,15 @@ def env_source_problems(container: dict, where: str, *, secret: bool = True) -> 
 def ray_cluster_problems(spec: dict, where: str) -> list[str]:
     problems = []
     if spec.get("rayVersion") != ray_version():
-        problems.append(f"{where}.rayVersion: {spec.get('rayVersion')!r} != the ray pin {ray_version()!r} "
-                        "of pyproject.toml")
+        problems.append(
+            f"{where}.rayVersion: {spec.get('rayVersion')!r} != the ray pin {ray_version()!r} of pyproject.toml"
+        )
     head = spec["headGroupSpec"]
     if head.get("rayStartParams", {}).get("num-cpus") != "0":
-        problems.append(f"{where}.headGroupSpec.rayStartParams: num-cpus must be \"0\" (no work on the head)")
-    groups = [("headGroupSpec", head)] + [(f"workerGroupSpecs[{g.get('groupName')}]", g)
-                                          for g in spec.get("workerGroupSpecs", [])]
+        problems.append(f'{where}.headGroupSpec.rayStartParams: num-cpus must be "0" (no work on the head)')
+    groups = [("headGroupSpec", head)] + [
+        (f"workerGroupSpecs[{g.get('groupName')}]", g) for g in spec.get("workerGroupSpecs", [])
+    ]
     images = set()
     for label, group in groups:
         template = group["template"]
@@ -299,8 +367,9 @@ def ray_cluster_problems(spec: dict, where: str) -> list[str]:
             problems += env_source_problems(c, f"{where}.{label}")
             if _gpus(c) and not any(t.get("key") == "nvidia.com/gpu" for t in template["spec"].get("tolerations", [])):
                 problems.append(f"{where}.{label}: GPU pods need a toleration for the nvidia.com/gpu taint")
-        if label != "headGroupSpec" and not (group["minReplicas"] <= group.get("replicas", group["minReplicas"])
-                                             <= group["maxReplicas"]):
+        if label != "headGroupSpec" and not (
+            group["minReplicas"] <= group.get("replicas", group["minReplicas"]) <= group["maxReplicas"]
+        ):
             problems.append(f"{where}.{label}: need minReplicas <= replicas <= maxReplicas")
     if len(images) > 1:
         problems.append(f"{where}: head and workers run different images {sorted(images)} (one Ray, one Python)")
@@ -352,8 +421,11 @@ def cli_parser(command: str) -> argparse.ArgumentParser:
             if not isinstance(node, ast.Call):
                 continue
             if isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":
-                kwargs = {kw.arg: _literal(kw.value) for kw in node.keywords
-                          if kw.arg in ("required", "choices", "action", "type", "nargs", "dest")}
+                kwargs = {
+                    kw.arg: _literal(kw.value)
+                    for kw in node.keywords
+                    if kw.arg in ("required", "choices", "action", "type", "nargs", "dest")
+                }
                 parser.add_argument(*[_literal(a) for a in node.args], **kwargs)
             elif isinstance(node.func, ast.Name) and node.func.id in functions:
                 visit(node.func.id)
@@ -364,6 +436,7 @@ def cli_parser(command: str) -> argparse.ArgumentParser:
 
 def expand(text: str, env: dict[str, str], where: str) -> str:
     """``$NAME`` / ``${NAME}`` as the shell expands them, from the ConfigMap; unknown names fail."""
+
     def sub(m: re.Match) -> str:
         name = m.group(1) or m.group(2)
         if name not in env:
@@ -409,8 +482,9 @@ def entrypoint_problems(spec: dict, where: str) -> list[str]:
                 problems += env_source_problems(c, f"{where}.submitterPodTemplate", secret=False)
                 head_image = _containers(cluster["headGroupSpec"]["template"])[0]["image"]
                 if c.get("image") != head_image:
-                    problems.append(f"{where}.submitterPodTemplate: image {c.get('image')!r} "
-                                    f"!= the head's {head_image!r}")
+                    problems.append(
+                        f"{where}.submitterPodTemplate: image {c.get('image')!r} != the head's {head_image!r}"
+                    )
     return problems
 
 
@@ -460,8 +534,10 @@ def serve_config_problems(text: str, where: str) -> list[str]:
         parsed = ServeDeploySchema.model_validate(config)
     except ValidationError as exc:
         return [f"{where}: {exc}"]
-    problems = [f"{where}: unknown key {k!r} (Ray Serve ignores it)"
-                for k in unknown_keys(config, parsed.model_dump(exclude_unset=True, mode="json"))]
+    problems = [
+        f"{where}: unknown key {k!r} (Ray Serve ignores it)"
+        for k in unknown_keys(config, parsed.model_dump(exclude_unset=True, mode="json"))
+    ]
     apps = config.get("applications", [])
     if [a.get("name") for a in apps] != ["regionmir"]:
         problems.append(f"{where}: expected one application named regionmir")
@@ -477,17 +553,22 @@ def serve_config_problems(text: str, where: str) -> list[str]:
             problems.append(str(exc))
             continue
         if settings.model != env["REGIONMIR_MODEL_URI"]:
-            problems.append(f"{at}.args.model {settings.model!r} != ConfigMap REGIONMIR_MODEL_URI "
-                            f"{env['REGIONMIR_MODEL_URI']!r}")
+            problems.append(
+                f"{at}.args.model {settings.model!r} != ConfigMap REGIONMIR_MODEL_URI {env['REGIONMIR_MODEL_URI']!r}"
+            )
         if settings.milvus != env["REGIONMIR_MILVUS_URI"]:
             problems.append(f"{at}.args.milvus {settings.milvus!r} != ConfigMap REGIONMIR_MILVUS_URI")
         if isinstance(settings.encoder.gpus_per_replica, str):
-            problems.append(f"{at}.args.encoder.gpus_per_replica: give a number on Kubernetes ('auto' looks at the "
-                            "GPUs present at build time, none while the GPU workers are scaled down)")
+            problems.append(
+                f"{at}.args.encoder.gpus_per_replica: give a number on Kubernetes ('auto' looks at the "
+                "GPUs present at build time, none while the GPU workers are scaled down)"
+            )
         overrides = {d.get("name"): d for d in app.get("deployments", [])}
         if set(overrides) != serve_deployment_names():
-            problems.append(f"{at}.deployments: expected options for exactly {sorted(serve_deployment_names())}, "
-                            f"got {sorted(map(str, overrides))}")
+            problems.append(
+                f"{at}.deployments: expected options for exactly {sorted(serve_deployment_names())}, "
+                f"got {sorted(map(str, overrides))}"
+            )
         for name, d in overrides.items():
             dat = f"{at}.deployments[{name}]"
             auto = d.get("autoscaling_config")
@@ -497,8 +578,10 @@ def serve_config_problems(text: str, where: str) -> list[str]:
                 except ValidationError as exc:
                     problems.append(f"{dat}.autoscaling_config: {exc}")
                 else:
-                    problems += [f"{dat}.autoscaling_config: unknown key {k!r}" for k in
-                                 unknown_keys(auto, model.model_dump(exclude_unset=True, mode="json"))]
+                    problems += [
+                        f"{dat}.autoscaling_config: unknown key {k!r}"
+                        for k in unknown_keys(auto, model.model_dump(exclude_unset=True, mode="json"))
+                    ]
             if name not in serve_deployment_names():
                 continue
             # Serve applies these over what the builder made from args: they must say the same.
@@ -513,11 +596,15 @@ def serve_config_problems(text: str, where: str) -> list[str]:
                 # Without it Serve keeps the builder's options, which copy S3 credentials into runtime_env.
                 problems.append(f"{dat}: set ray_actor_options (num_cpus, num_gpus)")
                 continue
-            gpus = float(settings.encoder.gpus_per_replica) if name == "encoder" and not isinstance(
-                settings.encoder.gpus_per_replica, str) else 0.0
+            gpus = (
+                float(settings.encoder.gpus_per_replica)
+                if name == "encoder" and not isinstance(settings.encoder.gpus_per_replica, str)
+                else 0.0
+            )
             if actor.get("num_cpus") != s.num_cpus or float(actor.get("num_gpus", 0)) != gpus:
-                problems.append(f"{dat}.ray_actor_options {actor} != args.{name} "
-                                f"(num_cpus {s.num_cpus}, num_gpus {gpus:g})")
+                problems.append(
+                    f"{dat}.ray_actor_options {actor} != args.{name} (num_cpus {s.num_cpus}, num_gpus {gpus:g})"
+                )
     return problems
 
 
@@ -535,28 +622,35 @@ def rayservice_problems(doc: dict, where: str) -> list[str]:
     port = config.get("http_options", {}).get("port", 8000)
     head = _containers(cluster["headGroupSpec"]["template"])[0]
     if {"name": "serve", "containerPort": port} not in head.get("ports", []):
-        problems.append(f"{where}: the head container must declare the Serve port "
-                        f"{{name: serve, containerPort: {port}}}")
+        problems.append(
+            f"{where}: the head container must declare the Serve port {{name: serve, containerPort: {port}}}"
+        )
     for group in cluster.get("workerGroupSpecs", []):
         for c in _containers(group["template"]):
             if {"name": "serve", "containerPort": port} not in c.get("ports", []):
-                problems.append(f"{where}: worker group {group['groupName']} must declare the Serve port {port} "
-                                "(proxies run on every node)")
+                problems.append(
+                    f"{where}: worker group {group['groupName']} must declare the Serve port {port} "
+                    "(proxies run on every node)"
+                )
     encoder = next(d for d in config["applications"][0]["deployments"] if d["name"] == "encoder")
     per_replica = float(encoder.get("ray_actor_options", {}).get("num_gpus", 0))
     if per_replica:
         max_replicas = encoder.get("autoscaling_config", {}).get("max_replicas", encoder.get("num_replicas", 1))
         gpus, _ = worker_resources(cluster, at="maxReplicas" if cluster.get("enableInTreeAutoscaling") else "replicas")
         if max_replicas * per_replica > gpus:
-            problems.append(f"{where}: up to {max_replicas} encoder replicas x {per_replica:g} GPU, "
-                            f"but the worker groups reach {gpus} GPUs")
+            problems.append(
+                f"{where}: up to {max_replicas} encoder replicas x {per_replica:g} GPU, "
+                f"but the worker groups reach {gpus} GPUs"
+            )
     for c in [head] + [c for g in cluster.get("workerGroupSpecs", []) for c in _containers(g["template"])]:
         keys = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in c.get("env", [])}
         if keys.get("REGIONMIR_API_KEY") != {"name": "regionmir-api-key", "key": "api-key"}:
             problems.append(f"{where}: container {c['name']} must take REGIONMIR_API_KEY from Secret regionmir-api-key")
         if keys.get("REGIONMIR_ID_SALT") != {"name": "regionmir-id-salt", "key": "id-salt"}:
-            problems.append(f"{where}: container {c['name']} must take REGIONMIR_ID_SALT from Secret regionmir-id-salt "
-                            "(the service refuses the public default salt)")
+            problems.append(
+                f"{where}: container {c['name']} must take REGIONMIR_ID_SALT from Secret regionmir-id-salt "
+                "(the service refuses the public default salt)"
+            )
     return problems
 
 
@@ -568,10 +662,16 @@ def kuberay_problems(doc: dict, where: str) -> list[str]:
         return [f"{where}: {p}" for p in problems]
     spec = doc["spec"]
     if doc["kind"] == "RayJob":
-        return (ray_cluster_problems(spec["rayClusterSpec"], f"{where}.rayClusterSpec")
-                + entrypoint_problems(spec, where) + pod_security_problems(doc, where))
-    return (ray_cluster_problems(spec["rayClusterConfig"], f"{where}.rayClusterConfig")
-            + rayservice_problems(doc, where) + pod_security_problems(doc, where))
+        return (
+            ray_cluster_problems(spec["rayClusterSpec"], f"{where}.rayClusterSpec")
+            + entrypoint_problems(spec, where)
+            + pod_security_problems(doc, where)
+        )
+    return (
+        ray_cluster_problems(spec["rayClusterConfig"], f"{where}.rayClusterConfig")
+        + rayservice_problems(doc, where)
+        + pod_security_problems(doc, where)
+    )
 
 
 # ------------------------------------------------------------------- prometheus-operator kinds
@@ -594,8 +694,10 @@ def prometheus_problems(doc: dict, where: str) -> list[str]:
         parsed = model.model_validate(doc)
     except ValidationError as exc:
         return [f"{where}: {exc}"]
-    return [f"{where}: unknown key {k!r}" for k in
-            unknown_keys(doc, parsed.model_dump(by_alias=True, exclude_unset=True, mode="json"))]
+    return [
+        f"{where}: unknown key {k!r}"
+        for k in unknown_keys(doc, parsed.model_dump(by_alias=True, exclude_unset=True, mode="json"))
+    ]
 
 
 # ------------------------------------------------------------------------------- fail closed
@@ -604,10 +706,17 @@ def prometheus_problems(doc: dict, where: str) -> list[str]:
 
 #: The base image's user `ray` (rayproject/ray): uid 1000, primary group `users` (gid 100).
 RAY_UID, RAY_GID = 1000, 100
-POD_SECURITY = {"runAsNonRoot": True, "runAsUser": RAY_UID, "runAsGroup": RAY_GID,
-                "seccompProfile": {"type": "RuntimeDefault"}}
-CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                      "capabilities": {"drop": ["ALL"]}}
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": RAY_UID,
+    "runAsGroup": RAY_GID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
 #: Writable emptyDirs a container needs on a read-only root filesystem: mount path -> emptyDir medium.
 RAY_NODE_WRITABLE = {"/tmp": None, "/dev/shm": "Memory", "/home/ray/.cache": None}
 SUBMITTER_WRITABLE = {"/tmp": None, "/home/ray/.cache": None}
@@ -628,16 +737,21 @@ def _pod_templates(doc: dict) -> list[tuple[str, str, str, dict]]:
     if not cluster:
         return []
     out = [("head", "headgroup", "headGroupSpec", cluster["headGroupSpec"]["template"])]
-    out += [("worker", g["groupName"], f"workerGroupSpecs[{g['groupName']}]", g["template"])
-            for g in cluster.get("workerGroupSpecs", [])]
+    out += [
+        ("worker", g["groupName"], f"workerGroupSpecs[{g['groupName']}]", g["template"])
+        for g in cluster.get("workerGroupSpecs", [])
+    ]
     if doc["spec"].get("submitterPodTemplate"):
         out.append(("submitter", "", "submitterPodTemplate", doc["spec"]["submitterPodTemplate"]))
     return out
 
 
 def _security_context_problems(effective: dict, at: str) -> list[str]:
-    problems = [f"{at}: securityContext.{key} is {effective.get(key)!r}, want {want!r}"
-                for key, want in {**POD_SECURITY, **CONTAINER_SECURITY}.items() if effective.get(key) != want]
+    problems = [
+        f"{at}: securityContext.{key} is {effective.get(key)!r}, want {want!r}"
+        for key, want in {**POD_SECURITY, **CONTAINER_SECURITY}.items()
+        if effective.get(key) != want
+    ]
     if effective.get("privileged"):
         problems.append(f"{at}: privileged")
     return problems
@@ -697,11 +811,18 @@ def kuberay_pod_labels(node_type: str, cluster: str, group: str, template_labels
     """The labels KubeRay gives a Ray pod (labelPod in ray-operator/controllers/ray/common/pod.go):
     its own, overridden by the template's except ray.io/node-type, ray.io/group, ray.io/cluster;
     RayService pods also get ray.io/serve (BuildPod; KubeRay flips the head's with the proxy's health)."""
-    labels = {"ray.io/is-ray-node": "yes", "ray.io/cluster": cluster, "ray.io/node-type": node_type,
-              "ray.io/group": group, "ray.io/identifier": f"{cluster}-{node_type}",
-              "app.kubernetes.io/name": "kuberay", "app.kubernetes.io/created-by": "kuberay-operator"}
-    labels.update({k: v for k, v in template_labels.items()
-                   if k not in ("ray.io/node-type", "ray.io/group", "ray.io/cluster")})
+    labels = {
+        "ray.io/is-ray-node": "yes",
+        "ray.io/cluster": cluster,
+        "ray.io/node-type": node_type,
+        "ray.io/group": group,
+        "ray.io/identifier": f"{cluster}-{node_type}",
+        "app.kubernetes.io/name": "kuberay",
+        "app.kubernetes.io/created-by": "kuberay-operator",
+    }
+    labels.update(
+        {k: v for k, v in template_labels.items() if k not in ("ray.io/node-type", "ray.io/group", "ray.io/cluster")}
+    )
     if rayservice:
         labels["ray.io/serve"] = "false" if node_type == "head" else "true"
     return labels
@@ -716,15 +837,17 @@ def kuberay_pods(docs: list[dict]) -> list[Pod]:
         # RayService clusters are <name>-raycluster-<random>, RayJob clusters <name>-<random>.
         cluster = f"{name}-raycluster-x7k2p" if doc["kind"] == "RayService" else f"{name}-x7k2p"
         for node_type, group, _, template in _pod_templates(doc):
-            ports = {p["name"]: p["containerPort"] for c in _containers(template) for p in c.get("ports", [])
-                     if "name" in p}
+            ports = {
+                p["name"]: p["containerPort"] for c in _containers(template) for p in c.get("ports", []) if "name" in p
+            }
             template_labels = template.get("metadata", {}).get("labels", {})
             if node_type == "submitter":  # a Kubernetes Job's pod: the template's labels + the Job's
                 labels = {**template_labels, "job-name": name, "batch.kubernetes.io/job-name": name}
                 pods.append(Pod(f"{name}/submitter", namespace, labels, ports))
             else:
-                labels = kuberay_pod_labels(node_type, cluster, group, template_labels,
-                                            rayservice=doc["kind"] == "RayService")
+                labels = kuberay_pod_labels(
+                    node_type, cluster, group, template_labels, rayservice=doc["kind"] == "RayService"
+                )
                 pods.append(Pod(f"{name}/{group}", namespace, labels, ports))
     return pods
 
@@ -742,31 +865,62 @@ def milvus_pods() -> list[Pod]:
     """The pods of the Milvus chart in standalone mode (labels: milvus.matchLabels + component; the
     etcd subchart: app.kubernetes.io/name etcd, the parent's release as instance)."""
     release, namespace = milvus_release()
-    return [Pod(f"{release}-standalone", namespace, {"app.kubernetes.io/name": "milvus",
-                                                     "app.kubernetes.io/instance": release, "component": "standalone"},
-                {"milvus": 19530, "metrics": 9091}),
-            Pod(f"{release}-etcd-0", namespace,
-                {"app.kubernetes.io/name": "etcd", "app.kubernetes.io/instance": release},
-                {"client": 2379, "peer": 2380})]
+    return [
+        Pod(
+            f"{release}-standalone",
+            namespace,
+            {"app.kubernetes.io/name": "milvus", "app.kubernetes.io/instance": release, "component": "standalone"},
+            {"milvus": 19530, "metrics": 9091},
+        ),
+        Pod(
+            f"{release}-etcd-0",
+            namespace,
+            {"app.kubernetes.io/name": "etcd", "app.kubernetes.io/instance": release},
+            {"client": 2379, "peer": 2380},
+        ),
+    ]
 
 
 #: Pods outside the namespace, as their charts label them, in the namespaces k8s/README.md installs
 #: them into (ingress-nginx: the namespace of its install guide).
 OUTSIDERS = {
-    "ingress-controller": Pod("ingress-nginx-controller", "ingress-nginx", {
-        "app.kubernetes.io/name": "ingress-nginx", "app.kubernetes.io/instance": "ingress-nginx",
-        "app.kubernetes.io/component": "controller"}, {}),
-    "kuberay-operator": Pod("kuberay-operator", "kuberay-system", {
-        "app.kubernetes.io/name": "kuberay-operator", "app.kubernetes.io/instance": "kuberay-operator",
-        "app.kubernetes.io/component": "kuberay-operator"}, {}),
-    "prometheus": Pod("prometheus-kps-prometheus-0", "monitoring", {
-        "app.kubernetes.io/name": "prometheus", "app.kubernetes.io/managed-by": "prometheus-operator",
-        "app.kubernetes.io/instance": "kps-kube-prometheus-prometheus",
-        "prometheus": "kps-kube-prometheus-prometheus"}, {}),
+    "ingress-controller": Pod(
+        "ingress-nginx-controller",
+        "ingress-nginx",
+        {
+            "app.kubernetes.io/name": "ingress-nginx",
+            "app.kubernetes.io/instance": "ingress-nginx",
+            "app.kubernetes.io/component": "controller",
+        },
+        {},
+    ),
+    "kuberay-operator": Pod(
+        "kuberay-operator",
+        "kuberay-system",
+        {
+            "app.kubernetes.io/name": "kuberay-operator",
+            "app.kubernetes.io/instance": "kuberay-operator",
+            "app.kubernetes.io/component": "kuberay-operator",
+        },
+        {},
+    ),
+    "prometheus": Pod(
+        "prometheus-kps-prometheus-0",
+        "monitoring",
+        {
+            "app.kubernetes.io/name": "prometheus",
+            "app.kubernetes.io/managed-by": "prometheus-operator",
+            "app.kubernetes.io/instance": "kps-kube-prometheus-prometheus",
+            "prometheus": "kps-kube-prometheus-prometheus",
+        },
+        {},
+    ),
 }
 #: Pods that must get nowhere: one in another namespace, one in RegionMIR's own.
-STRANGERS = {"stranger": Pod("curl", "default", {"run": "curl"}, {}),
-             "neighbour": Pod("debug", "regionmir", {"run": "debug"}, {})}
+STRANGERS = {
+    "stranger": Pod("curl", "default", {"run": "curl"}, {}),
+    "neighbour": Pod("debug", "regionmir", {"run": "debug"}, {}),
+}
 
 
 # --- NetworkPolicy semantics (ingress only: no policy here restricts egress)
@@ -777,8 +931,12 @@ def selector_matches(selector: dict, labels: dict[str, str]) -> bool:
         return False
     for e in selector.get("matchExpressions", []):
         key, op, values = e["key"], e["operator"], e.get("values", [])
-        ok = {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
-              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        ok = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": labels.get(key) not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[op]
         if not ok:
             return False
     return True
@@ -820,8 +978,13 @@ def _port_matches(ports: list[dict] | None, dst: Pod, port: int) -> bool:
 
 def ingress_allowed(policies: list[dict], src: Pod, dst: Pod, port: int) -> bool:
     """Whether `src` may open a TCP connection to `dst`:`port` under these NetworkPolicies."""
-    isolating = [p for p in policies if p["metadata"].get("namespace", "regionmir") == dst.namespace
-                 and "Ingress" in _policy_types(p) and selector_matches(p["spec"]["podSelector"], dst.labels)]
+    isolating = [
+        p
+        for p in policies
+        if p["metadata"].get("namespace", "regionmir") == dst.namespace
+        and "Ingress" in _policy_types(p)
+        and selector_matches(p["spec"]["podSelector"], dst.labels)
+    ]
     if not isolating:
         return True
     for policy in isolating:
@@ -848,8 +1011,11 @@ def _scraped_ports(docs: list[dict], pod: Pod) -> set[int]:
     """The ports of `pod` a PodMonitor / ServiceMonitor of `docs` scrapes (monitors name ports)."""
     ports = set()
     for m in docs:
-        if m["kind"] == "PodMonitor" and selector_matches(m["spec"]["selector"], pod.labels) \
-                and pod.namespace in m["spec"].get("namespaceSelector", {}).get("matchNames", [pod.namespace]):
+        if (
+            m["kind"] == "PodMonitor"
+            and selector_matches(m["spec"]["selector"], pod.labels)
+            and pod.namespace in m["spec"].get("namespaceSelector", {}).get("matchNames", [pod.namespace])
+        ):
             ports |= {pod.ports[e["port"]] for e in m["spec"]["podMetricsEndpoints"] if e["port"] in pod.ports}
         if m["kind"] == "ServiceMonitor" and selector_matches(m["spec"]["selector"], pod.labels):
             ports |= {pod.ports[e["port"]] for e in m["spec"]["endpoints"] if e["port"] in pod.ports}
@@ -869,43 +1035,64 @@ def expected_flows(docs: list[dict]) -> list[tuple[Pod, Pod, int, bool, str]]:
     for pod in ray:
         component = _component(pod)
         if component == "query-service":
-            flows += [(out["ingress-controller"], pod, 8000, has_ingress, "the Ingress reaches Serve"),
-                      (out["stranger"], pod, 8000, False, "Serve only through the ingress controller"),
-                      (out["neighbour"], pod, 8000, False, "Serve only through the ingress controller"),
-                      (out["prometheus"], pod, 8000, False, "Prometheus scrapes metrics ports only")]
+            flows += [
+                (out["ingress-controller"], pod, 8000, has_ingress, "the Ingress reaches Serve"),
+                (out["stranger"], pod, 8000, False, "Serve only through the ingress controller"),
+                (out["neighbour"], pod, 8000, False, "Serve only through the ingress controller"),
+                (out["prometheus"], pod, 8000, False, "Prometheus scrapes metrics ports only"),
+            ]
         for peer in ray:
             same = _component(peer) == component
-            flows += [(peer, pod, 6379, same, "Ray pods of one cluster reach each other, not another's"),
-                      (peer, pod, 10002, same, "Ray pods of one cluster reach each other (any port)")]
-        flows += [(pod, standalone, 19530, component in ("query-service", "indexing"),
-                   "only the service's and the index job's Ray pods use Milvus"),
-                  (pod, standalone, 9091, False, "Milvus's clients use its client port only")]
+            flows += [
+                (peer, pod, 6379, same, "Ray pods of one cluster reach each other, not another's"),
+                (peer, pod, 10002, same, "Ray pods of one cluster reach each other (any port)"),
+            ]
+        flows += [
+            (
+                pod,
+                standalone,
+                19530,
+                component in ("query-service", "indexing"),
+                "only the service's and the index job's Ray pods use Milvus",
+            ),
+            (pod, standalone, 9091, False, "Milvus's clients use its client port only"),
+        ]
         for port in sorted(_scraped_ports(docs, pod)):
-            flows += [(out["prometheus"], pod, port, True, "Prometheus scrapes the ports the monitors name"),
-                      (out["stranger"], pod, port, False, "metrics only to Prometheus")]
+            flows += [
+                (out["prometheus"], pod, port, True, "Prometheus scrapes the ports the monitors name"),
+                (out["stranger"], pod, port, False, "metrics only to Prometheus"),
+            ]
     for head in heads:
-        flows += [(out["kuberay-operator"], head, DASHBOARD_PORT, True, "the operator uses the dashboard"),
-                  (out["ingress-controller"], head, DASHBOARD_PORT, False, "the dashboard is not published"),
-                  (out["prometheus"], head, DASHBOARD_PORT, False, "the dashboard is not a metrics port"),
-                  (out["stranger"], head, DASHBOARD_PORT, False, "the dashboard is not published"),
-                  (out["neighbour"], head, DASHBOARD_PORT, False, "the dashboard is not published"),
-                  (out["kuberay-operator"], head, 6379, False, "the operator needs no GCS access")]
+        flows += [
+            (out["kuberay-operator"], head, DASHBOARD_PORT, True, "the operator uses the dashboard"),
+            (out["ingress-controller"], head, DASHBOARD_PORT, False, "the dashboard is not published"),
+            (out["prometheus"], head, DASHBOARD_PORT, False, "the dashboard is not a metrics port"),
+            (out["stranger"], head, DASHBOARD_PORT, False, "the dashboard is not published"),
+            (out["neighbour"], head, DASHBOARD_PORT, False, "the dashboard is not published"),
+            (out["kuberay-operator"], head, 6379, False, "the operator needs no GCS access"),
+        ]
         if _component(head) == "query-service":
             flows.append((out["kuberay-operator"], head, 8000, True, "the operator checks the head's Serve proxy"))
     for sub in submitters:
         for head in heads:
             same = _component(head) == _component(sub)
-            flows += [(sub, head, DASHBOARD_PORT, same, "a submitter reaches its own cluster's dashboard only"),
-                      (sub, head, 6379, False, "a submitter talks to the dashboard only")]
+            flows += [
+                (sub, head, DASHBOARD_PORT, same, "a submitter reaches its own cluster's dashboard only"),
+                (sub, head, 6379, False, "a submitter talks to the dashboard only"),
+            ]
         flows.append((sub, standalone, 19530, False, "the submitter does not use Milvus"))
-    flows += [(standalone, etcd, 2379, True, "Milvus reaches its etcd"),
-              (out["stranger"], etcd, 2379, False, "etcd only for Milvus"),
-              (out["neighbour"], standalone, 19530, False, "Milvus only for RegionMIR's Ray pods"),
-              (out["stranger"], standalone, 19530, False, "Milvus only for RegionMIR's Ray pods"),
-              (out["ingress-controller"], standalone, 19530, False, "Milvus is not published"),
-              (out["prometheus"], standalone, 19530, False, "Prometheus scrapes metrics ports only")]
-    flows += [(out["prometheus"], standalone, port, True, "Prometheus scrapes Milvus's metrics")
-              for port in sorted(_scraped_ports(docs, standalone))]
+    flows += [
+        (standalone, etcd, 2379, True, "Milvus reaches its etcd"),
+        (out["stranger"], etcd, 2379, False, "etcd only for Milvus"),
+        (out["neighbour"], standalone, 19530, False, "Milvus only for RegionMIR's Ray pods"),
+        (out["stranger"], standalone, 19530, False, "Milvus only for RegionMIR's Ray pods"),
+        (out["ingress-controller"], standalone, 19530, False, "Milvus is not published"),
+        (out["prometheus"], standalone, 19530, False, "Prometheus scrapes metrics ports only"),
+    ]
+    flows += [
+        (out["prometheus"], standalone, port, True, "Prometheus scrapes Milvus's metrics")
+        for port in sorted(_scraped_ports(docs, standalone))
+    ]
     flows += [(pod, etcd, 2379, False, "etcd only for Milvus") for pod in ray[:1]]
     return flows
 
@@ -923,11 +1110,14 @@ def network_policy_problems(docs: list[dict]) -> list[str]:
             problems.append(f"{at}: egress is not restricted here (S3, DNS, the Kubernetes API)")
         if _is_default_deny(policy):
             continue
-        selected = [p for p in pods
-                    if p.namespace == namespace and selector_matches(policy["spec"]["podSelector"], p.labels)]
+        selected = [
+            p for p in pods if p.namespace == namespace and selector_matches(policy["spec"]["podSelector"], p.labels)
+        ]
         if not selected:
-            problems.append(f"{at}: podSelector {policy['spec']['podSelector']} selects no pod that KubeRay or the "
-                            "Milvus chart creates")
+            problems.append(
+                f"{at}: podSelector {policy['spec']['podSelector']} selects no pod that KubeRay or the "
+                "Milvus chart creates"
+            )
         for rule in policy["spec"].get("ingress") or []:
             for peer in rule.get("from") or []:
                 if not any(_peer_matches(peer, namespace, s) for s in pods + list(OUTSIDERS.values())):
@@ -938,8 +1128,10 @@ def network_policy_problems(docs: list[dict]) -> list[str]:
     for src, dst, port, want, why in expected_flows(docs):
         got = ingress_allowed(policies, src, dst, port)
         if got != want:
-            problems.append(f"{src.namespace}/{src.name} -> {dst.namespace}/{dst.name}:{port} is "
-                            f"{'allowed' if got else 'denied'}, want {'allowed' if want else 'denied'} ({why})")
+            problems.append(
+                f"{src.namespace}/{src.name} -> {dst.namespace}/{dst.name}:{port} is "
+                f"{'allowed' if got else 'denied'}, want {'allowed' if want else 'denied'} ({why})"
+            )
     return problems
 
 
@@ -959,13 +1151,17 @@ def disruption_budget_problems(docs: list[dict]) -> list[str]:
         if "maxUnavailable" in spec or not isinstance(spec.get("minAvailable"), int):
             problems.append(f"{at}: use an integer minAvailable (Ray pods' controller has no scale subresource)")
         if spec.get("unhealthyPodEvictionPolicy") != "AlwaysAllow":
-            problems.append(f"{at}: unhealthyPodEvictionPolicy must be AlwaysAllow "
-                            "(a broken pod must not block drains)")
+            problems.append(
+                f"{at}: unhealthyPodEvictionPolicy must be AlwaysAllow (a broken pod must not block drains)"
+            )
         selected = [p for p in service_pods if selector_matches(spec["selector"], p.labels)]
         if not selected:
             problems.append(f"{at}: selector {spec['selector']} selects no pod of the query service")
-        problems += [f"{at}: selects {p.name}, not a query-service pod" for p in other_pods
-                     if selector_matches(spec["selector"], p.labels)]
+        problems += [
+            f"{at}: selects {p.name}, not a query-service pod"
+            for p in other_pods
+            if selector_matches(spec["selector"], p.labels)
+        ]
         for p in selected:
             covering[p.name].append(at)
     for name, by in covering.items():
@@ -985,20 +1181,26 @@ def dashboard_exposure_problems(docs: list[dict]) -> list[str]:
                 if DASHBOARD_PORT in (p.get("port"), p.get("targetPort")) or p.get("targetPort") == "dashboard":
                     problems.append(f"{at}: exposes the Ray dashboard port {DASHBOARD_PORT}")
         if d["kind"] == "Ingress":
-            backends = [path["backend"] for rule in d["spec"].get("rules", [])
-                        for path in rule.get("http", {}).get("paths", [])]
+            backends = [
+                path["backend"] for rule in d["spec"].get("rules", []) for path in rule.get("http", {}).get("paths", [])
+            ]
             backends += [d["spec"]["defaultBackend"]] if "defaultBackend" in d["spec"] else []
             for b in backends:
                 svc = b.get("service", {})
                 port = svc.get("port", {})
-                if port.get("number") == DASHBOARD_PORT or port.get("name") == "dashboard" \
-                        or svc.get("name", "").endswith("-head-svc"):
+                if (
+                    port.get("number") == DASHBOARD_PORT
+                    or port.get("name") == "dashboard"
+                    or svc.get("name", "").endswith("-head-svc")
+                ):
                     problems.append(f"{at}: routes to the Ray dashboard ({svc})")
         cluster = _cluster(d) if d["kind"] in ("RayJob", "RayService") else None
         if cluster:
             head = cluster["headGroupSpec"]
-            if head.get("serviceType", "ClusterIP") != "ClusterIP" or \
-                    head.get("headService", {}).get("spec", {}).get("type", "ClusterIP") != "ClusterIP":
+            if (
+                head.get("serviceType", "ClusterIP") != "ClusterIP"
+                or head.get("headService", {}).get("spec", {}).get("type", "ClusterIP") != "ClusterIP"
+            ):
                 problems.append(f"{at}: the head Service (dashboard {DASHBOARD_PORT}) must stay ClusterIP")
             if head.get("enableIngress"):
                 problems.append(f"{at}: enableIngress publishes the Ray dashboard")
@@ -1019,17 +1221,21 @@ def milvus_auth_problems(docs: list[dict], values: dict) -> list[str]:
     problems = []
     user = yaml.safe_load(values.get("extraConfigFiles", {}).get("user.yaml") or "{}") or {}
     if user.get("common", {}).get("security", {}).get("authorizationEnabled") is not True:
-        problems.append("milvus/values.yaml: extraConfigFiles user.yaml must set "
-                        "common.security.authorizationEnabled: true")
+        problems.append(
+            "milvus/values.yaml: extraConfigFiles user.yaml must set common.security.authorizationEnabled: true"
+        )
     extra_env = {e["name"]: e for e in values.get("standalone", {}).get("extraEnv", [])}
     root = extra_env.get("COMMON_SECURITY_DEFAULTROOTPASSWORD")
     if (root or {}).get("valueFrom", {}).get("secretKeyRef") != MILVUS_ROOT_REF:
-        problems.append(f"milvus/values.yaml: standalone.extraEnv must take COMMON_SECURITY_DEFAULTROOTPASSWORD "
-                        f"from Secret {MILVUS_ROOT_REF}")
+        problems.append(
+            f"milvus/values.yaml: standalone.extraEnv must take COMMON_SECURITY_DEFAULTROOTPASSWORD "
+            f"from Secret {MILVUS_ROOT_REF}"
+        )
     for d in docs:
         for node_type, _, label, template in _pod_templates(d):
             uses_milvus = node_type != "submitter" and template.get("metadata", {}).get("labels", {}).get(
-                "app.kubernetes.io/component") in ("query-service", "indexing")
+                "app.kubernetes.io/component"
+            ) in ("query-service", "indexing")
             for c in _containers(template):
                 at = f"{d['kind']}/{d['metadata']['name']}.{label}.{c['name']}"
                 token = _env(c).get("MILVUS_TOKEN")
@@ -1069,10 +1275,12 @@ def test_ray_pin_dockerfile_and_torch_agree():
     assert froms, "Dockerfile has no FROM"
     for image in froms:
         name, _, tag = image.partition(":")
-        assert name == "rayproject/ray" and tag.startswith(f"{ray}-py311"), \
+        assert name == "rayproject/ray" and tag.startswith(f"{ray}-py311"), (
             f"Dockerfile base {image} is not rayproject/ray:{ray}-py311[-gpu] (the ray pin of pyproject.toml)"
-    assert "${GPU_SUFFIX}" in froms[0] and re.search(r"^ARG GPU_SUFFIX", dockerfile, re.MULTILINE), \
+        )
+    assert "${GPU_SUFFIX}" in froms[0] and re.search(r"^ARG GPU_SUFFIX", dockerfile, re.MULTILINE), (
         "the -gpu build arg is gone"
+    )
     pins = [d for d in pyproject()["project"]["dependencies"] if d.startswith(("torch==", "torchvision=="))]
     assert len(pins) == 2
     for pin in pins:
@@ -1083,8 +1291,19 @@ def test_ray_pin_dockerfile_and_torch_agree():
 
 def test_there_is_something_to_check():
     kinds = {doc["kind"] for _, doc in raw_documents()}
-    assert {"Namespace", "ConfigMap", "Secret", "Ingress", "RayJob", "RayService", "PodMonitor", "ServiceMonitor",
-            "PrometheusRule", "NetworkPolicy", "PodDisruptionBudget"} <= kinds
+    assert {
+        "Namespace",
+        "ConfigMap",
+        "Secret",
+        "Ingress",
+        "RayJob",
+        "RayService",
+        "PodMonitor",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+    } <= kinds
     steps = {doc["metadata"]["labels"]["regionmir.io/step"] for _, doc in raw_documents() if doc["kind"] == "RayJob"}
     assert steps == {"pretrain", "finetune", "index"}
 
@@ -1144,11 +1363,24 @@ def test_rendered_overlays_contain_what_they_should():
         return sorted(d["kind"] for d in render(overlay))
 
     policies = ["NetworkPolicy"] * 7
-    assert kinds("overlays/prod") == sorted(["ConfigMap", "ConfigMap", "Namespace", "PodMonitor", "PodMonitor",
-                                             "PrometheusRule", "RayService", "ServiceMonitor"]
-                                            + policies + ["NetworkPolicy"] * 2 + ["PodDisruptionBudget"] * 3)
-    assert kinds("overlays/dev") == sorted(["ConfigMap", "Namespace", "RayService"] + policies
-                                           + ["PodDisruptionBudget"] * 2)
+    assert kinds("overlays/prod") == sorted(
+        [
+            "ConfigMap",
+            "ConfigMap",
+            "Namespace",
+            "PodMonitor",
+            "PodMonitor",
+            "PrometheusRule",
+            "RayService",
+            "ServiceMonitor",
+        ]
+        + policies
+        + ["NetworkPolicy"] * 2
+        + ["PodDisruptionBudget"] * 3
+    )
+    assert kinds("overlays/dev") == sorted(
+        ["ConfigMap", "Namespace", "RayService"] + policies + ["PodDisruptionBudget"] * 2
+    )
     assert kinds("overlays/prod/jobs") == kinds("overlays/dev/jobs") == ["RayJob"] * 3
     for doc in render("overlays/prod") + render("overlays/prod/jobs"):
         assert doc["metadata"].get("namespace") == "regionmir" or doc["kind"] == "Namespace", doc["metadata"]
@@ -1161,8 +1393,9 @@ def test_rendered_overlays_contain_what_they_should():
 def test_prometheus_rule_holds_the_serving_alert_rules():
     (rule,) = [d for _, d in raw_documents() if d["kind"] == "PrometheusRule"]
     alerts = yaml.safe_load((ROOT / "serving" / "prometheus_alerts.yml").read_text())
-    assert rule["spec"]["groups"] == alerts["groups"], \
+    assert rule["spec"]["groups"] == alerts["groups"], (
         "k8s/monitoring/prometheusrule.yaml and serving/prometheus_alerts.yml differ: edit both"
+    )
 
 
 def test_dashboard_generator_points_at_the_serving_dashboard():
@@ -1179,8 +1412,11 @@ def test_monitors_scrape_ports_the_pods_declare():
     docs = [d for _, d in raw_documents()]
     (service,) = [d for d in docs if d["kind"] == "RayService"]
     cluster = service["spec"]["rayClusterConfig"]
-    head_ports = {p["name"]: p["containerPort"] for c in _containers(cluster["headGroupSpec"]["template"])
-                  for p in c.get("ports", [])}
+    head_ports = {
+        p["name"]: p["containerPort"]
+        for c in _containers(cluster["headGroupSpec"]["template"])
+        for p in c.get("ports", [])
+    }
     for monitor in (d for d in docs if d["kind"] == "PodMonitor"):
         node_type = monitor["spec"]["selector"]["matchLabels"]["ray.io/node-type"]
         wanted = {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
@@ -1221,15 +1457,21 @@ def test_ingress_points_at_the_kuberay_serve_service():
     (service,) = [d for d in docs if d["kind"] == "RayService"]
     (ingress,) = [d for d in docs if d["kind"] == "Ingress"]
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
-    assert backend == {"name": f"{service['metadata']['name']}-serve-svc",
-                       "port": {"number": _serve_config(service)["http_options"]["port"]}}
+    assert backend == {
+        "name": f"{service['metadata']['name']}-serve-svc",
+        "port": {"number": _serve_config(service)["http_options"]["port"]},
+    }
 
 
 def test_secret_templates_match_what_the_pods_reference():
     secrets = {d["metadata"]["name"]: set(d["stringData"]) for _, d in raw_documents() if d["kind"] == "Secret"}
-    assert secrets == {"regionmir-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
-                       "regionmir-api-key": {"api-key"}, "regionmir-id-salt": {"id-salt"},
-                       "regionmir-milvus-token": {"token"}, "regionmir-milvus-root": {"password"}}
+    assert secrets == {
+        "regionmir-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"},
+        "regionmir-api-key": {"api-key"},
+        "regionmir-id-salt": {"id-salt"},
+        "regionmir-milvus-token": {"token"},
+        "regionmir-milvus-root": {"password"},
+    }
     # Every Secret a pod (or the Milvus chart) reads has a template, with that key.
     values = yaml.safe_load(HELM_VALUES.read_text())
     containers = [c for _, d in raw_documents() for _, _, _, t in _pod_templates(d) for c in _containers(t)]
@@ -1254,8 +1496,11 @@ def test_application_args_come_between_the_file_and_the_environment():
     from serving.config import ConfigError, ServeSettings
 
     args = {"model": "s3://m", "milvus": "http://milvus:19530", "encoder": {"max_replicas": 4, "gpus_per_replica": 1}}
-    settings = ServeSettings.load(data=args, env={"REGIONMIR_SERVE__ENCODER__MAX_REPLICAS": "8",
-                                                  "REGIONMIR_API_KEY": "k"}, data_source="application args")
+    settings = ServeSettings.load(
+        data=args,
+        env={"REGIONMIR_SERVE__ENCODER__MAX_REPLICAS": "8", "REGIONMIR_API_KEY": "k"},
+        data_source="application args",
+    )
     assert (settings.encoder.max_replicas, settings.encoder.gpus_per_replica, settings.auth.api_key) == (8, 1, "k")
     with pytest.raises(ConfigError, match=r"application args: unknown setting 'encoder.max_replica'"):
         ServeSettings.load(data={"encoder": {"max_replica": 4}}, env={}, data_source="application args")
@@ -1285,17 +1530,31 @@ def test_a_wrong_field_in_a_builtin_kind_fails():
     assert any("'ingressClass' was unexpected" in p for p in document_problems(ingress, "ingress"))
 
 
-@pytest.mark.parametrize("mutate,name", [
-    (lambda d: _rename(d["spec"], "upgradeStrategy", "upgradeStratgy"), "upgradeStratgy"),
-    (lambda d: _rename(d["spec"]["rayClusterConfig"], "enableInTreeAutoscaling", "enableInTreeAutoScaling"),
-     "enableInTreeAutoScaling"),
-    (lambda d: _rename(d["spec"]["rayClusterConfig"]["workerGroupSpecs"][0], "maxReplicas", "maxReplica"),
-     "maxReplica"),
-    # an embedded pod template is the strict Kubernetes PodTemplateSpec
-    (lambda d: _rename(d["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0],
-                       "envFrom", "envfrom"), "envfrom"),
-    (lambda d: d["spec"].__setitem__("serviceUnhealthySecondThreshold", 900), "serviceUnhealthySecondThreshold"),
-], ids=["spec", "rayClusterConfig", "workerGroupSpec", "pod-template", "deprecated-threshold"])
+@pytest.mark.parametrize(
+    "mutate,name",
+    [
+        (lambda d: _rename(d["spec"], "upgradeStrategy", "upgradeStratgy"), "upgradeStratgy"),
+        (
+            lambda d: _rename(d["spec"]["rayClusterConfig"], "enableInTreeAutoscaling", "enableInTreeAutoScaling"),
+            "enableInTreeAutoScaling",
+        ),
+        (
+            lambda d: _rename(d["spec"]["rayClusterConfig"]["workerGroupSpecs"][0], "maxReplicas", "maxReplica"),
+            "maxReplica",
+        ),
+        # an embedded pod template is the strict Kubernetes PodTemplateSpec
+        (
+            lambda d: _rename(
+                d["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0],
+                "envFrom",
+                "envfrom",
+            ),
+            "envfrom",
+        ),
+        (lambda d: d["spec"].__setitem__("serviceUnhealthySecondThreshold", 900), "serviceUnhealthySecondThreshold"),
+    ],
+    ids=["spec", "rayClusterConfig", "workerGroupSpec", "pod-template", "deprecated-threshold"],
+)
 def test_a_wrong_field_in_a_rayservice_fails(mutate, name):
     service = _raw("RayService")
     assert not document_problems(service, "RayService")
@@ -1308,8 +1567,12 @@ def test_a_wrong_field_or_flag_in_a_rayjob_fails():
     job = _raw("RayJob", "regionmir-pretrain")
     _rename(job["spec"], "shutdownAfterJobFinishes", "shutdownAfterJobFinish")
     assert any("'shutdownAfterJobFinish' was unexpected" in p for p in document_problems(job, "RayJob"))
-    for wrong, message in [("--epochs 50", "--epoch"), ("--gpu", "--gpus"), ("--objective supcon", "--objective supconn"),
-                           ("$REGIONMIR_DATA_URI", "$REGIONMIR_DATA_URL")]:
+    for wrong, message in [
+        ("--epochs 50", "--epoch"),
+        ("--gpu", "--gpus"),
+        ("--objective supcon", "--objective supconn"),
+        ("$REGIONMIR_DATA_URI", "$REGIONMIR_DATA_URL"),
+    ]:
         job = _raw("RayJob", "regionmir-pretrain")
         job["spec"]["entrypoint"] = job["spec"]["entrypoint"].replace(wrong, message)
         problems = document_problems(job, "RayJob")
@@ -1337,16 +1600,34 @@ def _edit_serve_config(edit) -> list[str]:
     return serve_config_problems(yaml.safe_dump(config), "serveConfigV2")
 
 
-@pytest.mark.parametrize("edit,name", [
-    (lambda c: _rename(c["applications"][0], "route_prefix", "route_prefx"), "route_prefx"),
-    (lambda c: _rename(c["http_options"], "port", "prot"), "prot"),
-    (lambda c: _rename(c["applications"][0]["deployments"][0], "autoscaling_config", "autoscalling_config"),
-     "autoscalling_config"),
-    (lambda c: _rename(c["applications"][0]["deployments"][0]["autoscaling_config"], "target_ongoing_requests",
-                       "target_ongoing_request"), "target_ongoing_request"),
-    (lambda c: _rename(c["applications"][0]["deployments"][0]["ray_actor_options"], "num_gpus", "num_gpu"), "num_gpu"),
-    (lambda c: _rename(c["applications"][0]["args"]["encoder"], "max_replicas", "max_replica"), "encoder.max_replica"),
-], ids=["application", "http_options", "deployment", "autoscaling_config", "ray_actor_options", "args"])
+@pytest.mark.parametrize(
+    "edit,name",
+    [
+        (lambda c: _rename(c["applications"][0], "route_prefix", "route_prefx"), "route_prefx"),
+        (lambda c: _rename(c["http_options"], "port", "prot"), "prot"),
+        (
+            lambda c: _rename(c["applications"][0]["deployments"][0], "autoscaling_config", "autoscalling_config"),
+            "autoscalling_config",
+        ),
+        (
+            lambda c: _rename(
+                c["applications"][0]["deployments"][0]["autoscaling_config"],
+                "target_ongoing_requests",
+                "target_ongoing_request",
+            ),
+            "target_ongoing_request",
+        ),
+        (
+            lambda c: _rename(c["applications"][0]["deployments"][0]["ray_actor_options"], "num_gpus", "num_gpu"),
+            "num_gpu",
+        ),
+        (
+            lambda c: _rename(c["applications"][0]["args"]["encoder"], "max_replicas", "max_replica"),
+            "encoder.max_replica",
+        ),
+    ],
+    ids=["application", "http_options", "deployment", "autoscaling_config", "ray_actor_options", "args"],
+)
 def test_a_wrong_field_in_serve_config_fails(edit, name):
     assert not _edit_serve_config(lambda c: None)
     problems = _edit_serve_config(edit)
@@ -1356,17 +1637,28 @@ def test_a_wrong_field_in_serve_config_fails(edit, name):
 def test_serve_config_overrides_that_disagree_with_args_fail():
     def edit(c):
         c["applications"][0]["deployments"][0]["autoscaling_config"]["max_replicas"] = 9
+
     problems = _edit_serve_config(edit)
     assert any("deployments[encoder]: replicas" in p for p in problems), problems
 
 
-@pytest.mark.parametrize("kind,edit,name", [
-    ("PrometheusRule", lambda d: _rename(d["spec"]["groups"][0]["rules"][0], "annotations", "annotation"),
-     "annotation"),
-    ("PodMonitor", lambda d: _rename(d["spec"], "podMetricsEndpoints", "podMetricEndpoints"), "podMetricEndpoints"),
-    ("ServiceMonitor", lambda d: _rename(d["spec"]["endpoints"][0], "scrapeTimeout", "scrape_timeout"),
-     "scrape_timeout"),
-], ids=["PrometheusRule", "PodMonitor", "ServiceMonitor"])
+@pytest.mark.parametrize(
+    "kind,edit,name",
+    [
+        (
+            "PrometheusRule",
+            lambda d: _rename(d["spec"]["groups"][0]["rules"][0], "annotations", "annotation"),
+            "annotation",
+        ),
+        ("PodMonitor", lambda d: _rename(d["spec"], "podMetricsEndpoints", "podMetricEndpoints"), "podMetricEndpoints"),
+        (
+            "ServiceMonitor",
+            lambda d: _rename(d["spec"]["endpoints"][0], "scrapeTimeout", "scrape_timeout"),
+            "scrape_timeout",
+        ),
+    ],
+    ids=["PrometheusRule", "PodMonitor", "ServiceMonitor"],
+)
 def test_a_wrong_field_in_a_prometheus_operator_kind_fails(kind, edit, name):
     doc = _raw(kind)
     edit(doc)
@@ -1384,8 +1676,9 @@ def test_the_index_job_hashes_patients_with_the_services_salt():
         templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
         for container in [c for t in templates for c in _containers(t)]:
             keys = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in container.get("env", [])}
-            assert keys.get("REGIONMIR_ID_SALT") == {"name": "regionmir-id-salt", "key": "id-salt"}, \
+            assert keys.get("REGIONMIR_ID_SALT") == {"name": "regionmir-id-salt", "key": "id-salt"}, (
                 f"{where}: {container['name']}"
+            )
 
 
 # ----------------------------------------------------------------------------------- fail closed
@@ -1399,8 +1692,9 @@ def _deployment(name: str) -> list[dict]:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl not on PATH: the rendered overlays are not checked")
     overlay, _, extra = name.partition("+")
-    service = (render_with_component(f"overlays/{overlay}", "components/ingress") if extra
-               else render(f"overlays/{overlay}"))
+    service = (
+        render_with_component(f"overlays/{overlay}", "components/ingress") if extra else render(f"overlays/{overlay}")
+    )
     return copy.deepcopy(service + render(f"overlays/{overlay}/jobs"))
 
 
@@ -1409,9 +1703,16 @@ def render_with_component(overlay: str, component: str) -> list[dict]:
     """An overlay with a component enabled, through a temporary kustomization (kustomize refuses
     absolute paths, so it names both relative to itself)."""
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "kustomization.yaml").write_text(yaml.safe_dump({
-            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-            "resources": [os.path.relpath(K8S / overlay, tmp)], "components": [os.path.relpath(K8S / component, tmp)]}))
+        Path(tmp, "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                    "kind": "Kustomization",
+                    "resources": [os.path.relpath(K8S / overlay, tmp)],
+                    "components": [os.path.relpath(K8S / component, tmp)],
+                }
+            )
+        )
         result = subprocess.run(["kubectl", "kustomize", tmp], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, f"kubectl kustomize {overlay} + {component} failed:\n{result.stderr}"
     return [d for d in yaml.safe_load_all(result.stdout) if d is not None]
@@ -1453,7 +1754,7 @@ def test_pods_outside_the_namespace_are_where_the_readme_installs_them():
         assert f"-n {pod.namespace} " in readme, pod
     assert "ingress-nginx" in (K8S / "components" / "ingress" / "networkpolicy.yaml").read_text()
     release, namespace = milvus_release()
-    assert f"REGIONMIR_MILVUS_URI: \"http://{release}:19530\"" in ENV_CONFIGMAP.read_text()
+    assert f'REGIONMIR_MILVUS_URI: "http://{release}:19530"' in ENV_CONFIGMAP.read_text()
     assert namespace == "regionmir", "Milvus moved: move its NetworkPolicies with it (k8s/base/networkpolicies.yaml)"
 
 
@@ -1466,31 +1767,75 @@ def _ingress_rules(docs: list[dict], name: str) -> list[dict]:
     return _doc(docs, "NetworkPolicy", name)["spec"]["ingress"]
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (lambda docs: docs.remove(_doc(docs, "NetworkPolicy", "default-deny-ingress")), "no default-deny"),
-    (lambda docs: _ingress_rules(docs, "ingress-controller-to-serve")[0]["from"][0]["namespaceSelector"]
-     ["matchLabels"].__setitem__("kubernetes.io/metadata.name", "nginx"),
-     "denied, want allowed (the Ingress reaches Serve)"),
-    (lambda docs: _ingress_rules(docs, "milvus-clients")[0]["from"][1]["podSelector"]["matchLabels"]
-     .__setitem__("app.kubernetes.io/component", "training"), "allowed, want denied (only the service's and the index"),
-    (lambda docs: _ingress_rules(docs, "milvus-clients")[0].pop("ports"),
-     "allowed, want denied (Milvus's clients use its client port only)"),
-    (lambda docs: _ingress_rules(docs, "kuberay-operator-to-ray-heads")[0].pop("ports"),
-     "allowed, want denied (the operator needs no GCS access)"),
-    (lambda docs: _ingress_rules(docs, "ray-query-service")[0]["from"][0]["podSelector"]["matchLabels"]
-     .pop("app.kubernetes.io/component"),
-     "allowed, want denied (Ray pods of one cluster reach each other, not another's)"),
-    (lambda docs: _ingress_rules(docs, "ray-training")[1].pop("ports"), "allowed, want denied (a submitter talks to"),
-    (lambda docs: _doc(docs, "NetworkPolicy", "ray-indexing")["spec"]["podSelector"]["matchLabels"]
-     .__setitem__("app.kubernetes.io/component", "index"), "selects no pod"),
-    (lambda docs: _ingress_rules(docs, "prometheus-scrapes-ray")[0]["ports"].pop(), "denied, want allowed (Prometheus"),
-    (lambda docs: _ingress_rules(docs, "prometheus-scrapes-ray")[0]["ports"].append({"port": 8265}),
-     "allowed, want denied (the dashboard is not a metrics port)"),
-    (lambda docs: _doc(docs, "NetworkPolicy", "milvus-release-internal")["spec"]["podSelector"]["matchLabels"]
-     .__setitem__("app.kubernetes.io/instance", "milvus-db"), "selects no pod"),
-], ids=["no-default-deny", "ingress-namespace", "milvus-from-training", "milvus-any-port", "operator-any-port",
-        "ray-across-clusters", "submitter-any-port", "selector-typo", "metrics-port-missing", "dashboard-to-prometheus",
-        "milvus-release-renamed"])
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda docs: docs.remove(_doc(docs, "NetworkPolicy", "default-deny-ingress")), "no default-deny"),
+        (
+            lambda docs: _ingress_rules(docs, "ingress-controller-to-serve")[0]["from"][0]["namespaceSelector"][
+                "matchLabels"
+            ].__setitem__("kubernetes.io/metadata.name", "nginx"),
+            "denied, want allowed (the Ingress reaches Serve)",
+        ),
+        (
+            lambda docs: _ingress_rules(docs, "milvus-clients")[0]["from"][1]["podSelector"]["matchLabels"].__setitem__(
+                "app.kubernetes.io/component", "training"
+            ),
+            "allowed, want denied (only the service's and the index",
+        ),
+        (
+            lambda docs: _ingress_rules(docs, "milvus-clients")[0].pop("ports"),
+            "allowed, want denied (Milvus's clients use its client port only)",
+        ),
+        (
+            lambda docs: _ingress_rules(docs, "kuberay-operator-to-ray-heads")[0].pop("ports"),
+            "allowed, want denied (the operator needs no GCS access)",
+        ),
+        (
+            lambda docs: _ingress_rules(docs, "ray-query-service")[0]["from"][0]["podSelector"]["matchLabels"].pop(
+                "app.kubernetes.io/component"
+            ),
+            "allowed, want denied (Ray pods of one cluster reach each other, not another's)",
+        ),
+        (
+            lambda docs: _ingress_rules(docs, "ray-training")[1].pop("ports"),
+            "allowed, want denied (a submitter talks to",
+        ),
+        (
+            lambda docs: _doc(docs, "NetworkPolicy", "ray-indexing")["spec"]["podSelector"]["matchLabels"].__setitem__(
+                "app.kubernetes.io/component", "index"
+            ),
+            "selects no pod",
+        ),
+        (
+            lambda docs: _ingress_rules(docs, "prometheus-scrapes-ray")[0]["ports"].pop(),
+            "denied, want allowed (Prometheus",
+        ),
+        (
+            lambda docs: _ingress_rules(docs, "prometheus-scrapes-ray")[0]["ports"].append({"port": 8265}),
+            "allowed, want denied (the dashboard is not a metrics port)",
+        ),
+        (
+            lambda docs: _doc(docs, "NetworkPolicy", "milvus-release-internal")["spec"]["podSelector"][
+                "matchLabels"
+            ].__setitem__("app.kubernetes.io/instance", "milvus-db"),
+            "selects no pod",
+        ),
+    ],
+    ids=[
+        "no-default-deny",
+        "ingress-namespace",
+        "milvus-from-training",
+        "milvus-any-port",
+        "operator-any-port",
+        "ray-across-clusters",
+        "submitter-any-port",
+        "selector-typo",
+        "metrics-port-missing",
+        "dashboard-to-prometheus",
+        "milvus-release-renamed",
+    ],
+)
 def test_a_network_policy_that_opens_or_closes_too_much_fails(mutate, message):
     docs = _deployment("files")
     assert not network_policy_problems(docs)
@@ -1499,20 +1844,46 @@ def test_a_network_policy_that_opens_or_closes_too_much_fails(mutate, message):
     assert any(message in p for p in problems), problems
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (lambda docs: _doc(docs, "PodDisruptionBudget", "regionmir-ray-head")["spec"].update(
-        {"maxUnavailable": 0, "minAvailable": None}), "integer minAvailable"),
-    (lambda docs: _doc(docs, "PodDisruptionBudget", "regionmir-serve-gpu-workers")["spec"]
-     .pop("unhealthyPodEvictionPolicy"), "AlwaysAllow"),
-    (lambda docs: _doc(docs, "PodDisruptionBudget", "regionmir-serve-gpu-workers")["spec"]["selector"]["matchLabels"]
-     .__setitem__("ray.io/group", "gpus"), "selects no pod"),
-    (lambda docs: _doc(docs, "PodDisruptionBudget", "regionmir-ray-head")["spec"]["selector"]["matchLabels"]
-     .pop("ray.io/node-type"), "PodDisruptionBudgets"),
-    (lambda docs: docs.remove(_doc(docs, "PodDisruptionBudget", "regionmir-serve-cpu-workers")),
-     "covered by 0 PodDisruptionBudgets"),
-    (lambda docs: _doc(docs, "PodDisruptionBudget", "regionmir-ray-head")["spec"]["selector"]["matchLabels"]
-     .pop("app.kubernetes.io/component"), "not a query-service pod"),
-], ids=["maxUnavailable", "unhealthy-policy", "group-typo", "overlap", "group-uncovered", "job-heads"])
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (
+            lambda docs: _doc(docs, "PodDisruptionBudget", "regionmir-ray-head")["spec"].update(
+                {"maxUnavailable": 0, "minAvailable": None}
+            ),
+            "integer minAvailable",
+        ),
+        (
+            lambda docs: _doc(docs, "PodDisruptionBudget", "regionmir-serve-gpu-workers")["spec"].pop(
+                "unhealthyPodEvictionPolicy"
+            ),
+            "AlwaysAllow",
+        ),
+        (
+            lambda docs: _doc(docs, "PodDisruptionBudget", "regionmir-serve-gpu-workers")["spec"]["selector"][
+                "matchLabels"
+            ].__setitem__("ray.io/group", "gpus"),
+            "selects no pod",
+        ),
+        (
+            lambda docs: _doc(docs, "PodDisruptionBudget", "regionmir-ray-head")["spec"]["selector"]["matchLabels"].pop(
+                "ray.io/node-type"
+            ),
+            "PodDisruptionBudgets",
+        ),
+        (
+            lambda docs: docs.remove(_doc(docs, "PodDisruptionBudget", "regionmir-serve-cpu-workers")),
+            "covered by 0 PodDisruptionBudgets",
+        ),
+        (
+            lambda docs: _doc(docs, "PodDisruptionBudget", "regionmir-ray-head")["spec"]["selector"]["matchLabels"].pop(
+                "app.kubernetes.io/component"
+            ),
+            "not a query-service pod",
+        ),
+    ],
+    ids=["maxUnavailable", "unhealthy-policy", "group-typo", "overlap", "group-uncovered", "job-heads"],
+)
 def test_a_wrong_disruption_budget_fails(mutate, message):
     docs = _deployment("files")
     mutate(docs)
@@ -1520,16 +1891,33 @@ def test_a_wrong_disruption_budget_fails(mutate, message):
     assert any(message in p for p in problems), problems
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda docs: _raw_cluster(docs, "RayService", "regionmir")["headGroupSpec"].__setitem__("serviceType",
-                                                                                            "LoadBalancer"),
-    lambda docs: _raw_cluster(docs, "RayJob", "regionmir-index")["headGroupSpec"].__setitem__("enableIngress", True),
-    lambda docs: _doc(docs, "Ingress", "regionmir")["spec"]["rules"][0]["http"]["paths"].append(
-        {"path": "/ray", "pathType": "Prefix", "backend": {"service": {"name": "regionmir-head-svc",
-                                                                         "port": {"number": 8265}}}}),
-    lambda docs: docs.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ray-dashboard"},
-                              "spec": {"type": "NodePort", "ports": [{"port": 80, "targetPort": 8265}]}}),
-], ids=["head-loadbalancer", "kuberay-ingress", "ingress-path", "service"])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda docs: _raw_cluster(docs, "RayService", "regionmir")["headGroupSpec"].__setitem__(
+            "serviceType", "LoadBalancer"
+        ),
+        lambda docs: _raw_cluster(docs, "RayJob", "regionmir-index")["headGroupSpec"].__setitem__(
+            "enableIngress", True
+        ),
+        lambda docs: _doc(docs, "Ingress", "regionmir")["spec"]["rules"][0]["http"]["paths"].append(
+            {
+                "path": "/ray",
+                "pathType": "Prefix",
+                "backend": {"service": {"name": "regionmir-head-svc", "port": {"number": 8265}}},
+            }
+        ),
+        lambda docs: docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "ray-dashboard"},
+                "spec": {"type": "NodePort", "ports": [{"port": 80, "targetPort": 8265}]},
+            }
+        ),
+    ],
+    ids=["head-loadbalancer", "kuberay-ingress", "ingress-path", "service"],
+)
 def test_publishing_the_ray_dashboard_fails(mutate):
     docs = _deployment("files")
     mutate(docs)
@@ -1546,17 +1934,35 @@ def _ray_container(docs: list[dict], kind: str, name: str, group: int | None = N
     return template["spec"]["containers"][0]
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (lambda docs, values: values["extraConfigFiles"].__setitem__("user.yaml", "common: {security: {}}"),
-     "authorizationEnabled"),
-    (lambda docs, values: values["standalone"].pop("extraEnv"), "COMMON_SECURITY_DEFAULTROOTPASSWORD"),
-    (lambda docs, values: _ray_container(docs, "RayJob", "regionmir-index", 0)["env"].pop(),
-     "workerGroupSpecs[gpu].ray-worker: MILVUS_TOKEN must come from"),
-    (lambda docs, values: _ray_container(docs, "RayService", "regionmir", 1)["env"][-1].update(
-        {"value": "regionmir:secret"}), "spelled out"),
-    (lambda docs, values: _ray_container(docs, "RayJob", "regionmir-pretrain").setdefault("env", []).append(
-        {"name": "MILVUS_TOKEN", "valueFrom": {"secretKeyRef": MILVUS_TOKEN_REF}}), "must not get MILVUS_TOKEN"),
-], ids=["auth-off", "default-root-password", "index-worker-without-token", "literal-token", "token-for-training"])
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (
+            lambda docs, values: values["extraConfigFiles"].__setitem__("user.yaml", "common: {security: {}}"),
+            "authorizationEnabled",
+        ),
+        (lambda docs, values: values["standalone"].pop("extraEnv"), "COMMON_SECURITY_DEFAULTROOTPASSWORD"),
+        (
+            lambda docs, values: _ray_container(docs, "RayJob", "regionmir-index", 0)["env"].pop(),
+            "workerGroupSpecs[gpu].ray-worker: MILVUS_TOKEN must come from",
+        ),
+        (
+            lambda docs, values: _ray_container(docs, "RayService", "regionmir", 1)["env"][-1].update(
+                {"value": "regionmir:secret"}
+            ),
+            "spelled out",
+        ),
+        (
+            lambda docs, values: (
+                _ray_container(docs, "RayJob", "regionmir-pretrain")
+                .setdefault("env", [])
+                .append({"name": "MILVUS_TOKEN", "valueFrom": {"secretKeyRef": MILVUS_TOKEN_REF}})
+            ),
+            "must not get MILVUS_TOKEN",
+        ),
+    ],
+    ids=["auth-off", "default-root-password", "index-worker-without-token", "literal-token", "token-for-training"],
+)
 def test_milvus_without_auth_or_with_a_leaked_token_fails(mutate, message):
     docs, values = _deployment("files"), yaml.safe_load(HELM_VALUES.read_text())
     mutate(docs, values)
@@ -1566,37 +1972,105 @@ def test_milvus_without_auth_or_with_a_leaked_token_fails(mutate, message):
 
 def _template(doc: dict, which: str) -> dict:
     cluster = _cluster(doc)
-    return {"head": lambda: cluster["headGroupSpec"]["template"],
-            "worker": lambda: cluster["workerGroupSpecs"][0]["template"],
-            "submitter": lambda: doc["spec"]["submitterPodTemplate"]}[which]()
+    return {
+        "head": lambda: cluster["headGroupSpec"]["template"],
+        "worker": lambda: cluster["workerGroupSpecs"][0]["template"],
+        "submitter": lambda: doc["spec"]["submitterPodTemplate"],
+    }[which]()
 
 
-@pytest.mark.parametrize("kind,name,mutate,message", [
-    ("RayService", "regionmir", lambda d: _template(d, "worker")["spec"]["securityContext"].update({"runAsUser": 0}),
-     "securityContext.runAsUser is 0"),
-    ("RayService", "regionmir", lambda d: _template(d, "head")["spec"]["securityContext"].pop("runAsNonRoot"),
-     "securityContext.runAsNonRoot is None"),
-    ("RayService", "regionmir", lambda d: _template(d, "worker")["spec"]["containers"][0]["securityContext"]
-     .update({"readOnlyRootFilesystem": False}), "readOnlyRootFilesystem is False"),
-    ("RayService", "regionmir", lambda d: _template(d, "head")["spec"]["containers"][0]["securityContext"]
-     ["capabilities"].update({"add": ["NET_ADMIN"]}), "securityContext.capabilities"),
-    ("RayService", "regionmir", lambda d: _template(d, "head")["spec"]["containers"][0]["volumeMounts"].pop(1),
-     "writable emptyDir at /dev/shm"),
-    ("RayService", "regionmir", lambda d: _template(d, "head")["spec"]["volumes"][1]["emptyDir"].pop("medium"),
-     "/dev/shm must have medium 'Memory'"),
-    ("RayService", "regionmir", lambda d: _cluster(d)["autoscalerOptions"].pop("securityContext"),
-     "autoscalerOptions: securityContext.readOnlyRootFilesystem"),
-    ("RayService", "regionmir", lambda d: _template(d, "worker")["spec"]["securityContext"].update(
-        {"seccompProfile": {"type": "Unconfined"}}), "seccompProfile"),
-    ("RayJob", "regionmir-index", lambda d: _template(d, "submitter")["spec"]["containers"][0]["securityContext"]
-     .update({"allowPrivilegeEscalation": True}),
-     "submitterPodTemplate.ray-job-submitter: securityContext.allowPrivilegeEscalation"),
-    ("RayJob", "regionmir-pretrain", lambda d: _template(d, "worker")["spec"]["volumes"].append(
-        {"name": "host", "hostPath": {"path": "/"}}), "hostPath"),
-    ("RayJob", "regionmir-finetune", lambda d: _template(d, "head")["spec"]["containers"][0].pop("volumeMounts"),
-     "writable emptyDir at /tmp"),
-], ids=["root", "may-run-as-root", "writable-root", "capability", "no-shm", "shm-on-disk", "autoscaler",
-        "seccomp", "submitter-escalation", "host-path", "job-head-no-tmp"])
+@pytest.mark.parametrize(
+    "kind,name,mutate,message",
+    [
+        (
+            "RayService",
+            "regionmir",
+            lambda d: _template(d, "worker")["spec"]["securityContext"].update({"runAsUser": 0}),
+            "securityContext.runAsUser is 0",
+        ),
+        (
+            "RayService",
+            "regionmir",
+            lambda d: _template(d, "head")["spec"]["securityContext"].pop("runAsNonRoot"),
+            "securityContext.runAsNonRoot is None",
+        ),
+        (
+            "RayService",
+            "regionmir",
+            lambda d: _template(d, "worker")["spec"]["containers"][0]["securityContext"].update(
+                {"readOnlyRootFilesystem": False}
+            ),
+            "readOnlyRootFilesystem is False",
+        ),
+        (
+            "RayService",
+            "regionmir",
+            lambda d: _template(d, "head")["spec"]["containers"][0]["securityContext"]["capabilities"].update(
+                {"add": ["NET_ADMIN"]}
+            ),
+            "securityContext.capabilities",
+        ),
+        (
+            "RayService",
+            "regionmir",
+            lambda d: _template(d, "head")["spec"]["containers"][0]["volumeMounts"].pop(1),
+            "writable emptyDir at /dev/shm",
+        ),
+        (
+            "RayService",
+            "regionmir",
+            lambda d: _template(d, "head")["spec"]["volumes"][1]["emptyDir"].pop("medium"),
+            "/dev/shm must have medium 'Memory'",
+        ),
+        (
+            "RayService",
+            "regionmir",
+            lambda d: _cluster(d)["autoscalerOptions"].pop("securityContext"),
+            "autoscalerOptions: securityContext.readOnlyRootFilesystem",
+        ),
+        (
+            "RayService",
+            "regionmir",
+            lambda d: _template(d, "worker")["spec"]["securityContext"].update(
+                {"seccompProfile": {"type": "Unconfined"}}
+            ),
+            "seccompProfile",
+        ),
+        (
+            "RayJob",
+            "regionmir-index",
+            lambda d: _template(d, "submitter")["spec"]["containers"][0]["securityContext"].update(
+                {"allowPrivilegeEscalation": True}
+            ),
+            "submitterPodTemplate.ray-job-submitter: securityContext.allowPrivilegeEscalation",
+        ),
+        (
+            "RayJob",
+            "regionmir-pretrain",
+            lambda d: _template(d, "worker")["spec"]["volumes"].append({"name": "host", "hostPath": {"path": "/"}}),
+            "hostPath",
+        ),
+        (
+            "RayJob",
+            "regionmir-finetune",
+            lambda d: _template(d, "head")["spec"]["containers"][0].pop("volumeMounts"),
+            "writable emptyDir at /tmp",
+        ),
+    ],
+    ids=[
+        "root",
+        "may-run-as-root",
+        "writable-root",
+        "capability",
+        "no-shm",
+        "shm-on-disk",
+        "autoscaler",
+        "seccomp",
+        "submitter-escalation",
+        "host-path",
+        "job-head-no-tmp",
+    ],
+)
 def test_a_pod_that_is_not_locked_down_fails(kind, name, mutate, message):
     doc = _raw(kind, name)
     assert not pod_security_problems(doc, kind)

@@ -30,8 +30,13 @@ def films(tmp_path_factory):
 def _model(directory: Path, class_ids=tuple(STANDARD_29_IDS)) -> str:
     torch.manual_seed(0)
     config = replace(load_preset("resnet10-cpu"), num_classes=len(class_ids))
-    contract = ModelContract(stage="finetune", encoder=config.to_dict(), class_anatomy_ids=tuple(class_ids),
-                             crop={"size": config.crop_size, "margin": 0.15}, training={"seed": 0})
+    contract = ModelContract(
+        stage="finetune",
+        encoder=config.to_dict(),
+        class_anatomy_ids=tuple(class_ids),
+        crop={"size": config.crop_size, "margin": 0.15},
+        training={"seed": 0},
+    )
     save_model(str(directory), RegionEncoder(config), contract)
     return str(directory)
 
@@ -43,7 +48,8 @@ def test_every_region_is_localised_and_scored_against_its_box(films, tmp_path):
     assert atlas.images == len(train)
     report = localization_report(atlas, held_out[:2], model, candidates=8, rounds=1)
     assert report["localization_regions"] == sum(
-        1 for r in held_out[:2] for region in r.regions if region.anatomy_id in STANDARD_29_IDS)
+        1 for r in held_out[:2] for region in r.regions if region.anatomy_id in STANDARD_29_IDS
+    )
     assert report["localization_films"] == 2
     assert 0.0 <= report["localization_miou"] <= 1.0
     # Phantom anatomy sits where the training boxes put it: the prior box alone overlaps well.
@@ -64,5 +70,4 @@ def test_regions_the_model_does_not_classify_are_left_out(films, tmp_path):
     model = _model(tmp_path / "model", class_ids=tuple(STANDARD_29_IDS[:5]))
     atlas = model_atlas(model, train, None, source="train")
     report = localization_report(atlas, held_out[:1], model, candidates=4, rounds=1)
-    assert report["localization_regions"] == sum(1 for r in held_out[0].regions
-                                                 if r.anatomy_id in STANDARD_29_IDS[:5])
+    assert report["localization_regions"] == sum(1 for r in held_out[0].regions if r.anatomy_id in STANDARD_29_IDS[:5])

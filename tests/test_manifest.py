@@ -24,25 +24,33 @@ RAW_IDS = ["MRN4711", "MRN4712", "MRN4713", "MRN4714", "ACC0815", "ACC0816", "AC
 def rows(absolute_image: str) -> list[list]:
     """Manifest rows; the comment is the CSV line number (header = 1) and what it tests."""
     return [
-        ["imgs/a.png", "left_lung", 10, 20, 100, 200, "train", "MRN4711", "ACC0815", "PA"],     # 2
-        ["imgs/a.png", "heart", 50, 60, 150, 160, "train", "MRN4711", "ACC0815", "PA"],         # 3
-        ["imgs/a.png", "right lung", -3, 20, 90, 200, "train", "MRN4711", "ACC0815", "PA"],     # 4 clamped
-        ["imgs/b.png", "left lung", 10, 20, "", 200, "valid", "MRN4712", "ACC0816", "AP"],      # 5 missing x2
+        ["imgs/a.png", "left_lung", 10, 20, 100, 200, "train", "MRN4711", "ACC0815", "PA"],  # 2
+        ["imgs/a.png", "heart", 50, 60, 150, 160, "train", "MRN4711", "ACC0815", "PA"],  # 3
+        ["imgs/a.png", "right lung", -3, 20, 90, 200, "train", "MRN4711", "ACC0815", "PA"],  # 4 clamped
+        ["imgs/b.png", "left lung", 10, 20, "", 200, "valid", "MRN4712", "ACC0816", "AP"],  # 5 missing x2
         ["imgs/b.png", "left lung", 10, "abc", 100, 200, "valid", "MRN4712", "ACC0816", "AP"],  # 6 not a number
-        ["imgs/b.png", "left kidney", 10, 20, 100, 200, "valid", "MRN4712", "ACC0816", "AP"],   # 7 unknown
-        ["imgs/b.png", "spine", 10, 20, 100, 200, "holdout", "MRN4712", "ACC0816", "AP"],       # 8 bad split
-        ["imgs/b.png", "spine", 10, 20, 10, 200, "valid", "MRN4712", "ACC0816", "AP"],          # 9 zero area
-        ["imgs/b.png", "trachea", 10, 20, 100, 200, "valid", "MRN4712", "ACC0816", "AP"],       # 10
-        [absolute_image, "lcpa", 5, 5, 50, 50, "", "MRN4713", "ACC0817", "LATERAL"],            # 11 hash split
-        ["imgs/a.png", "left lung", 1, 1, 2, 2, "train", "MRN4711", "ACC0815", "PA"],           # 12 duplicate
-        ["imgs/d.png", "heart", 1, 1, 50, 50, "val", "MRN4714", "ACC0818", "PA"],               # 13 alias split
-        ["imgs/d.png", "trachea", 1, 1, 50, 50, "test", "MRN4714", "ACC0818", "PA"],            # 14 disagrees
+        ["imgs/b.png", "left kidney", 10, 20, 100, 200, "valid", "MRN4712", "ACC0816", "AP"],  # 7 unknown
+        ["imgs/b.png", "spine", 10, 20, 100, 200, "holdout", "MRN4712", "ACC0816", "AP"],  # 8 bad split
+        ["imgs/b.png", "spine", 10, 20, 10, 200, "valid", "MRN4712", "ACC0816", "AP"],  # 9 zero area
+        ["imgs/b.png", "trachea", 10, 20, 100, 200, "valid", "MRN4712", "ACC0816", "AP"],  # 10
+        [absolute_image, "lcpa", 5, 5, 50, 50, "", "MRN4713", "ACC0817", "LATERAL"],  # 11 hash split
+        ["imgs/a.png", "left lung", 1, 1, 2, 2, "train", "MRN4711", "ACC0815", "PA"],  # 12 duplicate
+        ["imgs/d.png", "heart", 1, 1, 50, 50, "val", "MRN4714", "ACC0818", "PA"],  # 13 alias split
+        ["imgs/d.png", "trachea", 1, 1, 50, 50, "test", "MRN4714", "ACC0818", "PA"],  # 14 disagrees
     ]
 
 
-EXPECTED_ISSUES = {"box_clamped": 1, "missing_value": 1, "bad_box": 1, "unknown_anatomy": 1,
-                   "invalid_split": 1, "box_zero_area": 1, "unknown_view": 1,
-                   "duplicate_region": 1, "inconsistent_image": 1}
+EXPECTED_ISSUES = {
+    "box_clamped": 1,
+    "missing_value": 1,
+    "bad_box": 1,
+    "unknown_anatomy": 1,
+    "invalid_split": 1,
+    "box_zero_area": 1,
+    "unknown_view": 1,
+    "duplicate_region": 1,
+    "inconsistent_image": 1,
+}
 
 
 def write_csv(folder: Path, absolute_image: str, name: str = "manifest.csv") -> Path:
@@ -122,8 +130,9 @@ def test_jsonl_manifest_counts_bad_lines(tmp_path: Path):
 
 
 def test_json_array_and_sniffing(tmp_path: Path):
-    items = [{"image": "x.png", "bbox_name": "Heart", "x1": 1, "y1": 2, "x2": 30, "y2": 40,
-              "findings": ["cardiomegaly"]}]
+    items = [
+        {"image": "x.png", "bbox_name": "Heart", "x1": 1, "y1": 2, "x2": 30, "y2": 40, "findings": ["cardiomegaly"]}
+    ]
     (tmp_path / "labels.json").write_text(json.dumps(items))
     reader = open_dataset(str(tmp_path / "labels.json"), salt=SALT)
     assert isinstance(reader, ManifestReader) and reader.format == "json"

@@ -12,14 +12,24 @@ from regionmir.anatomy import STANDARD_29_IDS
 from regionmir.encoder import RegionEncoder, load_preset
 from regionmir.errors import StorageError
 from regionmir.intensity import INTENSITY_CONVENTION
-from regionmir.model_contract import (CONTRACT_FILE, ModelContract, ModelContractError, load_model,
-                                      read_contract, save_model)
+from regionmir.model_contract import (
+    CONTRACT_FILE,
+    ModelContract,
+    ModelContractError,
+    load_model,
+    read_contract,
+    save_model,
+)
 
 
 def _contract(encoder) -> ModelContract:
-    return ModelContract(stage="finetune", encoder=encoder.to_dict(), class_anatomy_ids=tuple(STANDARD_29_IDS),
-                         crop={"size": encoder.crop_size, "margin": 0.15, "pad_value": 0.0},
-                         training={"epochs": 1})
+    return ModelContract(
+        stage="finetune",
+        encoder=encoder.to_dict(),
+        class_anatomy_ids=tuple(STANDARD_29_IDS),
+        crop={"size": encoder.crop_size, "margin": 0.15, "pad_value": 0.0},
+        training={"epochs": 1},
+    )
 
 
 def test_round_trip_keeps_weights_and_contract(tmp_path):
@@ -47,11 +57,14 @@ def test_a_training_run_folder_resolves_to_its_best_model(tmp_path):
     assert directory.endswith("best")
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("intensity_convention", "uint8 MONOCHROME1", "intensity convention"),
-    ("anatomy_vocabulary", ["left lung", "right lung"], "vocabulary"),
-    ("format_version", 99, "format"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("intensity_convention", "uint8 MONOCHROME1", "intensity convention"),
+        ("anatomy_vocabulary", ["left lung", "right lung"], "vocabulary"),
+        ("format_version", 99, "format"),
+    ],
+)
 def test_foreign_contracts_are_refused(tmp_path, field, value, message):
     encoder = load_preset("resnet10-cpu")
     save_model(str(tmp_path), RegionEncoder(encoder), _contract(encoder))
@@ -76,7 +89,8 @@ def test_missing_model_directory_is_named(tmp_path):
 
 
 def test_writes_are_whole_or_absent_and_a_rewritten_model_never_pairs_new_weights_with_an_old_contract(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     from regionmir import storage
 
     target = tmp_path / "model"
@@ -90,11 +104,11 @@ def test_writes_are_whole_or_absent_and_a_rewritten_model_never_pairs_new_weight
     with pytest.raises(StorageError, match="No space left"):
         storage.write_bytes(str(target / "a.bin"), b"second, longer")
     monkeypatch.setattr(os, "replace", real_replace)
-    assert (target / "a.bin").read_bytes() == b"first"                 # the old file, whole
+    assert (target / "a.bin").read_bytes() == b"first"  # the old file, whole
     umask = os.umask(0)
     os.umask(umask)
     assert (target / "a.bin").stat().st_mode & 0o777 == 0o666 & ~umask  # the usual mode, not mkstemp's 0600
-    assert [p.name for p in target.iterdir()] == ["a.bin"]            # no partial file left behind
+    assert [p.name for p in target.iterdir()] == ["a.bin"]  # no partial file left behind
     assert storage.remove(str(target / "a.bin")) and not storage.remove(str(target / "a.bin"))
 
     encoder = load_preset("resnet10-cpu")
@@ -112,5 +126,5 @@ def test_writes_are_whole_or_absent_and_a_rewritten_model_never_pairs_new_weight
     torch.nn.init.constant_(model.classification_head.bias, 0.5)
     second = save_model(str(target), model, contract)
     assert second.version_id != first.version_id
-    assert seen[0] == ("model.pt", False)          # the old contract was gone before new weights landed
+    assert seen[0] == ("model.pt", False)  # the old contract was gone before new weights landed
     assert load_model(str(target))[1].version_id == second.version_id

@@ -99,9 +99,28 @@ def test_the_query_service_deploys_across_the_worker_nodes_and_answers(three_nod
     demo = build_demo_subprocess(str(tmp_path / "demo"), images=6, size=160, seed=3)
     port = free_ports(1)[0]
     process = subprocess.Popen(
-        [sys.executable, "-m", "regionmir.cli", "serve", "--address", cluster.address, "--model", demo["model"],
-         "--milvus", demo["milvus"], "--host", "127.0.0.1", "--port", str(port), "--insecure-dev"],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "regionmir.cli",
+            "serve",
+            "--address",
+            cluster.address,
+            "--model",
+            demo["model"],
+            "--milvus",
+            demo["milvus"],
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--insecure-dev",
+        ],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     output = _Output(process)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -111,8 +130,12 @@ def test_the_query_service_deploys_across_the_worker_nodes_and_answers(three_nod
             time.sleep(1)
         assert "query service ready at" in output.text(), output.text()[-4000:]
         film = Path(demo["query_films"][0]).read_bytes()
-        answer = requests.post(base + "/v1/search", files={"image": ("film.png", film, "image/png")},
-                               data={"anatomy": "cardiac silhouette", "k": "5"}, timeout=120)
+        answer = requests.post(
+            base + "/v1/search",
+            files={"image": ("film.png", film, "image/png")},
+            data={"anatomy": "cardiac silhouette", "k": "5"},
+            timeout=120,
+        )
         assert answer.status_code == 200, answer.text
         body = answer.json()
         assert body["query"]["box_source"] == "atlas" and len(body["results"]) == 5
@@ -158,15 +181,55 @@ def test_pretrain_spreads_over_worker_nodes_and_survives_losing_one(three_nodes,
 
     env = _env()
     data, out = tmp_path / "phantoms", tmp_path / "run"
-    made = subprocess.run([sys.executable, "-m", "regionmir.cli", "synth", "--out", str(data), "--images", "20",
-                           "--size", "160", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "regionmir.cli",
+            "synth",
+            "--out",
+            str(data),
+            "--images",
+            "20",
+            "--size",
+            "160",
+            "--quiet",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert made.returncode == 0, made.stderr[-2000:]
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "regionmir.cli", "pretrain", "--data", str(data), "--out", str(out),
-         "--workers", "2", "--epochs", "2", "--batch-size", "16", "--max-failures", "2",
-         "--address", cluster.address, "--placement", "SPREAD"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "regionmir.cli",
+            "pretrain",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--max-failures",
+            "2",
+            "--address",
+            cluster.address,
+            "--placement",
+            "SPREAD",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     output = _Output(process)
     snapshot = out / "ray" / "run" / "checkpoint_manager_snapshot.json"
     killed, first_group, lines_at_kill = None, {}, 0
@@ -189,7 +252,7 @@ def test_pretrain_spreads_over_worker_nodes_and_survives_losing_one(three_nodes,
             process.kill()
     log = output.text()
     (tmp_path / "pretrain.log").write_text(log)
-    milestones = ("crop cache", "Started training worker group", "epoch", "resumed", f"killed", "Traceback")
+    milestones = ("crop cache", "Started training worker group", "epoch", "resumed", "killed", "Traceback")
     print("".join(line for line in output.lines if any(word in line for word in milestones)))
     assert killed is not None, "the run ended before a worker node could be killed:\n" + log[-4000:]
 
@@ -206,8 +269,10 @@ def test_pretrain_spreads_over_worker_nodes_and_survives_losing_one(three_nodes,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["phases"]["pretrain"]["final_metrics"]["epoch"] == 2
     # resumed, not restarted: every epoch was trained (and checkpointed) exactly once
-    trained = sorted(json.loads(path.read_text())["training"]["epoch"]
-                     for path in (out / "ray" / "run").glob("checkpoint_*/contract.json"))
+    trained = sorted(
+        json.loads(path.read_text())["training"]["epoch"]
+        for path in (out / "ray" / "run").glob("checkpoint_*/contract.json")
+    )
     assert trained == [1, 2]
     rows = {row["NodeManagerPort"]: row["Alive"] for row in cluster.ray_nodes()}
     assert rows[cluster.nodes[killed].node_manager_port] is False  # the head saw the node die

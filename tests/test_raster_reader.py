@@ -12,8 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from regionmir.errors import (ImageReadError, ImageTooLargeError, MissingImageError, NotAnImageError,
-                              UnsupportedImageError)
+from regionmir.errors import (
+    ImageReadError,
+    ImageTooLargeError,
+    MissingImageError,
+    NotAnImageError,
+    UnsupportedImageError,
+)
 from regionmir.image_reader import describe, read_image, sniff_format
 from regionmir.raster_reader import read_raster
 
@@ -38,8 +43,12 @@ def png_chunk(kind: bytes, payload: bytes) -> bytes:
 def forged_png(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width x height`` 8-bit grey pixels, with a tiny IDAT."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def test_png_8bit_grey(tmp_path: Path) -> None:
@@ -115,8 +124,8 @@ def test_real_nih_png() -> None:
     decoded = read_image(NIH_PNG)
     h, w = decoded.pixels.shape
     assert (decoded.info.width, decoded.info.height) == (w, h) == (512, 512)
-    lung = decoded.pixels[int(0.41 * h):int(0.49 * h), int(0.26 * w):int(0.34 * w)].mean()
-    spine = decoded.pixels[int(0.41 * h):int(0.49 * h), int(0.46 * w):int(0.54 * w)].mean()
+    lung = decoded.pixels[int(0.41 * h) : int(0.49 * h), int(0.26 * w) : int(0.34 * w)].mean()
+    spine = decoded.pixels[int(0.41 * h) : int(0.49 * h), int(0.46 * w) : int(0.54 * w)].mean()
     assert lung < 0.5 * spine  # bright = dense as stored, no inversion
     text = describe(decoded)
     assert "512 x 512" in text and "PNG" in text and "bit depth" in text
@@ -165,13 +174,17 @@ def test_animated_png_refused(tmp_path: Path) -> None:
         read_image(path)
 
 
-@pytest.mark.parametrize("data", [
-    b"",
-    b"hello world, definitely not an image" * 10,
-    bytes(range(256)) * 4,
-    b"\x89PNG\r\n\x1a\n" + b"\x00" * 40,
-    b"\xff\xd8\xff\xe0" + b"\x17" * 40,
-], ids=["empty", "text", "binary", "png-signature-then-junk", "jpeg-signature-then-junk"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"hello world, definitely not an image" * 10,
+        bytes(range(256)) * 4,
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 40,
+        b"\xff\xd8\xff\xe0" + b"\x17" * 40,
+    ],
+    ids=["empty", "text", "binary", "png-signature-then-junk", "jpeg-signature-then-junk"],
+)
 def test_garbage_bytes_raise_read_error(data: bytes) -> None:
     with pytest.raises(ImageReadError) as err:
         read_image(data, source="upload.bin")

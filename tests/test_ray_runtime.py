@@ -4,6 +4,7 @@ in Ray's session log files, on a real local Ray."""
 from __future__ import annotations
 
 import glob
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.integration
 def test_ray_datas_info_lines_go_to_its_log_files_not_the_console(capfd):
     import ray
 
-    from training.ray_runtime import start_ray
+    from cluster.ray_runtime import start_ray
 
     if ray.is_initialized():
         ray.shutdown()
@@ -25,7 +26,7 @@ def test_ray_datas_info_lines_go_to_its_log_files_not_the_console(capfd):
         printed = capfd.readouterr()
         console = printed.out + printed.err
         assert "streaming_executor" not in console and "logging_progress" not in console
-        logged = "".join(open(path).read() for path in glob.glob(f"{session}/logs/ray-data/ray-data.log"))
+        logged = "".join(Path(path).read_text() for path in glob.glob(f"{session}/logs/ray-data/ray-data.log"))
         assert "streaming_executor" in logged  # kept where Ray keeps its logs
     finally:
         ray.shutdown()

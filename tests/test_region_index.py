@@ -51,26 +51,29 @@ def unit(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def make_rows(n: int = N_ROWS, *, seed: int = 0, model_version: str = "m1", dim: int = DIM,
-              prefix: str = "img") -> list[RegionRow]:
+def make_rows(
+    n: int = N_ROWS, *, seed: int = 0, model_version: str = "m1", dim: int = DIM, prefix: str = "img"
+) -> list[RegionRow]:
     """``n`` rows: random unit vectors, regions cycling through ANATOMY_IDS, hashed patients."""
     vectors = unit(np.random.default_rng(seed).normal(size=(n, dim)))
     rows = []
     for i in range(n):
         a = ANATOMY_IDS[i % len(ANATOMY_IDS)]
-        rows.append(RegionRow(
-            image_id=f"{prefix}-{i // len(ANATOMY_IDS):04d}",
-            anatomy_id=a,
-            anatomy=ANATOMY_NAMES[a],
-            image_uri=f"s3://films/{prefix}-{i // len(ANATOMY_IDS):04d}.dcm",
-            box=(10.0 + i, 20.0, 110.5 + i, 220.25),
-            view=VIEWS[i % len(VIEWS)] if i % 7 else ODD_VIEW,
-            split="test" if i % 5 == 0 else "train",
-            patient_hash=hash_identifier(f"patient-{i // 12}", salt="test-salt"),
-            study_hash=hash_identifier(f"study-{i // 6}", salt="test-salt"),
-            model_version=model_version,
-            vector=vectors[i],
-        ))
+        rows.append(
+            RegionRow(
+                image_id=f"{prefix}-{i // len(ANATOMY_IDS):04d}",
+                anatomy_id=a,
+                anatomy=ANATOMY_NAMES[a],
+                image_uri=f"s3://films/{prefix}-{i // len(ANATOMY_IDS):04d}.dcm",
+                box=(10.0 + i, 20.0, 110.5 + i, 220.25),
+                view=VIEWS[i % len(VIEWS)] if i % 7 else ODD_VIEW,
+                split="test" if i % 5 == 0 else "train",
+                patient_hash=hash_identifier(f"patient-{i // 12}", salt="test-salt"),
+                study_hash=hash_identifier(f"study-{i // 6}", salt="test-salt"),
+                model_version=model_version,
+                vector=vectors[i],
+            )
+        )
     return rows
 
 
@@ -85,8 +88,11 @@ def test_row_key_is_deterministic_and_separates_its_parts():
     key = row_key("1.2.840.1", 25, "resnet10-abc")
     assert key == row_key("1.2.840.1", 25, "resnet10-abc")
     assert len(key) == 32 and all(c in "0123456789abcdef" for c in key)
-    others = {row_key("1.2.840.2", 25, "resnet10-abc"), row_key("1.2.840.1", 24, "resnet10-abc"),
-              row_key("1.2.840.1", 25, "resnet10-abd")}
+    others = {
+        row_key("1.2.840.2", 25, "resnet10-abc"),
+        row_key("1.2.840.1", 24, "resnet10-abc"),
+        row_key("1.2.840.1", 25, "resnet10-abd"),
+    }
     assert key not in others and len(others) == 3
     # No concatenation ambiguity: ("a1", 2) and ("a", 12) differ.
     assert row_key("a1", 2, "m") != row_key("a", 12, "m")
@@ -99,7 +105,7 @@ def test_filter_values_are_quoted_and_escaped():
     assert quote_filter_value("PA") == '"PA"'
     assert quote_filter_value('PA" or 1==1 or "') == '"PA\\" or 1==1 or \\""'
     assert quote_filter_value("a\\b") == '"a\\\\b"'
-    assert quote_filter_value("a\\\"") == '"a\\\\\\""'   # backslash escaped before the quote
+    assert quote_filter_value('a\\"') == '"a\\\\\\""'  # backslash escaped before the quote
     assert quote_filter_value("énorme") == '"énorme"'
     with pytest.raises(ValueError, match="control"):
         quote_filter_value("PA\n or 1==1")
@@ -119,9 +125,10 @@ def test_build_filter_validates_anatomy_and_joins_clauses():
     assert build_filter() == ""
     assert build_filter(anatomy="heart") == f"anatomy_id == {anatomy_id('cardiac silhouette')}"
     assert build_filter(anatomy=9, view="PA", split="test", model_version='m"1') == (
-        'anatomy_id == 9 and view == "PA" and split == "test" and model_version == "m\\"1"')
+        'anatomy_id == 9 and view == "PA" and split == "test" and model_version == "m\\"1"'
+    )
     with pytest.raises(UnknownAnatomyError):
-        build_filter(anatomy="left lung\" or 1==1")
+        build_filter(anatomy='left lung" or 1==1')
 
 
 def test_region_row_refuses_paths_clear_identifiers_and_raw_vectors():
@@ -176,8 +183,7 @@ def backend(request, tmp_path) -> Backend:
         path = str(tmp_path / "x.db")
         # One process per file: "restarting" is closing and reopening in this process.
         return Backend("lite-file", lambda: path, lambda: None)
-    server = request.getfixturevalue("milvus_lite_server" if request.param == "lite-server"
-                                     else "milvus_standalone")
+    server = request.getfixturevalue("milvus_lite_server" if request.param == "lite-server" else "milvus_standalone")
     return Backend(request.param, lambda: server.uri, server.restart)
 
 
@@ -248,8 +254,12 @@ def test_rows_are_fetched_by_key_and_counted_by_filter(index):
     found = index.get(name, wanted + [rows[3].key])
     assert set(found) == {rows[3].key, rows[200].key}
     got = found[rows[200].key]
-    assert (got.image_id, got.anatomy_id, got.box, got.view) == (rows[200].image_id, rows[200].anatomy_id,
-                                                                 rows[200].box, rows[200].view)
+    assert (got.image_id, got.anatomy_id, got.box, got.view) == (
+        rows[200].image_id,
+        rows[200].anatomy_id,
+        rows[200].box,
+        rows[200].view,
+    )
     assert index.get(name, []) == {}
     for bad in ('" or key != "', "0" * 31, "G" * 32, 7):
         with pytest.raises(ValueError, match="not a region key"):
@@ -270,7 +280,12 @@ def test_filtered_search_returns_the_region_asked_for_and_the_exact_match_first(
         top = hits[0]
         assert top.key == query.key and top.score == pytest.approx(1.0, abs=1e-4)
         assert (top.image_id, open_location(top.image_uri, top.image_id), top.view, top.split, top.model_version) == (
-            query.image_id, query.image_uri, query.view, query.split, query.model_version)
+            query.image_id,
+            query.image_uri,
+            query.view,
+            query.split,
+            query.model_version,
+        )
         assert (top.patient_hash, top.study_hash) == (query.patient_hash, query.study_hash)
         assert top.box == pytest.approx(query.box)
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
@@ -295,8 +310,9 @@ def test_same_patient_exclusion_grouping_by_study_and_tallies(index):
     [hits] = index.search(name, query.vector, k=10, exclude_patient_hash=query.patient_hash)
     assert len(hits) == 10 and all(h.patient_hash != query.patient_hash for h in hits)
     assert index.count(name, exclude_patient_hash=query.patient_hash) == N_ROWS - 12
-    assert index.count(name, anatomy=query.anatomy_id, exclude_patient_hash=query.patient_hash) == \
-        sum(r.anatomy_id == query.anatomy_id and r.patient_hash != query.patient_hash for r in rows)
+    assert index.count(name, anatomy=query.anatomy_id, exclude_patient_hash=query.patient_hash) == sum(
+        r.anatomy_id == query.anatomy_id and r.patient_hash != query.patient_hash for r in rows
+    )
     assert index.count(name, exclude_patient_hash="") == N_ROWS  # unknown patient: nothing excluded
 
     # one study per hit, each the study's best row: the first 20 studies of the full ranking
@@ -312,8 +328,9 @@ def test_same_patient_exclusion_grouping_by_study_and_tallies(index):
     with pytest.raises(ValueError, match="group_by"):
         index.search(name, query.vector, k=5, group_by="hospital")
 
-    assert index.tally(name, ("anatomy_id", "patient_hash"), model_version="m1") == \
-        Counter((r.anatomy_id, r.patient_hash) for r in rows)
+    assert index.tally(name, ("anatomy_id", "patient_hash"), model_version="m1") == Counter(
+        (r.anatomy_id, r.patient_hash) for r in rows
+    )
     assert index.tally(name, ("split",), batch_size=7) == Counter((r.split,) for r in rows)
     assert index.tally(name, ("split",), model_version="m9") == Counter()
     with pytest.raises(ValueError, match="scalar fields"):
@@ -350,27 +367,33 @@ def test_a_reindex_removes_rows_of_films_that_left_the_data_and_keeps_unreadable
     name, rows = filled(index)
     train = [r for r in rows if r.split == "train"]
     images = sorted({r.image_id for r in train})
-    gone, unreadable = images[:2], images[2]         # two films left the data; one could not be read now
+    gone, unreadable = images[:2], images[2]  # two films left the data; one could not be read now
     written = {r.key for r in train if r.image_id not in (*gone, unreadable)}
     stale = [r for r in train if r.image_id in gone]
     kept_unreadable = sum(1 for r in train if r.image_id == unreadable)
 
-    assert reconcile(index, name, ["train"], written, {unreadable}, keep=True) == \
-        {"removed": 0, "kept_missing": len(stale), "kept_unreadable": kept_unreadable}
+    assert reconcile(index, name, ["train"], written, {unreadable}, keep=True) == {
+        "removed": 0,
+        "kept_missing": len(stale),
+        "kept_unreadable": kept_unreadable,
+    }
     assert index.count(name) == N_ROWS
     with pytest.raises(CountMismatchError):
         index.verify(name, len(written), splits=["train"])
 
-    assert reconcile(index, name, ["train"], written, {unreadable}) == \
-        {"removed": len(stale), "kept_missing": 0, "kept_unreadable": kept_unreadable}
+    assert reconcile(index, name, ["train"], written, {unreadable}) == {
+        "removed": len(stale),
+        "kept_missing": 0,
+        "kept_unreadable": kept_unreadable,
+    }
     assert index.count(name) == N_ROWS - len(stale)
     assert index.get(name, [r.key for r in stale]) == {}
-    index.verify(name, len(written) + kept_unreadable, splits=["train"])   # the test split is not this run's
+    index.verify(name, len(written) + kept_unreadable, splits=["train"])  # the test split is not this run's
     assert index.count(name, split="test") == sum(1 for r in rows if r.split == "test")
     assert reconcile(index, name, ["train"], written, {unreadable})["removed"] == 0
 
     # a truncated listing (a fifth of the films "gone"): refused, nothing removed, unless allowed
-    cut = set(images[3:3 + len(images) // 5])
+    cut = set(images[3 : 3 + len(images) // 5])
     listed = {r.key for r in train if r.image_id not in (*gone, unreadable, *cut)}
     with pytest.raises(DatasetError, match="would remove .* rows"):
         reconcile(index, name, ["train"], listed, {unreadable})
@@ -386,12 +409,12 @@ def test_rows_of_a_patient_study_or_image_are_deleted_and_deleting_again_is_a_no
     name, rows = filled(index)
     patient, study, image = rows[30].patient_hash, rows[0].study_hash, rows[50].image_id
     assert name in index.collections()
-    gone = index.delete_rows(name, patient_hash=patient)          # patient-2: rows 24..35
+    gone = index.delete_rows(name, patient_hash=patient)  # patient-2: rows 24..35
     assert gone == sorted({r.image_id for r in rows if r.patient_hash == patient})
     assert index.count(name) == N_ROWS - 12 and index.count(name, exclude_patient_hash=patient) == N_ROWS - 12
     [hits] = index.search(name, rows[30].vector, k=10)
     assert all(h.patient_hash != patient for h in hits)
-    assert index.delete_rows(name, patient_hash=patient) == []     # idempotent
+    assert index.delete_rows(name, patient_hash=patient) == []  # idempotent
     left = N_ROWS - 12
     for selector, value in (("study_hash", study), ("image_id", image)):
         matching = [r for r in rows if getattr(r, selector) == value and r.patient_hash != patient]
@@ -412,10 +435,11 @@ def test_a_collection_of_another_schema_version_names_the_rebuild_command(index,
     # this code moved on to a new row layout: version 2, with a field the old collection lacks
     monkeypatch.setattr(region_index, "SCHEMA_VERSION", 2)
     monkeypatch.setattr(region_index, "FIELDS", (*region_index.FIELDS, "series_uid"))
-    with backend.open() as upgraded:
-        with pytest.raises(SchemaMismatchError, match=r"older row schema \((v1|without field\(s\) \['series_uid'\]); "
-                                                        r"this RegionMIR reads v2\).*regionmir index"):
-            upgraded.count(name)
+    mismatch = (
+        r"older row schema \((v1|without field\(s\) \['series_uid'\]); this RegionMIR reads v2\).*regionmir index"
+    )
+    with backend.open() as upgraded, pytest.raises(SchemaMismatchError, match=mismatch):
+        upgraded.count(name)
     monkeypatch.undo()
     assert index.count(name) == 12
 
@@ -445,8 +469,9 @@ def test_alias_switches_between_versions_without_touching_the_old_one(index):
     assert hits[0].key == rows1[5].key and hits[0].model_version == "m1"
     assert index.count(alias) == 120
 
-    v2, rows2 = filled(index, make_rows(150, seed=2, model_version="m2"), index_type="IVF_FLAT",
-                       index_params={"nlist": 8})
+    v2, rows2 = filled(
+        index, make_rows(150, seed=2, model_version="m2"), index_type="IVF_FLAT", index_params={"nlist": 8}
+    )
     assert index.point_alias(alias, v2) == v1
     assert index.alias_target(alias) == v2
     [hits] = index.search(alias, rows2[5].vector, k=3)
@@ -477,8 +502,12 @@ def test_alias_switches_between_versions_without_touching_the_old_one(index):
 @pytest.mark.integration
 def test_errors_name_the_collection_and_the_reason(index):
     missing = new_name("missing")
-    for call in (lambda: index.search(missing, np.ones(DIM), k=3), lambda: index.count(missing),
-                 lambda: index.upsert(missing, make_rows(2)), lambda: index.point_alias("a_x", missing)):
+    for call in (
+        lambda: index.search(missing, np.ones(DIM), k=3),
+        lambda: index.count(missing),
+        lambda: index.upsert(missing, make_rows(2)),
+        lambda: index.point_alias("a_x", missing),
+    ):
         with pytest.raises(IndexNotFoundError) as info:
             call()
         assert missing in str(info.value) and info.value.reason == "not_found"
@@ -530,10 +559,18 @@ def test_data_survives_a_restart(backend):
 def test_a_lite_file_held_by_another_process_is_a_clear_error(tmp_path, capfd):
     path = tmp_path / "held.db"
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         ("import sys\nfrom pymilvus import MilvusClient\n"
-          f"client = MilvusClient({str(path)!r})\nprint('ready', flush=True)\nsys.stdin.read()")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys\nfrom pymilvus import MilvusClient\n"
+                f"client = MilvusClient({str(path)!r})\nprint('ready', flush=True)\nsys.stdin.read()"
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "ready"
         with pytest.raises(IndexLockedError) as info:
@@ -559,12 +596,19 @@ def test_a_lite_file_held_by_another_process_is_a_clear_error(tmp_path, capfd):
         from regionmir.synth.dataset_writer import write_phantom_dataset
 
         config = load_preset("resnet10-cpu")
-        save_model(str(tmp_path / "model"), RegionEncoder(config),
-                   ModelContract(stage="finetune", encoder=config.to_dict(), class_anatomy_ids=tuple(STANDARD_29_IDS),
-                                 crop=asdict(CropConfig(size=config.crop_size)), training={}))
+        save_model(
+            str(tmp_path / "model"),
+            RegionEncoder(config),
+            ModelContract(
+                stage="finetune",
+                encoder=config.to_dict(),
+                class_anatomy_ids=tuple(STANDARD_29_IDS),
+                crop=asdict(CropConfig(size=config.crop_size)),
+                training={},
+            ),
+        )
         write_phantom_dataset(str(tmp_path / "data"), images=3, size=96, seed=1, progress=False)
-        code = index_main(["--data", str(tmp_path / "data"), "--model", str(tmp_path / "model"),
-                           "--milvus", str(path)])
+        code = index_main(["--data", str(tmp_path / "data"), "--model", str(tmp_path / "model"), "--milvus", str(path)])
         error = capfd.readouterr().err.strip().splitlines()
         assert code == 2 and error[-1].startswith("regionmir index: Milvus at") and "another process" in error[-1]
         assert not any("Traceback" in line for line in error)

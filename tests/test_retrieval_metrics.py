@@ -33,10 +33,10 @@ NUM_RELEVANT = np.array([4, 3, 0])
 @pytest.mark.parametrize(
     "k, expected",
     [
-        (1, [1.0, 0.0, 0.0]),        # q0 hits at rank 1; q1 misses
-        (3, [2 / 3, 1 / 3, 0.0]),    # q0: ranks 1, 3; q1: rank 3
-        (5, [3 / 5, 3 / 5, 0.0]),    # q0: 1, 3, 4; q1: 3, 4, 5
-        (8, [3 / 8, 3 / 8, 0.0]),    # k > K: the 3 missing slots count as misses
+        (1, [1.0, 0.0, 0.0]),  # q0 hits at rank 1; q1 misses
+        (3, [2 / 3, 1 / 3, 0.0]),  # q0: ranks 1, 3; q1: rank 3
+        (5, [3 / 5, 3 / 5, 0.0]),  # q0: 1, 3, 4; q1: 3, 4, 5
+        (8, [3 / 8, 3 / 8, 0.0]),  # k > K: the 3 missing slots count as misses
     ],
 )
 def test_precision_at_k(k, expected):
@@ -178,7 +178,7 @@ def test_precision_and_ndcg_agree_with_torchmetrics():
     "k, expected_rr, expected_hit",
     [
         (1, [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]),
-        (3, [1.0, 1 / 3, 0.0], [1.0, 1.0, 0.0]),   # q1's first hit is at rank 3
+        (3, [1.0, 1 / 3, 0.0], [1.0, 1.0, 0.0]),  # q1's first hit is at rank 3
         (5, [1.0, 1 / 3, 0.0], [1.0, 1.0, 0.0]),
     ],
 )
@@ -207,10 +207,10 @@ def test_string_labels_work():
 @pytest.mark.parametrize(
     "query_labels, retrieved, k",
     [
-        (np.array([[0]]), np.array([[0]]), 1),          # queries not 1-D
-        (np.array([0, 1]), np.array([[0, 1]]), 1),      # Q mismatch
-        (np.array([0]), np.array([0, 1]), 1),           # retrieved not 2-D
-        (np.array([0]), np.array([[0, 1]]), 0),         # k < 1
+        (np.array([[0]]), np.array([[0]]), 1),  # queries not 1-D
+        (np.array([0, 1]), np.array([[0, 1]]), 1),  # Q mismatch
+        (np.array([0]), np.array([0, 1]), 1),  # retrieved not 2-D
+        (np.array([0]), np.array([[0, 1]]), 0),  # k < 1
     ],
 )
 def test_bad_shapes_raise(query_labels, retrieved, k):
@@ -219,8 +219,9 @@ def test_bad_shapes_raise(query_labels, retrieved, k):
 
 
 def test_retrieval_report_overall_per_anatomy_and_macro():
-    report = retrieval_report(QUERY_LABELS, RETRIEVED, ks=(1, 3, 5), num_relevant=NUM_RELEVANT,
-                              label_names=ANATOMY_NAMES)
+    report = retrieval_report(
+        QUERY_LABELS, RETRIEVED, ks=(1, 3, 5), num_relevant=NUM_RELEVANT, label_names=ANATOMY_NAMES
+    )
     assert report["num_queries"] == 3
     assert set(report) >= {"p@1", "p@3", "p@5", "map@5", "ndcg@5", "mrr@5", "hit@3", "macro", "per_anatomy"}
     assert report["p@3"] == pytest.approx((2 / 3 + 1 / 3 + 0) / 3)
@@ -229,27 +230,36 @@ def test_retrieval_report_overall_per_anatomy_and_macro():
     assert list(report["per_anatomy"]) == ["right lung", "right upper lung zone", "right mid lung zone"]
     assert report["per_anatomy"]["right upper lung zone"] == {
         "num_queries": 1,
-        "p@1": 0.0, "p@3": pytest.approx(1 / 3), "p@5": pytest.approx(3 / 5),
-        "map@1": 0.0, "map@3": pytest.approx(1 / 9), "map@5": pytest.approx(43 / 90),
+        "p@1": 0.0,
+        "p@3": pytest.approx(1 / 3),
+        "p@5": pytest.approx(3 / 5),
+        "map@1": 0.0,
+        "map@3": pytest.approx(1 / 9),
+        "map@5": pytest.approx(43 / 90),
         # hits at ranks 3, 4, 5 of R = 3: DCG@5 = 1/2 + 1/log2(5) + 1/log2(6); IDCG@5 = 1 + 1/log2(3) + 1/2
-        "ndcg@1": 0.0, "ndcg@3": pytest.approx(0.5 / (1 + 1 / np.log2(3) + 0.5)),
+        "ndcg@1": 0.0,
+        "ndcg@3": pytest.approx(0.5 / (1 + 1 / np.log2(3) + 0.5)),
         "ndcg@5": pytest.approx((0.5 + 1 / np.log2(5) + 1 / np.log2(6)) / (1 + 1 / np.log2(3) + 0.5)),
-        "mrr@1": 0.0, "mrr@3": pytest.approx(1 / 3), "mrr@5": pytest.approx(1 / 3),
-        "hit@1": 0.0, "hit@3": 1.0, "hit@5": 1.0,
+        "mrr@1": 0.0,
+        "mrr@3": pytest.approx(1 / 3),
+        "mrr@5": pytest.approx(1 / 3),
+        "hit@1": 0.0,
+        "hit@3": 1.0,
+        "hit@5": 1.0,
     }
 
 
 def test_report_micro_and_macro_differ_with_unbalanced_anatomies():
     # Label 0: three queries all hit at rank 1; label 1: one query, no hit.
     # micro p@1 = 3/4 (mean over queries); macro p@1 = (1 + 0) / 2 = 1/2 (mean over anatomies).
-    report = retrieval_report(np.array([0, 0, 0, 1]), np.array([[0], [0], [0], [0]]), np.array([5, 5, 5, 2]),
-                              ks=(1,))
+    report = retrieval_report(np.array([0, 0, 0, 1]), np.array([[0], [0], [0], [0]]), np.array([5, 5, 5, 2]), ks=(1,))
     assert report["p@1"] == pytest.approx(0.75)
     assert report["macro"]["p@1"] == pytest.approx(0.5)
     assert report["per_anatomy"]["0"]["num_queries"] == 3  # no names given: str(label)
 
 
 # --- exact k-NN and recall -----------------------------------------------------------------------
+
 
 def _brute_force(queries: np.ndarray, database: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     indices, scores = [], []
@@ -275,8 +285,9 @@ def _assert_same_neighbours(indices: np.ndarray, queries: np.ndarray, database: 
     """
     expected_indices, expected_scores = _brute_force(queries, database, k)
     assert all(len(set(row)) == k for row in indices.tolist()), "a neighbour returned twice"
-    np.testing.assert_allclose(np.take_along_axis(_cosines(queries, database), indices, axis=1), expected_scores,
-                               atol=NEAR_TIE)
+    np.testing.assert_allclose(
+        np.take_along_axis(_cosines(queries, database), indices, axis=1), expected_scores, atol=NEAR_TIE
+    )
     close = np.abs(np.diff(expected_scores, axis=1)) < NEAR_TIE
     near_tie = np.zeros(expected_scores.shape, dtype=bool)
     near_tie[:, 1:] |= close
@@ -335,9 +346,9 @@ def test_exact_knn_clamps_k_and_handles_zero_vectors():
     "found, true, expected",
     [
         ([[1, 2, 3], [4, 5, 6]], [[1, 2, 9], [6, 5, 4]], (2 / 3 + 1) / 2),  # order does not matter
-        ([[1, 1, 1]], [[1, 2, 3]], 1 / 3),                                # duplicates count once
-        ([[-1, 1, 7]], [[1, -1, -1]], 1.0),                               # padding on both sides
-        ([[5, 6]], [[-1, -1]], 1.0),                                      # nothing to find
+        ([[1, 1, 1]], [[1, 2, 3]], 1 / 3),  # duplicates count once
+        ([[-1, 1, 7]], [[1, -1, -1]], 1.0),  # padding on both sides
+        ([[5, 6]], [[-1, -1]], 1.0),  # nothing to find
         ([[8, 9]], [[1, 2]], 0.0),
     ],
 )

@@ -14,21 +14,25 @@ from regionmir.roi_crop import CropConfig, roi_crop, roi_crops, square_crop_box
 
 def ramp_image(height: int = 10, width: int = 10) -> np.ndarray:
     """Pixel (y, x) holds (10 * y + x) / 100: every pixel tells where it came from."""
-    return (np.arange(height * width, dtype=np.float32).reshape(height, width) / 100.0)
+    return np.arange(height * width, dtype=np.float32).reshape(height, width) / 100.0
 
 
 # --- square_crop_box ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("box, margin, expected", [
-    # square box, no margin: unchanged
-    (Box(2, 3, 6, 7), 0.0, Box(2, 3, 6, 7)),
-    # 20 wide, 40 tall, centre (20, 40): side = 40 * (1 + 2*0.25) = 60
-    (Box(10, 20, 30, 60), 0.25, Box(-10, 10, 50, 70)),
-    # wide box: side = 80 * 1.3 = 104 around centre (40, 10)
-    (Box(0, 5, 80, 15), 0.15, Box(-12, -42, 92, 62)),
-    # no margin, tall box: widened to its height
-    (Box(0, 0, 2, 10), 0.0, Box(-4, 0, 6, 10)),
-])
+
+@pytest.mark.parametrize(
+    "box, margin, expected",
+    [
+        # square box, no margin: unchanged
+        (Box(2, 3, 6, 7), 0.0, Box(2, 3, 6, 7)),
+        # 20 wide, 40 tall, centre (20, 40): side = 40 * (1 + 2*0.25) = 60
+        (Box(10, 20, 30, 60), 0.25, Box(-10, 10, 50, 70)),
+        # wide box: side = 80 * 1.3 = 104 around centre (40, 10)
+        (Box(0, 5, 80, 15), 0.15, Box(-12, -42, 92, 62)),
+        # no margin, tall box: widened to its height
+        (Box(0, 0, 2, 10), 0.0, Box(-4, 0, 6, 10)),
+    ],
+)
 def test_square_crop_box_formula(box, margin, expected):
     got = square_crop_box(box, margin)
     assert got.as_list() == pytest.approx(expected.as_list())
@@ -45,6 +49,7 @@ def test_square_crop_box_rejects_negative_margin_and_empty_boxes():
 
 
 # --- roi_crop: exact pixels --------------------------------------------------------------------
+
 
 def test_crop_inside_with_matching_size_is_the_exact_subarray():
     image = ramp_image()
@@ -118,8 +123,7 @@ def test_downscaling_is_antialiased_bilinear():
     image[1:9, 1:9] = window
     weights = _tent_weights(8, 4)
     expected = weights @ window @ weights.T
-    np.testing.assert_allclose(roi_crop(image, Box(1, 1, 9, 9), CropConfig(size=4, margin=0.0)),
-                               expected, atol=1e-6)
+    np.testing.assert_allclose(roi_crop(image, Box(1, 1, 9, 9), CropConfig(size=4, margin=0.0)), expected, atol=1e-6)
 
 
 def test_upscaling_keeps_values_in_range():
@@ -137,14 +141,18 @@ def test_non_float32_input_is_converted():
 
 # --- errors ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("box", [
-    Box(20, 20, 30, 30),      # entirely outside
-    Box(-5, 0, 0, 5),         # touches the left edge, zero overlap
-    Box(0, 10, 5, 14),        # just below the bottom edge
-    Box(3, 3, 3, 8),          # zero width
-    Box(6, 2, 2, 6),          # inverted
-    Box(float("nan"), 0, 4, 4),
-])
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        Box(20, 20, 30, 30),  # entirely outside
+        Box(-5, 0, 0, 5),  # touches the left edge, zero overlap
+        Box(0, 10, 5, 14),  # just below the bottom edge
+        Box(3, 3, 3, 8),  # zero width
+        Box(6, 2, 2, 6),  # inverted
+        Box(float("nan"), 0, 4, 4),
+    ],
+)
 def test_unusable_boxes_raise_box_error(box):
     with pytest.raises(BoxError):
         roi_crop(ramp_image(), box, CropConfig(size=4))
@@ -163,6 +171,7 @@ def test_crop_config_validates():
 
 
 # --- batched -----------------------------------------------------------------------------------
+
 
 def test_roi_crops_matches_single_crops():
     rng = np.random.default_rng(1)

@@ -32,17 +32,23 @@ def test_indexing_a_new_model_does_not_change_what_a_running_service_answers(mil
     from serving.deployments import start_service
 
     old = build_demo_subprocess(str(tmp_path / "old"), images=6, size=128, seed=21, milvus=milvus_lite_server.uri)
-    settings = ServeSettings.from_dict({
-        "model": old["model"], "milvus": milvus_lite_server.uri,
-        "http": {"host": "127.0.0.1", "port": free_port()},
-        "encoder": {"min_replicas": 1, "max_replicas": 1}, "search": {"min_replicas": 1, "max_replicas": 1},
-        "ingress": {"min_replicas": 1, "max_replicas": 1},
-        "ray": {"num_cpus": 6, "metrics_export_port": free_port()}})
+    settings = ServeSettings.from_dict(
+        {
+            "model": old["model"],
+            "milvus": milvus_lite_server.uri,
+            "http": {"host": "127.0.0.1", "port": free_port()},
+            "encoder": {"min_replicas": 1, "max_replicas": 1},
+            "search": {"min_replicas": 1, "max_replicas": 1},
+            "ingress": {"min_replicas": 1, "max_replicas": 1},
+            "ray": {"num_cpus": 6, "metrics_export_port": free_port()},
+        }
+    )
     film = Path(old["query_films"][0]).read_bytes()
 
     def query() -> dict:
-        answer = requests.post(base + "/v1/search", files={"image": ("film.png", film)},
-                               data={"box": "20,20,70,90", "k": "5"}, timeout=120)
+        answer = requests.post(
+            base + "/v1/search", files={"image": ("film.png", film)}, data={"box": "20,20,70,90", "k": "5"}, timeout=120
+        )
         assert answer.status_code == 200, answer.text
         return answer.json()
 
@@ -55,8 +61,7 @@ def test_indexing_a_new_model_does_not_change_what_a_running_service_answers(mil
         assert model_collection_name("regions", old["model_version"]) in str(ready)
 
         # a new model is indexed into the same Milvus: its own collection, and the alias moves to it
-        new = build_demo_subprocess(str(tmp_path / "new"), images=6, size=128, seed=22,
-                                    milvus=milvus_lite_server.uri)
+        new = build_demo_subprocess(str(tmp_path / "new"), images=6, size=128, seed=22, milvus=milvus_lite_server.uri)
         assert new["model_version"] != old["model_version"]
         index = RegionIndex(milvus_lite_server.uri)
         try:

@@ -14,12 +14,12 @@ def test_sealing_is_deterministic_authenticated_keyed_by_the_salt_and_bound_to_t
     sealed = seal_location(PATH, IMAGE, salt="site-a")
     assert is_sealed(sealed) and "10000032" not in sealed and "files" not in sealed
     assert seal_location(PATH, IMAGE, salt="site-a") == sealed != seal_location(PATH, IMAGE, salt="site-b")
-    assert seal_location(sealed, IMAGE) == sealed                      # never sealed twice
+    assert seal_location(sealed, IMAGE) == sealed  # never sealed twice
     assert open_location(sealed, IMAGE, salt="site-a") == PATH
     with pytest.raises(SealedLocationError, match="REGIONMIR_ID_SALT"):
-        open_location(sealed, IMAGE, salt="site-b")                   # another deployment's salt
+        open_location(sealed, IMAGE, salt="site-b")  # another deployment's salt
     with pytest.raises(SealedLocationError):
-        open_location(sealed, "another-image", salt="site-a")         # moved to another image's row
+        open_location(sealed, "another-image", salt="site-a")  # moved to another image's row
     tampered = sealed[:-3] + ("A" if sealed[-3] != "A" else "B") + sealed[-2:]
     with pytest.raises(SealedLocationError):
         open_location(tampered, IMAGE, salt="site-a")
@@ -38,5 +38,5 @@ def test_the_salt_comes_from_the_environment_at_call_time(monkeypatch):
     assert open_location(sealed, IMAGE, salt="deployment-secret") == PATH
     monkeypatch.delenv("REGIONMIR_ID_SALT")
     with pytest.raises(SealedLocationError) as err:
-        open_location(sealed, IMAGE)                                  # the public default salt does not open it
+        open_location(sealed, IMAGE)  # the public default salt does not open it
     assert "10000032" not in str(err.value)

@@ -4,8 +4,6 @@ and DICOM phantoms whose PatientID the index knows only as a salted hash."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -29,8 +27,9 @@ def service(tmp_path_factory):
     demo = build_demo(str(root / "demo"), data=str(root / "data"))
     model_dir, contract = read_contract(demo["model"])
     settings = ServeSettings.load(env={}, overrides={"model": model_dir, "milvus": demo["milvus"]})
-    backend = LocalBackend(EncoderRuntime(model_dir, threads=1),
-                           SearchRuntime(demo["milvus"], "regions", contract.version_id))
+    backend = LocalBackend(
+        EncoderRuntime(model_dir, threads=1), SearchRuntime(demo["milvus"], "regions", contract.version_id)
+    )
     app = create_app(settings, backend, contract, AnatomyAtlas.load(model_dir))
     train = list(open_dataset(str(root / "data")).iter_images(split="train"))
     with TestClient(app) as client:
@@ -41,8 +40,11 @@ def service(tmp_path_factory):
 
 def search(client, film, **fields):
     with open(film.image_uri, "rb") as f:
-        return client.post("/v1/search", files={"image": ("film.dcm", f.read(), "application/dicom")},
-                           data={k: str(v) for k, v in fields.items()})
+        return client.post(
+            "/v1/search",
+            files={"image": ("film.dcm", f.read(), "application/dicom")},
+            data={k: str(v) for k, v in fields.items()},
+        )
 
 
 def test_exclude_same_patient_leaves_out_the_uploaded_patient(service):
@@ -80,10 +82,13 @@ def test_group_by_study_keeps_the_best_region_of_each_study(service):
     assert len({r["image_id"] for r in everything[:5]}) < 5  # without grouping one film fills the top 5
 
 
-@pytest.mark.parametrize("fields, reason", [
-    ({"exclude_same_patient": "maybe"}, "bad_filter"),
-    ({"group_by": "hospital"}, "bad_filter"),
-])
+@pytest.mark.parametrize(
+    "fields, reason",
+    [
+        ({"exclude_same_patient": "maybe"}, "bad_filter"),
+        ({"group_by": "hospital"}, "bad_filter"),
+    ],
+)
 def test_bad_filter_values_are_422_and_name_the_field(service, fields, reason):
     client, train = service
     box = ",".join(str(v) for v in train[0].regions[0].box.as_list())
@@ -101,8 +106,11 @@ def test_exclusion_without_a_patient_in_the_upload_is_refused(service, tmp_path)
     client, train = service
     buffer = io.BytesIO()
     Image.fromarray((np.random.default_rng(0).random((160, 160)) * 255).astype(np.uint8)).save(buffer, format="PNG")
-    answer = client.post("/v1/search", files={"image": ("film.png", buffer.getvalue(), "image/png")},
-                         data={"box": "20,20,80,80", "exclude_same_patient": "1"})
+    answer = client.post(
+        "/v1/search",
+        files={"image": ("film.png", buffer.getvalue(), "image/png")},
+        data={"box": "20,20,80,80", "exclude_same_patient": "1"},
+    )
     assert answer.status_code == 422 and answer.json()["error"]["reason"] == "no_patient_id"
     assert client.get("/healthz").status_code == 200
 

@@ -43,8 +43,12 @@ def test_example_config_loads_and_environment_overrides(tmp_path):
     settings = ServeSettings.load(str(SERVING / "config.example.yaml"), env={})
     settings.validate()
     assert settings.encoder.max_batch_size <= settings.encoder.max_ongoing_requests
-    env = {"REGIONMIR_API_KEY": "s3cret", "REGIONMIR_SERVE__ENCODER__MAX_REPLICAS": "7",
-           "REGIONMIR_SERVE__LIMITS__MAX_K": "20", "REGIONMIR_SERVE__ENCODER__GPUS_PER_REPLICA": "0.5"}
+    env = {
+        "REGIONMIR_API_KEY": "s3cret",
+        "REGIONMIR_SERVE__ENCODER__MAX_REPLICAS": "7",
+        "REGIONMIR_SERVE__LIMITS__MAX_K": "20",
+        "REGIONMIR_SERVE__ENCODER__GPUS_PER_REPLICA": "0.5",
+    }
     settings = ServeSettings.load(str(SERVING / "config.example.yaml"), env=env, overrides={"http.port": 9123})
     assert settings.auth.api_key == "s3cret" and settings.encoder.max_replicas == 7
     assert settings.limits.max_k == 20 and settings.http.port == 9123 and settings.encoder.gpus_per_replica == 0.5
@@ -63,8 +67,9 @@ def test_config_mistakes_are_named(tmp_path):
     with pytest.raises(ConfigError, match="expected an integer"):
         ServeSettings.from_dict({"limits": {"max_k": "many"}})
     with pytest.raises(ConfigError, match="max_ongoing_requests"):
-        ServeSettings.from_dict({"model": "m", "milvus": "x.db",
-                                 "encoder": {"max_batch_size": 64, "max_ongoing_requests": 8}}).validate()
+        ServeSettings.from_dict(
+            {"model": "m", "milvus": "x.db", "encoder": {"max_batch_size": 64, "max_ongoing_requests": 8}}
+        ).validate()
     with pytest.raises(ConfigError, match="milvus"):
         ServeSettings.from_dict({"model": "m", "milvus": "somewhere"}).validate()
     with pytest.raises(ConfigError, match="unknown setting"):
@@ -75,9 +80,13 @@ def test_grafana_dashboard_and_prometheus_alerts_parse():
     dashboard = json.loads((SERVING / "grafana_dashboard.json").read_text())
     assert dashboard["title"] and dashboard["panels"]
     expressions = " ".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets", []))
-    for name in ("ray_regionmir_serve_latency_seconds_bucket", "ray_regionmir_serve_queries_total",
-                 "ray_regionmir_serve_errors_total", "ray_regionmir_serve_encoder_batch_requests_bucket",
-                 "ray_regionmir_serve_index_rows"):
+    for name in (
+        "ray_regionmir_serve_latency_seconds_bucket",
+        "ray_regionmir_serve_queries_total",
+        "ray_regionmir_serve_errors_total",
+        "ray_regionmir_serve_encoder_batch_requests_bucket",
+        "ray_regionmir_serve_index_rows",
+    ):
         assert name in expressions
     alerts = yaml.safe_load((SERVING / "prometheus_alerts.yml").read_text())
     rules = [r for group in alerts["groups"] for r in group["rules"]]
@@ -88,8 +97,9 @@ def test_grafana_dashboard_and_prometheus_alerts_parse():
     # Prometheus' own checker parses every PromQL expression (Debian package `prometheus`).
     promtool = shutil.which("promtool")
     assert promtool, "promtool missing: install the Debian package prometheus (make system-deps)"
-    checked = subprocess.run([promtool, "check", "rules", str(SERVING / "prometheus_alerts.yml")],
-                             capture_output=True, text=True, timeout=60)
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(SERVING / "prometheus_alerts.yml")], capture_output=True, text=True, timeout=60
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"SUCCESS: {len(rules)} rules found" in checked.stdout
 
@@ -106,8 +116,9 @@ class Service:
     film: bytes
 
     def search(self, files=None, data=None, base=None, headers=None, **kw):
-        return requests.post((base or self.base) + "/v1/search", files=files, data=data, headers=headers,
-                             timeout=120, **kw)
+        return requests.post(
+            (base or self.base) + "/v1/search", files=files, data=data, headers=headers, timeout=120, **kw
+        )
 
 
 @pytest.fixture(scope="module")
@@ -121,17 +132,26 @@ def service(tmp_path_factory):
     started = time.perf_counter()
     demo = build_demo_subprocess(str(tmp_path_factory.mktemp("serve_demo")), images=6, size=160, seed=3)
     port, metrics_port = free_port(), free_port()
-    common = {"model": demo["model"], "milvus": demo["milvus"], "http": {"host": "127.0.0.1", "port": port},
-              "limits": {"max_upload_mb": 0.25, "max_pixels": 250_000, "max_k": 50},
-              "encoder": {"min_replicas": 1, "max_replicas": 2, "max_batch_size": 8, "batch_wait_timeout_ms": 5},
-              "ingress": {"min_replicas": 1, "max_replicas": 1},
-              "ray": {"num_cpus": 6, "metrics_export_port": metrics_port}}
+    common = {
+        "model": demo["model"],
+        "milvus": demo["milvus"],
+        "http": {"host": "127.0.0.1", "port": port},
+        "limits": {"max_upload_mb": 0.25, "max_pixels": 250_000, "max_k": 50},
+        "encoder": {"min_replicas": 1, "max_replicas": 2, "max_batch_size": 8, "batch_wait_timeout_ms": 5},
+        "ingress": {"min_replicas": 1, "max_replicas": 1},
+        "ray": {"num_cpus": 6, "metrics_export_port": metrics_port},
+    }
     try:
         with ahead_of_other_work():
             base = start_service(ServeSettings.from_dict(common), ready_timeout_s=420)
             secure_settings = ServeSettings.from_dict({**common, "auth": {"api_key": API_KEY}})
-            secure = start_service(secure_settings, backend_app="regionmir", route_prefix="/secure",
-                                   app_name="regionmir-secure", ready_timeout_s=300)
+            secure = start_service(
+                secure_settings,
+                backend_app="regionmir",
+                route_prefix="/secure",
+                app_name="regionmir-secure",
+                ready_timeout_s=300,
+            )
         film = Path(demo["query_films"][0]).read_bytes()
         print(f"\n[test_serving] demo + Serve up in {time.perf_counter() - started:.0f} s at {base}")
         yield Service(base, secure, demo, metrics_port, film)
@@ -157,8 +177,9 @@ def _assert_error(response: requests.Response, status: int, reason: str) -> dict
 
 
 def _good_query(service: Service) -> dict:
-    response = service.search(files={"image": ("film.png", service.film, "image/png")},
-                              data={"box": "30,30,80,100", "k": "3"})
+    response = service.search(
+        files={"image": ("film.png", service.film, "image/png")}, data={"box": "30,30,80,100", "k": "3"}
+    )
     assert response.status_code == 200, response.text
     assert len(response.json()["results"]) == 3
     return response.json()
@@ -177,8 +198,9 @@ def test_health_and_readiness(service):
 
 @integration
 def test_box_query_answers_with_results_and_crops(service):
-    body = service.search(files={"image": ("film.png", service.film, "image/png")},
-                          data={"box": "30,30,80,100", "k": "5"}).json()
+    body = service.search(
+        files={"image": ("film.png", service.film, "image/png")}, data={"box": "30,30,80,100", "k": "5"}
+    ).json()
     query, results = body["query"], body["results"]
     assert query["box"] == [30, 30, 80, 100] and query["box_source"] == "user"
     assert query["predicted_anatomy"] in ANATOMY_NAMES and 0 <= query["confidence"] <= 1
@@ -196,15 +218,18 @@ def test_box_query_answers_with_results_and_crops(service):
     assert whole.status_code == 200 and whole.content.startswith(PNG_MAGIC)
     assert Image.open(io.BytesIO(whole.content)).mode == "RGB"  # the box is drawn in colour
 
-    filtered = service.search(files={"image": ("film.png", service.film, "image/png")},
-                              data={"box": "30,30,80,100", "k": "4", "filter_anatomy": "left lung"}).json()
+    filtered = service.search(
+        files={"image": ("film.png", service.film, "image/png")},
+        data={"box": "30,30,80,100", "k": "4", "filter_anatomy": "left lung"},
+    ).json()
     assert [r["anatomy"] for r in filtered["results"]] == ["left lung"] * 4
 
 
 @integration
 def test_anatomy_only_query_is_localised_by_the_service(service):
-    response = service.search(files={"image": ("film.png", service.film, "image/png")},
-                              data={"anatomy": "left costophrenic angle", "k": "4"})
+    response = service.search(
+        files={"image": ("film.png", service.film, "image/png")}, data={"anatomy": "left costophrenic angle", "k": "4"}
+    )
     assert response.status_code == 200, response.text
     query = response.json()["query"]
     assert query["box_source"] == "atlas" and query["anatomy"] == "left costophrenic angle"
@@ -214,8 +239,9 @@ def test_anatomy_only_query_is_localised_by_the_service(service):
     assert query["localization"]["prior_box"] and "classifier" in query["localization"]["method"]
     assert len(response.json()["results"]) == 4
     # a box and a name: the box is the user's
-    both = service.search(files={"image": ("film.png", service.film, "image/png")},
-                          data={"anatomy": "heart", "box": "50,60,110,120"}).json()
+    both = service.search(
+        files={"image": ("film.png", service.film, "image/png")}, data={"anatomy": "heart", "box": "50,60,110,120"}
+    ).json()
     assert both["query"]["box_source"] == "user" and both["query"]["anatomy"] == "cardiac silhouette"
 
 
@@ -228,8 +254,9 @@ def test_dicom_upload_previews_and_searches(service, tmp_path):
     preview = requests.post(service.base + "/v1/preview", files={"image": ("film.dcm", dicom)}, timeout=60)
     assert preview.status_code == 200 and preview.content.startswith(PNG_MAGIC)
     assert preview.headers["x-image-width"] == "128" and preview.headers["x-image-height"] == "128"
-    response = service.search(files={"image": ("film.dcm", dicom, "application/dicom")},
-                              data={"box": "10,10,60,70", "k": "2"})
+    response = service.search(
+        files={"image": ("film.dcm", dicom, "application/dicom")}, data={"box": "10,10,60,70", "k": "2"}
+    )
     assert response.status_code == 200, response.text
 
 
@@ -238,14 +265,30 @@ def _bad_cases(film: bytes) -> list[tuple[str, dict, int, str]]:
     corrupt_dicom = b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\x40\x00" + b"\xff" * 30
     image = ("film.png", film, "image/png")
     return [
-        ("text instead of an image", {"files": {"image": ("x.png", b"hello world", "image/png")},
-                                      "data": {"box": "1,1,9,9"}}, 415, "unsupported_media_type"),
-        ("empty file", {"files": {"image": ("x.png", b"", "image/png")}, "data": {"box": "1,1,9,9"}},
-         415, "unsupported_media_type"),
-        ("corrupt DICOM", {"files": {"image": ("x.dcm", corrupt_dicom)}, "data": {"box": "1,1,9,9"}},
-         422, "unreadable_image"),
-        ("truncated PNG", {"files": {"image": ("x.png", film[: len(film) // 3])}, "data": {"box": "1,1,9,9"}},
-         422, "unreadable_image"),
+        (
+            "text instead of an image",
+            {"files": {"image": ("x.png", b"hello world", "image/png")}, "data": {"box": "1,1,9,9"}},
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "empty file",
+            {"files": {"image": ("x.png", b"", "image/png")}, "data": {"box": "1,1,9,9"}},
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "corrupt DICOM",
+            {"files": {"image": ("x.dcm", corrupt_dicom)}, "data": {"box": "1,1,9,9"}},
+            422,
+            "unreadable_image",
+        ),
+        (
+            "truncated PNG",
+            {"files": {"image": ("x.png", film[: len(film) // 3])}, "data": {"box": "1,1,9,9"}},
+            422,
+            "unreadable_image",
+        ),
         ("box outside", {"files": {"image": image}, "data": {"box": "100,100,200,150"}}, 422, "box_outside_image"),
         ("zero-area box", {"files": {"image": image}, "data": {"box": "10,10,10,50"}}, 422, "box_zero_area"),
         ("inverted box", {"files": {"image": image}, "data": {"box": "50,50,10,10"}}, 422, "box_inverted"),
@@ -253,8 +296,12 @@ def _bad_cases(film: bytes) -> list[tuple[str, dict, int, str]]:
         ("non-numeric box", {"files": {"image": image}, "data": {"box": "a,b,c,d"}}, 422, "bad_box"),
         ("NaN box", {"files": {"image": image}, "data": {"box": "nan,1,20,20"}}, 422, "box_not_finite"),
         ("unknown anatomy", {"files": {"image": image}, "data": {"anatomy": "left lang"}}, 422, "unknown_anatomy"),
-        ("unknown filter anatomy", {"files": {"image": image}, "data": {"box": "1,1,50,50", "filter_anatomy": "rigth lung"}},
-         422, "unknown_anatomy"),
+        (
+            "unknown filter anatomy",
+            {"files": {"image": image}, "data": {"box": "1,1,50,50", "filter_anatomy": "rigth lung"}},
+            422,
+            "unknown_anatomy",
+        ),
         ("bad view", {"files": {"image": image}, "data": {"box": "1,1,50,50", "view": "LATERAL"}}, 422, "bad_filter"),
         ("k = 0", {"files": {"image": image}, "data": {"box": "1,1,50,50", "k": "0"}}, 422, "bad_k"),
         ("k over the limit", {"files": {"image": image}, "data": {"box": "1,1,50,50", "k": "51"}}, 422, "bad_k"),
@@ -262,13 +309,25 @@ def _bad_cases(film: bytes) -> list[tuple[str, dict, int, str]]:
         ("k not a number", {"files": {"image": image}, "data": {"box": "1,1,50,50", "k": "ten"}}, 422, "bad_k"),
         ("no image", {"data": {"box": "1,1,50,50"}}, 422, "missing_field"),
         ("neither box nor anatomy", {"files": {"image": image}}, 422, "missing_field"),
-        ("upload over the size limit", {"files": {"image": ("x.png", PNG_MAGIC + b"\0" * 300_000)},
-                                        "data": {"box": "1,1,9,9"}}, 413, "upload_too_large"),
-        ("film over the pixel limit", {"files": {"image": ("big.png", big_png, "image/png")},
-                                       "data": {"box": "1,1,50,50"}}, 413, "image_too_large"),
+        (
+            "upload over the size limit",
+            {"files": {"image": ("x.png", PNG_MAGIC + b"\0" * 300_000)}, "data": {"box": "1,1,9,9"}},
+            413,
+            "upload_too_large",
+        ),
+        (
+            "film over the pixel limit",
+            {"files": {"image": ("big.png", big_png, "image/png")}, "data": {"box": "1,1,50,50"}},
+            413,
+            "image_too_large",
+        ),
         ("JSON instead of multipart", {"json": {"box": "1,1,9,9"}}, 422, "missing_field"),
-        ("multipart without boundary", {"data": b"garbage", "headers": {"content-type": "multipart/form-data"}},
-         400, "bad_request"),
+        (
+            "multipart without boundary",
+            {"data": b"garbage", "headers": {"content-type": "multipart/form-data"}},
+            400,
+            "bad_request",
+        ),
     ]
 
 
@@ -283,14 +342,20 @@ def test_every_bad_input_gets_its_4xx_and_the_service_stays_up(service):
 
     # a chunked upload (no Content-Length) over the limit is cut off while it arrives
     def chunks():
-        yield (b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
-               b"Content-Type: image/png\r\n\r\n")
+        yield (
+            b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n"
+        )
         for _ in range(40):
             yield b"\0" * 10_000
         yield b"\r\n--xyz--\r\n"
 
-    chunked = requests.post(service.base + "/v1/search", data=chunks(), timeout=120,
-                            headers={"content-type": "multipart/form-data; boundary=xyz"})
+    chunked = requests.post(
+        service.base + "/v1/search",
+        data=chunks(),
+        timeout=120,
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+    )
     _assert_error(chunked, 413, "upload_too_large")
     _assert_error(requests.get(service.base + "/v1/results/not-a-key/crop", timeout=30), 422, "bad_key")
     _assert_error(requests.get(service.base + "/v1/results/" + "0" * 32 + "/crop", timeout=30), 404, "not_found")
@@ -310,15 +375,22 @@ def test_auth_on_one_door_and_off_on_the_other(service):
     assert missing.headers["www-authenticate"].lower().startswith("bearer")
     wrong = requests.get(service.secure + "/v1/anatomies", headers={"Authorization": "Bearer nope"}, timeout=30)
     _assert_error(wrong, 401, "unauthorized")
-    _assert_error(service.search(files={"image": ("f.png", service.film)}, data={"box": "30,30,80,100"},
-                                 base=service.secure), 401, "unauthorized")
+    _assert_error(
+        service.search(files={"image": ("f.png", service.film)}, data={"box": "30,30,80,100"}, base=service.secure),
+        401,
+        "unauthorized",
+    )
     # a huge upload without the key is refused as unauthorised before its size matters
     _assert_error(service.search(files={"image": ("f.png", b"\0" * 400_000)}, base=service.secure), 401, "unauthorized")
 
     auth = {"Authorization": f"Bearer {API_KEY}"}
     assert requests.get(service.secure + "/v1/anatomies", headers=auth, timeout=30).status_code == 200
-    found = service.search(files={"image": ("f.png", service.film)}, data={"box": "30,30,80,100", "k": "2"},
-                           base=service.secure, headers=auth)
+    found = service.search(
+        files={"image": ("f.png", service.film)},
+        data={"box": "30,30,80,100", "k": "2"},
+        base=service.secure,
+        headers=auth,
+    )
     assert found.status_code == 200, found.text
     crop = requests.get(service.secure + found.json()["results"][0]["crop_url"], headers=auth, timeout=60)
     assert crop.status_code == 200 and crop.content.startswith(PNG_MAGIC)
@@ -344,10 +416,17 @@ def test_metrics_reach_the_ray_metrics_endpoint(service):
     _good_query(service)
     service.search(files={"image": ("film.png", service.film)}, data={"anatomy": "left lung", "k": "2"})
     service.search(files={"image": ("x.png", b"nope")}, data={"box": "1,1,9,9"})
-    wanted = ["ray_regionmir_serve_latency_seconds_bucket", 'stage="encode"', 'stage="search"',
-              "ray_regionmir_serve_queries_total", 'anatomy="left lung"', "ray_regionmir_serve_errors_total",
-              'reason="unsupported_media_type"', "ray_regionmir_serve_encoder_batch_requests",
-              "ray_regionmir_serve_index_rows"]
+    wanted = [
+        "ray_regionmir_serve_latency_seconds_bucket",
+        'stage="encode"',
+        'stage="search"',
+        "ray_regionmir_serve_queries_total",
+        'anatomy="left lung"',
+        "ray_regionmir_serve_errors_total",
+        'reason="unsupported_media_type"',
+        "ray_regionmir_serve_encoder_batch_requests",
+        "ray_regionmir_serve_index_rows",
+    ]
     deadline = time.monotonic() + 120
     text = ""
     while time.monotonic() < deadline:
@@ -376,27 +455,48 @@ def test_a_prometheus_server_scrapes_the_search_latency_histogram(service, tmp_p
         _good_query(service)
     port = free_port()
     config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump({
-        # 5 s: a scrape of Ray's endpoint can take seconds on a busy 2-core machine (timeout = interval)
-        "global": {"scrape_interval": "5s", "scrape_timeout": "5s", "evaluation_interval": "5s"},
-        "rule_files": [str(SERVING / "prometheus_alerts.yml")],
-        "scrape_configs": [{"job_name": "ray", "static_configs": [
-            {"targets": [f"127.0.0.1:{service.metrics_port}"]}]}],
-    }))
-    log = open(tmp_path / "prometheus.log", "w")
-    server = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                               f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    config.write_text(
+        yaml.safe_dump(
+            {
+                # 5 s: a scrape of Ray's endpoint can take seconds on a busy 2-core machine (timeout = interval)
+                "global": {"scrape_interval": "5s", "scrape_timeout": "5s", "evaluation_interval": "5s"},
+                "rule_files": [str(SERVING / "prometheus_alerts.yml")],
+                "scrape_configs": [
+                    {"job_name": "ray", "static_configs": [{"targets": [f"127.0.0.1:{service.metrics_port}"]}]}
+                ],
+            }
+        )
+    )
+    log = open(tmp_path / "prometheus.log", "w")  # noqa: SIM115 (Prometheus writes to it while it runs)
+    server = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     api = f"http://127.0.0.1:{port}/api/v1"
     try:
         deadline, found, quantile = time.monotonic() + 150, [], []
         while time.monotonic() < deadline and not (found and quantile):
             assert server.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
             try:
-                found = requests.get(f"{api}/query", timeout=5, params={
-                    "query": 'ray_regionmir_serve_latency_seconds_bucket{stage="search"}'}).json()["data"]["result"]
-                quantile = requests.get(f"{api}/query", timeout=5, params={
-                    "query": 'histogram_quantile(0.99, sum by (le, stage) '
-                             '(ray_regionmir_serve_latency_seconds_bucket{stage="total"}))'}).json()["data"]["result"]
+                found = requests.get(
+                    f"{api}/query",
+                    timeout=5,
+                    params={"query": 'ray_regionmir_serve_latency_seconds_bucket{stage="search"}'},
+                ).json()["data"]["result"]
+                quantile = requests.get(
+                    f"{api}/query",
+                    timeout=5,
+                    params={
+                        "query": "histogram_quantile(0.99, sum by (le, stage) "
+                        '(ray_regionmir_serve_latency_seconds_bucket{stage="total"}))'
+                    },
+                ).json()["data"]["result"]
             except (requests.RequestException, KeyError, ValueError):
                 found, quantile = [], []
             time.sleep(2)
@@ -427,23 +527,23 @@ def test_serve_fails_closed_without_an_api_key_or_with_the_public_salt(monkeypat
 
     for name in ("REGIONMIR_API_KEY", "REGIONMIR_API_KEY_FILE", "REGIONMIR_ID_SALT"):
         monkeypatch.delenv(name, raising=False)
-    assert serve_main(["--model", "m", "--milvus", "x.db"]) == 2          # refused before Ray starts
+    assert serve_main(["--model", "m", "--milvus", "x.db"]) == 2  # refused before Ray starts
     err = capsys.readouterr().err
     assert "refusing to start" in err and "no API key" in err and "REGIONMIR_ID_SALT" in err
     assert "--insecure-dev" in err
-    with pytest.raises(ConfigError, match="refusing to start"):              # the RayService entry too
+    with pytest.raises(ConfigError, match="refusing to start"):  # the RayService entry too
         app_builder({"model": "m", "milvus": "x.db"})
-    with pytest.raises(ConfigError, match="insecure_dev must be true or false"):   # "false" is truthy
+    with pytest.raises(ConfigError, match="insecure_dev must be true or false"):  # "false" is truthy
         app_builder({"model": "m", "milvus": "x.db", "insecure_dev": "false"})
     with pytest.raises(ConfigError, match="film_wait_s"):
         ServeSettings.from_dict({"model": "m", "milvus": "x.db", "limits": {"film_wait_s": 0}}).validate()
 
     settings = ServeSettings.from_dict({"model": "m", "milvus": "x.db", "auth": {"api_key": API_KEY}})
-    with pytest.raises(ConfigError, match="salt"):                           # a key alone is not enough
+    with pytest.raises(ConfigError, match="salt"):  # a key alone is not enough
         require_secure(settings, False, environ={"REGIONMIR_ID_SALT": DEFAULT_SALT})
     assert require_secure(settings, False, environ={"REGIONMIR_ID_SALT": "s3cret-" + "9" * 20}) == []
     problems = require_secure(ServeSettings.from_dict({"model": "m", "milvus": "x.db"}), True, environ={})
-    assert len(problems) == 2                                                # --insecure-dev: warned, not refused
+    assert len(problems) == 2  # --insecure-dev: warned, not refused
 
 
 def test_the_film_cache_survives_threads():

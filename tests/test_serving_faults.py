@@ -50,25 +50,35 @@ def test_milvus_killed_under_load_gives_503_then_the_service_recovers_by_itself(
     server.port = free_port()
     os.makedirs(server.data_dir, exist_ok=True)
     server.start()
-    answers: list[tuple[float, int, str, str | None]] = []   # (time, status, reason, Retry-After)
+    answers: list[tuple[float, int, str, str | None]] = []  # (time, status, reason, Retry-After)
     stop = threading.Event()
     try:
         demo = build_demo_subprocess(str(tmp_path / "demo"), images=6, size=128, seed=31, milvus=server.uri)
         film = Path(demo["query_films"][0]).read_bytes()
-        settings = ServeSettings.from_dict({
-            "model": demo["model"], "milvus": server.uri, "http": {"host": "127.0.0.1", "port": free_port()},
-            "limits": {"index_timeout_s": 3, "request_timeout_s": 15},
-            "encoder": {"min_replicas": 1, "max_replicas": 1}, "search": {"min_replicas": 1, "max_replicas": 1},
-            "ingress": {"min_replicas": 1, "max_replicas": 1},
-            "ray": {"num_cpus": 6, "metrics_export_port": free_port()}})
+        settings = ServeSettings.from_dict(
+            {
+                "model": demo["model"],
+                "milvus": server.uri,
+                "http": {"host": "127.0.0.1", "port": free_port()},
+                "limits": {"index_timeout_s": 3, "request_timeout_s": 15},
+                "encoder": {"min_replicas": 1, "max_replicas": 1},
+                "search": {"min_replicas": 1, "max_replicas": 1},
+                "ingress": {"min_replicas": 1, "max_replicas": 1},
+                "ray": {"num_cpus": 6, "metrics_export_port": free_port()},
+            }
+        )
         with ahead_of_other_work():
             base = start_service(settings, ready_timeout_s=420)
 
         def client() -> None:
             while not stop.is_set():
                 try:
-                    r = requests.post(base + "/v1/search", files={"image": ("film.png", film)},
-                                      data={"box": "20,20,70,90", "k": "3"}, timeout=60)
+                    r = requests.post(
+                        base + "/v1/search",
+                        files={"image": ("film.png", film)},
+                        data={"box": "20,20,70,90", "k": "3"},
+                        timeout=60,
+                    )
                     reason = r.json().get("error", {}).get("reason", "") if r.status_code != 200 else ""
                     answers.append((time.monotonic(), r.status_code, reason, r.headers.get("Retry-After")))
                 except requests.RequestException as exc:  # a hang or a dropped connection is a failure too
@@ -83,8 +93,8 @@ def test_milvus_killed_under_load_gives_503_then_the_service_recovers_by_itself(
 
         killed_at = time.monotonic()
         _kill_hard(server)
-        time.sleep(10)                                       # queries meet a dead index
-        server.start()                                        # same data, same port; returns when it answers
+        time.sleep(10)  # queries meet a dead index
+        server.start()  # same data, same port; returns when it answers
         healthy_at = time.monotonic()
         deadline = healthy_at + RECOVERY_GOAL_S + 10
         while time.monotonic() < deadline and not any(t > healthy_at and s == 200 for t, s, _, _ in answers):
@@ -107,7 +117,9 @@ def test_milvus_killed_under_load_gives_503_then_the_service_recovers_by_itself(
     assert down and all(reason == "index_unavailable" and retry for _, _, reason, retry in down), down[:3]
     recovered = [t for t, s, _, _ in answers if t > healthy_at and s == 200]
     assert recovered, "the service did not answer 200 again"
-    print(f"\n[faults] {len(down)} × 503 while down; first 200 {recovered[0] - healthy_at:.1f} s after "
-          f"Milvus answered its health check again; statuses {sorted({s for _, s, _, _ in answers})}")
+    print(
+        f"\n[faults] {len(down)} × 503 while down; first 200 {recovered[0] - healthy_at:.1f} s after "
+        f"Milvus answered its health check again; statuses {sorted({s for _, s, _, _ in answers})}"
+    )
     assert recovered[0] - healthy_at <= RECOVERY_GOAL_S
     assert all(s in (200, 503) for _, s, _, _ in answers), sorted({(s, r) for _, s, r, _ in answers})

@@ -28,7 +28,7 @@ from local_process import ahead_of_other_work, free_port
 
 from serving.config import ServeSettings
 
-MAX_REPLICA_RSS = 2 * 1024 ** 3
+MAX_REPLICA_RSS = 2 * 1024**3
 integration = pytest.mark.integration
 
 
@@ -63,7 +63,7 @@ class ReplicaMemory:
                     self.peak, self.peak_process = rss, " ".join(process.cmdline()[:1])
             time.sleep(self.every_s)
 
-    def __enter__(self) -> "ReplicaMemory":
+    def __enter__(self) -> ReplicaMemory:
         replicas = self.replicas()
         assert replicas, "no Serve replica process found to watch"
         self.at_rest = max(p.memory_info().rss for p in replicas)
@@ -84,13 +84,17 @@ def service(tmp_path_factory):
     from serving.deployments import start_service
 
     demo = build_demo_subprocess(str(tmp_path_factory.mktemp("hostile_demo")), images=6, size=160, seed=5)
-    settings = ServeSettings.from_dict({
-        "model": demo["model"], "milvus": demo["milvus"],
-        "http": {"host": "127.0.0.1", "port": free_port()},
-        # the shipped limits (32 MB uploads, 60 Mpx, longer side 8192, 4:1, one film in memory per replica)
-        "encoder": {"min_replicas": 1, "max_replicas": 1, "max_batch_size": 8, "batch_wait_timeout_ms": 5},
-        "ingress": {"min_replicas": 1, "max_replicas": 1},
-        "ray": {"num_cpus": 6, "metrics_export_port": free_port()}})
+    settings = ServeSettings.from_dict(
+        {
+            "model": demo["model"],
+            "milvus": demo["milvus"],
+            "http": {"host": "127.0.0.1", "port": free_port()},
+            # the shipped limits (32 MB uploads, 60 Mpx, longer side 8192, 4:1, one film in memory per replica)
+            "encoder": {"min_replicas": 1, "max_replicas": 1, "max_batch_size": 8, "batch_wait_timeout_ms": 5},
+            "ingress": {"min_replicas": 1, "max_replicas": 1},
+            "ray": {"num_cpus": 6, "metrics_export_port": free_port()},
+        }
+    )
     try:
         with ahead_of_other_work():
             base = start_service(settings, ready_timeout_s=420)
@@ -122,22 +126,50 @@ def test_the_hostile_table_gets_its_answers_in_bounded_memory(service):
     base, film = service
     strip = strip_png(39000, 1500)
     rows = [
-        ("39000 x 1500 PNG, box over the whole film", lambda: _search(base, strip, box="0,0,39000,1500"),
-         413, "image_too_large"),
-        ("the same film, anatomy only", lambda: _search(base, strip, anatomy="cardiac silhouette"),
-         413, "image_too_large"),
-        ("deflated DICOM inflating to 1 GiB", lambda: _search(base, deflate_bomb_dicom(1024 ** 3), "bomb.dcm",
-                                                               box="1,1,50,50"), 413, "image_too_large"),
+        (
+            "39000 x 1500 PNG, box over the whole film",
+            lambda: _search(base, strip, box="0,0,39000,1500"),
+            413,
+            "image_too_large",
+        ),
+        (
+            "the same film, anatomy only",
+            lambda: _search(base, strip, anatomy="cardiac silhouette"),
+            413,
+            "image_too_large",
+        ),
+        (
+            "deflated DICOM inflating to 1 GiB",
+            lambda: _search(base, deflate_bomb_dicom(1024**3), "bomb.dcm", box="1,1,50,50"),
+            413,
+            "image_too_large",
+        ),
         ("anatomy=² (a Unicode digit)", lambda: _search(base, film, anatomy="²"), 422, "unknown_anatomy"),
-        ("result key with a trailing newline",
-         lambda: requests.get(base + "/v1/results/" + "0" * 32 + "%0A/crop", timeout=30), 422, "bad_key"),
-        ("DICOM with RescaleSlope NaN", lambda: _search(base, nan_rescale_dicom(), "nan.dcm", box="1,1,50,50"),
-         422, "bad_pixel_values"),
+        (
+            "result key with a trailing newline",
+            lambda: requests.get(base + "/v1/results/" + "0" * 32 + "%0A/crop", timeout=30),
+            422,
+            "bad_key",
+        ),
+        (
+            "DICOM with RescaleSlope NaN",
+            lambda: _search(base, nan_rescale_dicom(), "nan.dcm", box="1,1,50,50"),
+            422,
+            "bad_pixel_values",
+        ),
         # our additions
-        ("JPEG 2000 whose code stream declares 200000 x 200000",
-         lambda: _search(base, forged_jpeg2000_dicom(), "j2k.dcm", box="1,1,50,50"), 413, "image_too_large"),
-        ("a 10:1 strip within the side limit", lambda: _search(base, strip_png(4000, 400), box="1,1,50,50"),
-         422, "bad_image_shape"),
+        (
+            "JPEG 2000 whose code stream declares 200000 x 200000",
+            lambda: _search(base, forged_jpeg2000_dicom(), "j2k.dcm", box="1,1,50,50"),
+            413,
+            "image_too_large",
+        ),
+        (
+            "a 10:1 strip within the side limit",
+            lambda: _search(base, strip_png(4000, 400), box="1,1,50,50"),
+            422,
+            "bad_image_shape",
+        ),
         ("k as a Unicode digit", lambda: _search(base, film, box="30,30,80,100", k="³"), 422, "bad_k"),
     ]
     with ReplicaMemory() as memory:
@@ -160,7 +192,9 @@ def test_the_hostile_table_gets_its_answers_in_bounded_memory(service):
         accepted = _search(base, grey16_png(4096), box="100,100,1100,1100", k="3")
         assert accepted.status_code == 200, accepted.text[:300]
         _good_query(base, film)
-    print(f"\n[hostile] concurrent RGB statuses {statuses}; replica RSS at rest {memory.at_rest / 2 ** 20:.0f} MiB, "
-          f"peak {memory.peak / 2 ** 20:.0f} MiB ({memory.peak_process})")
-    assert memory.peak < MAX_REPLICA_RSS, f"{memory.peak_process} reached {memory.peak / 2 ** 20:.0f} MiB"
+    print(
+        f"\n[hostile] concurrent RGB statuses {statuses}; replica RSS at rest {memory.at_rest / 2**20:.0f} MiB, "
+        f"peak {memory.peak / 2**20:.0f} MiB ({memory.peak_process})"
+    )
+    assert memory.peak < MAX_REPLICA_RSS, f"{memory.peak_process} reached {memory.peak / 2**20:.0f} MiB"
     assert requests.get(base + "/healthz", timeout=30).status_code == 200

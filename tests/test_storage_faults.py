@@ -15,10 +15,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from tcp_relay import TcpRelay
 
 from regionmir import storage
 from regionmir.errors import DatasetError, MissingImageError, StorageError
-from tcp_relay import TcpRelay
 
 integration = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def test_a_read_through_a_short_outage_is_retried_and_returns_the_bytes(relayed)
     uri, options, relay = relayed
     assert storage.read_bytes(uri, options) == b"film bytes"
     relay.down = True
-    threading.Timer(0.4, lambda: setattr(relay, "down", False)).start()   # back within the retries
+    threading.Timer(0.4, lambda: setattr(relay, "down", False)).start()  # back within the retries
     assert storage.read_bytes(uri, options) == b"film bytes"
 
 
@@ -60,13 +60,16 @@ def test_the_index_jobs_counter_stops_on_storage_errors_instead_of_counting_bad_
 
     def batch(reasons: list[str]) -> dict[str, np.ndarray]:
         n = len(reasons)
-        return {"anatomy_id": np.full(n, -1), "skip_reason": np.asarray(reasons, dtype=object),
-                "image_id": np.asarray([f"film-{i}" for i in range(n)], dtype=object)}
+        return {
+            "anatomy_id": np.full(n, -1),
+            "skip_reason": np.asarray(reasons, dtype=object),
+            "image_id": np.asarray([f"film-{i}" for i in range(n)], dtype=object),
+        }
 
     counter = SkippedFilms("data", total=100, max_bad_fraction=0.05)
-    counter.filter(batch(["unreadable_image", "missing_image"]))     # bad films: counted, the job goes on
+    counter.filter(batch(["unreadable_image", "missing_image"]))  # bad films: counted, the job goes on
     assert counter.count == 2
     with pytest.raises(StorageError, match="re-run the job once storage answers"):
-        counter.filter(batch(["storage"]))                          # storage down: the job stops at once
-    with pytest.raises(DatasetError):                               # and too many bad films still stop it
+        counter.filter(batch(["storage"]))  # storage down: the job stops at once
+    with pytest.raises(DatasetError):  # and too many bad films still stop it
         SkippedFilms("data", total=10, max_bad_fraction=0.05).filter(batch(["unreadable_image"]))

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pydicom
 import pytest
+from tree_digest import tree_digest
 
 from regionmir.anatomy import ANATOMY_NAMES
-from tree_digest import tree_digest
 from regionmir.cli import main
 from regionmir.synth.dataset_writer import phantom_params, write_phantom_dataset
 from regionmir.synth.phantom_dicom import pixel_values
@@ -82,7 +82,7 @@ def test_boxes_sit_on_the_anatomy():
 
     def mean_in(name):
         box = b[name]
-        return float(img[int(box.y1):int(box.y2), int(box.x1):int(box.x2)].mean())
+        return float(img[int(box.y1) : int(box.y2), int(box.x1) : int(box.x2)].mean())
 
     # the patient's right lung is on the image's left
     assert b["right lung"].center[0] < 128 < b["left lung"].center[0]
@@ -151,6 +151,8 @@ def test_preview_contact_sheet(tmp_path):
     from PIL import Image
 
     out = tmp_path / "p"
-    assert main(["synth", "--out", str(out), "--images", "3", "--size", "128", "--seed", "0", "--preview", "--quiet"]) == 0
+    assert (
+        main(["synth", "--out", str(out), "--images", "3", "--size", "128", "--seed", "0", "--preview", "--quiet"]) == 0
+    )
     sheet = Image.open(out / "preview.png")
     assert sheet.width > 256 and sheet.mode == "RGB"

@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
+from tree_digest import tree_digest
 
 from regionmir.anatomy import ANATOMY_NAMES
-from tree_digest import tree_digest
 from regionmir.synth.dataset_writer import phantom_identity, phantom_params, scene_graph, write_phantom_dataset
 from regionmir.synth.phantom_film import render_film
 from regionmir.synth.phantom_params import DEVICES, Finding, PhantomParams, sample_params
@@ -67,7 +67,7 @@ def test_a_flipped_film_mirrors_pixels_and_boxes_but_keeps_the_patients_names():
     # the patient's right lung now lies on the image's right; the lead "L" moved to the image's left
     assert flipped.boxes["right lung"].center[0] > SIZE / 2 > flipped.boxes["left lung"].center[0]
     top = slice(0, SIZE // 6)
-    assert upright.image[top, SIZE // 2:].max() > 0.99 and flipped.image[top, :SIZE // 2].max() > 0.99
+    assert upright.image[top, SIZE // 2 :].max() > 0.99 and flipped.image[top, : SIZE // 2].max() > 0.99
 
 
 def test_a_zoomed_and_shifted_field_cuts_the_apices_and_keeps_boxes_exact():
@@ -109,9 +109,17 @@ def test_devices_are_drawn_where_they_belong_and_recorded():
 
 def test_acquisition_changes_processing_not_anatomy():
     base = PhantomParams(vessel_seed=9)
-    dr = dataclasses.replace(base, processing="DR", enhance_fine=0.5, enhance_coarse=0.4, lut_width=1.2,
-                             detector_noise=0.005, grid_lines=0.01, collimation=(0.03, 0.02, 0.03, 0.02),
-                             text=("PORTABLE",))
+    dr = dataclasses.replace(
+        base,
+        processing="DR",
+        enhance_fine=0.5,
+        enhance_coarse=0.4,
+        lut_width=1.2,
+        detector_noise=0.005,
+        grid_lines=0.01,
+        collimation=(0.03, 0.02, 0.03, 0.02),
+        text=("PORTABLE",),
+    )
     a, b = render_film(base, SIZE), render_film(dr, SIZE)
     assert a.boxes == b.boxes
     assert not np.array_equal(a.image, b.image)

@@ -30,10 +30,13 @@ def test_a_phase_refuses_nonsense():
         Phase("x", "finetune", 0)
 
 
-@pytest.mark.parametrize("phases, message", [
-    ([Phase("a", "finetune", 1), Phase("a", "pretrain", 1)], "unique"),
-    ([Phase("ft", "finetune", 1, init="phase:pre"), Phase("pre", "pretrain", 1)], "not an earlier phase"),
-])
+@pytest.mark.parametrize(
+    "phases, message",
+    [
+        ([Phase("a", "finetune", 1), Phase("a", "pretrain", 1)], "unique"),
+        ([Phase("ft", "finetune", 1, init="phase:pre"), Phase("pre", "pretrain", 1)], "not an earlier phase"),
+    ],
+)
 def test_a_run_refuses_a_plan_that_cannot_be_trained_before_starting_ray(tmp_path, phases, message):
     options = TrainOptions(data=str(tmp_path / "data"), out=str(tmp_path / "out"))
     with pytest.raises(ValueError, match=message):
@@ -42,13 +45,33 @@ def test_a_run_refuses_a_plan_that_cannot_be_trained_before_starting_ray(tmp_pat
 
 
 def test_the_markdown_table_has_every_arm_the_paper_and_every_anatomy():
-    rows = [{"arm": arm, "name": ARMS[arm], "test_accuracy": acc, "balanced_accuracy": acc, "val_accuracy": 0.9,
-             "per_anatomy": {"left lung": acc, "right lung": 1.0}, "train_minutes": 1.5,
-             "epochs": {f"{arm}-1": 2}, "val_accuracy_by_epoch": [] if arm == "a" else [0.4, 0.975]}
-            for arm, acc in (("a", 0.5), ("c", 0.975))]
-    table = markdown_table({"rows": rows, "paper": {"region pretraining (paper)": 94.12}, "data": "D",
-                            "train_films": 70, "train_crops": 2030, "test_films": 20, "preset": "p",
-                            "workers": 2, "minutes": 12.5})
+    rows = [
+        {
+            "arm": arm,
+            "name": ARMS[arm],
+            "test_accuracy": acc,
+            "balanced_accuracy": acc,
+            "val_accuracy": 0.9,
+            "per_anatomy": {"left lung": acc, "right lung": 1.0},
+            "train_minutes": 1.5,
+            "epochs": {f"{arm}-1": 2},
+            "val_accuracy_by_epoch": [] if arm == "a" else [0.4, 0.975],
+        }
+        for arm, acc in (("a", 0.5), ("c", 0.975))
+    ]
+    table = markdown_table(
+        {
+            "rows": rows,
+            "paper": {"region pretraining (paper)": 94.12},
+            "data": "D",
+            "train_films": 70,
+            "train_crops": 2030,
+            "test_films": 20,
+            "preset": "p",
+            "workers": 2,
+            "minutes": 12.5,
+        }
+    )
     assert "| a | supervised from scratch | 2 | – | 90.00 % | 50.00 % |" in table
     assert "| c | SupCon region pretraining + fine-tune | 2 | 40.0 → 97.5 | 90.00 % | 97.50 % |" in table
     assert "94.12 %" in table and "70 training films" in table
@@ -69,8 +92,10 @@ def test_the_placement_choices_of_the_command_are_the_ones_a_run_accepts(tmp_pat
     with pytest.raises(SystemExit):
         parser.parse_args(["--data", "d", "--out", "o", "--placement", "EVERYWHERE"])
     with pytest.raises(ValueError, match="placement must be one of"):
-        run_phases(TrainOptions(data=str(tmp_path), out=str(tmp_path / "o"), placement="EVERYWHERE"),
-                   [Phase("pretrain", "pretrain", 1)])
+        run_phases(
+            TrainOptions(data=str(tmp_path), out=str(tmp_path / "o"), placement="EVERYWHERE"),
+            [Phase("pretrain", "pretrain", 1)],
+        )
 
 
 def test_a_models_contract_records_where_it_started_as_a_uri_not_the_plan_encoding():

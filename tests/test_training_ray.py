@@ -20,14 +20,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def regionmir(args: list[str], env: dict[str, str], timeout: float = 1500) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "regionmir.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "regionmir.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture()
 def s3_env(s3_server):
-    env = dict(os.environ, REGIONMIR_S3_ENDPOINT=s3_server.endpoint_url, AWS_ACCESS_KEY_ID="testing",
-               AWS_SECRET_ACCESS_KEY="testing", RAY_AUTH_MODE="disabled")
+    env = dict(
+        os.environ,
+        REGIONMIR_S3_ENDPOINT=s3_server.endpoint_url,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        RAY_AUTH_MODE="disabled",
+    )
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -37,10 +43,11 @@ def test_two_workers_pretrain_from_s3_then_finetune_from_its_checkpoint(s3_serve
     data, pre, fine = f"{bucket}/phantoms", f"{bucket}/runs/pretrain", f"{bucket}/runs/finetune"
     assert regionmir(["synth", "--out", data, "--images", "20", "--size", "160", "--quiet"], s3_env).returncode == 0
 
-    run = regionmir(["pretrain", "--data", data, "--out", pre, "--workers", "2", "--epochs", "1",
-                     "--batch-size", "16"], s3_env)
+    run = regionmir(
+        ["pretrain", "--data", data, "--out", pre, "--workers", "2", "--epochs", "1", "--batch-size", "16"], s3_env
+    )
     assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-3000:]
-    summary = json.loads(run.stdout[run.stdout.index("{"):])
+    summary = json.loads(run.stdout[run.stdout.index("{") :])
     assert summary["final_metrics"]["epoch"] == 1 and summary["model_version"].startswith("pretrain-")
 
     fs = s3_server.filesystem()
@@ -52,10 +59,26 @@ def test_two_workers_pretrain_from_s3_then_finetune_from_its_checkpoint(s3_serve
     assert fs.glob(f"{root}/ray/run/**/contract.json"), "epoch checkpoints are written to S3"
     assert fs.exists(f"{root.split('/')[0]}/phantoms/crop-cache")  # the crop cache sits beside the data
 
-    run = regionmir(["finetune", "--data", data, "--init", pre, "--out", fine, "--workers", "2",
-                     "--epochs", "1", "--batch-size", "16"], s3_env)
+    run = regionmir(
+        [
+            "finetune",
+            "--data",
+            data,
+            "--init",
+            pre,
+            "--out",
+            fine,
+            "--workers",
+            "2",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+        ],
+        s3_env,
+    )
     assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-3000:]
-    summary = json.loads(run.stdout[run.stdout.index("{"):])
+    summary = json.loads(run.stdout[run.stdout.index("{") :])
     assert 0.0 <= summary["best_metrics"]["val_accuracy"] <= 1.0
     fs.invalidate_cache()
     contract = json.loads(fs.cat_file(f"{fine.split('://', 1)[1]}/best/contract.json"))
@@ -76,10 +99,30 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_finishes_every_epoch(tm
     env.pop("RAY_ADDRESS", None)
     data, out = tmp_path / "phantoms", tmp_path / "run"
     assert regionmir(["synth", "--out", str(data), "--images", "20", "--size", "160", "--quiet"], env).returncode == 0
-    process = subprocess.Popen([sys.executable, "-m", "regionmir.cli", "pretrain", "--data", str(data),
-                                "--out", str(out), "--workers", "2", "--epochs", "3", "--batch-size", "16",
-                                "--max-failures", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "regionmir.cli",
+            "pretrain",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "16",
+            "--max-failures",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     killed = None
     deadline = time.monotonic() + 1200
     snapshot = out / "ray" / "run" / "checkpoint_manager_snapshot.json"
@@ -100,8 +143,10 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_finishes_every_epoch(tm
     summary = json.loads((out / "summary.json").read_text())
     assert summary["phases"]["pretrain"]["final_metrics"]["epoch"] == 3
     # resumed, not restarted: each epoch was trained (and checkpointed) exactly once
-    trained = sorted(json.loads(path.read_text())["training"]["epoch"]
-                     for path in (out / "ray" / "run").glob("checkpoint_*/contract.json"))
+    trained = sorted(
+        json.loads(path.read_text())["training"]["epoch"]
+        for path in (out / "ray" / "run").glob("checkpoint_*/contract.json")
+    )
     assert trained == [1, 2, 3]
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs[-1] == 3
@@ -115,14 +160,38 @@ def test_ablate_grid_fine_tunes_on_the_labelled_films_and_summarises_seeds(tmp_p
     env.pop("RAY_ADDRESS", None)
     data, out = str(tmp_path / "data"), str(tmp_path / "out")
     assert regionmir(["synth", "--out", data, "--images", "20", "--size", "160", "--quiet"], env).returncode == 0
-    run = regionmir(["ablate", "--data", data, "--out", out, "--arms", "ac", "--pretrain-epochs", "1",
-                     "--finetune-epochs", "1", "--batch-size", "16", "--seeds", "2", "--label-fraction", "0.25,1"], env)
+    run = regionmir(
+        [
+            "ablate",
+            "--data",
+            data,
+            "--out",
+            out,
+            "--arms",
+            "ac",
+            "--pretrain-epochs",
+            "1",
+            "--finetune-epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--seeds",
+            "2",
+            "--label-fraction",
+            "0.25,1",
+        ],
+        env,
+    )
     assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-3000:]
-    train_films = json.loads((tmp_path / "out" / "fraction-1" / "seed-0" / "summary.json").read_text())["films"]["train"]
+    train_films = json.loads((tmp_path / "out" / "fraction-1" / "seed-0" / "summary.json").read_text())["films"][
+        "train"
+    ]
     quarter = json.loads((tmp_path / "out" / "fraction-0.25" / "seed-1" / "summary.json").read_text())
     assert quarter["labelled_train_films"] == -(-train_films // 4)  # ceil
-    epochs = [json.loads(line) for line in (tmp_path / "out" / "fraction-0.25" / "seed-1" / "metrics.jsonl")
-              .read_text().splitlines()]
+    epochs = [
+        json.loads(line)
+        for line in (tmp_path / "out" / "fraction-0.25" / "seed-1" / "metrics.jsonl").read_text().splitlines()
+    ]
     fine = next(m for m in epochs if m["phase"] == "c-supcon-finetune")
     pre = next(m for m in epochs if m["phase"] == "c-supcon-pretrain")
     assert fine["train_crops"] < pre["train_crops"]  # fine-tuning saw the labelled quarter, pretraining all
@@ -133,7 +202,27 @@ def test_ablate_grid_fine_tunes_on_the_labelled_films_and_summarises_seeds(tmp_p
         [difference] = table["differences"]
         assert difference["low"] <= difference["mean"] <= difference["high"] and "map@10" in difference
     assert "± " in (tmp_path / "out" / "ablation_summary.md").read_text()
-    again = regionmir(["ablate", "--data", data, "--out", out, "--arms", "ac", "--pretrain-epochs", "1",
-                       "--finetune-epochs", "1", "--batch-size", "16", "--seeds", "2", "--label-fraction", "0.25,1",
-                       "--resume"], env)
+    again = regionmir(
+        [
+            "ablate",
+            "--data",
+            data,
+            "--out",
+            out,
+            "--arms",
+            "ac",
+            "--pretrain-epochs",
+            "1",
+            "--finetune-epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--seeds",
+            "2",
+            "--label-fraction",
+            "0.25,1",
+            "--resume",
+        ],
+        env,
+    )
     assert again.returncode == 0 and again.stdout.count("exists: kept (--resume)") == 4

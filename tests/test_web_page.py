@@ -33,10 +33,17 @@ def service(tmp_path_factory):
     from serving.deployments import start_service
 
     demo = build_demo_subprocess(str(tmp_path_factory.mktemp("page_demo")), images=4, size=160, seed=4)
-    settings = ServeSettings.from_dict({
-        "model": demo["model"], "milvus": demo["milvus"], "http": {"host": "127.0.0.1", "port": free_port()},
-        "auth": {"api_key": API_KEY}, "ray": {"num_cpus": 4},
-        "encoder": {"min_replicas": 1, "max_replicas": 1}, "ingress": {"min_replicas": 1, "max_replicas": 1}})
+    settings = ServeSettings.from_dict(
+        {
+            "model": demo["model"],
+            "milvus": demo["milvus"],
+            "http": {"host": "127.0.0.1", "port": free_port()},
+            "auth": {"api_key": API_KEY},
+            "ray": {"num_cpus": 4},
+            "encoder": {"min_replicas": 1, "max_replicas": 1},
+            "ingress": {"min_replicas": 1, "max_replicas": 1},
+        }
+    )
     try:
         with ahead_of_other_work():
             base = start_service(settings, ready_timeout_s=420)
@@ -52,9 +59,18 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--no-first-run", "--disable-dev-shm-usage"])
+        chromium = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+            ],
+        )
         try:
             yield chromium
         finally:
@@ -100,8 +116,9 @@ def test_upload_draw_search_and_open_a_result(service, browser, tmp_path):
     page.locator("#k").fill("8")
     page.click("#search")
     page.wait_for_function("document.querySelectorAll('#results .result').length === 8")
-    page.wait_for_function("Array.from(document.querySelectorAll('#results .result img'))"
-                           ".every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(
+        "Array.from(document.querySelectorAll('#results .result img')).every(i => i.complete && i.naturalWidth > 0)"
+    )
     assert "drawn by you" in page.locator("#query").inner_text()
     assert "results in" in page.locator("#status").inner_text()
 
@@ -113,8 +130,9 @@ def test_upload_draw_search_and_open_a_result(service, browser, tmp_path):
 
     page.locator("#results .result").first.click()
     page.wait_for_selector("#viewer", state="visible")
-    page.wait_for_function("document.getElementById('viewerimg').complete && "
-                           "document.getElementById('viewerimg').naturalWidth > 0")
+    page.wait_for_function(
+        "document.getElementById('viewerimg').complete && document.getElementById('viewerimg').naturalWidth > 0"
+    )
     assert "score" in page.locator("#viewercap").inner_text()
     page.screenshot(path=str(tmp_path / "regionmir_result_film.png"))
     page.click("#viewerclose")

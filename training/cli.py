@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from regionmir.command_help import command_parser
 from regionmir.errors import RegionMIRError
@@ -18,8 +18,10 @@ from .run import TrainOptions, run_training
 
 DEFAULT_EPOCHS = 8
 
-SCALING_HELP = ("Defaults fit a 2-core laptop (resnet10-cpu preset, 32 px crops, 2 CPU workers). On a "
-                "GPU cluster: --gpu --workers N --preset resnet18 --batch-size 256 --epochs 50.")
+SCALING_HELP = (
+    "Defaults fit a 2-core laptop (resnet10-cpu preset, 32 px crops, 2 CPU workers). On a "
+    "GPU cluster: --gpu --workers N --preset resnet18 --batch-size 256 --epochs 50."
+)
 
 
 def _common(parser: argparse.ArgumentParser, stage: str) -> None:
@@ -32,21 +34,28 @@ def _common(parser: argparse.ArgumentParser, stage: str) -> None:
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
     parser.add_argument("--batch-size", type=int, default=64, help="per worker")
     parser.add_argument("--lr", type=float, default=TrainOptions.lr)
-    parser.add_argument("--temperature", type=float, default=TrainOptions.temperature,
-                        help="contrastive loss temperature")
+    parser.add_argument(
+        "--temperature", type=float, default=TrainOptions.temperature, help="contrastive loss temperature"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="resnet10-cpu", help="encoder preset (regionmir/presets)")
     parser.add_argument("--regions", choices=("standard29", "all36"), default="standard29")
-    parser.add_argument("--crop-cache", default="auto",
-                        help="auto (DATA/crop-cache), off (decode films every epoch), or a folder/URI")
+    parser.add_argument(
+        "--crop-cache", default="auto", help="auto (DATA/crop-cache), off (decode films every epoch), or a folder/URI"
+    )
     parser.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from")
-    parser.add_argument("--max-bad-fraction", type=float, default=0.05,
-                        help="stop when more than this fraction of films cannot be read")
+    parser.add_argument(
+        "--max-bad-fraction", type=float, default=0.05, help="stop when more than this fraction of films cannot be read"
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run already in --out")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
-    parser.add_argument("--placement", choices=("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"), default="PACK",
-                        help="where the workers go on a cluster: PACK (fewest nodes, default), SPREAD (across "
-                             "nodes, best effort), STRICT_SPREAD (one node per worker)")
+    parser.add_argument(
+        "--placement",
+        choices=("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"),
+        default="PACK",
+        help="where the workers go on a cluster: PACK (fewest nodes, default), SPREAD (across "
+        "nodes, best effort), STRICT_SPREAD (one node per worker)",
+    )
 
 
 def _run(options: TrainOptions) -> int:
@@ -60,32 +69,57 @@ def _run(options: TrainOptions) -> int:
 
 
 def pretrain_main(argv: Sequence[str]) -> int:
-    parser = command_parser(prog="regionmir pretrain", epilog=SCALING_HELP,
-                                     description="Region-contrastive pretraining on ROI crops (Ray Train).")
+    parser = command_parser(
+        prog="regionmir pretrain",
+        epilog=SCALING_HELP,
+        description="Region-contrastive pretraining on ROI crops (Ray Train).",
+    )
     _common(parser, "pretrain")
-    parser.add_argument("--objective", choices=("simclr", "supcon"), default="supcon",
-                        help="supcon (supervised contrastive over the region names, default) or simclr "
-                             "(label-free)")
+    parser.add_argument(
+        "--objective",
+        choices=("simclr", "supcon"),
+        default="supcon",
+        help="supcon (supervised contrastive over the region names, default) or simclr (label-free)",
+    )
     args = parser.parse_args(list(argv))
     return _run(TrainOptions(stage="pretrain", objective=args.objective, **_shared(args)))
 
 
 def finetune_main(argv: Sequence[str]) -> int:
-    parser = command_parser(prog="regionmir finetune", epilog=SCALING_HELP,
-                                     description="Anatomy fine-tuning from a pretrained model or from scratch.")
+    parser = command_parser(
+        prog="regionmir finetune",
+        epilog=SCALING_HELP,
+        description="Anatomy fine-tuning from a pretrained model or from scratch.",
+    )
     _common(parser, "finetune")
     parser.add_argument("--init", help="pretrained model folder (a pretrain --out, or its best/)")
     parser.add_argument("--cotrain", action="store_true", help="add the contrastive loss (co-training)")
-    parser.add_argument("--objective", choices=("simclr", "supcon"), default="simclr",
-                        help="contrastive loss used with --cotrain")
+    parser.add_argument(
+        "--objective", choices=("simclr", "supcon"), default="simclr", help="contrastive loss used with --cotrain"
+    )
     args = parser.parse_args(list(argv))
-    return _run(TrainOptions(stage="finetune", init=args.init, cotrain=args.cotrain, objective=args.objective,
-                             **_shared(args)))
+    return _run(
+        TrainOptions(stage="finetune", init=args.init, cotrain=args.cotrain, objective=args.objective, **_shared(args))
+    )
 
 
 def _shared(args: argparse.Namespace) -> dict:
-    return dict(data=args.data, out=args.out, workers=args.workers, gpu=args.gpu, epochs=args.epochs,
-                batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, seed=args.seed,
-                preset=args.preset, regions=args.regions, crop_cache=args.crop_cache,
-                max_failures=args.max_failures, max_bad_fraction=args.max_bad_fraction, resume=args.resume,
-                address=args.address, placement=args.placement)
+    return dict(
+        data=args.data,
+        out=args.out,
+        workers=args.workers,
+        gpu=args.gpu,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        temperature=args.temperature,
+        seed=args.seed,
+        preset=args.preset,
+        regions=args.regions,
+        crop_cache=args.crop_cache,
+        max_failures=args.max_failures,
+        max_bad_fraction=args.max_bad_fraction,
+        resume=args.resume,
+        address=args.address,
+        placement=args.placement,
+    )

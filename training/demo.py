@@ -36,33 +36,46 @@ def _step(message: str) -> None:
     print(f"[demo] {message}", file=sys.stderr, flush=True)
 
 
-def train_and_test(data: str, out: str, pretrain_epochs: int, finetune_epochs: int, objective: str,
-                   workers: int = 2) -> dict:
+def train_and_test(
+    data: str, out: str, pretrain_epochs: int, finetune_epochs: int, objective: str, workers: int = 2
+) -> dict:
     options = TrainOptions(data=data, out=os.path.join(out, "training"), workers=workers, also_cache=("test",))
-    phases = [Phase("pretrain", "pretrain", pretrain_epochs, objective=objective),
-              Phase("finetune", "finetune", finetune_epochs, init="phase:pretrain")]
-    _step(f"training on Ray: {objective} pretraining ({pretrain_epochs} epochs), then fine-tuning "
-          f"({finetune_epochs} epochs) from it")
+    phases = [
+        Phase("pretrain", "pretrain", pretrain_epochs, objective=objective),
+        Phase("finetune", "finetune", finetune_epochs, init="phase:pretrain"),
+    ]
+    _step(
+        f"training on Ray: {objective} pretraining ({pretrain_epochs} epochs), then fine-tuning "
+        f"({finetune_epochs} epochs) from it"
+    )
     summary = run_phases(options, phases)
     model = summary["phases"]["finetune"]["best"]
     _step(f"testing {model} on the test split")
     records, _ = list_images(data, None, ("test",))
-    pipeline = RoiPipelineConfig(crop=CropConfig(size=load_preset(options.preset).crop_size),
-                                 anatomy_ids=region_ids(options.regions))
+    pipeline = RoiPipelineConfig(
+        crop=CropConfig(size=load_preset(options.preset).crop_size), anatomy_ids=region_ids(options.regions)
+    )
     test = cached_roi_datasets(records, pipeline, default_cache_root(options), None)["datasets"]["test"]
     report = evaluate_classifier(model, test)
     picture = os.path.join(out, "confusion_matrix.png")
     names = [ANATOMY_NAMES[a] for a in region_ids(options.regions)]
     matrix = confusion_matrix(np.asarray(report["y_true"]), np.asarray(report["y_pred"]), len(names))
-    plot_confusion_matrix(matrix, names, picture,
-                          title=f"Fine-tuned model on the test split: accuracy {report['accuracy']:.1%}")
+    plot_confusion_matrix(
+        matrix, names, picture, title=f"Fine-tuned model on the test split: accuracy {report['accuracy']:.1%}"
+    )
     worst = sorted(report["per_class"].items(), key=lambda kv: kv[1]["accuracy"])[:3]
-    return {"model": model, "model_version": report["model_version"], "test_accuracy": report["accuracy"],
-            "balanced_test_accuracy": report["balanced_accuracy"], "test_crops": len(report["y_true"]),
-            "worst_regions": {name: round(v["accuracy"], 4) for name, v in worst},
-            "pretrain_final_loss": summary["phases"]["pretrain"]["final_metrics"]["loss"],
-            "best_val_accuracy": summary["phases"]["finetune"]["best_metrics"].get("val_accuracy"),
-            "confusion_matrix": picture, "training_seconds": summary["seconds"]}
+    return {
+        "model": model,
+        "model_version": report["model_version"],
+        "test_accuracy": report["accuracy"],
+        "balanced_test_accuracy": report["balanced_accuracy"],
+        "test_crops": len(report["y_true"]),
+        "worst_regions": {name: round(v["accuracy"], 4) for name, v in worst},
+        "pretrain_final_loss": summary["phases"]["pretrain"]["final_metrics"]["loss"],
+        "best_val_accuracy": summary["phases"]["finetune"]["best_metrics"].get("val_accuracy"),
+        "confusion_matrix": picture,
+        "training_seconds": summary["seconds"],
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,8 +96,13 @@ def synthesise_and_train(args: argparse.Namespace) -> dict:
         shutil.rmtree(os.path.join(args.out, "training"))  # a demo run always trains afresh
     pictures = run_demo(args.out, args.images, args.size, args.seed)
     trained = train_and_test(pictures["data"], args.out, args.pretrain_epochs, args.finetune_epochs, args.objective)
-    return {"data": pictures["data"], "films": pictures["films"], "splits": pictures["splits"], **trained,
-            "pictures": {**pictures["pictures"], "confusion_matrix": trained["confusion_matrix"]}}
+    return {
+        "data": pictures["data"],
+        "films": pictures["films"],
+        "splits": pictures["splits"],
+        **trained,
+        "pictures": {**pictures["pictures"], "confusion_matrix": trained["confusion_matrix"]},
+    }
 
 
 def print_pictures(pictures: dict) -> None:
@@ -102,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     summary["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(summary, indent=1, default=str))
     print_pictures(summary["pictures"])
-    print(f"\nTest accuracy of the fine-tuned model: {summary['test_accuracy']:.2%} "
-          f"({summary['test_crops']} test crops); demo finished in {summary['seconds']} s.")
+    print(
+        f"\nTest accuracy of the fine-tuned model: {summary['test_accuracy']:.2%} "
+        f"({summary['test_crops']} test crops); demo finished in {summary['seconds']} s."
+    )
     return 0
 
 

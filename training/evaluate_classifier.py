@@ -27,8 +27,9 @@ def evaluate_classifier(model_dir: str, dataset, s3=None, batch_size: int = 256,
             keep = [i for i, a in enumerate(batch["anatomy_id"]) if int(a) in lookup]
             if not keep:
                 continue
-            x = torch.from_numpy(np.stack([crop_from_context(batch["context"][i], batch["box"][i], crop)
-                                           for i in keep]))[:, None]
+            x = torch.from_numpy(
+                np.stack([crop_from_context(batch["context"][i], batch["box"][i], crop) for i in keep])
+            )[:, None]
             out = model(x, heads=("embedding", "logits") if embed else ("logits",))
             y_pred.extend(out["logits"].argmax(1).tolist())
             if embed:

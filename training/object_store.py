@@ -64,8 +64,9 @@ def check_reachable(uri: str, s3: S3Options | None = None, *, write: bool = Fals
     except FileNotFoundError as exc:
         raise StorageError(uri, f"bucket {bucket!r} does not exist") from exc
     except PermissionError as exc:
-        raise StorageError(uri, f"access denied — check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY ({exc})",
-                           reason="storage_denied") from exc
+        raise StorageError(
+            uri, f"access denied — check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY ({exc})", reason="storage_denied"
+        ) from exc
     except Exception as exc:  # botocore/aiohttp errors: endpoint down, DNS, TLS, bad signature
         endpoint = (s3 or S3Options.from_env()).endpoint_url or "AWS"
         raise StorageError(uri, f"cannot reach object storage at {endpoint}: {type(exc).__name__}: {exc}") from exc

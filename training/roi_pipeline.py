@@ -27,8 +27,9 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ COMPLETE_MARKER = "_COMPLETE.json"
 @dataclass(frozen=True)
 class RoiPipelineConfig:
     crop: CropConfig
-    anatomy_ids: tuple[int, ...]          # the regions to cut (the model's classes)
+    anatomy_ids: tuple[int, ...]  # the regions to cut (the model's classes)
     context_scale: float = 2.0
     max_bad_fraction: float = 0.05
     min_images_before_stopping: int = 20
@@ -62,8 +63,12 @@ class RoiPipelineConfig:
         return int(round(self.crop.size * self.context_scale))
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"crop": asdict(self.crop), "anatomy_ids": list(self.anatomy_ids),
-                "context_scale": self.context_scale, "format": CACHE_FORMAT}
+        return {
+            "crop": asdict(self.crop),
+            "anatomy_ids": list(self.anatomy_ids),
+            "context_scale": self.context_scale,
+            "format": CACHE_FORMAT,
+        }
 
 
 def context_window(box: Box, crop: CropConfig, context_scale: float) -> Box:
@@ -80,8 +85,15 @@ def cut_context(image: np.ndarray, box: Box, config: RoiPipelineConfig) -> tuple
     size = config.context_size
     context = roi_crop(image, window, CropConfig(size=size, margin=0.0, pad_value=config.crop.pad_value))
     scale = size / window.width
-    local = np.array([(box.x1 - window.x1) * scale, (box.y1 - window.y1) * scale,
-                      (box.x2 - window.x1) * scale, (box.y2 - window.y1) * scale], dtype=np.float32)
+    local = np.array(
+        [
+            (box.x1 - window.x1) * scale,
+            (box.y1 - window.y1) * scale,
+            (box.x2 - window.x1) * scale,
+            (box.y2 - window.y1) * scale,
+        ],
+        dtype=np.float32,
+    )
     return np.round(context * 255.0).astype(np.uint8), local
 
 
@@ -94,9 +106,18 @@ def image_rows(records: Iterable[ImageRecord]) -> list[dict[str, str]]:
     """Films as small JSON rows for ``ray.data.from_items`` (labels only, no pixels)."""
     rows = []
     for record in records:
-        rows.append({"record": json.dumps({
-            "image_uri": record.image_uri, "image_id": record.image_id, "split": record.split,
-            "regions": [[r.anatomy_id, *r.box.as_list()] for r in record.regions]})})
+        rows.append(
+            {
+                "record": json.dumps(
+                    {
+                        "image_uri": record.image_uri,
+                        "image_id": record.image_id,
+                        "split": record.split,
+                        "regions": [[r.anatomy_id, *r.box.as_list()] for r in record.regions],
+                    }
+                )
+            }
+        )
     return rows
 
 
@@ -121,8 +142,7 @@ class ContextCropper:
         self.bad = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        out: dict[str, list] = {"context": [], "box": [], "anatomy_id": [], "image_id": [], "split": [],
-                                "skipped": []}
+        out: dict[str, list] = {"context": [], "box": [], "anatomy_id": [], "image_id": [], "split": [], "skipped": []}
         for text in batch["record"]:
             row = json.loads(str(text))
             labelled = sum(1 for region in row["regions"] if int(region[0]) in self.wanted)
@@ -162,10 +182,15 @@ class ContextCropper:
             return 0
         height, width = decoded.pixels.shape
         report = ScanReport(source=row["image_id"])
-        record = ImageRecord(image_uri=row["image_uri"], image_id=row["image_id"], split=row["split"],
-                             regions=tuple(RegionRecord(row["image_uri"], row["image_id"], int(a),
-                                                        Box(x1, y1, x2, y2), row["split"])
-                                           for a, x1, y1, x2, y2 in row["regions"]))
+        record = ImageRecord(
+            image_uri=row["image_uri"],
+            image_id=row["image_id"],
+            split=row["split"],
+            regions=tuple(
+                RegionRecord(row["image_uri"], row["image_id"], int(a), Box(x1, y1, x2, y2), row["split"])
+                for a, x1, y1, x2, y2 in row["regions"]
+            ),
+        )
         record = clamp_to_image(record, width, height, report)
         if report.total_issues:
             log.info("film %s: %s", row["image_id"], dict(report.as_dict().get("issues", {})))
@@ -184,14 +209,18 @@ class ContextCropper:
         return cut
 
     def _check_fraction(self) -> None:
-        if self.seen >= self.config.min_images_before_stopping and \
-                self.bad / self.seen > self.config.max_bad_fraction:
-            raise DatasetError("data", f"{self.bad} of {self.seen} films were unreadable "
-                                       f"(over the allowed {self.config.max_bad_fraction:.0%}); "
-                                       "see the 'skipping film' log lines for which and why")
+        if self.seen >= self.config.min_images_before_stopping and self.bad / self.seen > self.config.max_bad_fraction:
+            raise DatasetError(
+                "data",
+                f"{self.bad} of {self.seen} films were unreadable "
+                f"(over the allowed {self.config.max_bad_fraction:.0%}); "
+                "see the 'skipping film' log lines for which and why",
+            )
 
 
-def list_images(data: str, s3: S3Options | None, splits: Iterable[str]) -> tuple[dict[str, list[ImageRecord]], ScanReport]:
+def list_images(
+    data: str, s3: S3Options | None, splits: Iterable[str]
+) -> tuple[dict[str, list[ImageRecord]], ScanReport]:
     """Read the labels on the driver (cheap: no pixels) and group films by split."""
     reader = open_dataset(data, s3=s3)
     by_split: dict[str, list[ImageRecord]] = {s: [] for s in splits}
@@ -211,19 +240,34 @@ def cache_key(records: list[ImageRecord], config: RoiPipelineConfig) -> str:
     return digest.hexdigest()[:20]
 
 
-def roi_dataset(records: list[ImageRecord], config: RoiPipelineConfig, s3: S3Options | None,
-                concurrency: int = 2, account_skips: bool = False):
+def roi_dataset(
+    records: list[ImageRecord],
+    config: RoiPipelineConfig,
+    s3: S3Options | None,
+    concurrency: int = 2,
+    account_skips: bool = False,
+):
     """A streaming Ray Dataset of ROI rows for these films (decoded as it is consumed); with
     ``account_skips``, plus :class:`ContextCropper`'s placeholder rows of films not fully cut."""
     import ray
 
     films = ray.data.from_items(image_rows(records), override_num_blocks=max(1, min(len(records), 64)))
-    return films.map_batches(ContextCropper, fn_constructor_args=(config, asdict(s3) if s3 else None, account_skips),
-                             batch_size=4, compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=1)
+    return films.map_batches(
+        ContextCropper,
+        fn_constructor_args=(config, asdict(s3) if s3 else None, account_skips),
+        batch_size=4,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_cpus=1,
+    )
 
 
-def cached_roi_datasets(records: dict[str, list[ImageRecord]], config: RoiPipelineConfig,
-                        cache_root: str, s3: S3Options | None, concurrency: int = 2) -> dict[str, Any]:
+def cached_roi_datasets(
+    records: dict[str, list[ImageRecord]],
+    config: RoiPipelineConfig,
+    cache_root: str,
+    s3: S3Options | None,
+    concurrency: int = 2,
+) -> dict[str, Any]:
     """Per-split Ray Datasets read from the Parquet crop cache, building the missing splits first
     when no complete cache of exactly these films and settings exists.
 
@@ -259,8 +303,13 @@ def cached_roi_datasets(records: dict[str, list[ImageRecord]], config: RoiPipeli
 SHARD_ROWS = 2048
 
 
-def _build_cache(records: dict[str, list[ImageRecord]], roots: dict[str, str], config: RoiPipelineConfig,
-                 s3: S3Options | None, concurrency: int) -> dict[str, dict]:
+def _build_cache(
+    records: dict[str, list[ImageRecord]],
+    roots: dict[str, str],
+    config: RoiPipelineConfig,
+    s3: S3Options | None,
+    concurrency: int,
+) -> dict[str, dict]:
     """Crop the films of every split in ``records`` in one streaming pass; write each split's shards
     under ``roots[split]`` and its ``_COMPLETE.json`` last."""
     import pyarrow as pa
@@ -270,8 +319,11 @@ def _build_cache(records: dict[str, list[ImageRecord]], roots: dict[str, str], c
     started = time.perf_counter()
     films = [film for split_films in records.values() for film in split_films]
     expected = {split: expected_crop_count(split_films, config.anatomy_ids) for split, split_films in records.items()}
-    print(f"[data] decoding {len(films)} films ({', '.join(f'{len(v)} {k}' for k, v in records.items())}) "
-          f"into the crop cache: {sum(expected.values())} crops expected", flush=True)
+    print(
+        f"[data] decoding {len(films)} films ({', '.join(f'{len(v)} {k}' for k, v in records.items())}) "
+        f"into the crop cache: {sum(expected.values())} crops expected",
+        flush=True,
+    )
     targets = {}
     for split, root in roots.items():
         fs, path = pyarrow_filesystem(root, s3)
@@ -297,7 +349,8 @@ def _build_cache(records: dict[str, list[ImageRecord]], roots: dict[str, str], c
 
     last_line = time.perf_counter()
     for batch in roi_dataset(films, config, s3, concurrency, account_skips=True).iter_batches(
-            batch_size=None, batch_format="pyarrow"):
+        batch_size=None, batch_format="pyarrow"
+    ):
         for split in roots:
             part = batch.filter(pc.equal(batch["split"], split))
             placeholders = part.filter(pc.less(part["anatomy_id"], 0))
@@ -313,8 +366,11 @@ def _build_cache(records: dict[str, list[ImageRecord]], roots: dict[str, str], c
                     flush(split)
         if time.perf_counter() - last_line > 10:
             done = sum(rows.values()) + sum(buffered.values())
-            print(f"[data] crop cache: {done}/{sum(expected.values())} crops "
-                  f"({done / (time.perf_counter() - started):.0f} crops/s)", flush=True)
+            print(
+                f"[data] crop cache: {done}/{sum(expected.values())} crops "
+                f"({done / (time.perf_counter() - started):.0f} crops/s)",
+                flush=True,
+            )
             last_line = time.perf_counter()
     seconds = round(time.perf_counter() - started, 1)
     info = {}
@@ -322,17 +378,31 @@ def _build_cache(records: dict[str, list[ImageRecord]], roots: dict[str, str], c
         flush(split)
     for split, root in roots.items():
         if rows[split] + skipped[split] != expected[split]:
-            raise DatasetError(root, f"crop cache not marked complete: {rows[split]} {split} crops written and "
-                                     f"{skipped[split]} skipped, but the labels hold {expected[split]}; rows went "
-                                     "missing between the croppers and this process — run again to rebuild it")
-        info[split] = {"format": CACHE_FORMAT, "split": split, "films": len(records[split]), "rows": rows[split],
-                       "expected_rows": expected[split], "regions_skipped": skipped[split],
-                       "films_with_skipped_regions": len(films_skipped[split]), "shards": shards[split],
-                       "settings": config.fingerprint(), "seconds": seconds}
+            raise DatasetError(
+                root,
+                f"crop cache not marked complete: {rows[split]} {split} crops written and "
+                f"{skipped[split]} skipped, but the labels hold {expected[split]}; rows went "
+                "missing between the croppers and this process — run again to rebuild it",
+            )
+        info[split] = {
+            "format": CACHE_FORMAT,
+            "split": split,
+            "films": len(records[split]),
+            "rows": rows[split],
+            "expected_rows": expected[split],
+            "regions_skipped": skipped[split],
+            "films_with_skipped_regions": len(films_skipped[split]),
+            "shards": shards[split],
+            "settings": config.fingerprint(),
+            "seconds": seconds,
+        }
         storage.write_text(storage.join(root, COMPLETE_MARKER), json.dumps(info[split], indent=1), s3)
-        print(f"[data] crop cache written: {rows[split]} {split} crops from {len(records[split])} films "
-              f"in {root}" + (f" ({skipped[split]} regions of {len(films_skipped[split])} films skipped)"
-                              if skipped[split] else ""), flush=True)
+        print(
+            f"[data] crop cache written: {rows[split]} {split} crops from {len(records[split])} films "
+            f"in {root}"
+            + (f" ({skipped[split]} regions of {len(films_skipped[split])} films skipped)" if skipped[split] else ""),
+            flush=True,
+        )
     print(f"[data] crop cache built in {seconds} s", flush=True)
     return info
 
@@ -348,8 +418,10 @@ def _open_cached_split(path: str, fs, split_info: dict):
     import pyarrow.parquet as pq
     import ray
 
-    size = int(split_info["rows"]) * int(split_info["settings"]["crop"]["size"] *
-                                         split_info["settings"]["context_scale"]) ** 2
+    size = (
+        int(split_info["rows"])
+        * int(split_info["settings"]["crop"]["size"] * split_info["settings"]["context_scale"]) ** 2
+    )
     if size > IN_MEMORY_LIMIT_BYTES:
         import pyarrow.dataset as pads
 
@@ -365,8 +437,11 @@ def _check_cached_rows(path: str, found: int, split_info: dict) -> None:
     """A cache whose shards no longer hold what its marker promises (a shard deleted or cut short
     since) is refused, naming the folder to delete, instead of training on part of the data."""
     if found != int(split_info["rows"]):
-        raise DatasetError(path, f"crop cache damaged: its shards hold {found} rows but {COMPLETE_MARKER} says "
-                                 f"{split_info['rows']}; delete this folder and run again to rebuild it")
+        raise DatasetError(
+            path,
+            f"crop cache damaged: its shards hold {found} rows but {COMPLETE_MARKER} says "
+            f"{split_info['rows']}; delete this folder and run again to rebuild it",
+        )
 
 
 def expected_crop_count(records: list[ImageRecord], anatomy_ids: Iterable[int]) -> int:

@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cluster.ray_runtime import start_ray
 from regionmir import storage
 from regionmir.anatomy import ANATOMY_NAMES, STANDARD_29_IDS
 from regionmir.anatomy_atlas import AnatomyAtlas
@@ -31,7 +32,6 @@ from regionmir.storage import S3Options
 
 from .object_store import check_reachable, pyarrow_filesystem
 from .roi_pipeline import RoiPipelineConfig, cached_roi_datasets, expected_crop_count, list_images, roi_dataset
-from .ray_runtime import start_ray
 from .train_loop import train_loop_per_worker
 
 RUN_NAME = "run"
@@ -42,8 +42,8 @@ PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 class TrainOptions:
     data: str
     out: str
-    stage: str = "pretrain"                 # pretrain | finetune
-    objective: str = "simclr"               # simclr | supcon
+    stage: str = "pretrain"  # pretrain | finetune
+    objective: str = "simclr"  # simclr | supcon
     cotrain: bool = False
     init: str | None = None
     workers: int = 2
@@ -55,8 +55,8 @@ class TrainOptions:
     temperature: float = 0.2
     seed: int = 0
     preset: str = "resnet10-cpu"
-    regions: str = "standard29"             # standard29 | all36
-    crop_cache: str = "auto"                # auto (OUT/../crop-cache beside the data) | off | URI
+    regions: str = "standard29"  # standard29 | all36
+    crop_cache: str = "auto"  # auto (OUT/../crop-cache beside the data) | off | URI
     max_failures: int = 2
     max_bad_fraction: float = 0.05
     resume: bool = False
@@ -106,7 +106,7 @@ def labelled_films(films: list, fraction: float, seed: int) -> list:
 
     ordered = sorted(films, key=lambda film: film.image_id)
     count = max(1, math.ceil(fraction * len(ordered)))
-    order = np.random.default_rng([int(seed), 0x1abe1]).permutation(len(ordered))
+    order = np.random.default_rng([int(seed), 0x1ABE1]).permutation(len(ordered))
     return [ordered[i] for i in sorted(order[:count])]
 
 
@@ -127,7 +127,7 @@ class Phase:
     ``"dir:URI"`` (a model directory) or ``"phase:NAME"`` (an earlier phase's final weights)."""
 
     name: str
-    stage: str                              # pretrain | finetune
+    stage: str  # pretrain | finetune
     epochs: int
     objective: str = "simclr"
     cotrain: bool = False
@@ -153,8 +153,14 @@ def run_training(options: TrainOptions, s3: S3Options | None = None) -> dict[str
     """``regionmir pretrain`` / ``finetune``: one phase, exported to ``OUT/best`` and ``OUT/final``."""
     if options.stage not in ("pretrain", "finetune"):
         raise ValueError(f"unknown stage {options.stage!r}")
-    phase = Phase(name=options.stage, stage=options.stage, epochs=options.epochs, objective=options.objective,
-                  cotrain=options.cotrain, init=f"dir:{options.init}" if options.init else None)
+    phase = Phase(
+        name=options.stage,
+        stage=options.stage,
+        epochs=options.epochs,
+        objective=options.objective,
+        cotrain=options.cotrain,
+        init=f"dir:{options.init}" if options.init else None,
+    )
     summary = run_phases(options, [phase], s3)
     only = summary["phases"][phase.name]
     return {**summary, "stage": options.stage, **only}
@@ -178,15 +184,16 @@ def run_phases(options: TrainOptions, phases: list[Phase], s3: S3Options | None 
     if len(set(names)) != len(names):
         raise ValueError(f"phase names must be unique, got {names}")
     for phase in phases:
-        if phase.init and phase.init.startswith("phase:") and phase.init[6:] not in names[:names.index(phase.name)]:
+        if phase.init and phase.init.startswith("phase:") and phase.init[6:] not in names[: names.index(phase.name)]:
             raise ValueError(f"phase {phase.name} starts from {phase.init[6:]!r}, which is not an earlier phase")
     # Fail fast on the driver: storage problems surface here, not in ten workers' logs.
     check_reachable(options.data, s3)
     check_reachable(options.out, s3, write=True)
     run_dir = storage.join(options.out, "ray", RUN_NAME)
     if storage.exists(run_dir, s3) and not options.resume:
-        raise DatasetError(options.out, "already holds a training run: pass --resume to continue it, "
-                                        "or choose another --out")
+        raise DatasetError(
+            options.out, "already holds a training run: pass --resume to continue it, or choose another --out"
+        )
     encoder = load_preset(options.preset)
     class_ids = region_ids(options.regions)
     init_dirs = {}
@@ -217,8 +224,11 @@ def run_phases(options: TrainOptions, phases: list[Phase], s3: S3Options | None 
         train_rows = cached["info"]["train"]["rows"]
         records = {k: v for k, v in records.items() if k in splits}
     else:
-        datasets = {split: roi_dataset(films, pipeline, s3, options.data_concurrency)
-                    for split, films in records.items() if films}
+        datasets = {
+            split: roi_dataset(films, pipeline, s3, options.data_concurrency)
+            for split, films in records.items()
+            if films
+        }
         train_rows = expected_crop_count(records["train"], class_ids)
     steps = max(1, train_rows // options.workers // options.batch_size)
     # Label-efficiency runs: fine-tuning reads only the crops of the labelled films (a filtered view
@@ -230,9 +240,12 @@ def run_phases(options: TrainOptions, phases: list[Phase], s3: S3Options | None 
         datasets["train_labelled"] = datasets["train"].filter(lambda row: row["image_id"] in chosen)
         labelled_rows = expected_crop_count(labelled, class_ids)
         labelled_steps = max(1, labelled_rows // options.workers // options.batch_size)
-        print(f"[train] fine-tuning sees the labels of {len(labelled)} of {len(records['train'])} training films "
-              f"({options.label_fraction:g}; {labelled_rows} crops, {labelled_steps} step(s) per epoch); "
-              "pretraining sees every film", flush=True)
+        print(
+            f"[train] fine-tuning sees the labels of {len(labelled)} of {len(records['train'])} training films "
+            f"({options.label_fraction:g}; {labelled_rows} crops, {labelled_steps} step(s) per epoch); "
+            "pretraining sees every film",
+            flush=True,
+        )
     aug_threads = 1 if options.gpu else max(1, (os.cpu_count() or 2) // options.workers)
     phase_configs = []
     for phase in phases:
@@ -240,20 +253,38 @@ def run_phases(options: TrainOptions, phases: list[Phase], s3: S3Options | None 
         augmentation = AugmentationConfig.contrastive() if contrastive_views else AugmentationConfig.fine_tuning()
         init = f"dir:{init_dirs[phase.name]}" if phase.name in init_dirs else phase.init
         dataset = "train_labelled" if phase.stage == "finetune" and "train_labelled" in datasets else "train"
-        phase_configs.append({
-            **asdict(phase), "init": init, "dataset": dataset,
-            "steps_per_epoch": labelled_steps if dataset == "train_labelled" else steps,
-            "augmentation": augmentation.to_dict(),
-            "contract_training": {"stage": phase.stage, "objective": phase.objective, "cotrain": phase.cotrain,
-                                  "data": options.data, "preset": options.preset, "regions": options.regions,
-                                  "seed": options.seed, "init": _init_provenance(phase.init, options.out),
-                                  "label_fraction": options.label_fraction if dataset == "train_labelled" else 1.0,
-                                  "labelled_films": len(labelled) if dataset == "train_labelled"
-                                  else len(records["train"])}})
+        phase_configs.append(
+            {
+                **asdict(phase),
+                "init": init,
+                "dataset": dataset,
+                "steps_per_epoch": labelled_steps if dataset == "train_labelled" else steps,
+                "augmentation": augmentation.to_dict(),
+                "contract_training": {
+                    "stage": phase.stage,
+                    "objective": phase.objective,
+                    "cotrain": phase.cotrain,
+                    "data": options.data,
+                    "preset": options.preset,
+                    "regions": options.regions,
+                    "seed": options.seed,
+                    "init": _init_provenance(phase.init, options.out),
+                    "label_fraction": options.label_fraction if dataset == "train_labelled" else 1.0,
+                    "labelled_films": len(labelled) if dataset == "train_labelled" else len(records["train"]),
+                },
+            }
+        )
     config = {
-        "phases": phase_configs, "encoder": encoder.to_dict(), "crop": asdict(crop), "class_ids": list(class_ids),
-        "batch_size": options.batch_size, "lr": options.lr, "weight_decay": options.weight_decay,
-        "temperature": options.temperature, "seed": options.seed, "has_valid": "valid" in datasets,
+        "phases": phase_configs,
+        "encoder": encoder.to_dict(),
+        "crop": asdict(crop),
+        "class_ids": list(class_ids),
+        "batch_size": options.batch_size,
+        "lr": options.lr,
+        "weight_decay": options.weight_decay,
+        "temperature": options.temperature,
+        "seed": options.seed,
+        "has_valid": "valid" in datasets,
         "threads": aug_threads,
     }
     storage_fs, storage_path = pyarrow_filesystem(storage.join(options.out, "ray"), s3)
@@ -261,25 +292,38 @@ def run_phases(options: TrainOptions, phases: list[Phase], s3: S3Options | None 
         train_loop_per_worker,
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if options.gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=options.workers, use_gpu=options.gpu,
-                                     resources_per_worker={"CPU": 1, **({"GPU": 1} if options.gpu else {})},
-                                     placement_strategy=options.placement),
-        run_config=RunConfig(name=RUN_NAME, storage_path=storage_path, storage_filesystem=storage_fs,
-                             failure_config=FailureConfig(max_failures=options.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=None)),
+        scaling_config=ScalingConfig(
+            num_workers=options.workers,
+            use_gpu=options.gpu,
+            resources_per_worker={"CPU": 1, **({"GPU": 1} if options.gpu else {})},
+            placement_strategy=options.placement,
+        ),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=options.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+        ),
         datasets=datasets,
     )
     plan = ", ".join(f"{p.name} ({p.epochs} epoch{'s' if p.epochs > 1 else ''})" for p in phases)
-    print(f"[train] {options.workers} worker(s) ({options.placement}), {'GPU' if options.gpu else 'CPU'}, "
-          f"{steps} step(s) of {options.batch_size} per epoch, {len(class_ids)} regions, preset {options.preset}: {plan}", flush=True)
+    print(
+        f"[train] {options.workers} worker(s) ({options.placement}), {'GPU' if options.gpu else 'CPU'}, "
+        f"{steps} step(s) of {options.batch_size} per epoch, {len(class_ids)} regions, preset {options.preset}: {plan}",
+        flush=True,
+    )
     result = trainer.fit()
     if result.error:
         raise result.error
     reported = [(checkpoint, metrics) for checkpoint, metrics in result.best_checkpoints]
     # Fine-tuned models carry the anatomy atlas of their training boxes (atlas.json): the service
     # uses it to find a region on a film when a user names the region without drawing a box.
-    atlas = (AnatomyAtlas.fit_records(records["train"], s3=s3, source=f"train split of {options.data}")
-             if any(p.stage == "finetune" for p in phases) else None)
+    atlas = (
+        AnatomyAtlas.fit_records(records["train"], s3=s3, source=f"train split of {options.data}")
+        if any(p.stage == "finetune" for p in phases)
+        else None
+    )
     per_phase: dict[str, Any] = {}
     history = []
     for phase in phases:
@@ -296,13 +340,20 @@ def run_phases(options: TrainOptions, phases: list[Phase], s3: S3Options | None 
             for kind in ("best", "final"):
                 atlas.save(storage.join(target, kind), s3)
         _, contract = read_contract(storage.join(target, "best"), s3)
-        per_phase[phase.name] = {"best": storage.join(target, "best"), "model_version": contract.version_id,
-                                 "best_metrics": best[1], "final_metrics": final[1]}
-    storage.write_text(storage.join(options.out, "metrics.jsonl"),
-                       "".join(json.dumps(m, sort_keys=True) + "\n" for m in history), s3)
+        per_phase[phase.name] = {
+            "best": storage.join(target, "best"),
+            "model_version": contract.version_id,
+            "best_metrics": best[1],
+            "final_metrics": final[1],
+        }
+    storage.write_text(
+        storage.join(options.out, "metrics.jsonl"), "".join(json.dumps(m, sort_keys=True) + "\n" for m in history), s3
+    )
     summary = {
-        "options": asdict(options), "phases": per_phase,
-        "films": {k: len(v) for k, v in records.items()}, "train_crops": train_rows,
+        "options": asdict(options),
+        "phases": per_phase,
+        "films": {k: len(v) for k, v in records.items()},
+        "train_crops": train_rows,
         "labelled_train_films": len(labelled),
         "seconds": round(time.perf_counter() - started, 1),
     }

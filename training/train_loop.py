@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import asdict
 import time
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -52,8 +52,9 @@ TRAIN_STATE_FILE = "train_state.pt"
 SHUFFLE_BUFFER_ROWS = 2048
 
 
-def _views(batch: dict[str, np.ndarray], crop: CropConfig, aug: AugmentationConfig,
-           rng: np.random.Generator, count: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _views(
+    batch: dict[str, np.ndarray], crop: CropConfig, aug: AugmentationConfig, rng: np.random.Generator, count: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """``count`` augmented views of every row: tensors (B, 1, S, S) and anatomy ids (B,)."""
     views: list[list[np.ndarray]] = [[] for _ in range(count)]
     labels: list[list[int]] = [[] for _ in range(count)]
@@ -64,8 +65,10 @@ def _views(batch: dict[str, np.ndarray], crop: CropConfig, aug: AugmentationConf
             view, label = augment_region(image, region, int(anatomy), crop, aug, rng)
             views[k].append(view)
             labels[k].append(label)
-    return ([torch.from_numpy(np.stack(v))[:, None] for v in views],
-            [torch.as_tensor(lab, dtype=torch.long) for lab in labels])
+    return (
+        [torch.from_numpy(np.stack(v))[:, None] for v in views],
+        [torch.as_tensor(lab, dtype=torch.long) for lab in labels],
+    )
 
 
 def _class_index(class_ids: list[int]) -> torch.Tensor:
@@ -87,8 +90,8 @@ def _initial_state(phase: dict[str, Any], finished: dict[str, dict]) -> dict[str
     if not init:
         return None
     if init.startswith("phase:"):
-        return finished[init[len("phase:"):]]
-    pretrained, _ = load_model(init[len("dir:"):], map_location="cpu")
+        return finished[init[len("phase:") :]]
+    pretrained, _ = load_model(init[len("dir:") :], map_location="cpu")
     return _transferable(pretrained)
 
 
@@ -114,8 +117,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    print(f"[train] worker {rank}/{context.get_world_size()} on node {ray.get_runtime_context().get_node_id()}",
-          flush=True)
+    print(
+        f"[train] worker {rank}/{context.get_world_size()} on node {ray.get_runtime_context().get_node_id()}",
+        flush=True,
+    )
     torch.set_num_threads(int(config.get("threads", 1)))
     phases = config["phases"]
     resume = _restore(ray.train.get_checkpoint())
@@ -123,8 +128,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if resume:
         start_phase, start_epoch, finished = resume["phase_index"], resume["epoch"], resume["finished"]
         if rank == 0:
-            print(f"[train] resumed from the checkpoint of epoch {start_epoch} of phase "
-                  f"{phases[start_phase]['name']}", flush=True)
+            print(
+                f"[train] resumed from the checkpoint of epoch {start_epoch} of phase {phases[start_phase]['name']}",
+                flush=True,
+            )
         if start_epoch >= int(phases[start_phase]["epochs"]):  # that phase was complete: start the next
             start_phase, start_epoch, resume = start_phase + 1, 0, None
     global_epoch = sum(int(p["epochs"]) for p in phases[:start_phase]) + start_epoch
@@ -134,8 +141,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         global_epoch += int(phase["epochs"]) - (start_epoch if index == start_phase else 0)
 
 
-def _train_phase(config: dict[str, Any], index: int, phase: dict[str, Any], finished: dict[str, dict],
-                 resume: dict[str, Any] | None, global_epoch: int) -> None:
+def _train_phase(
+    config: dict[str, Any],
+    index: int,
+    phase: dict[str, Any],
+    finished: dict[str, dict],
+    resume: dict[str, Any] | None,
+    global_epoch: int,
+) -> None:
     import ray.train
     import ray.train.torch
 
@@ -156,8 +169,11 @@ def _train_phase(config: dict[str, Any], index: int, phase: dict[str, Any], fini
         model.load_state_dict(resume["model"])
     # DDP reduces gradients of every trainable parameter each step: heads this stage does not use
     # are frozen, so the reduction never waits for gradients that will not come.
-    unused = ("embedding_layer.", "classification_head.") if stage == "pretrain" else \
-        (() if cotrain else ("projection_head.",))
+    unused = (
+        ("embedding_layer.", "classification_head.")
+        if stage == "pretrain"
+        else (() if cotrain else ("projection_head.",))
+    )
     for parameter_name, parameter in model.named_parameters():
         if parameter_name.startswith(unused):
             parameter.requires_grad_(False)
@@ -166,13 +182,18 @@ def _train_phase(config: dict[str, Any], index: int, phase: dict[str, Any], fini
     use_amp = device.type == "cuda"
 
     contrastive = (SupervisedContrastiveLoss if phase.get("objective") == "supcon" else NTXentLoss)(
-        temperature=float(config["temperature"]))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=float(config["lr"]),
-                                  weight_decay=float(config.get("weight_decay", 1e-4)))
+        temperature=float(config["temperature"])
+    )
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=float(config["lr"]),
+        weight_decay=float(config.get("weight_decay", 1e-4)),
+    )
     epochs = int(phase["epochs"])
     steps = int(phase["steps_per_epoch"])
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=float(config["lr"]),
-                                                    total_steps=max(1, epochs * steps), pct_start=0.15)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=float(config["lr"]), total_steps=max(1, epochs * steps), pct_start=0.15
+    )
     aug = AugmentationConfig.from_dict(phase["augmentation"])
 
     start_epoch, best_val, history = 0, float("-inf"), []
@@ -192,10 +213,14 @@ def _train_phase(config: dict[str, Any], index: int, phase: dict[str, Any], fini
         rng = np.random.default_rng([config["seed"], index, epoch, rank])
         started = time.perf_counter()
         seen, loss_sum, correct, classified, steps_done = 0, 0.0, 0, 0, 0
-        for batch in train_shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
-                                              local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
-                                              local_shuffle_seed=int(config["seed"]) * 1000 + epoch * 10 + rank,
-                                              prefetch_batches=2):
+        for batch in train_shard.iter_batches(
+            batch_size=batch_size,
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
+            local_shuffle_seed=int(config["seed"]) * 1000 + epoch * 10 + rank,
+            prefetch_batches=2,
+        ):
             if steps_done >= steps:
                 break  # equal step counts on every worker keep DDP and the gathers in lock-step
             views, anatomy = _views(batch, crop, aug, rng, n_views)
@@ -222,10 +247,11 @@ def _train_phase(config: dict[str, Any], index: int, phase: dict[str, Any], fini
             scheduler.step()
             seen += views[0].shape[0]
             loss_sum += float(loss.detach()) * views[0].shape[0]
-            steps_done += 1
+            steps_done += 1  # noqa: SIM113 (the batches of an epoch come from an iterator; this counts the steps run)
         elapsed = time.perf_counter() - started
         seen_all, loss_all, correct_all, classified_all, time_sum = _all_reduce_sum(
-            [seen, loss_sum, correct, classified, elapsed], device)
+            [seen, loss_sum, correct, classified, elapsed], device
+        )
         metrics: dict[str, Any] = {
             "phase": name,
             "stage": stage,
@@ -246,19 +272,38 @@ def _train_phase(config: dict[str, Any], index: int, phase: dict[str, Any], fini
         if epoch + 1 == epochs:
             finished[name] = _transferable(model)  # later phases may start from it
         if rank == 0:
-            parts = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
-                     if k not in ("phase", "stage", "epoch", "global_epoch")]
+            parts = [
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in metrics.items()
+                if k not in ("phase", "stage", "epoch", "global_epoch")
+            ]
             print(f"[train] {name} epoch {epoch + 1}/{epochs}: " + ", ".join(parts), flush=True)
             with tempfile.TemporaryDirectory() as directory:
-                contract = ModelContract(stage=stage, encoder=encoder_config.to_dict(),
-                                         class_anatomy_ids=tuple(class_ids), crop=asdict(crop),
-                                         training={**phase.get("contract_training", {}), "phase": name,
-                                                   "epoch": epoch + 1, "metrics": metrics})
+                contract = ModelContract(
+                    stage=stage,
+                    encoder=encoder_config.to_dict(),
+                    class_anatomy_ids=tuple(class_ids),
+                    crop=asdict(crop),
+                    training={
+                        **phase.get("contract_training", {}),
+                        "phase": name,
+                        "epoch": epoch + 1,
+                        "metrics": metrics,
+                    },
+                )
                 save_model(directory, model, contract)
-                torch.save({"phase_index": index, "epoch": epoch + 1, "best_val": best_val, "history": history,
-                            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "finished": finished},
-                           os.path.join(directory, TRAIN_STATE_FILE))
+                torch.save(
+                    {
+                        "phase_index": index,
+                        "epoch": epoch + 1,
+                        "best_val": best_val,
+                        "history": history,
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "finished": finished,
+                    },
+                    os.path.join(directory, TRAIN_STATE_FILE),
+                )
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
         else:
             ray.train.report(metrics)
@@ -270,8 +315,9 @@ def _validate(model, valid_shard, crop: CropConfig, lookup: torch.Tensor, device
     correct, total = 0, 0
     with torch.no_grad():
         for batch in valid_shard.iter_batches(batch_size=256, batch_format="numpy"):
-            x = torch.from_numpy(np.stack([crop_from_context(c, b, crop) for c, b in
-                                           zip(batch["context"], batch["box"])]))[:, None].to(device)
+            x = torch.from_numpy(
+                np.stack([crop_from_context(c, b, crop) for c, b in zip(batch["context"], batch["box"])])
+            )[:, None].to(device)
             targets = lookup[torch.as_tensor(batch["anatomy_id"], dtype=torch.long)].to(device)
             logits = getattr(model, "module", model).classify(x)
             correct += int((logits.argmax(1) == targets).sum())

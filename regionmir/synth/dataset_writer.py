@@ -23,12 +23,12 @@ import hashlib
 import io
 import json
 import math
-import sys
 import os
+import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -50,13 +50,17 @@ SCENE_GRAPH_SIZE = 224
 
 _FINDING_REGIONS: dict[str, Callable[[str, str], list[str]]] = {
     "consolidation": lambda side, zone: [f"{side} {zone} lung zone", f"{side} lung"],
-    "pleural effusion": lambda side, zone: [f"{side} costophrenic angle", f"{side} lower lung zone",
-                                            f"{side} hemidiaphragm", f"{side} lung"],
-    "cardiomegaly": lambda side, zone: ["cardiac silhouette", "left cardiac silhouette",
-                                        "right cardiac silhouette"],
+    "pleural effusion": lambda side, zone: [
+        f"{side} costophrenic angle",
+        f"{side} lower lung zone",
+        f"{side} hemidiaphragm",
+        f"{side} lung",
+    ],
+    "cardiomegaly": lambda side, zone: ["cardiac silhouette", "left cardiac silhouette", "right cardiac silhouette"],
     "pneumothorax": lambda side, zone: [f"{side} apical zone", f"{side} upper lung zone", f"{side} lung"],
-    "atelectasis": lambda side, zone: [f"{side} {zone} lung zone", f"{side} lung"]
-    + ([f"{side} hemidiaphragm"] if zone == "lower" else []),
+    "atelectasis": lambda side, zone: (
+        [f"{side} {zone} lung zone", f"{side} lung"] + ([f"{side} hemidiaphragm"] if zone == "lower" else [])
+    ),
     "nodule": lambda side, zone: [f"{side} {zone} lung zone", f"{side} lung"],
 }
 _FINDING_ATTRIBUTE = {
@@ -82,7 +86,7 @@ class PhantomIdentity:
 
 def phantom_identity(seed: int, index: int) -> PhantomIdentity:
     digest = hashlib.sha256(f"regionmir-phantom:{seed}:{index}".encode()).hexdigest()
-    dicom_id = "-".join(digest[i:i + 8] for i in range(0, 40, 8))
+    dicom_id = "-".join(digest[i : i + 8] for i in range(0, 40, 8))
     subject = str(10_000_000 + int(digest[40:48], 16) % 9_000_000)
     study = str(50_000_000 + int(digest[48:56], 16) % 9_000_000)
     return PhantomIdentity(subject, study, dicom_id, SPLIT_OF_SLOT[index % 10])
@@ -99,17 +103,34 @@ def scene_graph(film: PhantomFilm, ident: PhantomIdentity, size: int) -> dict:
         box = film.boxes.get(name)
         if box is None:
             continue
-        ox1, oy1, ox2, oy2 = (int(math.floor(box.x1)), int(math.floor(box.y1)),
-                              int(math.ceil(box.x2)), int(math.ceil(box.y2)))
+        ox1, oy1, ox2, oy2 = (
+            int(math.floor(box.x1)),
+            int(math.floor(box.y1)),
+            int(math.ceil(box.x2)),
+            int(math.ceil(box.y2)),
+        )
         x1, y1 = int(round(box.x1 * scale)), int(round(box.y1 * scale))
         x2, y2 = int(round(box.x2 * scale)), int(round(box.y2 * scale))
-        objects.append({
-            "object_id": f"{ident.dicom_id}_{name}", "x1": x1, "y1": y1, "x2": x2, "y2": y2,
-            "width": x2 - x1, "height": y2 - y1, "bbox_name": name, "synsets": [],
-            "name": name[:1].upper() + name[1:],
-            "original_x1": ox1, "original_y1": oy1, "original_x2": ox2, "original_y2": oy2,
-            "original_width": ox2 - ox1, "original_height": oy2 - oy1,
-        })
+        objects.append(
+            {
+                "object_id": f"{ident.dicom_id}_{name}",
+                "x1": x1,
+                "y1": y1,
+                "x2": x2,
+                "y2": y2,
+                "width": x2 - x1,
+                "height": y2 - y1,
+                "bbox_name": name,
+                "synsets": [],
+                "name": name[:1].upper() + name[1:],
+                "original_x1": ox1,
+                "original_y1": oy1,
+                "original_x2": ox2,
+                "original_y2": oy2,
+                "original_width": ox2 - ox1,
+                "original_height": oy2 - oy1,
+            }
+        )
     findings_by_region: dict[str, list[str]] = {}
     for finding in film.params.findings:
         for region in _FINDING_REGIONS[finding.name](finding.side, finding.zone):
@@ -122,8 +143,16 @@ def scene_graph(film: PhantomFilm, ident: PhantomIdentity, size: int) -> dict:
         found = findings_by_region.get(name)
         values = (found + ["nlp|yes|abnormal"]) if found else ["nlp|yes|normal"]
         phrases = [f"{', '.join(a.split('|')[2] for a in found)} in the {name}."] if found else []
-        attributes.append({"name": name[:1].upper() + name[1:], "bbox_name": name, "synsets": [],
-                           "object_id": f"{ident.dicom_id}_{name}", "attributes": [values], "phrases": phrases})
+        attributes.append(
+            {
+                "name": name[:1].upper() + name[1:],
+                "bbox_name": name,
+                "synsets": [],
+                "object_id": f"{ident.dicom_id}_{name}",
+                "attributes": [values],
+                "phrases": phrases,
+            }
+        )
     return {
         "image_id": ident.dicom_id,
         "patient_id": int(ident.subject_id),
@@ -133,9 +162,15 @@ def scene_graph(film: PhantomFilm, ident: PhantomIdentity, size: int) -> dict:
         "objects": objects,
         "attributes": attributes,
         "relationships": [],
-        "phantom": {"generator": GENERATOR_VERSION, "size": size, "params": film.params.as_dict(),
-                    "devices": [{"name": name, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2}
-                                for name, b in sorted(film.device_boxes.items())]},
+        "phantom": {
+            "generator": GENERATOR_VERSION,
+            "size": size,
+            "params": film.params.as_dict(),
+            "devices": [
+                {"name": name, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2}
+                for name, b in sorted(film.device_boxes.items())
+            ],
+        },
     }
 
 
@@ -165,9 +200,17 @@ def default_workers(images: int) -> int:
     return 1 if images < 8 else max(1, min(cores, images // 4))
 
 
-def write_phantom_dataset(out: str, images: int, size: int = 512, seed: int = 0, fmt: str = "png",
-                          progress: bool = True, s3: storage.S3Options | None = None,
-                          preset: str = DEFAULT_PRESET, workers: int | None = None) -> dict:
+def write_phantom_dataset(
+    out: str,
+    images: int,
+    size: int = 512,
+    seed: int = 0,
+    fmt: str = "png",
+    progress: bool = True,
+    s3: storage.S3Options | None = None,
+    preset: str = DEFAULT_PRESET,
+    workers: int | None = None,
+) -> dict:
     """Render ``images`` films of ``preset`` into ``out`` with ``workers`` processes (default: one
     per core); returns a summary (counts, split sizes, seconds)."""
     if fmt not in ("png", "dicom"):
@@ -197,20 +240,32 @@ def write_phantom_dataset(out: str, images: int, size: int = 512, seed: int = 0,
             devices += len(graph["phantom"]["devices"])
             rel = ident.relative_path(extension)
             storage.write_bytes(storage.join(out, "images", rel), data, s3)
-            storage.write_text(storage.join(out, "silver_dataset", "scene_graph", f"{ident.dicom_id}_SceneGraph.json"),
-                               json.dumps(graph, indent=1), s3)
+            storage.write_text(
+                storage.join(out, "silver_dataset", "scene_graph", f"{ident.dicom_id}_SceneGraph.json"),
+                json.dumps(graph, indent=1),
+                s3,
+            )
             splits[ident.split].append(f"{ident.subject_id},{ident.study_id},{ident.dicom_id},{rel}")
             if progress and (index + 1 == images or (index + 1) % max(1, images // 20) == 0):
                 rate = (index + 1) / max(1e-9, time.perf_counter() - start)
                 print(f"synth: {index + 1}/{images} films ({rate:.1f} films/s)", file=sys.stderr, flush=True)
     header = "subject_id,study_id,dicom_id,path\n"
     for split, rows in splits.items():
-        storage.write_text(storage.join(out, "silver_dataset", "splits", f"{split}.csv"),
-                           header + "".join(r + "\n" for r in rows), s3)
+        storage.write_text(
+            storage.join(out, "silver_dataset", "splits", f"{split}.csv"), header + "".join(r + "\n" for r in rows), s3
+        )
     storage.write_text(storage.join(out, "silver_dataset", "splits", "images_to_avoid.csv"), header, s3)
-    summary = {"generator": GENERATOR_VERSION, "preset": preset, "images": images, "size": size, "seed": seed,
-               "format": fmt, "splits": {k: len(v) for k, v in splits.items()}, "findings": findings,
-               "devices": devices}
+    summary = {
+        "generator": GENERATOR_VERSION,
+        "preset": preset,
+        "images": images,
+        "size": size,
+        "seed": seed,
+        "format": fmt,
+        "splits": {k: len(v) for k, v in splits.items()},
+        "findings": findings,
+        "devices": devices,
+    }
     storage.write_text(storage.join(out, "synth_info.json"), json.dumps(summary, indent=1, sort_keys=True), s3)
     summary["out"] = out
     summary["seconds"] = round(time.perf_counter() - start, 2)

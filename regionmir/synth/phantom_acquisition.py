@@ -23,7 +23,7 @@ def detect_and_process(image: np.ndarray, params: PhantomParams, rng: np.random.
     size = image.shape[0]
     s_ = size / 512.0
     if params.detector_noise > 0:
-        rows = rng.standard_normal((size, 1)).astype(np.float32)          # row-correlated readout
+        rows = rng.standard_normal((size, 1)).astype(np.float32)  # row-correlated readout
         pixel = rng.standard_normal((size, size)).astype(np.float32)
         image = image + params.detector_noise * (0.6 * pixel + 0.4 * rows)
     if params.grid_lines > 0:
@@ -31,16 +31,21 @@ def detect_and_process(image: np.ndarray, params: PhantomParams, rng: np.random.
         image = image + params.grid_lines * np.sin(2 * np.pi * u / (params.grid_period_px512 * s_))
     # display LUT: a sigmoid about lut_centre, rescaled so 0 and 1 stay the ends of the range
     slope = 3.0 / max(0.2, params.lut_width)
+
     def lut(v):
         return 1.0 / (1.0 + np.exp(-slope * (v - params.lut_centre)))
+
     low, high = lut(0.0), lut(1.0)
     image = (lut(image) - low) / (high - low)
     # multi-frequency processing: compress the large-scale range (lungs vs mediastinum vs
     # abdomen) and lift the fine detail (vessel and rib edges)
     sharp = 0.8 if params.processing == "DR" else 1.6
     large = gaussian_blur(image, 28 * s_)
-    image = (image - params.enhance_coarse * (large - float(large.mean()))
-             + params.enhance_fine * (image - gaussian_blur(image, sharp * s_)))
+    image = (
+        image
+        - params.enhance_coarse * (large - float(large.mean()))
+        + params.enhance_fine * (image - gaussian_blur(image, sharp * s_))
+    )
     if params.processing == "CR":
         image = gaussian_blur(image, 0.6 * s_)
     return np.clip(image, 0.0, 1.0).astype(np.float32)

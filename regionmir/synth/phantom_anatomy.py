@@ -27,24 +27,24 @@ from .phantom_params import PhantomParams
 class Landmarks:
     """Key heights and widths of one patient (normalised units, patient frame)."""
 
-    cx: float            # midline x
-    half_width: float    # W: widest inner rib margin from the midline
-    apex: float          # top of the lung apices
-    inlet: float         # thoracic inlet: top of the mediastinum
-    arch: float          # aortic knob centre
+    cx: float  # midline x
+    half_width: float  # W: widest inner rib margin from the midline
+    apex: float  # top of the lung apices
+    inlet: float  # thoracic inlet: top of the mediastinum
+    arch: float  # aortic knob centre
     carina: float
     hilum: float
-    heart_top: float     # top of the left heart border (pulmonary trunk)
-    ra_top: float        # top of the right atrial border (cavoatrial junction)
-    dome_r: float        # right hemidiaphragm dome
+    heart_top: float  # top of the left heart border (pulmonary trunk)
+    ra_top: float  # top of the right atrial border (cavoatrial junction)
+    dome_r: float  # right hemidiaphragm dome
     dome_l: float
-    cp_r: float          # right costophrenic recess (lowest lung point)
+    cp_r: float  # right costophrenic recess (lowest lung point)
     cp_l: float
     mediastinum_r: float  # half-width of the upper mediastinum, right
     mediastinum_l: float
-    heart_r: float       # right heart border extent from the midline (right atrium)
-    heart_l: float       # left heart border extent (left ventricle)
-    knob: float          # aortic knob bulge beyond the mediastinum
+    heart_r: float  # right heart border extent from the midline (right atrium)
+    heart_l: float  # left heart border extent (left ventricle)
+    knob: float  # aortic knob bulge beyond the mediastinum
     clavicle_medial_y: float
     clavicle_lateral_y: float
 
@@ -174,8 +174,12 @@ class ThoraxGeometry:
 
     def lung(self, x: np.ndarray, y: np.ndarray, side: str) -> np.ndarray:
         d = self.side_distance(x, side)
-        return ((d >= self.medial_border(y, side)) & (d <= self.lateral_border(y, side))
-                & (y >= self.apical_top(d)) & (y <= self.diaphragm(d, side)))
+        return (
+            (d >= self.medial_border(y, side))
+            & (d <= self.lateral_border(y, side))
+            & (y >= self.apical_top(d))
+            & (y <= self.diaphragm(d, side))
+        )
 
     def heart(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         masks = []

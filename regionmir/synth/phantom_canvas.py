@@ -40,7 +40,7 @@ def gaussian_blur(image: np.ndarray, sigma_px: float) -> np.ndarray:
     fx = np.fft.rfftfreq(padded.shape[1])[None, :]
     transfer = np.exp(-2.0 * (math.pi * sigma_px) ** 2 * (fx * fx + fy * fy))
     blurred = np.fft.irfft2(np.fft.rfft2(padded) * transfer, s=padded.shape)
-    return blurred[radius:radius + image.shape[0], radius:radius + image.shape[1]].astype(np.float32)
+    return blurred[radius : radius + image.shape[0], radius : radius + image.shape[1]].astype(np.float32)
 
 
 def smooth_noise(rng: np.random.Generator, size: int, scale_px: float) -> np.ndarray:
@@ -48,8 +48,9 @@ def smooth_noise(rng: np.random.Generator, size: int, scale_px: float) -> np.nda
     white = rng.standard_normal((size, size))
     fy = np.fft.fftfreq(size)[:, None]
     fx = np.fft.rfftfreq(size)[None, :]
-    field = np.fft.irfft2(np.fft.rfft2(white) * np.exp(-2.0 * (math.pi * scale_px) ** 2 * (fx * fx + fy * fy)),
-                          s=(size, size))
+    field = np.fft.irfft2(
+        np.fft.rfft2(white) * np.exp(-2.0 * (math.pi * scale_px) ** 2 * (fx * fx + fy * fy)), s=(size, size)
+    )
     std = float(field.std()) or 1.0
     return ((field - float(field.mean())) / std).astype(np.float32)
 

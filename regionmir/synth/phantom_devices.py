@@ -53,8 +53,9 @@ def _smooth_path(points: list[tuple[float, float]], n: int = 40) -> tuple[np.nda
     for i in range(1, len(pts) - 2):
         p0, p1, p2, p3 = pts[i - 1], pts[i], pts[i + 1], pts[i + 2]
         t = np.linspace(0.0, 1.0, n, endpoint=False)[:, None]
-        seg = 0.5 * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t ** 2
-                     + (-p0 + 3 * p1 - 3 * p2 + p3) * t ** 3)
+        seg = 0.5 * (
+            (2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t**2 + (-p0 + 3 * p1 - 3 * p2 + p3) * t**3
+        )
         xs.append(seg[:, 0])
         ys.append(seg[:, 1])
     xs.append(pts[-2:-1, 0])
@@ -62,8 +63,9 @@ def _smooth_path(points: list[tuple[float, float]], n: int = 40) -> tuple[np.nda
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def draw_devices(g: ThoraxGeometry, names: tuple[str, ...], size: int, to_image, scale: float,
-                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+def draw_devices(
+    g: ThoraxGeometry, names: tuple[str, ...], size: int, to_image, scale: float, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """One density layer per device in ``names`` (values 0..1 on the film's pixel grid)."""
     lm = g.lm
     w = lm.half_width
@@ -77,9 +79,16 @@ def draw_devices(g: ThoraxGeometry, names: tuple[str, ...], size: int, to_image,
         elif name == "enteric tube":
             x_oes = lm.cx + 0.012
             fundus = (lm.cx + 0.15 + float(rng.normal(0, 0.015)), lm.dome_l + float(rng.uniform(0.05, 0.09)))
-            xs, ys = _smooth_path([(x_oes - 0.004, -0.1), (x_oes, lm.carina), (x_oes + 0.01, lm.dome_l - 0.03),
-                                   (x_oes + 0.05, lm.dome_l + 0.03), fundus,
-                                   (fundus[0] - 0.03, fundus[1] + 0.03)])
+            xs, ys = _smooth_path(
+                [
+                    (x_oes - 0.004, -0.1),
+                    (x_oes, lm.carina),
+                    (x_oes + 0.01, lm.dome_l - 0.03),
+                    (x_oes + 0.05, lm.dome_l + 0.03),
+                    fundus,
+                    (fundus[0] - 0.03, fundus[1] + 0.03),
+                ]
+            )
             _tube(canvas, xs, ys, 0.012, 0.003)
         elif name == "central venous catheter":
             sign = -1.0 if rng.random() < 0.7 else 1.0  # usually right-sided
@@ -96,14 +105,24 @@ def draw_devices(g: ThoraxGeometry, names: tuple[str, ...], size: int, to_image,
             rx, ry = 0.032, 0.024
             corners = [(-rx, -ry), (rx, -ry), (rx, ry), (-rx, ry)]
             ca, sa = math.cos(angle), math.sin(angle)
-            canvas.polygon(np.array([cx_can + ca * a - sa * b for a, b in corners]),
-                           np.array([cy_can + sa * a + ca * b for a, b in corners]), 1.0)
+            canvas.polygon(
+                np.array([cx_can + ca * a - sa * b for a, b in corners]),
+                np.array([cy_can + sa * a + ca * b for a, b in corners]),
+                1.0,
+            )
             ra = (lm.cx - lm.heart_r * 0.6, lm.ra_top + 0.05)
             rv_apex = (lm.cx + 0.55 * lm.heart_l, lm.dome_l - 0.02)
             svc = (lm.cx - lm.mediastinum_r + 0.01, lm.clavicle_medial_y + 0.05)
             for target in (ra, rv_apex):
-                xs, ys = _smooth_path([(cx_can, cy_can), (lm.cx + sign * 0.3 * w, lm.clavicle_medial_y + 0.03),
-                                       svc, (svc[0], lm.ra_top), target])
+                xs, ys = _smooth_path(
+                    [
+                        (cx_can, cy_can),
+                        (lm.cx + sign * 0.3 * w, lm.clavicle_medial_y + 0.03),
+                        svc,
+                        (svc[0], lm.ra_top),
+                        target,
+                    ]
+                )
                 canvas.line(xs, ys, 0.004, 1.0)
         elif name == "ecg leads":
             for _ in range(int(rng.integers(2, 5))):
@@ -113,8 +132,13 @@ def draw_devices(g: ThoraxGeometry, names: tuple[str, ...], size: int, to_image,
                 canvas.ellipse(ex, ey, 0.014, 0.014, 0.45)
                 canvas.ellipse(ex, ey, 0.005, 0.005, 1.0)
                 exit_x = ex + side * float(rng.uniform(0.2, 0.5))
-                xs, ys = _smooth_path([(ex, ey), (ex + side * 0.05, ey + float(rng.normal(0, 0.05))),
-                                       (exit_x, ey + float(rng.normal(0, 0.15)))])
+                xs, ys = _smooth_path(
+                    [
+                        (ex, ey),
+                        (ex + side * 0.05, ey + float(rng.normal(0, 0.05))),
+                        (exit_x, ey + float(rng.normal(0, 0.15))),
+                    ]
+                )
                 canvas.line(xs, ys, 0.0025, 0.8)
         else:
             raise ValueError(f"unknown device {name!r}")

@@ -18,8 +18,8 @@ import numpy as np
 
 from ..anatomy import ANATOMY_NAMES
 from ..boxes import Box
-from .phantom_anatomy import ThoraxGeometry
 from .phantom_acquisition import annotate, collimate, detect_and_process, laterality_marker
+from .phantom_anatomy import ThoraxGeometry
 from .phantom_canvas import Canvas, gaussian_blur, smooth_noise
 from .phantom_devices import draw_devices
 from .phantom_params import PhantomParams
@@ -27,8 +27,8 @@ from .phantom_params import PhantomParams
 
 @dataclass
 class PhantomFilm:
-    image: np.ndarray             # float32 HxW in [0, 1], bright = dense
-    boxes: dict[str, Box]         # bbox_name → box in pixels of ``image``
+    image: np.ndarray  # float32 HxW in [0, 1], bright = dense
+    boxes: dict[str, Box]  # bbox_name → box in pixels of ``image``
     params: PhantomParams
     device_boxes: dict[str, Box] = field(default_factory=dict)  # device name → box on ``image``
 
@@ -67,7 +67,7 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
     du, dv = u - 0.5, v - 0.5
     if framed:
         du, dv = (du - off_u) / zoom, (dv - off_v) / zoom
-    x = 0.5 + cos_t * du + sin_t * dv   # inverse projection: image pixel → patient frame
+    x = 0.5 + cos_t * du + sin_t * dv  # inverse projection: image pixel → patient frame
     y = 0.5 - sin_t * du + cos_t * dv
     if tilt != 1.0:
         y = 0.5 + (y - 0.5) / tilt
@@ -98,10 +98,12 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
     body_profile = np.sqrt(np.clip(1.0 - (dx_mid / body_half) ** 2, 0.0, None))
     arm_d = np.abs(dx_mid) - body_half - 0.012
     arm = np.sqrt(np.clip(1.0 - ((arm_d - 0.07) / 0.06) ** 2, 0.0, None)) * (y > lm.apex - 0.02)
-    soft = 0.27 * params.soft_tissue * body_profile ** 0.7 + 0.22 * arm
+    soft = 0.27 * params.soft_tissue * body_profile**0.7 + 0.22 * arm
     body = (body_profile > 0) | (arm > 0)
     if natural:  # soft tissue is never uniform: muscle, fat planes, skin folds
-        soft = soft * (1.0 + 0.12 * smooth_noise(rng2, size, 45 * s_)) + 0.015 * smooth_noise(rng2, size, 12 * s_) * body
+        soft = (
+            soft * (1.0 + 0.12 * smooth_noise(rng2, size, 45 * s_)) + 0.015 * smooth_noise(rng2, size, 12 * s_) * body
+        )
 
     blur_anat = 2.6 * s_
     lung_s = gaussian_blur(lung.astype(np.float32), 1.2 * s_)
@@ -120,19 +122,27 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
     base_overlap = np.clip(1 - (dome_here - y) / 0.10, 0, 1) ** 2
     density = soft * (1.0 - 0.62 * lung_s) + 0.19 * interior_s + 0.06 * heart_s * heart_thickness
     density += (0.05 * apex_overlap + 0.035 * base_overlap) * lung_s
-    density += 0.012 * smooth_noise(rng, size, 5 * s_) * lung_s           # parenchymal texture
-    density += 0.02 * smooth_noise(rng, size, 20 * s_) * interior_s        # bowel / soft tissue mottle
+    density += 0.012 * smooth_noise(rng, size, 5 * s_) * lung_s  # parenchymal texture
+    density += 0.02 * smooth_noise(rng, size, 20 * s_) * interior_s  # bowel / soft tissue mottle
 
     # --- airway and gastric bubble (air inside water) ---
     airway = canvas()
     ys_tr = np.linspace(lm.apex - 0.09, lm.carina, 24)
     airway.line(g.trachea_centre(ys_tr), ys_tr, 0.032 * params.thorax_scale)
-    airway.line(np.array([lm.cx - 0.004, lm.cx - 0.045, lm.cx - 0.075]),
-                np.array([lm.carina, lm.carina + 0.035, lm.carina + 0.075]), 0.018)
-    airway.line(np.array([lm.cx + 0.004, lm.cx + 0.05, lm.cx + 0.09]),
-                np.array([lm.carina, lm.carina + 0.03, lm.carina + 0.055]), 0.016)
+    airway.line(
+        np.array([lm.cx - 0.004, lm.cx - 0.045, lm.cx - 0.075]),
+        np.array([lm.carina, lm.carina + 0.035, lm.carina + 0.075]),
+        0.018,
+    )
+    airway.line(
+        np.array([lm.cx + 0.004, lm.cx + 0.05, lm.cx + 0.09]),
+        np.array([lm.carina, lm.carina + 0.03, lm.carina + 0.055]),
+        0.016,
+    )
     density -= 0.16 * gaussian_blur(airway.array(), 1.5 * s_) * (1 - lung_s)
-    bubble = (((x - (lm.cx + 0.16)) / 0.055) ** 2 + ((y - (lm.dome_l + 0.055)) / 0.04) ** 2 <= 1) & (y > lm.dome_l + 0.045)
+    bubble = (((x - (lm.cx + 0.16)) / 0.055) ** 2 + ((y - (lm.dome_l + 0.055)) / 0.04) ** 2 <= 1) & (
+        y > lm.dome_l + 0.045
+    )
     density -= 0.15 * gaussian_blur(bubble.astype(np.float32), 1.5 * s_)
 
     # --- bones ---
@@ -149,12 +159,12 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
             d_end = float(g.lateral_border(np.array([y0 + 0.06]), side)[0]) + 0.012
             d = 0.03 + (d_end - 0.03) * np.sin(t * np.pi / 2) ** 0.9
             arc = 0.03 * float(rng.uniform(0.8, 1.2))
-            yy = y0 - arc * np.sin(np.pi * np.clip(t * 1.1, 0, 1)) + 0.09 * t ** 3
+            yy = y0 - arc * np.sin(np.pi * np.clip(t * 1.1, 0, 1)) + 0.09 * t**3
             if params.rib_slope:
                 yy = yy + params.rib_slope * t
             width = (0.021 if k > 0 else 0.016) * float(rng.uniform(0.85, 1.15))
             bones_post.line(lm.cx + sign * d, yy, width, 1.0)
-            bones_post.line(lm.cx + sign * d, yy, width * 0.45, 0.7)   # marrow: cortex a little brighter
+            bones_post.line(lm.cx + sign * d, yy, width * 0.45, 0.7)  # marrow: cortex a little brighter
             # lateral turn and anterior rib, descending medially towards the sternum
             ta = np.linspace(0.0, 1.0, 20)
             ya0 = yy[-1]
@@ -174,15 +184,17 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
         scap_in = w * (0.78 if params.view == "AP" else 0.98)
         ys_sc = np.linspace(lm.clavicle_lateral_y + 0.02, lm.hilum + 0.06, 16)
         bones_other.line(lm.cx + sign * (scap_in + 0.05 * (ys_sc - ys_sc[0])), ys_sc, 0.012, 0.35)
-    spine = (np.abs(dx_mid) <= 0.031 * params.thorax_scale)
+    spine = np.abs(dx_mid) <= 0.031 * params.thorax_scale
     vert_phase = ((y - lm.apex) / (0.042 * params.height_scale)) % 1.0
     disc = (vert_phase > 0.86).astype(np.float32)
     pedicle = ((np.abs(np.abs(dx_mid) - 0.021) < 0.006) & (np.abs(vert_phase - 0.35) < 0.12)).astype(np.float32)
     spine_density = spine * (0.05 - 0.03 * disc + 0.03 * pedicle)
-    bones = (0.065 * params.rib_prominence * gaussian_blur(bones_post.array(), 1.4 * s_)
-             + 0.03 * params.rib_prominence * gaussian_blur(bones_ant.array(), 1.6 * s_)
-             + 0.12 * gaussian_blur(bones_other.array() + clavicle_layers["right"] + clavicle_layers["left"], 1.2 * s_)
-             + gaussian_blur(spine_density.astype(np.float32), 1.2 * s_))
+    bones = (
+        0.065 * params.rib_prominence * gaussian_blur(bones_post.array(), 1.4 * s_)
+        + 0.03 * params.rib_prominence * gaussian_blur(bones_ant.array(), 1.6 * s_)
+        + 0.12 * gaussian_blur(bones_other.array() + clavicle_layers["right"] + clavicle_layers["left"], 1.2 * s_)
+        + gaussian_blur(spine_density.astype(np.float32), 1.2 * s_)
+    )
     if natural:  # trabecular bone: a fine, irregular texture inside every bone
         bones = bones * params.bone_density * (1.0 + 0.3 * smooth_noise(rng2, size, 1.3 * s_))
     density += bones * body
@@ -195,13 +207,29 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
         if natural:
             trunks = int(rng2.integers(5, 9))
             for base_angle in np.sort(rng2.uniform(-95, 95, size=trunks)):
-                _natural_vessel(vessels, rng2, hx + sign * rng2.normal(0, 0.008), hy + rng2.normal(0, 0.012), sign,
-                                math.radians(base_angle), length=float(rng2.uniform(0.05, 0.09)),
-                                width=float(rng2.uniform(0.006, 0.011)))
+                _natural_vessel(
+                    vessels,
+                    rng2,
+                    hx + sign * rng2.normal(0, 0.008),
+                    hy + rng2.normal(0, 0.012),
+                    sign,
+                    math.radians(base_angle),
+                    length=float(rng2.uniform(0.05, 0.09)),
+                    width=float(rng2.uniform(0.006, 0.011)),
+                )
             continue
         for base_angle in (-75, -45, -15, 15, 40, 65, 85):
-            _vessel_tree(vessels, rng, hx, hy, sign, math.radians(base_angle + rng.normal(0, 6)),
-                         length=0.08 + 0.02 * (base_angle > 0), width=0.008, depth=5)
+            _vessel_tree(
+                vessels,
+                rng,
+                hx,
+                hy,
+                sign,
+                math.radians(base_angle + rng.normal(0, 6)),
+                length=0.08 + 0.02 * (base_angle > 0),
+                width=0.008,
+                depth=5,
+            )
     hila = (g.hilum(x, y, "right") | g.hilum(x, y, "left")).astype(np.float32)
     vessel_map = vessels.array()
 
@@ -238,10 +266,17 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
             if zone.any():
                 sign = -1.0 if finding.side == "right" else 1.0
                 for _ in range(int(rng2.integers(1, 4))):
-                    yb = lm.apex + (lm.dome_r - lm.apex) * (0.55 if finding.zone == "mid" else 0.82) + rng2.normal(0, 0.025)
+                    yb = (
+                        lm.apex
+                        + (lm.dome_r - lm.apex) * (0.55 if finding.zone == "mid" else 0.82)
+                        + rng2.normal(0, 0.025)
+                    )
                     d0, d1 = 0.1 + rng2.uniform(0, 0.06), 0.1 + rng2.uniform(0.12, 0.22)
-                    band_layer.line(np.array([lm.cx + sign * d0, lm.cx + sign * d1]),
-                                    np.array([yb, yb + rng2.normal(0.01, 0.02)]), 0.008 + 0.01 * finding.severity)
+                    band_layer.line(
+                        np.array([lm.cx + sign * d0, lm.cx + sign * d1]),
+                        np.array([yb, yb + rng2.normal(0.01, 0.02)]),
+                        0.008 + 0.01 * finding.severity,
+                    )
                 extra += 0.09 * finding.severity * gaussian_blur(band_layer.array(), 1.5 * s_) * side_mask
                 extra += 0.04 * finding.severity * gaussian_blur(zone.astype(np.float32), 4 * s_)
         elif finding.name == "nodule":
@@ -251,7 +286,7 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
                 pick = int(rng2.integers(0, ys_n.size))
                 r_px = (0.008 + 0.014 * finding.severity) * zoom * size
                 yy_n, xx_n = np.ogrid[:size, :size]
-                ball = np.sqrt(np.clip(1 - ((yy_n - ys_n[pick]) ** 2 + (xx_n - xs_n[pick]) ** 2) / r_px ** 2, 0, None))
+                ball = np.sqrt(np.clip(1 - ((yy_n - ys_n[pick]) ** 2 + (xx_n - xs_n[pick]) ** 2) / r_px**2, 0, None))
                 extra += 0.1 * gaussian_blur(ball.astype(np.float32), 0.8 * s_)
     if params.sex == "F":
         for sign in (-1.0, 1.0):
@@ -270,7 +305,7 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
     image = (1.0 - np.exp(-k * np.clip(density, 0, None))) / (1.0 - math.exp(-k * 1.0))
     image = np.clip(image, 0.0, 1.0) ** params.gamma
     image = gaussian_blur(image.astype(np.float32), params.blur_px512 * s_)
-    image = image * (1.0 + 0.04 * (v - 0.5))                      # heel effect
+    image = image * (1.0 + 0.04 * (v - 0.5))  # heel effect
     noise = rng.standard_normal((size, size)).astype(np.float32)
     image = image + params.noise * noise * (0.4 + 0.6 * np.sqrt(np.clip(image, 0, 1)))
     image = np.clip(image, 0.0, 1.0).astype(np.float32)
@@ -297,12 +332,22 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
         box = _bounding_box(layer > 0.05)
         if box is not None:
             device_boxes[name] = box
-    return PhantomFilm(image=np.ascontiguousarray(image, dtype=np.float32), boxes=boxes, params=params,
-                       device_boxes=device_boxes)
+    return PhantomFilm(
+        image=np.ascontiguousarray(image, dtype=np.float32), boxes=boxes, params=params, device_boxes=device_boxes
+    )
 
 
-def _vessel_tree(canvas: Canvas, rng: np.random.Generator, x0: float, y0: float, sign: float,
-                 angle: float, length: float, width: float, depth: int) -> None:
+def _vessel_tree(
+    canvas: Canvas,
+    rng: np.random.Generator,
+    x0: float,
+    y0: float,
+    sign: float,
+    angle: float,
+    length: float,
+    width: float,
+    depth: int,
+) -> None:
     """Recursive branching; ``angle`` 0 points laterally, positive downwards."""
     x1 = x0 + sign * length * math.cos(angle)
     y1 = y0 + length * math.sin(angle)
@@ -313,12 +358,19 @@ def _vessel_tree(canvas: Canvas, rng: np.random.Generator, x0: float, y0: float,
         return
     for turn in (-1, 1):
         new_angle = angle + turn * math.radians(rng.uniform(16, 34))
-        _vessel_tree(canvas, rng, x1, y1, sign, new_angle, length * rng.uniform(0.66, 0.8),
-                     width * 0.7, depth - 1)
+        _vessel_tree(canvas, rng, x1, y1, sign, new_angle, length * rng.uniform(0.66, 0.8), width * 0.7, depth - 1)
 
 
-def _natural_vessel(canvas: Canvas, rng: np.random.Generator, x0: float, y0: float, sign: float,
-                    angle: float, length: float, width: float) -> None:
+def _natural_vessel(
+    canvas: Canvas,
+    rng: np.random.Generator,
+    x0: float,
+    y0: float,
+    sign: float,
+    angle: float,
+    length: float,
+    width: float,
+) -> None:
     """A vessel that wanders, tapers and branches unevenly: at each node a main branch continues
     (small turn, most of the calibre) and a side branch leaves at a wider angle; both stop when
     they have tapered below about a pixel's width."""
@@ -336,11 +388,25 @@ def _natural_vessel(canvas: Canvas, rng: np.random.Generator, x0: float, y0: flo
         if width < 0.0014 or len(stack) > 400:
             continue
         turn = 1 if rng.random() < 0.5 else -1
-        stack.append((xs[-1], ys[-1], a + turn * rng.uniform(0.05, 0.3), length * rng.uniform(0.72, 0.92),
-                      width * rng.uniform(0.72, 0.86)))
+        stack.append(
+            (
+                xs[-1],
+                ys[-1],
+                a + turn * rng.uniform(0.05, 0.3),
+                length * rng.uniform(0.72, 0.92),
+                width * rng.uniform(0.72, 0.86),
+            )
+        )
         if rng.random() < 0.85:
-            stack.append((xs[-1], ys[-1], a - turn * rng.uniform(0.45, 1.0), length * rng.uniform(0.45, 0.7),
-                          width * rng.uniform(0.5, 0.68)))
+            stack.append(
+                (
+                    xs[-1],
+                    ys[-1],
+                    a - turn * rng.uniform(0.45, 1.0),
+                    length * rng.uniform(0.45, 0.7),
+                    width * rng.uniform(0.5, 0.68),
+                )
+            )
 
 
 def _zone_mask(lung: np.ndarray, zone: str) -> np.ndarray:
@@ -352,7 +418,7 @@ def _zone_mask(lung: np.ndarray, zone: str) -> np.ndarray:
     edges = {"upper": (0.0, 1 / 3), "mid": (1 / 3, 2 / 3), "lower": (2 / 3, 1.0), "apical": (0.0, 0.2)}[zone]
     lo, hi = top + edges[0] * (bottom - top), top + edges[1] * (bottom - top)
     band = np.zeros_like(lung)
-    band[int(round(lo)):int(round(hi)), :] = True
+    band[int(round(lo)) : int(round(hi)), :] = True
     return lung & band
 
 
@@ -363,8 +429,9 @@ def effusion_top(g: ThoraxGeometry, side: str, severity: float, d: np.ndarray, l
     return cp - height * (0.45 + 0.55 * np.clip(d / lateral, 0, 1) ** 3)
 
 
-def _region_masks(g: ThoraxGeometry, x, y, lung_r, lung_l, heart, mediastinum, trachea, clavicles,
-                  canvas) -> dict[str, np.ndarray]:
+def _region_masks(
+    g: ThoraxGeometry, x, y, lung_r, lung_l, heart, mediastinum, trachea, clavicles, canvas
+) -> dict[str, np.ndarray]:
     """Masks (on the film's pixel grid) of all 36 regions, from the closed-form anatomy."""
     lm = g.lm
     m: dict[str, np.ndarray] = {}
@@ -393,12 +460,17 @@ def _region_masks(g: ThoraxGeometry, x, y, lung_r, lung_l, heart, mediastinum, t
         for finding in g.params.findings:  # an effusion's meniscus becomes the visible diaphragm line
             if finding.name == "pleural effusion" and finding.side == side:
                 cp_y = np.full_like(d_line, lm.cp_r if side == "right" else lm.cp_l)
-                line_y = np.minimum(line_y, effusion_top(g, side, finding.severity, d_line,
-                                                         g.lateral_border(cp_y, side)) + 0.003)
+                line_y = np.minimum(
+                    line_y, effusion_top(g, side, finding.severity, d_line, g.lateral_border(cp_y, side)) + 0.003
+                )
         band.line(lm.cx + sign * d_line, line_y, 0.022)
         m[f"{side} hemidiaphragm"] = band.array() > 0
-        m[f"{side} upper abdomen"] = (g.side_distance(x, side) >= 0) & (g.side_distance(x, side) <= lm.half_width) \
-            & (y >= dome) & (y <= dome + 0.17)
+        m[f"{side} upper abdomen"] = (
+            (g.side_distance(x, side) >= 0)
+            & (g.side_distance(x, side) <= lm.half_width)
+            & (y >= dome)
+            & (y <= dome + 0.17)
+        )
         m[f"{side} clavicle"] = clavicles[side] > 0
     m["right cardiac silhouette"] = heart & (dx < 0)
     m["left cardiac silhouette"] = heart & (dx >= 0)
@@ -406,12 +478,18 @@ def _region_masks(g: ThoraxGeometry, x, y, lung_r, lung_l, heart, mediastinum, t
     m["right atrium"] = heart & (dx < -0.012) & (y >= lm.ra_top)
     m["trachea"] = trachea
     m["carina"] = square(lm.cx, lm.carina, 0.025)
-    m["spine"] = (np.abs(dx) <= 0.031 * g.params.thorax_scale) & (y >= lm.inlet - 0.03) & (y <= max(lm.dome_r, lm.dome_l) + 0.08)
+    m["spine"] = (
+        (np.abs(dx) <= 0.031 * g.params.thorax_scale) & (y >= lm.inlet - 0.03) & (y <= max(lm.dome_r, lm.dome_l) + 0.08)
+    )
     m["mediastinum"] = mediastinum
     m["upper mediastinum"] = mediastinum & (y <= lm.heart_top - 0.01)
-    m["svc"] = (dx <= -lm.mediastinum_r + 0.028) & (dx >= -lm.mediastinum_r) & (y >= lm.clavicle_medial_y) & (y <= lm.ra_top)
+    m["svc"] = (
+        (dx <= -lm.mediastinum_r + 0.028) & (dx >= -lm.mediastinum_r) & (y >= lm.clavicle_medial_y) & (y <= lm.ra_top)
+    )
     m["cavoatrial junction"] = square(lm.cx - lm.mediastinum_r + 0.008, lm.ra_top, 0.025)
     m["aortic arch"] = (((dx - 0.035) / (0.035 + lm.knob)) ** 2 + ((y - lm.arch) / 0.032) ** 2) <= 1
     m["descending aorta"] = (dx >= 0.012) & (dx <= 0.045) & (y >= lm.arch) & (y <= lm.dome_l)
-    m["abdomen"] = (np.abs(dx) <= lm.half_width) & (y >= min(lm.dome_r, lm.dome_l)) & (y <= max(lm.dome_r, lm.dome_l) + 0.22)
+    m["abdomen"] = (
+        (np.abs(dx) <= lm.half_width) & (y >= min(lm.dome_r, lm.dome_l)) & (y <= max(lm.dome_r, lm.dome_l) + 0.22)
+    )
     return m

@@ -36,59 +36,59 @@ PRESETS = ("realistic", "classic")
 
 @dataclass(frozen=True)
 class Finding:
-    name: str            # one of FINDINGS
-    side: str            # "left", "right" or "midline" (the patient's side)
-    zone: str = ""       # "upper", "mid", "lower" for consolidation
+    name: str  # one of FINDINGS
+    side: str  # "left", "right" or "midline" (the patient's side)
+    zone: str = ""  # "upper", "mid", "lower" for consolidation
     severity: float = 0.5  # 0..1
 
 
 @dataclass(frozen=True)
 class PhantomParams:
-    view: str = "PA"                 # PA (standing) or AP (portable, supine-ish)
+    view: str = "PA"  # PA (standing) or AP (portable, supine-ish)
     sex: str = "M"
-    midline_x: float = 0.5           # x of the spine's centre line
-    shift_y: float = 0.0             # whole patient moved up/down on the detector
-    thorax_scale: float = 1.0        # width of the rib cage relative to the average adult
-    height_scale: float = 1.0        # apex-to-diaphragm length relative to the average
-    soft_tissue: float = 1.0         # habitus: thin 0.8 .. obese 1.35
-    inspiration: float = 0.5         # 0 = poor (high domes) .. 1 = deep (low, flat domes)
+    midline_x: float = 0.5  # x of the spine's centre line
+    shift_y: float = 0.0  # whole patient moved up/down on the detector
+    thorax_scale: float = 1.0  # width of the rib cage relative to the average adult
+    height_scale: float = 1.0  # apex-to-diaphragm length relative to the average
+    soft_tissue: float = 1.0  # habitus: thin 0.8 .. obese 1.35
+    inspiration: float = 0.5  # 0 = poor (high domes) .. 1 = deep (low, flat domes)
     cardiothoracic_ratio: float = 0.46
-    rotation_deg: float = 0.0        # in-plane rotation of the patient
-    left_dome_drop: float = 0.025    # the left hemidiaphragm usually sits lower than the right
-    aortic_knob: float = 1.0         # size of the aortic knob (grows with age)
-    exposure: float = 2.6            # attenuation scale: higher = whiter film (under-penetrated)
+    rotation_deg: float = 0.0  # in-plane rotation of the patient
+    left_dome_drop: float = 0.025  # the left hemidiaphragm usually sits lower than the right
+    aortic_knob: float = 1.0  # size of the aortic knob (grows with age)
+    exposure: float = 2.6  # attenuation scale: higher = whiter film (under-penetrated)
     gamma: float = 1.0
-    noise: float = 0.01              # quantum noise, in display units
-    blur_px512: float = 0.7          # detector/motion blur, Gaussian sigma in pixels at 512 px
+    noise: float = 0.01  # quantum noise, in display units
+    blur_px512: float = 0.7  # detector/motion blur, Gaussian sigma in pixels at 512 px
     rib_prominence: float = 1.0
-    vessel_seed: int = 0             # seeds the vascular trees and texture fields
+    vessel_seed: int = 0  # seeds the vascular trees and texture fields
     findings: tuple[Finding, ...] = field(default_factory=tuple)
     # --- generator 2 (realistic preset); the defaults reproduce generator 1 exactly ---
-    age: float = 50.0                # years: bone density, aortic unfolding
-    bone_density: float = 1.0        # scales every bone's attenuation (children, osteopenia)
-    rib_spacing: float = 1.0         # rib-to-rib pitch relative to the average
-    rib_slope: float = 0.0           # extra downward slope of the posterior ribs (kyphosis, habitus)
-    clavicle_lift: float = 0.0       # clavicles projected higher (lordotic, AP): normalised units
+    age: float = 50.0  # years: bone density, aortic unfolding
+    bone_density: float = 1.0  # scales every bone's attenuation (children, osteopenia)
+    rib_spacing: float = 1.0  # rib-to-rib pitch relative to the average
+    rib_slope: float = 0.0  # extra downward slope of the posterior ribs (kyphosis, habitus)
+    clavicle_lift: float = 0.0  # clavicles projected higher (lordotic, AP): normalised units
     mediastinal_width: float = 1.0
     right_heart_share: float = 0.36  # share of the heart's width right of the midline
-    tilt: float = 1.0                # cranio-caudal projection: < 1 foreshortens the thorax
-    field_scale: float = 1.0         # patient size on the detector (> 1: zoomed in, edges cut)
-    field_shift_x: float = 0.0       # detector offset (normalised units)
+    tilt: float = 1.0  # cranio-caudal projection: < 1 foreshortens the thorax
+    field_scale: float = 1.0  # patient size on the detector (> 1: zoomed in, edges cut)
+    field_shift_x: float = 0.0  # detector offset (normalised units)
     field_shift_y: float = 0.0
-    flipped: bool = False            # film stored mirrored; boxes keep the patient's anatomy names
-    processing: str = ""             # "" (generator 1), "CR" or "DR"
-    lut_centre: float = 0.5          # sigmoid display LUT applied after log processing
+    flipped: bool = False  # film stored mirrored; boxes keep the patient's anatomy names
+    processing: str = ""  # "" (generator 1), "CR" or "DR"
+    lut_centre: float = 0.5  # sigmoid display LUT applied after log processing
     lut_width: float = 1.0
-    enhance_fine: float = 0.0        # unsharp-mask amount, small kernel (edges)
-    enhance_coarse: float = 0.0      # large-scale range compression (equalisation)
-    detector_noise: float = 0.0      # additive electronic noise with row correlation
-    grid_lines: float = 0.0          # amplitude of anti-scatter grid lines (0: no grid)
+    enhance_fine: float = 0.0  # unsharp-mask amount, small kernel (edges)
+    enhance_coarse: float = 0.0  # large-scale range compression (equalisation)
+    detector_noise: float = 0.0  # additive electronic noise with row correlation
+    grid_lines: float = 0.0  # amplitude of anti-scatter grid lines (0: no grid)
     grid_period_px512: float = 3.0
     collimation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # left, top, right, bottom margins
-    marker: bool = False             # laterality marker on the patient's left
-    text: tuple[str, ...] = ()       # burnt-in annotations (no patient data)
-    texture: str = "regular"         # "regular" (generator 1) or "natural": branching, tapering vessels, trabecular bone, soft-tissue gradients
-    devices: tuple[str, ...] = ()    # names from DEVICES
+    marker: bool = False  # laterality marker on the patient's left
+    text: tuple[str, ...] = ()  # burnt-in annotations (no patient data)
+    texture: str = "regular"  # "regular" (generator 1) or "natural": branching, tapering vessels, trabecular bone, soft-tissue gradients
+    devices: tuple[str, ...] = ()  # names from DEVICES
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -148,8 +148,25 @@ def sample_classic(rng: np.random.Generator) -> PhantomParams:
 
 
 #: Burnt-in annotations a film may carry (station and technique text; never patient data).
-_ANNOTATIONS = ("PORTABLE", "ERECT", "SUPINE", "SEMI-ERECT", "CHEST", "INSP", "kVp 110", "kVp 90",
-                "mAs 2.5", "STAT", "DR", "CR", "ICU", "AM", "PM", "W1", "GRID")
+_ANNOTATIONS = (
+    "PORTABLE",
+    "ERECT",
+    "SUPINE",
+    "SEMI-ERECT",
+    "CHEST",
+    "INSP",
+    "kVp 110",
+    "kVp 90",
+    "mAs 2.5",
+    "STAT",
+    "DR",
+    "CR",
+    "ICU",
+    "AM",
+    "PM",
+    "W1",
+    "GRID",
+)
 
 
 def _findings_realistic(rng: np.random.Generator, view: str) -> list[Finding]:
@@ -174,7 +191,7 @@ def _findings_realistic(rng: np.random.Generator, view: str) -> list[Finding]:
 
 def sample_realistic(rng: np.random.Generator) -> PhantomParams:
     """Generator 2: patient, positioning, acquisition, findings and devices as an archive has them."""
-    view = "PA" if rng.random() < 0.55 else "AP"   # hospital archives: about half are portable films
+    view = "PA" if rng.random() < 0.55 else "AP"  # hospital archives: about half are portable films
     ap = view == "AP"
     sex = "F" if rng.random() < 0.5 else "M"
     age = float(np.clip(rng.gamma(6.0, 10.0), 4.0, 95.0))
@@ -190,8 +207,13 @@ def sample_realistic(rng: np.random.Generator) -> PhantomParams:
     processing = "DR" if rng.random() < 0.55 else "CR"
     devices: list[str] = []
     if ap:
-        for name, p in (("ecg leads", 0.45), ("endotracheal tube", 0.25), ("enteric tube", 0.25),
-                        ("central venous catheter", 0.35), ("pacemaker", 0.06)):
+        for name, p in (
+            ("ecg leads", 0.45),
+            ("endotracheal tube", 0.25),
+            ("enteric tube", 0.25),
+            ("central venous catheter", 0.35),
+            ("pacemaker", 0.06),
+        ):
             if rng.random() < p:
                 devices.append(name)
     else:
@@ -214,7 +236,7 @@ def sample_realistic(rng: np.random.Generator) -> PhantomParams:
         rotation_deg=float(np.clip(rng.normal(0.0, 5.0 if ap else 3.0), -10.0, 10.0)),
         left_dome_drop=float(rng.normal(0.02, 0.025)),
         aortic_knob=float(np.clip(0.7 + 0.8 * elderly + rng.normal(0, 0.15), 0.5, 1.7)),
-        exposure=float(rng.uniform(1.2, 3.6)),          # from over- to under-penetrated
+        exposure=float(rng.uniform(1.2, 3.6)),  # from over- to under-penetrated
         gamma=float(rng.uniform(0.75, 1.3)),
         noise=float(rng.uniform(0.004, 0.03 if ap else 0.015)),
         blur_px512=float(rng.uniform(0.5, 1.4)),

@@ -1,0 +1,121 @@
+"""Starting or joining Ray for a RegionMIR command: the one place for the settings our machines need.
+
+Every command that runs on Ray — ``train``, ``index``, ``evaluate``, ``serve``, the demo — comes
+through :func:`start_ray`. A local Ray is started with start-up waits long enough for a small, busy
+machine (a 2-core laptop, a CI runner already running Milvus and a previous Ray shutting down):
+Ray's defaults give its GCS 30 s to publish its port and the raylet a short window for its agents,
+and each has been seen to run out there. A start-up that still times out is retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Environment defaults for a local Ray on a small, busy machine (a user's own setting wins).
+LOCAL_RAY_ENVIRONMENT = {
+    "RAY_AUTH_MODE": "disabled",  # local clusters; real ones configure their own auth
+    "RAY_TRAIN_V2_ENABLED": "1",
+    # the GCS writes its port file only once fully up: 30 s by default, not enough under load
+    "RAY_gcs_server_port_wait_time_s": "120",
+    # the raylet gives up when the node's metrics agent is slow to come up; workers prestarted at
+    # the same moment (one per logical CPU) make that likely. Tasks and actors start what they need.
+    "RAY_enable_worker_prestart": "0",
+    "RAY_prestart_worker_first_driver": "0",
+    "RAY_raylet_start_wait_time_s": "120",
+    "RAY_agent_register_timeout_ms": "300000",
+}
+
+#: Start-up attempts for a local Ray whose start timed out.
+START_ATTEMPTS = 3
+
+
+def local_cpu_slots(cores: int | None = None) -> int:
+    """Logical CPUs a local Ray declares: at least 8, even on a 2-core laptop.
+
+    Ray Train workers each hold one, and Ray Data needs free slots to stream data to them — its
+    Parquet listing task itself launches footer-reading tasks, so with too few slots the pipeline
+    deadlocks (seen with 4 logical CPUs and 2 workers). Logical CPUs only bound concurrency; the
+    OS shares the cores.
+    """
+    cores = cores or os.cpu_count() or 2
+    return max(8, 2 * cores)
+
+
+def start_ray(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    object_store_mb: int = 512,
+    log_to_driver: bool = True,
+    verbose: bool = False,
+    metrics_export_port: int | None = None,
+    attempts: int = START_ATTEMPTS,
+) -> None:
+    """Join ``address`` (or ``$RAY_ADDRESS``) when given, else start a local Ray.
+
+    ``log_to_driver`` streams the workers' output (``[train] ...`` progress lines) to this
+    process's console; ``verbose`` keeps Ray's own INFO lines there too (by default they go to
+    Ray's session log files only). Does nothing when Ray is already initialised in this process.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    for name, value in LOCAL_RAY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    level = "INFO" if verbose else "WARNING"
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=log_to_driver, logging_level=level)
+    else:
+        kwargs: dict[str, Any] = {
+            "num_cpus": num_cpus or local_cpu_slots(),
+            "include_dashboard": False,
+            "object_store_memory": object_store_mb * 1024 * 1024,
+            "log_to_driver": log_to_driver,
+            "logging_level": level,
+        }
+        if metrics_export_port:
+            kwargs["_metrics_export_port"] = metrics_export_port
+        _start_local(ray, kwargs, attempts)
+    if not verbose:
+        quiet_ray_data_console()
+
+
+def _start_local(ray: Any, kwargs: dict[str, Any], attempts: int) -> None:
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as exc:  # a node start-up that timed out on an overloaded machine: try again
+            if attempt == attempts or "timed out" not in str(exc).lower():
+                raise
+            log.warning("local Ray did not start (%s); retrying (%d of %d)", exc, attempt + 1, attempts)
+            ray.shutdown()
+            time.sleep(5)
+
+
+def stop_ray() -> None:
+    """Shut this process's Ray down (a local one stops; a joined cluster keeps running)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def quiet_ray_data_console() -> None:
+    """Ray Data's INFO lines (execution plans, a progress block every few seconds when stdout is
+    not a terminal) off the console: warnings still show, and Ray's session log files
+    (``ray-data.log``) keep everything. Our commands print their own progress lines."""
+    import sys
+
+    import ray.data  # configures the ray.data loggers on import
+
+    for handler in logging.getLogger(ray.data.__name__).handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stderr, sys.stdout):
+            handler.setLevel(logging.WARNING)
