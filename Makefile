@@ -63,7 +63,7 @@ test-cluster: $(STAMP)
 
 # `make demo SERVE=1` keeps the query service up at the end (Ctrl-C stops it).
 demo: $(STAMP)
-	$(PY) -m serving.full_demo --out $(DEMO_OUT)$(if $(SERVE), --keep-serving)
+	$(PY) -m demo --out $(DEMO_OUT)$(if $(SERVE), --keep-serving)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -32,9 +32,9 @@ from hostile_inputs import (  # noqa: E402
     rgb_png,
     strip_png,
 )
+from random_model_index import build_random_model_index_subprocess  # noqa: E402
 
 from serving.config import ServeSettings  # noqa: E402
-from serving.demo import build_demo_subprocess  # noqa: E402
 
 GOAL_S = 2.0
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     strip, bomb = strip_png(39000, 1500), deflate_bomb_dicom(int(args.bomb_gib * 1024**3))
     nan, j2k, big = nan_rescale_dicom(), forged_jpeg2000_dicom(), rgb_png(7740)
     with tempfile.TemporaryDirectory(prefix="regionmir-hostile-") as workdir:
-        demo = build_demo_subprocess(workdir, images=6, size=160, seed=5)
+        demo = build_random_model_index_subprocess(workdir, images=6, size=160, seed=5)
         film = Path(demo["query_films"][0]).read_bytes()
         settings = ServeSettings.from_dict(
             {

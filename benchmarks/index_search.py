@@ -101,7 +101,8 @@ def search_levels(
     rng: np.random.Generator,
     consistency: str = "Bounded",
 ) -> list[dict]:
-    from indexing.region_index import RegionIndex, RegionRow
+    from indexing.index_rows import RegionRow
+    from indexing.region_index import RegionIndex
 
     database, anatomy_ids = clustered_vectors(n, dim, rng)
     probes, _ = clustered_vectors(queries, dim, rng)
@@ -186,6 +187,7 @@ def main() -> int:
     parser.add_argument("--backends", default="milvus-lite,milvus-standalone")
     args = parser.parse_args()
     from indexing.build import index_data
+    from indexing.jobs import IndexJob
     from indexing.local_milvus import MilvusLiteServer, MilvusStandaloneServer
     from regionmir.synth.dataset_writer import write_phantom_dataset
 
@@ -199,7 +201,7 @@ def main() -> int:
         model_dir = make_model(os.path.join(work, "model"))
         encoder_rois_per_s, rois = encoder_rate(data, model_dir)
         print(f"[bench] encoder alone: {encoder_rois_per_s:.0f} ROIs/s over {rois} ROIs", flush=True)
-        summary = index_data(data, model_dir, os.path.join(work, "index.db"), collection="regions")
+        summary = index_data(IndexJob(data, model_dir, os.path.join(work, "index.db"), collection="regions"))
         result.update(
             {
                 "index_rois_per_s": summary["rows_per_s_steady"],

@@ -39,8 +39,9 @@ import requests
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from random_model_index import build_random_model_index_subprocess  # noqa: E402
+
 from serving.config import ServeSettings  # noqa: E402
-from serving.demo import build_demo_subprocess  # noqa: E402
 
 APP = "regionmir"
 
@@ -225,7 +226,7 @@ def main() -> int:
     os.makedirs(workdir, exist_ok=True)
     t0 = time.perf_counter()
     print(f"[bench] building the phantom index in {workdir}", flush=True)
-    demo = build_demo_subprocess(
+    demo = build_random_model_index_subprocess(
         os.path.join(workdir, "demo"), images=args.images, size=args.size, seed=5, model=args.model
     )
     with open(demo["query_films"][0], "rb") as film:

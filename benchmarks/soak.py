@@ -63,9 +63,9 @@ from hostile_inputs import (  # noqa: E402
     nan_rescale_dicom,
     strip_png,
 )
+from random_model_index import build_random_model_index_subprocess  # noqa: E402
 
 from serving.config import ServeSettings  # noqa: E402
-from serving.demo import build_demo_subprocess  # noqa: E402
 
 FLAT_GROWTH = 0.05
 #: kind → (weight in the mix, expected status, expected reason); good kinds first.
@@ -561,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="regionmir-soak-demo-") as workdir:
         print("soak: building the demo index and the payloads", file=sys.stderr, flush=True)
-        demo = build_demo_subprocess(workdir, images=6, size=160, seed=5)
+        demo = build_random_model_index_subprocess(workdir, images=6, size=160, seed=5)
         payloads = Payloads(demo, args.bomb_gib)
         api_key = secrets.token_urlsafe(24)
         settings = ServeSettings.from_dict(

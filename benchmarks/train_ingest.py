@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from regionmir.anatomy import STANDARD_29_IDS
+from regionmir.dataset import films_by_split
 from regionmir.encoder import RegionEncoder, load_preset
 from regionmir.roi_crop import CropConfig
 
@@ -43,7 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from cluster.ray_runtime import start_ray  # noqa: E402
-from training.roi_pipeline import RoiPipelineConfig, cached_roi_datasets, crop_from_context, list_images  # noqa: E402
+from training.roi_pipeline import RoiPipelineConfig, cached_roi_datasets, crop_from_context  # noqa: E402
 
 PRESET = "resnet10-cpu"
 
@@ -227,7 +228,7 @@ def main() -> int:
     crop = CropConfig(size=load_preset(PRESET).crop_size, margin=0.15)
     pipeline = RoiPipelineConfig(crop=crop, anatomy_ids=tuple(STANDARD_29_IDS))
     start_ray()
-    records, _ = list_images(data, None, ("train",))
+    records, _ = films_by_split(data, None, ("train",))
     cached = cached_roi_datasets(records, pipeline, os.path.join(work, "crop-cache"), None)
     files = sorted(glob.glob(os.path.join(work, "crop-cache", "train-*", "*.parquet")))
     rows = cached["info"]["train"]["rows"]

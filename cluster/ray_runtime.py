@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import sys
 import time
 from typing import Any
 
@@ -85,6 +87,8 @@ def start_ray(
         _start_local(ray, kwargs, attempts)
     if not verbose:
         quiet_ray_data_console()
+        if log_to_driver:
+            forward_own_lines_only()
 
 
 def _start_local(ray: Any, kwargs: dict[str, Any], attempts: int) -> None:
@@ -98,6 +102,37 @@ def _start_local(ray: Any, kwargs: dict[str, Any], attempts: int) -> None:
             log.warning("local Ray did not start (%s); retrying (%d of %d)", exc, attempt + 1, attempts)
             ray.shutdown()
             time.sleep(5)
+
+
+#: A line our own code printed in a Ray worker: ``[train] …``, ``[data] …`` (lower-case tag).
+OWN_LINE = re.compile(r"^\[[a-z][a-z-]*\] ")
+
+
+def forward_own_lines_only() -> bool:
+    """Of what Ray's workers print, show only our own progress lines (``[train] epoch 2/8: …``),
+    once each and without Ray's ``(RayTrainWorker pid=…)`` prefix; Ray's controllers, actors,
+    raylets and C++ core workers keep talking into Ray's session log files. Returns False (Ray's
+    own console forwarding left as it is) when this Ray has no such hook.
+    """
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:  # another Ray: its default forwarding stays
+        return False
+    original = getattr(ray_worker, "print_worker_logs", None)
+    if original is None:
+        return False
+    if getattr(original, "_regionmir_own_lines_only", False):
+        return True
+
+    def own_lines_only(data: dict, print_file: object = None, ignore_prefix: bool = False) -> None:
+        for line in data.get("lines", ()):
+            if OWN_LINE.match(line):
+                print(line, file=sys.stdout, flush=True)
+
+    own_lines_only._regionmir_own_lines_only = True  # type: ignore[attr-defined]
+    # every path that prints worker output (the live handler, the lines flushed at shutdown) calls it
+    ray_worker.print_worker_logs = own_lines_only
+    return True
 
 
 def stop_ray() -> None:

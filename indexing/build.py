@@ -17,21 +17,27 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Sequence
 
 from regionmir.anatomy import ANATOMY_NAMES
+from regionmir.bad_films import BadFilms
 from regionmir.command_help import command_parser
+from regionmir.console import configure_command_logging
+from regionmir.dataset import films_by_split
 from regionmir.errors import DatasetError, RegionMIRError
 from regionmir.identifiers import uses_default_salt
 from regionmir.model_contract import read_contract
 from regionmir.storage import S3Options
 
-from .region_index import RegionIndex, RegionRow, model_collection_name
+from .index_rows import RegionRow
+from .index_schema import model_collection_name
+from .jobs import IndexJob
+from .region_index import RegionIndex
 
-DEFAULT_ALIAS = "regions"
-
+log = logging.getLogger(__name__)
 
 #: The build collection for this alias and model (see :func:`model_collection_name`).
 build_collection_name = model_collection_name
@@ -57,75 +63,57 @@ def region_rows(batch: dict, model_version: str) -> list[RegionRow]:
     ]
 
 
-def index_data(
-    data: str,
-    model: str,
-    milvus: str,
-    collection: str = DEFAULT_ALIAS,
-    split: str = "train",
-    gpu: bool = False,
-    encoders: int = 1,
-    index_type: str = "HNSW",
-    batch_size: int = 256,
-    address: str | None = None,
-    s3: S3Options | None = None,
-    progress_every_s: float = 10.0,
-    max_bad_fraction: float = 0.05,
-    keep_missing: bool = False,
-    allow_mass_removal: bool = False,
-) -> dict:
+def index_data(job: IndexJob, s3: S3Options | None = None) -> dict:
+    """Run ``job``: embed its films' regions into a build collection, reconcile, verify, move the alias.
+    Returns the summary the command prints."""
     from cluster.ray_runtime import start_ray
-    from training.roi_pipeline import list_images
 
-    from .roi_embedding import SkippedFilms, embedding_dataset
+    from .roi_embedding import embedding_dataset
 
     started = time.perf_counter()
     s3 = s3 or S3Options.from_env()
-    model_dir, contract = read_contract(model, s3)
+    model_dir, contract = read_contract(job.model, s3)
     if contract.stage != "finetune":
-        print(
-            f"[index] note: {model_dir} is a {contract.stage} model; its embedding layer was not trained "
+        log.info(
+            f"note: {model_dir} is a {contract.stage} model; its embedding layer was not trained "
             "(index a fine-tuned model for retrieval)",
-            flush=True,
         )
-    splits = ("train", "valid", "test") if split == "all" else (split,)
-    records, report = list_images(data, s3, splits)
+    splits = ("train", "valid", "test") if job.split == "all" else (job.split,)
+    records, report = films_by_split(job.data, s3, splits)
     films = [film for s in splits for film in records[s]]
     if not films:
-        raise DatasetError(data, f"no films in split {split!r}")
+        raise DatasetError(job.data, f"no films in split {job.split!r}")
     if report.total_issues:
-        print("[index] label scan:\n" + report.summary(), flush=True)
+        log.info("label scan:\n" + report.summary())
     if uses_default_salt():
-        print(
-            "[index] warning: REGIONMIR_ID_SALT is not set: patient hashes and sealed film locations use the "
+        log.warning(
+            "REGIONMIR_ID_SALT is not set: patient hashes and sealed film locations use the "
             "public default salt (a demo only: a production service refuses it)",
-            flush=True,
         )
-    index = RegionIndex(milvus)
+    index = RegionIndex(job.milvus)
     try:
-        target = build_collection_name(collection, contract.version_id)
+        target = build_collection_name(job.collection, contract.version_id)
         dim = contract.encoder_config.embedding_dim
-        index.create_collection(target, dim, index_type=index_type, exist_ok=True)  # a re-run resumes it
-        start_ray(address)
+        index.create_collection(target, dim, index_type=job.index_type, exist_ok=True)  # a re-run resumes it
+        start_ray(job.address)
         dataset = embedding_dataset(
             films,
             model_dir,
             contract.crop_config,
             contract.class_anatomy_ids,
             s3,
-            gpu=gpu,
-            encoders=encoders,
-            batch_size=batch_size,
+            gpu=job.gpu,
+            encoders=job.encoders,
+            batch_size=job.batch_size,
         )
-        skipped = SkippedFilms(data, len(films), max_bad_fraction)
-        print(
-            f"[index] {len(films)} films ({', '.join(splits)}) → {target} (alias {collection}) at {milvus}, "
+        skipped = BadFilms(job.data, len(films), job.max_bad_fraction)
+        log.info(
+            f"{len(films)} films ({', '.join(splits)}) → {target} (alias {job.collection}) at {job.milvus}, "
             f"model {contract.version_id}",
-            flush=True,
         )
         written, keys, last_print = 0, set(), time.perf_counter()
         embed_started, first_batch_at, first_batch_rows = time.perf_counter(), None, 0
-        for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        for batch in dataset.iter_batches(batch_size=job.batch_size, batch_format="numpy"):
             batch = skipped.filter(batch)
             if not len(batch["anatomy_id"]):
                 continue
@@ -135,28 +123,34 @@ def index_data(
             written += len(rows)
             if first_batch_at is None:
                 first_batch_at, first_batch_rows = time.perf_counter(), written
-            if time.perf_counter() - last_print > progress_every_s:
+            if time.perf_counter() - last_print > job.progress_every_s:
                 elapsed = time.perf_counter() - embed_started
-                print(f"[index] {written} regions written ({written / elapsed:.0f}/s)", flush=True)
+                log.info(f"{written} regions written ({written / elapsed:.0f}/s)")
                 last_print = time.perf_counter()
         embed_seconds = time.perf_counter() - embed_started
         index.flush(target)
         listed = [s for s in splits if records[s]]  # a split that lists no film is left as it is
         missing = reconcile(
-            index, target, listed, keys, skipped.image_ids, keep=keep_missing, allow_mass_removal=allow_mass_removal
+            index,
+            target,
+            listed,
+            keys,
+            skipped.image_ids,
+            keep=job.keep_missing,
+            allow_mass_removal=job.allow_mass_removal,
         )
         index.verify(target, len(keys) + missing["kept_missing"] + missing["kept_unreadable"], splits=listed)
-        previous = index.point_alias(collection, target)
+        previous = index.point_alias(job.collection, target)
         expected_regions = sum(
             1 for film in films for r in film.regions if r.anatomy_id in set(contract.class_anatomy_ids)
         )
         summary = {
-            "alias": collection,
+            "alias": job.collection,
             "collection": target,
             "previous_collection": previous,
-            "milvus": milvus,
+            "milvus": job.milvus,
             "model_version": contract.version_id,
-            "split": split,
+            "split": job.split,
             "films": len(films),
             "rows": index.count(target),
             "rows_written": written,
@@ -178,11 +172,10 @@ def index_data(
         }
     finally:
         index.close()  # also when the build fails: milvus-lite admits one open client per file
-    print(
-        f"[index] done: {summary['rows']} rows in {target} ({summary['rows_per_s']} rows/s), "
-        f"{summary['films_skipped']} films and {summary['regions_skipped']} regions skipped; alias {collection} → {target}"
-        + (f" (was {previous})" if previous and previous != target else ""),
-        flush=True,
+    log.info(
+        f"done: {summary['rows']} rows in {target} ({summary['rows_per_s']} rows/s), "
+        f"{summary['films_skipped']} films and {summary['regions_skipped']} regions skipped; "
+        f"alias {job.collection} → {target}" + (f" (was {previous})" if previous and previous != target else ""),
     )
     return summary
 
@@ -233,15 +226,12 @@ def reconcile(
             )
     removed = [key for keys in stale.values() for key in keys]
     if removed:
-        print(
-            f"[index] removing {len(removed)} rows of films or regions no longer in the data from {target}", flush=True
-        )
+        log.info(f"removing {len(removed)} rows of films or regions no longer in the data from {target}")
         index.delete_keys(target, removed)
     if kept_missing:
-        print(
-            f"[index] note: {kept_missing} rows in {target} belong to films or regions no longer in the data; "
+        log.info(
+            f"note: {kept_missing} rows in {target} belong to films or regions no longer in the data; "
             "kept (--keep-missing); run without it to remove them",
-            flush=True,
         )
     return {"removed": len(removed), "kept_missing": kept_missing, "kept_unreadable": kept_unreadable}
 
@@ -257,27 +247,27 @@ def index_main(argv: Sequence[str]) -> int:
         required=True,
         help="PATH.db (milvus-lite, embedded) or http(s)://host:port (a Milvus server; token from MILVUS_TOKEN)",
     )
-    parser.add_argument("--collection", default=DEFAULT_ALIAS, help="the alias the service queries")
+    parser.add_argument("--collection", default=IndexJob.collection, help="the alias the service queries")
     parser.add_argument(
         "--split",
-        default="train",
+        default=IndexJob.split,
         choices=("train", "valid", "test", "all"),
-        help="which films to index (default train: the database the paper retrieves from)",
+        help=f"which films to index (default {IndexJob.split}: the database the paper retrieves from)",
     )
-    parser.add_argument("--index-type", default="HNSW", choices=("HNSW", "FLAT", "IVF_FLAT"))
+    parser.add_argument("--index-type", default=IndexJob.index_type, choices=("HNSW", "FLAT", "IVF_FLAT"))
     parser.add_argument("--gpu", action="store_true", help="one GPU per encoder actor")
-    parser.add_argument("--encoders", type=int, default=1, help="encoder actors")
+    parser.add_argument("--encoders", type=int, default=IndexJob.encoders, help="encoder actors")
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=256,
-        help="regions per encoder batch and per Milvus upsert (default 256; larger on a GPU)",
+        default=IndexJob.batch_size,
+        help=f"regions per encoder batch and per Milvus upsert (default {IndexJob.batch_size}; larger on a GPU)",
     )
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     parser.add_argument(
         "--max-bad-fraction",
         type=float,
-        default=0.05,
+        default=IndexJob.max_bad_fraction,
         help="stop (leaving the alias where it was) when more films than this cannot be read",
     )
     parser.add_argument(
@@ -292,23 +282,26 @@ def index_main(argv: Sequence[str]) -> int:
         "(otherwise the job stops, removing nothing)",
     )
     args = parser.parse_args(list(argv))
+    configure_command_logging("index", args)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     try:
         summary = index_data(
-            args.data,
-            args.model,
-            args.milvus,
-            args.collection,
-            args.split,
-            args.gpu,
-            args.encoders,
-            args.index_type,
-            batch_size=args.batch_size,
-            address=args.address,
-            max_bad_fraction=args.max_bad_fraction,
-            keep_missing=args.keep_missing,
-            allow_mass_removal=args.allow_mass_removal,
+            IndexJob(
+                data=args.data,
+                model=args.model,
+                milvus=args.milvus,
+                collection=args.collection,
+                split=args.split,
+                gpu=args.gpu,
+                encoders=args.encoders,
+                index_type=args.index_type,
+                batch_size=args.batch_size,
+                address=args.address,
+                max_bad_fraction=args.max_bad_fraction,
+                keep_missing=args.keep_missing,
+                allow_mass_removal=args.allow_mass_removal,
+            )
         )
     except RegionMIRError as exc:
         print(f"regionmir index: {exc}", file=sys.stderr)

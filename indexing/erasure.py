@@ -21,6 +21,8 @@ from pathlib import Path
 
 from regionmir import storage
 from regionmir.command_help import command_parser
+from regionmir.console import configure_command_logging
+from regionmir.crop_cache_layout import COMPLETE_MARKER, SHARD_GLOB
 from regionmir.errors import RegionMIRError
 from regionmir.identifiers import SALT_ENV, hash_identifier
 
@@ -104,15 +106,13 @@ def _erase_from_crop_cache(root: Path, images: set[str]) -> int:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from training.roi_pipeline import COMPLETE_MARKER
-
     if not images:
         return 0
     wanted = pa.array(sorted(images))
     removed = 0
     for marker in sorted(root.rglob(COMPLETE_MARKER)):
         split_removed = 0
-        for shard in sorted(marker.parent.glob("*.parquet")):
+        for shard in sorted(marker.parent.glob(SHARD_GLOB)):
             table = pq.read_table(shard)
             kept = table.filter(pc.invert(pc.is_in(table["image_id"], value_set=wanted)))
             if kept.num_rows != table.num_rows:
@@ -148,6 +148,7 @@ def delete_main(argv: Sequence[str]) -> int:
         help="hash with the public default salt (an index built without REGIONMIR_ID_SALT: demos)",
     )
     args = parser.parse_args(list(argv))
+    configure_command_logging("delete", args)
     try:
         summary = erase(
             args.milvus,

@@ -14,6 +14,7 @@ same exclusions as the ranking), nDCG@k, MRR@k and hit rate@k — overall and pe
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -24,9 +25,12 @@ import numpy as np
 
 from regionmir import storage
 from regionmir.anatomy import ANATOMY_NAMES
+from regionmir.bad_films import BadFilms
 from regionmir.boxes import Box
 from regionmir.classification_metrics import classification_report, confusion_matrix, plot_confusion_matrix
 from regionmir.command_help import command_parser
+from regionmir.console import configure_command_logging
+from regionmir.dataset import films_by_split
 from regionmir.errors import DatasetError, RegionMIRError
 from regionmir.image_reader import read_image
 from regionmir.model_contract import read_contract
@@ -36,124 +40,65 @@ from regionmir.roi_crop import roi_crop
 from regionmir.sealed_location import open_location
 from regionmir.storage import S3Options
 
-from .build import DEFAULT_ALIAS
-from .region_index import RegionIndex, row_key
+from .index_schema import row_key
+from .jobs import EvaluationJob
+from .region_index import RegionIndex
+
+log = logging.getLogger(__name__)
 
 KS = (1, 5, 10)
 
 
-def evaluate(
-    data: str,
-    model: str,
-    milvus: str,
-    report_dir: str,
-    collection: str = DEFAULT_ALIAS,
-    query_split: str = "test",
-    database_split: str | None = "train",
-    k: int = 10,
-    examples: int = 8,
-    address: str | None = None,
-    s3: S3Options | None = None,
-    max_bad_fraction: float = 0.05,
-    localize_films: int = 10,
-    embed: str = "auto",
-    exclude_same_patient: bool = True,
-) -> dict:
-    """``exclude_same_patient``: leave the query's own patient out of its ranking and of its R
-    (other films of the same person are not what a region search is for, and would flatter it).
-    ``localize_films``: how many query films to localise every region of, from the film alone,
-    as anatomy-only queries are (0: skip); their mean IoU is ``localization_miou``.
-    ``embed``: where the queries are embedded — ``ray`` (Ray Data), ``local`` (this process) or
-    ``auto`` (this process for a few dozen films, see :data:`~indexing.roi_embedding.IN_PROCESS_MAX_FILMS`)."""
-    from training.roi_pipeline import list_images
-
+def evaluate(job: EvaluationJob, s3: S3Options | None = None) -> dict:
+    """Run ``job`` (see :class:`~indexing.jobs.EvaluationJob`): embed the queries, search the index the way
+    the service does, and write the report; returns the metrics (as ``metrics.json``)."""
     from .localization_eval import localization_report, model_atlas
 
     started = time.perf_counter()
     s3 = s3 or S3Options.from_env()
-    model_dir, contract = read_contract(model, s3)
-    records, _ = list_images(data, s3, tuple(dict.fromkeys((query_split, "train"))))
-    if not records[query_split]:
-        raise DatasetError(data, f"no films in the query split {query_split!r}")
+    model_dir, contract = read_contract(job.model, s3)
+    records, _ = films_by_split(job.data, s3, tuple(dict.fromkeys((job.query_split, "train"))))
+    if not records[job.query_split]:
+        raise DatasetError(job.data, f"no films in the query split {job.query_split!r}")
     localization: dict = {}
-    if localize_films > 0:
-        atlas = model_atlas(model_dir, records["train"], s3, source=f"train split of {data}")
-        films = records[query_split][:localize_films]
-        print(
-            f"[evaluate] localising every region of {len(films)} {query_split} films from the film alone "
+    if job.localize_films > 0:
+        atlas = model_atlas(model_dir, records["train"], s3, source=f"train split of {job.data}")
+        films = records[job.query_split][: job.localize_films]
+        log.info(
+            f"localising every region of {len(films)} {job.query_split} films from the film alone "
             f"(atlas of {atlas.images} films + the model's classifier)",
-            flush=True,
         )
         localization = localization_report(atlas, films, model_dir, s3)
-    index = RegionIndex(milvus)
+    index = RegionIndex(job.milvus)
     try:
-        return _evaluate(
-            index,
-            data,
-            model_dir,
-            contract,
-            records,
-            report_dir,
-            collection,
-            query_split,
-            database_split,
-            k,
-            examples,
-            address,
-            s3,
-            max_bad_fraction,
-            started,
-            localization,
-            embed,
-            exclude_same_patient,
-        )
+        return _evaluate(index, job, model_dir, contract, records, s3, started, localization)
     finally:
         index.close()  # also on failure: milvus-lite admits one open client per file
 
 
-def _evaluate(
-    index,
-    data,
-    model_dir,
-    contract,
-    records,
-    report_dir,
-    collection,
-    query_split,
-    database_split,
-    k,
-    examples,
-    address,
-    s3,
-    max_bad_fraction,
-    started,
-    localization,
-    embed,
-    exclude_same_patient,
-) -> dict:
+def _evaluate(index, job: EvaluationJob, model_dir, contract, records, s3, started, localization) -> dict:
     from cluster.ray_runtime import start_ray
 
-    from .roi_embedding import IN_PROCESS_MAX_FILMS, SkippedFilms, embedded_batches
+    from .roi_embedding import IN_PROCESS_MAX_FILMS, embedded_batches
 
     version = contract.version_id
-    database_rows = index.count(collection, split=database_split, model_version=version)
+    database_rows = index.count(job.collection, split=job.database_split, model_version=version)
     if database_rows == 0:
         raise DatasetError(
-            collection,
+            job.collection,
             f"the index holds no rows of model {version} in the "
-            f"{database_split or 'whole'} split: run `regionmir index` with this model first",
+            f"{job.database_split or 'whole'} split: run `regionmir index` with this model first",
         )
-    if k < max(KS):
-        raise ValueError(f"k must be at least {max(KS)}, got {k}")
-    if embed == "ray" or (embed == "auto" and len(records[query_split]) > IN_PROCESS_MAX_FILMS):
-        start_ray(address)
-        embed = "ray"
+    if job.k < max(KS):
+        raise ValueError(f"k must be at least {max(KS)}, got {job.k}")
+    if job.embed == "ray" or (job.embed == "auto" and len(records[job.query_split]) > IN_PROCESS_MAX_FILMS):
+        start_ray(job.address)
+        mode = "ray"
     else:
-        embed = "local"
-    print(
-        f"[evaluate] embedding {len(records[query_split])} {query_split} films "
-        f"{'with Ray Data' if embed == 'ray' else 'in this process'}",
-        flush=True,
+        mode = "local"
+    log.info(
+        f"embedding {len(records[job.query_split])} {job.query_split} films "
+        f"{'with Ray Data' if mode == 'ray' else 'in this process'}",
     )
     queries: dict[str, list] = {
         "vector": [],
@@ -164,37 +109,38 @@ def _evaluate(
         "image_id": [],
         "patient_hash": [],
     }
-    skipped = SkippedFilms(data, len(records[query_split]), max_bad_fraction)
+    skipped = BadFilms(job.data, len(records[job.query_split]), job.max_bad_fraction)
     for batch in embedded_batches(
-        records[query_split], model_dir, contract.crop_config, contract.class_anatomy_ids, s3, mode=embed
+        records[job.query_split], model_dir, contract.crop_config, contract.class_anatomy_ids, s3, mode=mode
     ):
         batch = skipped.filter(batch)
         for name in queries:
             queries[name].extend(batch[name])
     vectors = np.stack(queries["vector"]).astype(np.float32)
     truth = np.asarray(queries["anatomy_id"], dtype=np.int64)
-    patients = [str(p) if exclude_same_patient else "" for p in queries["patient_hash"]]
-    print(
-        f"[evaluate] {len(truth)} {query_split} queries against {database_rows} rows of {collection} "
-        f"(model {version}, database split: {database_split or 'all'}, "
-        f"{'without' if exclude_same_patient else 'with'} the query's own patient)",
-        flush=True,
+    patients = [str(p) if job.exclude_same_patient else "" for p in queries["patient_hash"]]
+    log.info(
+        f"{len(truth)} {job.query_split} queries against {database_rows} rows of {job.collection} "
+        f"(model {version}, database split: {job.database_split or 'all'}, "
+        f"{'without' if job.exclude_same_patient else 'with'} the query's own patient)",
     )
     hits, latencies = search_queries(
-        index, collection, vectors, patients, k, split=database_split, model_version=version
+        index, job.collection, vectors, patients, job.k, split=job.database_split, model_version=version
     )
-    num_relevant = relevant_counts(index, collection, truth, patients, split=database_split, model_version=version)
+    num_relevant = relevant_counts(
+        index, job.collection, truth, patients, split=job.database_split, model_version=version
+    )
     run = RetrievalRun()
     for q, row in enumerate(hits):
         run.add(
             row_key(str(queries["image_id"][q]), int(truth[q]), version),
             ANATOMY_NAMES[truth[q]],
             num_relevant[q],
-            [RankedHit(h.key, h.anatomy, h.score) for h in row[:k]],
+            [RankedHit(h.key, h.anatomy, h.score) for h in row[: job.k]],
         )
     retrieval = run.report(KS)
-    storage.write_text(storage.join(report_dir, "run.tsv"), run.run_tsv(), s3)
-    storage.write_text(storage.join(report_dir, "qrels.tsv"), run.qrels_tsv(), s3)
+    storage.write_text(storage.join(job.report_dir, "run.tsv"), run.run_tsv(), s3)
+    storage.write_text(storage.join(job.report_dir, "qrels.tsv"), run.qrels_tsv(), s3)
     class_ids = list(contract.class_anatomy_ids)
     position = {a: i for i, a in enumerate(class_ids)}
     names = [ANATOMY_NAMES[a] for a in class_ids]
@@ -218,14 +164,14 @@ def _evaluate(
         "queries": int(len(truth)),
         "films_skipped": skipped.count,
         "database_rows": database_rows,
-        "collection": collection,
-        "database_split": database_split,
-        "query_split": query_split,
+        "collection": job.collection,
+        "database_split": job.database_split,
+        "query_split": job.query_split,
         "model_version": version,
-        "exclude_same_patient": exclude_same_patient,
-        "files": {"run": storage.join(report_dir, "run.tsv"), "qrels": storage.join(report_dir, "qrels.tsv")},
+        "exclude_same_patient": job.exclude_same_patient,
+        "files": {"run": storage.join(job.report_dir, "run.tsv"), "qrels": storage.join(job.report_dir, "qrels.tsv")},
         "search_ms_per_query_p50": round(float(np.median(latencies)), 3),
-        "k": k,
+        "k": job.k,
         **localization,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -236,17 +182,18 @@ def _evaluate(
             matrix,
             names,
             cm_local,
-            title=f"Anatomy classification of {len(truth)} {query_split} regions (accuracy {metrics['accuracy']:.1%})",
+            title=f"Anatomy classification of {len(truth)} {job.query_split} regions "
+            f"(accuracy {metrics['accuracy']:.1%})",
         )
-        _draw_examples(queries, truth, hits, retrieval, examples, examples_local, contract.crop_config, s3)
+        _draw_examples(queries, truth, hits, retrieval, job.examples, examples_local, contract.crop_config, s3)
         metrics["pictures"] = {}
         for name, local in (("confusion_matrix", cm_local), ("retrieval_examples", examples_local)):
-            target = storage.join(report_dir, f"{name}.png")  # then copied to the report folder, local or s3://
+            target = storage.join(job.report_dir, f"{name}.png")  # then copied to the report folder, local or s3://
             with open(local, "rb") as f:
                 storage.write_bytes(target, f.read(), s3)
             metrics["pictures"][name] = target
-    storage.write_text(storage.join(report_dir, "metrics.json"), json.dumps(metrics, indent=1), s3)
-    storage.write_text(storage.join(report_dir, "report.md"), markdown_report(metrics), s3)
+    storage.write_text(storage.join(job.report_dir, "metrics.json"), json.dumps(metrics, indent=1), s3)
+    storage.write_text(storage.join(job.report_dir, "report.md"), markdown_report(metrics), s3)
     return metrics
 
 
@@ -372,20 +319,25 @@ def evaluate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--milvus", required=True)
-    parser.add_argument("--collection", default=DEFAULT_ALIAS)
+    parser.add_argument("--collection", default=EvaluationJob.collection)
     parser.add_argument(
         "--report", required=True, help="folder for metrics.json, report.md, run.tsv, qrels.tsv and the pictures"
     )
-    parser.add_argument("--query-split", default="test")
-    parser.add_argument("--database-split", default="train", help="'all' to search every indexed split")
+    parser.add_argument("--query-split", default=EvaluationJob.query_split)
+    parser.add_argument(
+        "--database-split", default=EvaluationJob.database_split, help="'all' to search every indexed split"
+    )
     parser.add_argument("--address")
     parser.add_argument(
-        "--localize-films", type=int, default=10, help="query films whose regions are localised without a box (0: skip)"
+        "--localize-films",
+        type=int,
+        default=EvaluationJob.localize_films,
+        help="query films whose regions are localised without a box (0: skip)",
     )
     parser.add_argument(
         "--embed",
         choices=("auto", "ray", "local"),
-        default="auto",
+        default=EvaluationJob.embed,
         help="embed the queries with Ray Data, in this process, or auto: in this process up to "
         "32 query films (default)",
     )
@@ -395,19 +347,22 @@ def evaluate_main(argv: Sequence[str]) -> int:
         help="let a query retrieve its own patient's other films (default: excluded from the ranking and from R)",
     )
     args = parser.parse_args(list(argv))
+    configure_command_logging("evaluate", args)
     try:
         metrics = evaluate(
-            args.data,
-            args.model,
-            args.milvus,
-            args.report,
-            args.collection,
-            args.query_split,
-            None if args.database_split == "all" else args.database_split,
-            address=args.address,
-            localize_films=args.localize_films,
-            embed=args.embed,
-            exclude_same_patient=not args.include_same_patient,
+            EvaluationJob(
+                data=args.data,
+                model=args.model,
+                milvus=args.milvus,
+                report_dir=args.report,
+                collection=args.collection,
+                query_split=args.query_split,
+                database_split=None if args.database_split == "all" else args.database_split,
+                address=args.address,
+                localize_films=args.localize_films,
+                embed=args.embed,
+                exclude_same_patient=not args.include_same_patient,
+            )
         )
     except RegionMIRError as exc:
         print(f"regionmir evaluate: {exc}", file=sys.stderr)

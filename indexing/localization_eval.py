@@ -10,6 +10,7 @@ alone, so a reader sees what the classifier adds.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ from regionmir.anatomy_atlas import AnatomyAtlas, AtlasError, iou
 from regionmir.image_reader import read_image
 from regionmir.model_contract import load_model
 from regionmir.region_record import ImageRecord
+
+log = logging.getLogger(__name__)
 
 
 def model_atlas(
@@ -75,7 +78,7 @@ def localization_report(
             prior[name].append(iou(result.prior_box, region.box))
             regions += 1
         if time.perf_counter() - last > progress_every_s:
-            print(f"[evaluate] localised {regions} regions of {film_number}/{len(films)} films", flush=True)
+            log.info(f"localised {regions} regions of {film_number}/{len(films)} films")
             last = time.perf_counter()
     every = [v for values in found.values() for v in values]
     every_prior = [v for values in prior.values() for v in values]

@@ -1,18 +1,17 @@
-"""The Milvus store for ROI embeddings: one row per (image, anatomy region, model version).
+"""The Milvus client for region collections: :class:`RegionIndex`.
 
-One class, :class:`RegionIndex`, speaks to every Milvus this project runs against through the
-same ``pymilvus.MilvusClient`` calls:
+One class speaks to every Milvus this project runs against through the same
+``pymilvus.MilvusClient`` calls:
 
 * a milvus-lite file, ``RegionIndex("path/regions.db")`` (tests, demos, one process only: the
   file is locked by the process that opened it);
 * a milvus-lite server (``milvus-lite server --data-dir DIR --port P``) or a real Milvus,
   ``RegionIndex("http://host:19530")``; the token comes from ``$MILVUS_TOKEN`` unless given.
 
-Rows (:class:`RegionRow`) carry an image *identifier*, the region, where its box lies, the
-acquisition view, the data split, pseudonymous patient/study hashes (never the identifiers
-themselves: the caller hashes them with :func:`regionmir.identifiers.hash_identifier`), the model
-version and the L2-normalised embedding. The primary key is :func:`row_key` of (image id, anatomy
-id, model version), so indexing the same images again replaces rows instead of duplicating them.
+What it stores and how is defined beside it: the row schema, keys and collection names in
+:mod:`indexing.index_schema`, the rows written and read in :mod:`indexing.index_rows`
+(:class:`~indexing.index_rows.RegionRow`, :class:`~indexing.index_rows.RegionHit`), the escaped
+filter expressions in :mod:`indexing.index_filters` and the errors in :mod:`regionmir.errors`.
 
 Collections are versioned by name (``regions_v1``, ``regions_v2`` ...) and served through an alias
 (:meth:`RegionIndex.point_alias`): build and check a new collection, then switch the alias in one
@@ -29,38 +28,53 @@ A bulk job::
 
 and a query: ``index.search("regions", vectors, k=10, anatomy="left lung", view="PA")``.
 
-Every failure is a :class:`RegionIndexError` naming the URI, the collection and the reason.
+Every failure is a :class:`~regionmir.errors.RegionIndexError` naming the URI, the
+collection and the reason.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import math
 import os
-import re
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 import numpy as np
-from pymilvus import DataType, MilvusClient
+from pymilvus import MilvusClient
 from pymilvus.client.types import LoadState
 from pymilvus.exceptions import ConnectionConfigException, MilvusException
 
-from regionmir.anatomy import ANATOMY_NAMES, NUM_ANATOMIES
-from regionmir.anatomy import anatomy_id as resolve_anatomy_id
-from regionmir.errors import RegionMIRError
+from regionmir.errors import (
+    CountMismatchError,
+    DimensionMismatchError,
+    IndexLockedError,
+    IndexNotFoundError,
+    IndexUnavailableError,
+    RegionIndexError,
+    SchemaMismatchError,
+)
 from regionmir.identifiers import HASH_HEX_CHARS
-from regionmir.sealed_location import seal_location
+
+from .index_filters import build_filter, checked_keys, keys_filter, quote_filter_value
+from .index_rows import RegionHit, RegionRow
+from .index_schema import (
+    HASH_RE,
+    OUTPUT_FIELDS,
+    VARCHAR_FIELDS,
+    check_name,
+    collection_schema,
+    missing_fields,
+    schema_mismatch,
+)
 
 T = TypeVar("T")
 
@@ -91,256 +105,7 @@ MAX_TOP_K = 16384
 #: Largest vector dimension Milvus accepts.
 MAX_DIM = 32768
 
-#: VARCHAR fields and their maximum lengths (in bytes, as Milvus counts them).
-VARCHAR_FIELDS: dict[str, int] = {
-    "key": 64,
-    "anatomy": 64,
-    "image_id": 256,
-    "image_uri": 2048,
-    "view": 32,
-    "split": 32,
-    "patient_hash": 64,
-    "study_hash": 64,
-    "model_version": 128,
-}
-
-#: Every field of a region collection, in schema order.
-FIELDS: tuple[str, ...] = (
-    "key",
-    "vector",
-    "anatomy_id",
-    "anatomy",
-    "image_id",
-    "image_uri",
-    "box",
-    "view",
-    "split",
-    "patient_hash",
-    "study_hash",
-    "model_version",
-)
-#: What a search hands back for each hit (everything but the vector).
-OUTPUT_FIELDS: tuple[str, ...] = tuple(f for f in FIELDS if f != "vector")
-
-#: The row layout this code writes and reads; bumped whenever a field is added or changed. Every
-#: collection records it in its description; one with another version is refused with the command
-#: that rebuilds it.
-SCHEMA_VERSION = 1
-_SCHEMA_RE = re.compile(r"schema v(\d+)")
-
-
-def _schema_description() -> str:
-    return f"RegionMIR ROI embeddings, schema v{SCHEMA_VERSION}"
-
-
-_KEY_HEX_CHARS = 32  # 128 bits of SHA-256
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
-_HASH_RE = re.compile(rf"^(|[0-9a-f]{{{HASH_HEX_CHARS}}})$")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-_NORM_TOLERANCE = 1e-3
 _ROW_OVERHEAD_BYTES = 128  # per-row protocol overhead in the byte estimate (generous)
-
-
-# --------------------------------------------------------------------------------------- errors
-
-
-class RegionIndexError(RegionMIRError):
-    """Base class: the Milvus store failed. Names the URI, the collection (or alias) and why.
-
-    One family with the library's errors (:class:`regionmir.errors.RegionMIRError`): picklable
-    across Ray as itself, caught by every command's clear one-line error. ``reason`` is a short
-    machine key (``unavailable``, ``locked``, ``not_found``, ...).
-    """
-
-    reason = "index_error"
-
-    def __init__(self, uri: str, collection: str | None, message: str, *, reason: str | None = None):
-        self.uri = uri
-        self.collection = collection
-        where = f"Milvus at {uri}" + (f", collection {collection!r}" if collection else "")
-        super().__init__(where, message, reason=reason)
-
-
-class IndexUnavailableError(RegionIndexError):
-    """The server cannot be reached (down, wrong address, refused) or the local file not opened."""
-
-    reason = "unavailable"
-
-
-class IndexLockedError(IndexUnavailableError):
-    """A milvus-lite file is held by another process (milvus-lite allows one process per file)."""
-
-    reason = "locked"
-
-
-class IndexNotFoundError(RegionIndexError):
-    """The collection or alias does not exist."""
-
-    reason = "not_found"
-
-
-class DimensionMismatchError(RegionIndexError):
-    """Vectors whose length differs from the collection's dimension."""
-
-    reason = "dimension_mismatch"
-
-
-class SchemaMismatchError(RegionIndexError):
-    """An existing collection does not have the region schema (or the dimension asked for)."""
-
-    reason = "schema_mismatch"
-
-
-class CountMismatchError(RegionIndexError):
-    """The collection does not hold the number of rows expected. ``expected`` and ``actual``."""
-
-    reason = "count_mismatch"
-
-    def __init__(self, uri: str, collection: str, expected: int, actual: int):
-        self.expected = expected
-        self.actual = actual
-        super().__init__(uri, collection, f"expected {expected} rows, found {actual}")
-
-
-# ----------------------------------------------------------------------------------------- rows
-
-
-#: A row key: :func:`row_key`'s 32 lowercase hex characters (check with ``fullmatch``: ``match``
-#: lets a trailing newline through).
-KEY_RE = re.compile(f"[0-9a-f]{{{_KEY_HEX_CHARS}}}")
-
-
-def row_key(image_id: str, anatomy_id: int, model_version: str) -> str:
-    """The primary key of a row: 32 hex characters of SHA-256 over (image id, anatomy id, model).
-
-    Deterministic across runs and machines, so indexing the same image again with the same model
-    replaces its rows. The three parts are JSON-encoded before hashing, so no choice of strings
-    can make two different triples collide by concatenation.
-    """
-    if isinstance(anatomy_id, bool) or not isinstance(anatomy_id, (int, np.integer)):
-        raise TypeError(f"anatomy_id must be an int, got {type(anatomy_id).__name__}")
-    payload = json.dumps(["regionmir-roi-v1", str(image_id), int(anatomy_id), str(model_version)])
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:_KEY_HEX_CHARS]
-
-
-#: The longest film path or URI a row takes: sealed (+16 bytes, base64, prefix) it still fits the field.
-MAX_LOCATION_BYTES = 1500
-
-
-@dataclass(frozen=True, eq=False)
-class RegionRow:
-    """One ROI embedding to index. Validated on construction (``ValueError`` says which field).
-
-    ``image_id`` is an identifier (a DICOM SOP Instance UID, a data set's image id), not a path:
-    where the image lies goes in ``image_uri``. ``box`` is (x1, y1, x2, y2) in image pixels.
-    ``patient_hash``/``study_hash`` are :func:`regionmir.identifiers.hash_identifier` outputs
-    (16 lowercase hex) or ``""``; clear identifiers are refused. ``vector`` is converted to a
-    1-D float32 array and must be L2-normalised.
-    """
-
-    image_id: str
-    anatomy_id: int
-    anatomy: str
-    image_uri: str
-    box: tuple[float, float, float, float]
-    view: str
-    split: str
-    patient_hash: str
-    study_hash: str
-    model_version: str
-    vector: np.ndarray = field(repr=False)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.anatomy_id, bool) or not isinstance(self.anatomy_id, (int, np.integer)):
-            raise TypeError(f"anatomy_id must be an int, got {self.anatomy_id!r}")
-        if not 0 <= int(self.anatomy_id) < NUM_ANATOMIES:
-            raise ValueError(f"anatomy_id {self.anatomy_id} is outside 0..{NUM_ANATOMIES - 1}")
-        object.__setattr__(self, "anatomy_id", int(self.anatomy_id))
-        if self.anatomy != ANATOMY_NAMES[self.anatomy_id]:
-            raise ValueError(
-                f"anatomy {self.anatomy!r} does not match anatomy_id {self.anatomy_id} "
-                f"({ANATOMY_NAMES[self.anatomy_id]!r})"
-            )
-        for name in ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash", "model_version"):
-            value = getattr(self, name)
-            if not isinstance(value, str):
-                raise TypeError(f"{name} must be a str, got {type(value).__name__}")
-            if _CONTROL_RE.search(value):
-                raise ValueError(f"{name} contains control characters: {value!r}")
-            limit = MAX_LOCATION_BYTES if name == "image_uri" else VARCHAR_FIELDS[name]
-            if len(value.encode("utf-8")) > limit:
-                raise ValueError(f"{name} is longer than {limit} bytes: {value[:80]!r}...")
-        if not self.image_id:
-            raise ValueError("image_id is empty")
-        if "/" in self.image_id or "\\" in self.image_id:
-            raise ValueError(
-                f"image_id must be an identifier, not a path: {self.image_id!r} (put the location in image_uri)"
-            )
-        if not self.model_version:
-            raise ValueError("model_version is empty")
-        for name in ("patient_hash", "study_hash"):
-            if not _HASH_RE.match(getattr(self, name)):
-                raise ValueError(
-                    f"{name} must be a {HASH_HEX_CHARS}-hex regionmir.identifiers.hash_identifier "
-                    f"output or empty, got {getattr(self, name)!r} (never store identifiers in clear)"
-                )
-        box = tuple(float(v) for v in self.box)
-        if len(box) != 4 or not all(math.isfinite(v) for v in box):
-            raise ValueError(f"box must be 4 finite numbers (x1, y1, x2, y2), got {self.box!r}")
-        if not (box[2] > box[0] and box[3] > box[1]):
-            raise ValueError(f"box must have x2 > x1 and y2 > y1, got {box!r}")
-        object.__setattr__(self, "box", box)
-        vector = np.asarray(self.vector, dtype=np.float32)
-        if vector.ndim != 1 or vector.size == 0:
-            raise ValueError(f"vector must be 1-D and non-empty, got shape {vector.shape}")
-        if not np.all(np.isfinite(vector)):
-            raise ValueError("vector has NaN or infinite values")
-        norm = float(np.linalg.norm(vector))
-        if abs(norm - 1.0) > _NORM_TOLERANCE:
-            raise ValueError(f"vector must be L2-normalised, its norm is {norm:.4f}")
-        object.__setattr__(self, "vector", vector)
-
-    @property
-    def key(self) -> str:
-        """The primary key, :func:`row_key` of this row."""
-        return row_key(self.image_id, self.anatomy_id, self.model_version)
-
-    def to_entity(self) -> dict[str, Any]:
-        """The row as the dict Milvus inserts; ``image_uri`` sealed (:mod:`regionmir.sealed_location`)."""
-        return {
-            "key": self.key,
-            "vector": self.vector,
-            "anatomy_id": self.anatomy_id,
-            "anatomy": self.anatomy,
-            "image_id": self.image_id,
-            "image_uri": seal_location(self.image_uri, self.image_id),
-            "box": list(self.box),
-            "view": self.view,
-            "split": self.split,
-            "patient_hash": self.patient_hash,
-            "study_hash": self.study_hash,
-            "model_version": self.model_version,
-        }
-
-
-@dataclass(frozen=True)
-class RegionHit:
-    """One search result. ``score`` is the cosine similarity (1.0 for the same direction).
-    ``image_uri`` is the stored, sealed location: :func:`regionmir.sealed_location.open_location`
-    (with ``image_id``) gives the path to read."""
-
-    key: str
-    score: float
-    anatomy: str
-    anatomy_id: int
-    image_id: str
-    image_uri: str
-    box: tuple[float, float, float, float]
-    view: str
-    split: str
-    patient_hash: str
-    study_hash: str
-    model_version: str
 
 
 @dataclass(frozen=True)
@@ -351,67 +116,27 @@ class UpsertResult:
     batches: int
 
 
-# -------------------------------------------------------------------------------------- filters
-
-
-def quote_filter_value(value: str) -> str:
-    """A Milvus filter string literal for ``value``: double-quoted, ``\\`` and ``"`` escaped.
-
-    Whatever a user sends stays one literal (``PA" or 1==1 or "`` matches nothing rather than
-    everything). Control characters are refused (``ValueError``): no field holds them.
-    """
-    if not isinstance(value, str):
-        raise TypeError(f"filter values must be str, got {type(value).__name__}")
-    if _CONTROL_RE.search(value):
-        raise ValueError(f"filter value contains control characters: {value!r}")
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def build_filter(
-    *,
-    anatomy: str | int | None = None,
-    view: str | None = None,
-    split: str | None = None,
-    model_version: str | None = None,
-    exclude_patient_hash: str | None = None,
-) -> str:
-    """The Milvus boolean expression for the given constraints (``""`` when there are none).
-
-    ``anatomy`` is a region name, alias or id, resolved by :func:`regionmir.anatomy.anatomy_id`
-    (an unknown name raises :class:`regionmir.errors.UnknownAnatomyError` with suggestions);
-    the other values are compared for equality through :func:`quote_filter_value`.
-    ``exclude_patient_hash`` drops the rows of that patient (a query film's own patient, so
-    retrieval does not just find the same person's other films); an empty hash means "patient
-    unknown" and excludes nothing, since rows without a patient are not one patient.
-    """
-    clauses = []
-    if anatomy is not None:
-        clauses.append(f"anatomy_id == {resolve_anatomy_id(anatomy)}")
-    for name, value in (("view", view), ("split", split), ("model_version", model_version)):
-        if value is not None:
-            clauses.append(f"{name} == {quote_filter_value(value)}")
-    if exclude_patient_hash:
-        if not _HASH_RE.match(exclude_patient_hash):
-            raise ValueError(
-                f"exclude_patient_hash must be a {HASH_HEX_CHARS}-hex patient hash, got {exclude_patient_hash!r}"
-            )
-        clauses.append(f"patient_hash != {quote_filter_value(exclude_patient_hash)}")
-    return " and ".join(clauses)
-
-
-def model_collection_name(alias: str, model_version: str) -> str:
-    """The collection ``regionmir index`` fills for one model behind ``alias``:
-    ``<alias>__<model version>`` with letters, digits and underscores only. A service searches the
-    collection of its own model, so indexing another model (which moves the alias) never changes
-    what a running service answers."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", f"{alias}__{model_version}")
-
-
 #: Fields a search can keep one hit per (``group_by``): ``study`` → one region per study.
 GROUP_FIELDS = {"study": "study_hash", "patient": "patient_hash", "image": "image_id"}
 
 
 # -------------------------------------------------------------------------------------- helpers
+
+
+class _UnimplementedTimestampFilter(logging.Filter):
+    """Drops the one error milvus-lite's in-process gRPC server logs for every timestamp request
+    (``AllocTimestamp``: "Method not implemented!"), whichever thread asks; pymilvus then uses its
+    own clock, which is correct. Every other gRPC server error still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], NotImplementedError):
+            return "AllocTimestamp" not in "".join(traceback.format_tb(record.exc_info[2]))
+        return True
+
+
+_GRPC_SERVER_LOG = logging.getLogger("grpc._server")
+if not any(isinstance(f, _UnimplementedTimestampFilter) for f in _GRPC_SERVER_LOG.filters):
+    _GRPC_SERVER_LOG.addFilter(_UnimplementedTimestampFilter())
 
 
 @contextlib.contextmanager
@@ -430,16 +155,6 @@ def _quiet_iterator_setup():
             logger.setLevel(level)
 
 
-def _checked_keys(keys: Sequence[str]) -> list[str]:
-    """``keys`` without repeats; ``ValueError`` on anything that is not a :func:`row_key` value, so
-    no key reaches a filter expression unchecked."""
-    keys = list(dict.fromkeys(keys))
-    bad = [k for k in keys if not isinstance(k, str) or not KEY_RE.fullmatch(k)]
-    if bad:
-        raise ValueError(f"not a region key (32 lowercase hex characters): {bad[0]!r}")
-    return keys
-
-
 def _display_uri(uri: str) -> str:
     """``uri`` without any user:password part, for messages."""
     if uri.endswith(".db"):
@@ -450,12 +165,6 @@ def _display_uri(uri: str) -> str:
         netloc = f"{host}:{parts.port}" if parts.port else host
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     return uri
-
-
-def _check_name(name: str, what: str = "collection") -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ValueError(f"invalid {what} name {name!r}: letters, digits and '_', starting with a letter or '_'")
-    return name
 
 
 def copy_lite_index(source: str, target: str) -> str:
@@ -648,25 +357,15 @@ class RegionIndex:
         without a field this code writes is older.
         """
         described = self._call(name, self.client.describe_collection, name)
-        found = _SCHEMA_RE.search(str(described.get("description") or ""))
-        version = int(found.group(1)) if found else None
-        missing = [f for f in FIELDS if f not in {field["name"] for field in described.get("fields", [])}]
-        if missing or (version is not None and version != SCHEMA_VERSION):
-            newer = version is not None and version > SCHEMA_VERSION and not missing
-            what = f"v{version}" if version is not None else f"without field(s) {missing}"
-            raise SchemaMismatchError(
-                self.display_uri,
-                name,
-                f"was built with {'a newer' if newer else 'an older'} row schema ({what}; this RegionMIR "
-                f"reads v{SCHEMA_VERSION}): rebuild it with `regionmir index --data DATA --model MODEL "
-                "--milvus URI` (a new collection; the alias moves when it is complete)",
-            )
+        problem = schema_mismatch(described)
+        if problem:
+            raise SchemaMismatchError(self.display_uri, name, problem)
 
     def _dimension(self, name: str) -> int:
         """The vector dimension of collection (or alias) ``name``; checks it has the region schema."""
         description = self._call(name, self.client.describe_collection, name)
         fields = {f["name"]: f for f in description.get("fields", [])}
-        missing = [f for f in FIELDS if f not in fields]
+        missing = missing_fields(description)
         if missing:
             raise SchemaMismatchError(self.display_uri, name, f"not a region collection: no field(s) {missing}")
         return int(fields["vector"]["params"]["dim"])
@@ -693,7 +392,7 @@ class RegionIndex:
         exists, check its schema and dimension and keep it (re-runs of a bulk job) instead of
         failing.
         """
-        _check_name(name)
+        check_name(name)
         if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
             raise ValueError(f"dim must be an int in 1..{MAX_DIM}, got {dim!r}")
         index_type = index_type.upper()
@@ -709,18 +408,7 @@ class RegionIndex:
             self._loaded.add(name)
             return
 
-        schema = MilvusClient.create_schema(
-            auto_id=False, enable_dynamic_field=False, description=_schema_description()
-        )
-        schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=VARCHAR_FIELDS["key"])
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-        schema.add_field("anatomy_id", DataType.INT32)
-        schema.add_field("anatomy", DataType.VARCHAR, max_length=VARCHAR_FIELDS["anatomy"])
-        schema.add_field("image_id", DataType.VARCHAR, max_length=VARCHAR_FIELDS["image_id"])
-        schema.add_field("image_uri", DataType.VARCHAR, max_length=VARCHAR_FIELDS["image_uri"])
-        schema.add_field("box", DataType.ARRAY, element_type=DataType.FLOAT, max_capacity=4)
-        for name_ in ("view", "split", "patient_hash", "study_hash", "model_version"):
-            schema.add_field(name_, DataType.VARCHAR, max_length=VARCHAR_FIELDS[name_])
+        schema = collection_schema(dim)
 
         params = {**INDEX_TYPES[index_type], **(index_params or {})}
         index = MilvusClient.prepare_index_params()
@@ -738,7 +426,7 @@ class RegionIndex:
 
     def drop(self, name: str, *, missing_ok: bool = False) -> None:
         """Drop collection ``name``. Refuses while an alias points at it or when ``name`` is an alias."""
-        _check_name(name)
+        check_name(name)
         if not self._call(name, self.client.has_collection, name):
             if missing_ok:
                 return
@@ -764,8 +452,8 @@ class RegionIndex:
         The collection is loaded first, so searches through the alias never hit an unloaded
         collection: the switch itself is one metadata change on the server.
         """
-        _check_name(alias, "alias")
-        _check_name(collection)
+        check_name(alias, "alias")
+        check_name(collection)
         self._require(collection)
         if self._is_alias(collection):
             raise RegionIndexError(
@@ -790,7 +478,7 @@ class RegionIndex:
 
         Raises :class:`RegionIndexError` (reason ``not_alias``) when ``alias`` names a collection.
         """
-        _check_name(alias, "alias")
+        check_name(alias, "alias")
         if not self._call(alias, self.client.has_collection, alias):
             return None
         if not self._is_alias(alias):
@@ -813,7 +501,7 @@ class RegionIndex:
         last one wins). Raises :class:`DimensionMismatchError` before sending anything of a row
         whose vector does not have the collection's dimension. Call :meth:`flush` at the end.
         """
-        _check_name(name)
+        check_name(name)
         if max_batch_bytes <= 0:
             raise ValueError("max_batch_bytes must be positive")
         dim = self._dimension(name)
@@ -855,7 +543,7 @@ class RegionIndex:
 
     def flush(self, name: str) -> None:
         """Seal and persist what was inserted into ``name`` (once, at the end of a bulk job)."""
-        _check_name(name)
+        check_name(name)
         self._require(name)
         self._call(name, self.client.flush, name)
 
@@ -881,7 +569,7 @@ class RegionIndex:
 
     def count_all(self, name: str) -> int:
         """Every row of ``name``, whatever its row schema (erasure reports with it)."""
-        _check_name(name)
+        check_name(name)
         if not self._call(name, self.client.has_collection, name):
             raise IndexNotFoundError(self.display_uri, name, "no such collection or alias")
         result = self._loaded_call(
@@ -908,8 +596,8 @@ class RegionIndex:
     def delete_keys(self, name: str, keys: Sequence[str], *, batch_size: int = 1000) -> int:
         """Delete the rows with these primary keys from collection ``name`` (a re-index removing the
         rows of films that left the data); returns how many keys were asked for. Flushed at the end."""
-        _check_name(name)
-        keys = _checked_keys(keys)
+        check_name(name)
+        keys = checked_keys(keys)
         if not keys:
             return 0
         self._require(name)
@@ -919,7 +607,7 @@ class RegionIndex:
                 name,
                 self.client.delete,
                 name,
-                filter="key in [" + ", ".join(quote_filter_value(k) for k in chunk) + "]",
+                filter=keys_filter(chunk),
             )
         self._call(name, self.client.flush, name)
         return len(keys)
@@ -928,14 +616,14 @@ class RegionIndex:
         self, name: str, patient_hash: str | None, study_hash: str | None, image_id: str | None
     ) -> str | None:
         """The filter of one selector, or ``None`` when ``name`` has no such field (nothing to erase)."""
-        _check_name(name)
+        check_name(name)
         chosen = {
             k: v for k, v in (("patient_hash", patient_hash), ("study_hash", study_hash), ("image_id", image_id)) if v
         }
         if len(chosen) != 1:
             raise ValueError("give exactly one of patient_hash, study_hash, image_id (non-empty)")
         ((field_name, value),) = chosen.items()
-        if field_name != "image_id" and not _HASH_RE.match(value):
+        if field_name != "image_id" and not HASH_RE.match(value):
             raise ValueError(f"{field_name} must be a {HASH_HEX_CHARS}-hex hash, got {value!r}")
         if not self._call(name, self.client.has_collection, name):
             raise IndexNotFoundError(self.display_uri, name, "no such collection or alias")
@@ -960,7 +648,7 @@ class RegionIndex:
 
         The optional constraints are those of :meth:`search` (e.g. the rows of one model version).
         """
-        _check_name(name)
+        check_name(name)
         self._require(name)
         expression = build_filter(
             anatomy=anatomy,
@@ -1001,7 +689,7 @@ class RegionIndex:
     ) -> Iterator[tuple]:
         """The ``fields`` values of every row matching the constraints of :meth:`search`, as tuples,
         streamed (a query iterator, ``batch_size`` rows a call): memory stays flat at any size."""
-        _check_name(name)
+        check_name(name)
         fields = list(fields)
         unknown = [f for f in fields if f not in OUTPUT_FIELDS or f in ("box",)]
         if not fields or unknown:
@@ -1034,8 +722,8 @@ class RegionIndex:
         Keys are :func:`row_key` values (32 lowercase hex characters); anything else raises
         ``ValueError`` before a query is built, so no key reaches an expression unchecked.
         """
-        _check_name(name)
-        keys = _checked_keys(keys)
+        check_name(name)
+        keys = checked_keys(keys)
         if not keys:
             return {}
         self._require(name)
@@ -1043,7 +731,7 @@ class RegionIndex:
             name,
             self.client.query,
             name,
-            filter="key in [" + ", ".join(quote_filter_value(k) for k in keys) + "]",
+            filter=keys_filter(keys),
             output_fields=list(OUTPUT_FIELDS),
             consistency_level=self.consistency_level,
         )
@@ -1053,7 +741,7 @@ class RegionIndex:
     def stored_locations(self, name: str, *, model_version: str | None = None, limit: int = 1) -> list[tuple[str, str]]:
         """Up to ``limit`` ``(sealed location, image id)`` pairs of ``name``, e.g. to check
         at start-up that this process's salt opens them."""
-        _check_name(name)
+        check_name(name)
         self._require(name)
         rows = self._loaded_call(
             name,
@@ -1113,7 +801,7 @@ class RegionIndex:
                 exclude_patient_hash=exclude_patient_hash,
                 ef=ef,
             )
-        _check_name(name)
+        check_name(name)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_TOP_K:
             raise ValueError(f"k must be an int in 1..{MAX_TOP_K}, got {k!r}")
         queries = np.asarray(vectors, dtype=np.float32)

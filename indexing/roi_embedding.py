@@ -4,19 +4,20 @@ Two stages, both streaming:
 
 1. :class:`RegionCropper` (CPU tasks): decode each film once, clamp its boxes, and cut every
    region of the model's vocabulary at the model's crop size (the same :func:`roi_crop` the
-   training pipeline and the service use);
+   training pipeline and the service use; the films → rows path of :mod:`regionmir.film_rows`,
+   which the training pipeline shares);
 2. :class:`RegionEmbedder` (an actor pool, one GPU per actor when ``gpu``): load the model once
    per actor and write L2-normalised embeddings (``eval()`` mode: BatchNorm running statistics).
 
 Rows carry what the index stores — anatomy, image id and URI, the box in the film's pixels, view,
 split, salted patient/study hashes — never raw identifiers. An unreadable film is logged by image
 id and becomes one placeholder row (``anatomy_id`` -1, ``skip_reason`` set) that the consumer
-counts and drops (:class:`SkippedFilms`), stopping the job when there are too many.
+counts and drops (:meth:`regionmir.bad_films.BadFilms.filter`: the one bad-film policy), stopping
+the job when there are too many, or at once on a storage error.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -24,99 +25,58 @@ from typing import Any
 
 import numpy as np
 
-from regionmir.boxes import Box
-from regionmir.errors import DatasetError, RegionMIRError, StorageError
-from regionmir.region_record import ImageRecord, RegionRecord, clamp_to_image
+from regionmir.errors import DatasetError
+from regionmir.film_rows import FILM_COLUMN, FilmCropper, film_rows
+from regionmir.region_record import ImageRecord, RegionRecord
 from regionmir.roi_crop import CropConfig, roi_crop
-from regionmir.scan_report import ScanReport
 from regionmir.storage import S3Options
 
 log = logging.getLogger("regionmir.indexing")
 
-ROW_FIELDS = ("anatomy_id", "image_id", "image_uri", "box", "view", "split", "patient_hash", "study_hash")
+#: The film's values (:data:`regionmir.film_rows.FILM_FIELDS`) every row of it carries, in column order.
+_FILM_COLUMNS = ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash")
 
 
-def film_rows(records: Iterable[ImageRecord], anatomy_ids: Iterable[int]) -> list[dict[str, str]]:
-    """Films as small JSON rows for ``ray.data.from_items`` (labels only, no pixels)."""
-    wanted = set(anatomy_ids)
-    rows = []
-    for record in records:
-        regions = [[r.anatomy_id, *r.box.as_list()] for r in record.regions if r.anatomy_id in wanted]
-        if regions:
-            rows.append(
-                {
-                    "film": json.dumps(
-                        {
-                            "image_uri": record.image_uri,
-                            "image_id": record.image_id,
-                            "split": record.split,
-                            "view": record.view,
-                            "patient_hash": record.patient_hash,
-                            "study_hash": record.study_hash,
-                            "regions": regions,
-                        }
-                    )
-                }
-            )
-    return rows
+class RegionCropper(FilmCropper):
+    """Ray Data callable class: films → one row per region with its model-size crop.
 
-
-class RegionCropper:
-    """Ray Data callable class: films → one row per region with its model-size crop."""
+    Cuts every region of its rows (:func:`~regionmir.film_rows.film_rows` kept the model's own).
+    A film that cannot be read (storage errors too) becomes one placeholder row (``anatomy_id``
+    -1, ``skip_reason``) that tells the driver which film was skipped and why; the driver counts
+    them (:meth:`~regionmir.bad_films.BadFilms.filter`) and stops the job when there are too many.
+    (An error raised here would reach the driver only as Ray's text.) Regions that clamping drops
+    leave no row.
+    """
 
     def __init__(self, crop: dict, s3: dict | None = None):
+        super().__init__(s3, log=log)
         self.crop = CropConfig(**crop)
-        self.s3 = S3Options(**s3) if s3 else None
-        self.seen = 0
-        self.bad = 0
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        from regionmir.image_reader import read_image
+    def region_row(self, out: dict[str, list], film: dict[str, Any], pixels: np.ndarray, region: RegionRecord) -> None:
+        out["crop"].append(roi_crop(pixels, region.box, self.crop))
+        out["skip_reason"].append("")
+        out["anatomy_id"].append(region.anatomy_id)
+        out["box"].append(np.asarray(region.box.as_list(), dtype=np.float32))
+        for name in _FILM_COLUMNS:
+            out[name].append(film[name])
 
-        out: dict[str, list] = {"crop": [], "skip_reason": [], **{name: [] for name in ROW_FIELDS}}
-        for text in batch["film"]:
-            film = json.loads(str(text))
-            try:
-                pixels = read_image(film["image_uri"], s3=self.s3).pixels
-            except RegionMIRError as exc:
-                # One placeholder row (anatomy_id -1) tells the driver which film was skipped and
-                # why; the driver counts them and stops the job when there are too many. (An error
-                # raised here would reach the driver only as Ray's text.)
-                log.warning("skipping film %s: %s (%s)", film["image_id"], exc.reason, exc.message)
-                out["crop"].append(np.zeros((self.crop.size, self.crop.size), np.float32))
-                out["skip_reason"].append(exc.reason)
-                out["anatomy_id"].append(-1)
-                out["box"].append(np.asarray([0, 0, 1, 1], dtype=np.float32))
-                for name in ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash"):
-                    out[name].append(film[name])
-                continue
-            height, width = pixels.shape
-            record = ImageRecord(
-                image_uri=film["image_uri"],
-                image_id=film["image_id"],
-                split=film["split"],
-                regions=tuple(
-                    RegionRecord(film["image_uri"], film["image_id"], int(a), Box(x1, y1, x2, y2), film["split"])
-                    for a, x1, y1, x2, y2 in film["regions"]
-                ),
-            )
-            record = clamp_to_image(record, width, height, ScanReport(source=film["image_id"]))
-            for region in record.regions:
-                out["crop"].append(roi_crop(pixels, region.box, self.crop))
-                out["skip_reason"].append("")
-                out["anatomy_id"].append(region.anatomy_id)
-                out["box"].append(np.asarray(region.box.as_list(), dtype=np.float32))
-                for name in ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash"):
-                    out[name].append(film[name])
+    def skipped_row(self, out: dict[str, list], film: dict[str, Any], missing: int, reason: str | None) -> None:
+        if reason is None:
+            return  # regions dropped by clamping: the film itself was read
+        out["crop"].append(np.zeros((self.crop.size, self.crop.size), np.float32))
+        out["skip_reason"].append(reason)
+        out["anatomy_id"].append(-1)
+        out["box"].append(np.asarray([0, 0, 1, 1], dtype=np.float32))
+        for name in _FILM_COLUMNS:
+            out[name].append(film[name])
+
+    def columns(self, out: dict[str, list]) -> dict[str, Any]:
         size = self.crop.size
         return {
             "crop": np.stack(out["crop"]) if out["crop"] else np.zeros((0, size, size), np.float32),
             "box": np.stack(out["box"]) if out["box"] else np.zeros((0, 4), np.float32),
             "anatomy_id": np.asarray(out["anatomy_id"], dtype=np.int32),
-            **{
-                name: np.asarray(out[name], dtype=object)
-                for name in ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash", "skip_reason")
-            },
+            **{name: np.asarray(out[name], dtype=object) for name in (*_FILM_COLUMNS, "skip_reason")},
         }
 
 
@@ -221,52 +181,7 @@ def embedded_batches(
     cropper = RegionCropper(asdict(crop), s3_dict)
     embedder = RegionEmbedder(model_dir, s3_dict, threads=os.cpu_count() or 1)
     for start in range(0, len(films), films_per_batch):
-        chunk = np.asarray([f["film"] for f in films[start : start + films_per_batch]], dtype=object)
-        batch = cropper({"film": chunk})
+        chunk = np.asarray([f[FILM_COLUMN] for f in films[start : start + films_per_batch]], dtype=object)
+        batch = cropper({FILM_COLUMN: chunk})
         if len(batch["anatomy_id"]):
             yield embedder(batch)
-
-
-#: Skip reasons that mean "could not reach the film", not "the film is bad".
-STORAGE_REASONS = frozenset({"storage", "storage_denied"})
-
-
-class SkippedFilms:
-    """The consumer's side of skipped films: drops placeholder rows, counts them by reason, and
-    stops the job (``DatasetError``) once more than ``max_bad_fraction`` of ``total`` films failed."""
-
-    def __init__(self, source: str, total: int, max_bad_fraction: float):
-        self.source, self.total, self.max_bad_fraction = source, total, max_bad_fraction
-        self.allowed = int(max_bad_fraction * total)
-        self.by_reason: dict[str, int] = {}
-        self.examples: list[str] = []
-        self.image_ids: set[str] = set()  # every skipped film (its old rows, if any, are kept)
-
-    @property
-    def count(self) -> int:
-        return sum(self.by_reason.values())
-
-    def filter(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        bad = np.asarray(batch["anatomy_id"]) < 0
-        for i in np.flatnonzero(bad):
-            reason = str(batch["skip_reason"][i])
-            self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
-            self.image_ids.add(str(batch["image_id"][i]))
-            if len(self.examples) < 5:
-                self.examples.append(str(batch["image_id"][i]))
-        unreachable = {r: n for r, n in self.by_reason.items() if r in STORAGE_REASONS}
-        if unreachable:  # storage down is not a bad film: stop before the index silently shrinks
-            raise StorageError(
-                self.source,
-                f"storage failed while reading films ({unreachable}, e.g. "
-                f"{', '.join(self.examples)}), after retries; nothing was switched "
-                "over: re-run the job once storage answers",
-            )
-        if self.count > self.allowed:
-            raise DatasetError(
-                self.source,
-                f"{self.count} of {self.total} films were unreadable, over the allowed "
-                f"{self.max_bad_fraction:.0%} ({self.allowed}): {self.by_reason}, e.g. "
-                f"{', '.join(self.examples)}",
-            )
-        return {name: values[~bad] for name, values in batch.items()} if bad.any() else batch

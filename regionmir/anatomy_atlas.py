@@ -32,8 +32,9 @@ crop *is* the requested anatomy, and returns the box maximising
 ``prior_weight`` defaults to 0.1: the classifier decides, the prior only breaks near-ties and keeps
 the box from wandering to a look-alike far away), with that probability as its confidence. A second
 round (:meth:`refine`) searches a grid of half the step around the first round's winner. Without a
-callback it returns the prior box. The serving layer runs the same steps (:meth:`propose`,
-:meth:`choose`, :meth:`refine`) with the batched encoder.
+callback it returns the prior box. The query service runs this very loop
+(:meth:`AnatomyAtlas.localization`: a :class:`LocalizationSearch` it feeds round by round with its
+batched encoder's probabilities), so what ``localization_miou`` measures is what the service does.
 
 Measured on phantom films (``tests/test_anatomy_atlas.py``: 14 training films, every region of 6
 held-out films): mean IoU with the true boxes 0.57 for the prior box alone and 0.72 with a
@@ -55,7 +56,7 @@ import io
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -252,7 +253,8 @@ class Localization:
 
     ``box``: the chosen box (pixels, clipped to the film). ``confidence``: the classifier's
     probability of the anatomy at that box (``None`` when no classifier was used). ``prior_box``:
-    the atlas prior. ``index``: which candidate won. ``candidates``: how many were scored.
+    the atlas prior. ``index``: which candidate of its round won. ``candidates``: how many were
+    scored. ``round``: the round (0 = the coarse grid) whose candidates held the winner.
     """
 
     anatomy_id: int
@@ -262,6 +264,81 @@ class Localization:
     index: int = 0
     candidates: int = 1
     score: float = 0.0
+    round: int = 0
+
+
+class LocalizationSearch:
+    """The coarse-to-fine search of :meth:`AnatomyAtlas.localize`, one round at a time, for a
+    caller that scores the crops itself (the query service asks its batched encoder, between
+    awaits; :meth:`AnatomyAtlas.localize` calls a ``score_fn``). Both run this one loop::
+
+        search = atlas.localization(anatomy, width, height, n=32, rounds=2)
+        while not search.done:
+            search.score(probabilities_of(search.boxes))  # crops of search.boxes → p(anatomy)
+        search.result  # a Localization
+
+    Round 0 scores :meth:`AnatomyAtlas.propose`'s grid; each further round the grid of half the
+    step around the best box so far (:meth:`AnatomyAtlas.refine`); the best score over all rounds
+    wins. Without a classifier (``classify=False``) there is one round of one box, the prior, and
+    :meth:`score` takes ``None``: the caller may still crop and embed that box.
+    """
+
+    def __init__(
+        self,
+        atlas: AnatomyAtlas,
+        anatomy: str | int,
+        width: float,
+        height: float,
+        *,
+        n: int = 32,
+        rounds: int = 2,
+        prior_weight: float = 0.1,
+        classify: bool = True,
+    ):
+        self.atlas, self.anatomy, self.width, self.height = atlas, anatomy, width, height
+        self.n, self.prior_weight, self.classify = n, prior_weight, classify
+        self.rounds = max(1, rounds) if classify else 1
+        #: The candidates of the current round (to crop and score); empty once :attr:`done`.
+        self.boxes: list[Box] = atlas.propose(anatomy, width, height, n=n if classify else 1)
+        self.round = 0
+        self.step = 1.0
+        self.scored = 0
+        self.best: Localization | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.round >= self.rounds
+
+    def score(self, probabilities: Sequence[float] | np.ndarray | None) -> None:
+        """The classifier's probabilities of the anatomy for :attr:`boxes` (``None`` without a
+        classifier); then :attr:`boxes` are the next round's, or :attr:`done` is true."""
+        if self.done:
+            raise ValueError("the localisation search is over")
+        boxes, atlas = self.boxes, self.atlas
+        if not self.classify:
+            current = atlas.choose(self.anatomy, boxes, None, self.width, self.height)
+        else:
+            if probabilities is None:
+                raise ValueError("a classifying search needs the probabilities of its boxes")
+            p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+            self.scored += len(boxes)
+            chosen = atlas.choose(self.anatomy, boxes, p, self.width, self.height, prior_weight=self.prior_weight)
+            current = replace(chosen, candidates=self.scored, round=self.round)
+        if self.best is None or current.score >= self.best.score:
+            self.best = current
+        self.round += 1
+        if self.done:
+            self.boxes = []
+            return
+        self.step /= 2
+        self.boxes = atlas.refine(self.anatomy, self.best.box, self.width, self.height, n=self.n, step=self.step)
+
+    @property
+    def result(self) -> Localization:
+        """The winning box over every round, with the number of candidates scored in all."""
+        if not self.done or self.best is None:
+            raise ValueError("the localisation search has rounds left")
+        return replace(self.best, candidates=self.scored) if self.classify else self.best
 
 
 @dataclass
@@ -512,7 +589,8 @@ class AnatomyAtlas:
         prior_weight: float = 0.1,
     ) -> Localization:
         """Find ``anatomy`` on a film: :meth:`propose`, crop, score with ``score_fn``, :meth:`choose`,
-        then ``rounds - 1`` finer rounds (:meth:`refine`, half the step each time).
+        then ``rounds - 1`` finer rounds (:meth:`refine`, half the step each time): the loop of
+        :class:`LocalizationSearch`, which the query service runs with its batched encoder.
 
         ``pixels``: the film, float32 ``(H, W)`` in the intensity convention. ``score_fn``: crops
         ``(N, S, S)`` → ``(N,)`` probabilities of the anatomy (``None``: the prior box alone).
@@ -521,24 +599,29 @@ class AnatomyAtlas:
         if pixels.ndim != 2:
             raise ValueError(f"localize expects a 2-D (H, W) film, got shape {pixels.shape}")
         height, width = pixels.shape
-        if score_fn is None:
-            return self.choose(anatomy, self.propose(anatomy, width, height, n=1), None, width, height)
-        boxes = self.propose(anatomy, width, height, n=n)
-        scored = 0
-        result: Localization | None = None
-        step = 1.0
-        for round_ in range(max(1, rounds)):
-            if round_:
-                step /= 2
-                boxes = self.refine(anatomy, result.box, width, height, n=n, step=step)  # type: ignore[union-attr]
-            probabilities = np.asarray(score_fn(roi_crops(pixels, boxes, crop)), dtype=np.float64).reshape(-1)
-            scored += len(boxes)
-            current = self.choose(anatomy, boxes, probabilities, width, height, prior_weight=prior_weight)
-            if result is None or current.score >= result.score:
-                result = current
-        assert result is not None
-        return Localization(
-            result.anatomy_id, result.box, result.confidence, result.prior_box, result.index, scored, result.score
+        search = self.localization(
+            anatomy, width, height, n=n, rounds=rounds, prior_weight=prior_weight, classify=score_fn is not None
+        )
+        while not search.done:
+            search.score(None if score_fn is None else score_fn(roi_crops(pixels, search.boxes, crop)))
+        return search.result
+
+    def localization(
+        self,
+        anatomy: str | int,
+        width: float,
+        height: float,
+        *,
+        n: int = 32,
+        rounds: int = 2,
+        prior_weight: float = 0.1,
+        classify: bool = True,
+    ) -> LocalizationSearch:
+        """The search :meth:`localize` runs, for a caller that scores each round's crops itself
+        (:class:`LocalizationSearch`); :class:`AtlasError` when the atlas lacks ``anatomy`` or its
+        prior falls outside the film."""
+        return LocalizationSearch(
+            self, anatomy, width, height, n=n, rounds=rounds, prior_weight=prior_weight, classify=classify
         )
 
     def describe(self) -> str:

@@ -34,6 +34,20 @@ from .anatomy import mirror_id, side_of
 from .boxes import Box
 from .roi_crop import CropConfig, box_overlaps_image, roi_crop, square_crop_box
 
+#: Each setting at the value that leaves a crop unchanged (:meth:`AugmentationConfig.none`).
+IDENTITY_SETTINGS = {
+    "scale_range": (1.0, 1.0),
+    "translate_fraction": 0.0,
+    "rotation_degrees": 0.0,
+    "brightness": 0.0,
+    "contrast_range": (1.0, 1.0),
+    "gamma_range": (1.0, 1.0),
+    "noise_sigma_max": 0.0,
+    "blur_p": 0.0,
+    "blur_sigma_range": (1.0, 1.0),
+    "horizontal_flip_p": 0.0,
+}
+
 
 @dataclass(frozen=True)
 class AugmentationConfig:
@@ -112,18 +126,7 @@ class AugmentationConfig:
     @classmethod
     def none(cls) -> AugmentationConfig:
         """The identity: :func:`augment_region` then returns exactly ``roi_crop(image, box, crop)``."""
-        return cls(
-            scale_range=(1.0, 1.0),
-            translate_fraction=0.0,
-            rotation_degrees=0.0,
-            brightness=0.0,
-            contrast_range=(1.0, 1.0),
-            gamma_range=(1.0, 1.0),
-            noise_sigma_max=0.0,
-            blur_p=0.0,
-            blur_sigma_range=(1.0, 1.0),
-            horizontal_flip_p=0.0,
-        )
+        return cls(**IDENTITY_SETTINGS)
 
     def to_dict(self) -> dict:
         return asdict(self)

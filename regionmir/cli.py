@@ -13,7 +13,8 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from .command_help import DefaultsHelpFormatter, command_parser, version
+from .command_help import DefaultsHelpFormatter, command_parser, logging_options_parser, version
+from .console import configure_command_logging
 from .errors import RegionMIRError
 
 ENTRY_POINT_GROUP = "regionmir.commands"
@@ -90,10 +91,12 @@ def _cmd_anatomies(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = command_parser(prog="regionmir", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = command_parser(
+        prog="regionmir", description=__doc__.splitlines()[0] if __doc__ else None, logging_options=False
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    add = functools.partial(sub.add_parser, formatter_class=DefaultsHelpFormatter)
+    add = functools.partial(sub.add_parser, formatter_class=DefaultsHelpFormatter, parents=[logging_options_parser()])
 
     p = add("synth", help="write phantom chest films in the Chest ImaGenome layout")
     p.add_argument("--out", required=True, help="folder or s3:// prefix to write")
@@ -150,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if plugins:
         parser.epilog = "more commands: " + ", ".join(sorted(plugins)) + " (each with --help)"
     args = parser.parse_args(argv)
+    configure_command_logging(args.command, args)
     try:
         return int(args.func(args) or 0)
     except RegionMIRError as exc:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from .console import add_logging_arguments
+
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
@@ -39,6 +41,17 @@ def version() -> str:
         return "unknown (not installed)"
 
 
-def command_parser(**kwargs) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` whose ``--help`` shows the defaults (:class:`DefaultsHelpFormatter`)."""
-    return argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter, **kwargs)
+def command_parser(*, logging_options: bool = True, **kwargs) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` whose ``--help`` shows the defaults (:class:`DefaultsHelpFormatter`),
+    with ``--verbose`` and ``--log-format`` (:func:`regionmir.console.add_logging_arguments`)."""
+    parser = argparse.ArgumentParser(formatter_class=DefaultsHelpFormatter, **kwargs)
+    if logging_options:
+        add_logging_arguments(parser)
+    return parser
+
+
+def logging_options_parser() -> argparse.ArgumentParser:
+    """``--verbose`` and ``--log-format`` as a parent parser, for subcommands."""
+    parent = argparse.ArgumentParser(add_help=False)
+    add_logging_arguments(parent)
+    return parent

@@ -110,9 +110,20 @@ def _similarity_logits(
 
 
 class _TemperatureScaledLoss(nn.Module):
-    """Shared by both losses: the temperature τ that divides the cosine similarities."""
+    """Shared by both losses: the temperature τ that divides the cosine similarities, and one call.
 
-    def __init__(self, temperature: float = 0.1):
+    Shapes:
+        z1, z2: (B, D) projections of view 1 and view 2 (any float dtype; normalised inside).
+        labels: (B,) integer anatomy ids, or None (see each loss for what it does with them).
+        gathered: optional (Z1_all, Z2_all[, labels_all]) with (W*B, D) views from every rank.
+        rank: this rank's position in ``gathered``.
+        returns: scalar, mean over this rank's 2B anchors.
+    """
+
+    #: Whether the loss reads the labels (NT-Xent accepts and ignores them: one call signature).
+    uses_labels = False
+
+    def __init__(self, temperature: float):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be positive; got {temperature}")
@@ -120,6 +131,23 @@ class _TemperatureScaledLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"
+
+    def forward(
+        self,
+        z1: Tensor,
+        z2: Tensor,
+        labels: Tensor | None = None,
+        *,
+        gathered: Sequence[Tensor] | None = None,
+        rank: int = 0,
+    ) -> Tensor:
+        _check_views(z1, z2, labels)
+        labels = labels if self.uses_labels else None
+        all_z1, all_z2, all_labels, world, rank = _unpack_gathered(z1, z2, labels, gathered, rank)
+        return self._loss(z1, z2, labels, all_z1, all_z2, all_labels, world, rank)
+
+    def _loss(self, z1, z2, labels, all_z1, all_z2, all_labels, world: int, rank: int) -> Tensor:
+        raise NotImplementedError
 
 
 class NTXentLoss(_TemperatureScaledLoss):
@@ -134,25 +162,10 @@ class NTXentLoss(_TemperatureScaledLoss):
     Args:
         temperature: τ; 0.1 is the usual choice with ℓ2-normalised projections.
 
-    Shapes:
-        z1, z2: (B, D) projections of view 1 and view 2 (any float dtype; normalised inside).
-        labels: ignored (accepted so that both losses share one call signature).
-        gathered: optional (Z1_all, Z2_all[, labels_all]) with (W*B, D) views from every rank.
-        rank: this rank's position in ``gathered``.
-        returns: scalar, mean over this rank's 2B anchors.
+    Labels are ignored (accepted so that both losses share one call signature).
     """
 
-    def forward(
-        self,
-        z1: Tensor,
-        z2: Tensor,
-        labels: Tensor | None = None,
-        *,
-        gathered: Sequence[Tensor] | None = None,
-        rank: int = 0,
-    ) -> Tensor:
-        _check_views(z1, z2, labels)
-        all_z1, all_z2, _, world, rank = _unpack_gathered(z1, z2, None, gathered, rank)
+    def _loss(self, z1, z2, labels, all_z1, all_z2, all_labels, world: int, rank: int) -> Tensor:
         logits, self_column, positive_column = _similarity_logits(z1, z2, all_z1, all_z2, self.temperature, world, rank)
         # -inf drops an anchor's own view from the softmax denominator (the k ≠ i of the paper).
         logits = logits.scatter(1, self_column[:, None], float("-inf"))
@@ -175,26 +188,13 @@ class SupervisedContrastiveLoss(_TemperatureScaledLoss):
     Args:
         temperature: τ; the paper uses 0.1.
 
-    Shapes:
-        z1, z2: (B, D) projections of view 1 and view 2 (normalised inside).
-        labels: (B,) integer anatomy ids; None means every crop is its own class (= NT-Xent).
-        gathered: optional (Z1_all, Z2_all, labels_all) from every rank; (W*B, D), (W*B, D),
-            (W*B,). ``labels_all`` is required with ``gathered`` when ``labels`` is given.
-        rank: this rank's position in ``gathered``.
-        returns: scalar, mean over this rank's 2B anchors.
+    Labels: (B,) integer anatomy ids; None means every crop is its own class (= NT-Xent). With
+    ``gathered``, ``labels_all`` (W*B,) is required when ``labels`` is given.
     """
 
-    def forward(
-        self,
-        z1: Tensor,
-        z2: Tensor,
-        labels: Tensor | None = None,
-        *,
-        gathered: Sequence[Tensor] | None = None,
-        rank: int = 0,
-    ) -> Tensor:
-        _check_views(z1, z2, labels)
-        all_z1, all_z2, all_labels, world, rank = _unpack_gathered(z1, z2, labels, gathered, rank)
+    uses_labels = True
+
+    def _loss(self, z1, z2, labels, all_z1, all_z2, all_labels, world: int, rank: int) -> Tensor:
         batch = z1.shape[0]
         if labels is None:
             if all_labels is not None:

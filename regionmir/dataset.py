@@ -8,12 +8,13 @@
 3. a folder/prefix holding ``manifest.csv``, ``manifest.jsonl`` or ``manifest.json`` (what the
    phantom generator writes) → :class:`ManifestReader` on that file.
 
-Both readers expose ``iter_images(split=None)``, ``report`` and ``describe()``.
+Both readers expose ``iter_images(split=None)``, ``report`` and ``describe()``;
+:func:`films_by_split` reads the labels once and groups the films by split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 from . import storage
@@ -67,3 +68,20 @@ def open_dataset(data: str, s3: S3Options | None = None, **kw: Any) -> DatasetRe
     if storage.glob(storage.join(data, "*" + SCENE_GRAPH_SUFFIX), s3):
         return ChestImaGenomeReader(data, s3=s3, **kw)
     raise DatasetError(data, f"no data set found; looked for {looked_for}")
+
+
+def films_by_split(
+    data: str, s3: S3Options | None, splits: Iterable[str]
+) -> tuple[dict[str, list[ImageRecord]], ScanReport]:
+    """Read the labels of ``data`` (cheap: no pixels) and group its films by split.
+
+    Returns ``{split: [films]}`` with one (possibly empty) list for each of ``splits``, in the
+    reader's order; films of other splits are left out. The reader's :class:`ScanReport` comes
+    with it.
+    """
+    reader = open_dataset(data, s3=s3)
+    by_split: dict[str, list[ImageRecord]] = {s: [] for s in splits}
+    for record in reader.iter_images():
+        if record.split in by_split:
+            by_split[record.split].append(record)
+    return by_split, reader.report

@@ -1,7 +1,10 @@
 """Typed errors. Each names the thing that failed (file, URI, field) and why, so a user can act.
 
 Every error the library raises on bad input is a :class:`RegionMIRError`; services map them to
-4xx answers and batch jobs count them by :attr:`RegionMIRError.reason`.
+4xx answers and batch jobs count them by :attr:`RegionMIRError.reason`. The region index's
+failures (:class:`RegionIndexError` and its kinds, raised by :mod:`indexing.region_index`) are of
+the same family: one hierarchy, picklable across Ray as itself, one reason → HTTP status table in
+:mod:`serving.errors`.
 """
 
 from __future__ import annotations
@@ -108,3 +111,70 @@ class StorageError(RegionMIRError):
     """Object storage unreachable, bad credentials, or a path that cannot be written."""
 
     reason = "storage"
+
+
+# -- the region index (Milvus): raised by :mod:`indexing.region_index`, answered 503 by the service
+
+
+class RegionIndexError(RegionMIRError):
+    """Base class: the Milvus store failed. Names the URI, the collection (or alias) and why.
+
+    One family with the library's errors (:class:`regionmir.errors.RegionMIRError`): picklable
+    across Ray as itself, caught by every command's clear one-line error. ``reason`` is a short
+    machine key (``unavailable``, ``locked``, ``not_found``, ...).
+    """
+
+    reason = "index_error"
+
+    def __init__(self, uri: str, collection: str | None, message: str, *, reason: str | None = None):
+        self.uri = uri
+        self.collection = collection
+        where = f"Milvus at {uri}" + (f", collection {collection!r}" if collection else "")
+        super().__init__(where, message, reason=reason)
+
+
+class IndexUnavailableError(RegionIndexError):
+    """The server cannot be reached (down, wrong address, refused) or the local file not opened.
+
+    Transient: the service answers 503 ``index_unavailable`` with ``Retry-After`` and recovers by
+    itself when Milvus is back; a job stops without moving any alias and says to re-run it.
+    """
+
+    reason = "unavailable"
+
+
+class IndexLockedError(IndexUnavailableError):
+    """A milvus-lite file is held by another process (milvus-lite allows one process per file):
+    stop that process (a running service, another job), or give this one a Milvus server."""
+
+    reason = "locked"
+
+
+class IndexNotFoundError(RegionIndexError):
+    """The collection or alias does not exist: ``regionmir index`` builds it."""
+
+    reason = "not_found"
+
+
+class DimensionMismatchError(RegionIndexError):
+    """Vectors whose length differs from the collection's dimension: the model that embeds them
+    is not the one the collection was built with; index with this model (a new collection)."""
+
+    reason = "dimension_mismatch"
+
+
+class SchemaMismatchError(RegionIndexError):
+    """An existing collection does not have the region schema (or the dimension asked for)."""
+
+    reason = "schema_mismatch"
+
+
+class CountMismatchError(RegionIndexError):
+    """The collection does not hold the number of rows expected. ``expected`` and ``actual``."""
+
+    reason = "count_mismatch"
+
+    def __init__(self, uri: str, collection: str, expected: int, actual: int):
+        self.expected = expected
+        self.actual = actual
+        super().__init__(uri, collection, f"expected {expected} rows, found {actual}")

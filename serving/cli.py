@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 
 from regionmir.command_help import command_parser
+from regionmir.console import configure_command_logging
 
 from .config import ConfigError, ServeSettings
 from .startup_checks import require_secure
+
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +68,7 @@ def load_settings(args: argparse.Namespace) -> ServeSettings:
 
 def serve_main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    configure_command_logging("serve", args)
     try:
         settings = load_settings(args)
         if args.print_config:
@@ -75,7 +80,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         print(f"regionmir serve: {exc}", file=sys.stderr)
         return 2
     for problem in insecure:
-        print(f"[serve] warning (--insecure-dev): {problem}", file=sys.stderr, flush=True)
+        log.warning(f"--insecure-dev: {problem}")
 
     from regionmir.errors import RegionMIRError
 
@@ -94,17 +99,16 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         print(f"regionmir serve: could not start the service: {type(exc).__name__}: {exc}", file=sys.stderr)
         _shutdown()
         return 1
-    print(
-        f"[serve] RegionMIR query service ready at {base}/ (API under {base}/v1/, "
-        f"health {base}/healthz, readiness {base}/readyz); Ctrl-C stops it",
-        flush=True,
+    log.info(
+        f"RegionMIR query service ready at {base}/ (API under {base}/v1/, "
+        f"health {base}/healthz, readiness {base}/readyz); Ctrl-C stops it"
     )
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    print("[serve] shutting down", flush=True)
+    log.info("shutting down")
     _shutdown()
     return 0
 
@@ -118,7 +122,7 @@ def fit_atlas(data: str):
     s3 = S3Options.from_env()
     reader = open_dataset(data, s3)
     atlas = AnatomyAtlas.fit_records(reader.iter_images(split="train"), s3=s3, source=f"train split of {data}")
-    print(f"[serve] anatomy atlas: {len(atlas.entries)} regions from {atlas.images} training films", flush=True)
+    log.info(f"anatomy atlas: {len(atlas.entries)} regions from {atlas.images} training films")
     return atlas
 
 
@@ -127,9 +131,11 @@ def _shutdown() -> None:
         import ray
         from ray import serve
 
+        from cluster.ray_runtime import stop_ray
+
         if ray.is_initialized():
             serve.shutdown()
-            ray.shutdown()
+        stop_ray()
     except Exception:
         pass
 
@@ -142,6 +148,7 @@ def atlas_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("data")
     p.add_argument("out", help="atlas .json path, or a model directory (writes DIR/atlas.json)")
     args = p.parse_args(list(argv or []))
+    configure_command_logging("atlas", args)
     atlas = fit_atlas(args.data)
     from regionmir.storage import S3Options
 

@@ -1,19 +1,25 @@
 """Settings of the query service: defaults < config file (YAML or JSON) < environment < command line.
 
 Every knob an operator turns lives here, never in code: autoscaling of each deployment, batching,
-limits on uploads, pixels and ``k``, GPUs per encoder replica, the API key. The file is nested
-(see ``serving/config.example.yaml``); unknown keys are refused with their path, so a typo never
-silently falls back to a default. Environment variables:
+limits on uploads, pixels and ``k``, GPUs per encoder replica, the API key. Each default is written
+once, on its field below. The file is nested (see ``serving/config.example.yaml``); unknown keys are
+refused with their path, so a typo never silently falls back to a default. Environment variables:
 
 * ``REGIONMIR_API_KEY`` — the bearer token every ``/v1/*`` call must carry (unset: no auth);
   ``REGIONMIR_API_KEY_FILE`` — read it from a file (a mounted secret) instead;
 * ``REGIONMIR_SERVE_CONFIG`` — the config file when ``--config`` is not given;
 * ``REGIONMIR_SERVE__SECTION__KEY=value`` — any single setting, e.g.
   ``REGIONMIR_SERVE__ENCODER__MAX_REPLICAS=8`` or ``REGIONMIR_SERVE__LIMITS__MAX_K=50`` (values are
-  parsed as YAML scalars: numbers, ``true``/``false``, ``null``).
+  parsed as YAML scalars: numbers, ``true``/``false``, ``null``; a text setting keeps the value as
+  written, so a key such as ``0123`` stays ``"0123"``).
 
-:class:`ServeSettings` is plain data (JSON-ready through :meth:`ServeSettings.to_dict`) so it travels
-to every replica unchanged; the API key is never printed (:meth:`ServeSettings.redacted`).
+:class:`ServeSettings` is a pydantic-settings model whose sections are pydantic models; values are
+typed (an integer setting takes ``8`` or ``8.0``, never ``"8"`` or ``true``; a number where text is
+meant, such as an all-digit API key, is that text). Every source is checked on its own before the
+sources are merged, so a mistake is reported with the file, the variable or the flag it came from.
+The settings are plain data (JSON-ready through :meth:`ServeSettings.to_dict`, rebuilt by
+:meth:`ServeSettings.from_dict`) so they travel to every replica unchanged; the API key is never
+printed (:meth:`ServeSettings.redacted`).
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 API_KEY_ENV = "REGIONMIR_API_KEY"
 API_KEY_FILE_ENV = "REGIONMIR_API_KEY_FILE"
@@ -35,35 +43,62 @@ class ConfigError(ValueError):
     """A config file or variable that cannot be used; the message names the file/key and why."""
 
 
-@dataclass
-class HttpSettings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    route_prefix: str = "/"
+# ------------------------------------------------------------------------------------- value types
 
 
-@dataclass
-class AuthSettings:
+def _whole(value: Any) -> Any:
+    """YAML reads ``8.0`` as a float: as an integer setting it is 8 (``8.5`` stays refused)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _text(value: Any) -> Any:
+    """A number where text is meant (an all-digit API key, a collection named 2024) is that text."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+#: An integer setting: ``8`` or ``8.0``; never a string or a boolean.
+Integer = Annotated[int, Strict(), BeforeValidator(_whole)]
+#: A number setting: an integer or a float; never a string or a boolean.
+Number = Annotated[float, Strict()]
+#: A text setting: a string (numbers are taken as their text); never a boolean or a mapping.
+Text = Annotated[str, Strict(), BeforeValidator(_text)]
+
+
+class _Section(BaseModel):
+    """One nested section of the settings: typed, unknown keys refused, checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ------------------------------------------------------------------------------------- sections
+
+
+class HttpSettings(_Section):
+    host: Text = "127.0.0.1"
+    port: Integer = 8000
+    route_prefix: Text = "/"
+
+
+class AuthSettings(_Section):
     #: Bearer token for /v1/*; ``None`` (default) turns auth off. Prefer the environment.
-    api_key: str | None = None
+    api_key: Text | None = None
 
 
-@dataclass
-class LimitSettings:
+class LimitSettings(_Section):
     """What one request may cost. Every real film fits: up to 4096 x 4096 px (8 or 16 bit, PNG or
     any supported DICOM syntax) within 32 MB; the film limits are checked on the header, before any
     pixel is decompressed."""
 
-    max_upload_mb: float = 32.0  # 413 above this many MiB of request body
-    max_pixels: int = 60_000_000  # 413 for films with more pixels (decompression bombs)
-    max_side: int = 8192  # 413 for a longer side than this
-    max_aspect_ratio: float = 4.0  # 422 for films longer than 4:1 (no radiograph is)
-    max_k: int = 100  # 422 for k outside 1..max_k
-    default_k: int = 10
-    request_timeout_s: float = 60.0  # per call to an inner deployment, and Serve's HTTP proxy
-    films_in_memory: int = 1  # decoded films a replica holds at once (decode → crops)
-    film_wait_s: float = 5.0  # how long a request waits for one of those; then 503 + Retry-After
-    index_timeout_s: float = 10.0  # deadline of every Milvus RPC the search replica makes
+    max_upload_mb: Number = 32.0  # 413 above this many MiB of request body
+    max_pixels: Integer = 60_000_000  # 413 for films with more pixels (decompression bombs)
+    max_side: Integer = 8192  # 413 for a longer side than this
+    max_aspect_ratio: Number = 4.0  # 422 for films longer than 4:1 (no radiograph is)
+    max_k: Integer = 100  # 422 for k outside 1..max_k
+    default_k: Integer = 10
+    request_timeout_s: Number = 60.0  # per call to an inner deployment, and Serve's HTTP proxy
+    films_in_memory: Integer = 1  # decoded films a replica holds at once (decode → crops)
+    film_wait_s: Number = 5.0  # how long a request waits for one of those; then 503 + Retry-After
+    index_timeout_s: Number = 10.0  # deadline of every Milvus RPC the search replica makes
 
     def decode_limits(self):
         from regionmir.decoded_image import DecodeLimits
@@ -71,19 +106,18 @@ class LimitSettings:
         return DecodeLimits(max_pixels=self.max_pixels, max_side=self.max_side, max_aspect=self.max_aspect_ratio)
 
 
-@dataclass
-class DeploymentSettings:
+class DeploymentSettings(_Section):
     """Autoscaling and resources of one deployment (Ray Serve ``autoscaling_config``)."""
 
-    min_replicas: int = 1
-    max_replicas: int = 1
-    initial_replicas: int | None = None
-    target_ongoing_requests: float = 2.0
-    max_ongoing_requests: int = 16
-    upscale_delay_s: float = 3.0
-    downscale_delay_s: float = 60.0
-    look_back_period_s: float = 30.0  # ongoing requests are averaged over this window
-    num_cpus: float = 0.5
+    min_replicas: Integer = 1
+    max_replicas: Integer = 1
+    initial_replicas: Integer | None = None
+    target_ongoing_requests: Number = 2.0
+    max_ongoing_requests: Integer = 16
+    upscale_delay_s: Number = 3.0
+    downscale_delay_s: Number = 60.0
+    look_back_period_s: Number = 30.0  # ongoing requests are averaged over this window
+    num_cpus: Number = 0.5
 
     def serve_scaling(self) -> dict[str, Any]:
         """Ray Serve deployment options for the replica count: ``num_replicas`` when min == max,
@@ -103,71 +137,89 @@ class DeploymentSettings:
         return {"autoscaling_config": config}
 
 
-@dataclass
 class EncoderSettings(DeploymentSettings):
-    max_replicas: int = 2
-    max_batch_size: int = 16  # requests (each a stack of crops) merged into one forward pass
-    batch_wait_timeout_ms: float = 10.0
+    max_replicas: Integer = 2
+    max_batch_size: Integer = 16  # requests (each a stack of crops) merged into one forward pass
+    batch_wait_timeout_ms: Number = 10.0
     #: GPUs per replica: ``"auto"`` = 1 when the cluster has GPUs, else 0; or a number (0.25 shares one).
-    gpus_per_replica: float | str = "auto"
-    torch_threads: int = 1
-    max_ongoing_requests: int = 32
+    gpus_per_replica: Number | Literal["auto"] = "auto"
+    torch_threads: Integer = 1
+    max_ongoing_requests: Integer = 32
 
 
-@dataclass
 class SearchSettings(DeploymentSettings):
-    max_replicas: int = 2  # forced to 1 for a milvus-lite file (one process per file)
-    consistency_level: str = "Bounded"  # a read-only service does not need "Strong"
-    search_ef: int = 64
+    max_replicas: Integer = 2  # forced to 1 for a milvus-lite file (one process per file)
+    consistency_level: Text = "Bounded"  # a read-only service does not need "Strong"
+    search_ef: Integer = 64
 
 
-@dataclass
 class IngressSettings(DeploymentSettings):
-    max_replicas: int = 2
-    max_ongoing_requests: int = 32
+    max_replicas: Integer = 2
+    max_ongoing_requests: Integer = 32
     #: requests waiting for a replica beyond max_ongoing_requests; past it Serve answers 503
-    max_queued_requests: int = 64
-    num_cpus: float = 0.5
+    max_queued_requests: Integer = 64
+    num_cpus: Number = 0.5
 
 
-@dataclass
-class AtlasSettings:
-    path: str | None = None  # default: MODEL/atlas.json
-    candidates: int = 32  # boxes scored per round
-    rounds: int = 2  # coarse-to-fine rounds
-    prior_weight: float = 0.1
+class AtlasSettings(_Section):
+    path: Text | None = None  # default: MODEL/atlas.json
+    candidates: Integer = 32  # boxes scored per round
+    rounds: Integer = 2  # coarse-to-fine rounds
+    prior_weight: Number = 0.1
 
 
-@dataclass
-class RaySettings:
-    address: str | None = None  # join this cluster (else RAY_ADDRESS, else start a local one)
-    num_cpus: int | None = None  # logical CPUs of a local cluster
-    object_store_mb: int = 256
-    metrics_export_port: int | None = None  # Prometheus scrape port of a local node
+class RaySettings(_Section):
+    address: Text | None = None  # join this cluster (else RAY_ADDRESS, else start a local one)
+    num_cpus: Integer | None = None  # logical CPUs of a local cluster
+    object_store_mb: Integer = 256
+    metrics_export_port: Integer | None = None  # Prometheus scrape port of a local node
 
 
-@dataclass
-class ServeSettings:
-    model: str = ""  # model directory (or a training run's output: its best/)
-    milvus: str = ""  # .db file (milvus-lite) or http://host:port
-    collection: str = "regions"  # collection or alias to search
-    app_name: str = "regionmir"
-    http: HttpSettings = field(default_factory=HttpSettings)
-    auth: AuthSettings = field(default_factory=AuthSettings)
-    limits: LimitSettings = field(default_factory=LimitSettings)
-    encoder: EncoderSettings = field(default_factory=EncoderSettings)
-    search: SearchSettings = field(default_factory=SearchSettings)
-    ingress: IngressSettings = field(default_factory=IngressSettings)
-    atlas: AtlasSettings = field(default_factory=AtlasSettings)
-    ray: RaySettings = field(default_factory=RaySettings)
+# ------------------------------------------------------------------------------------- the settings
+
+#: One source of settings: its name in error messages (a file, a variable, a flag) and its nested values.
+Layer = tuple[str, dict[str, Any]]
+
+
+class ServeSettings(BaseSettings):
+    """All settings of the service. ``ServeSettings()`` is the defaults, ``ServeSettings(**values)``
+    those values over them; neither reads the process environment — :meth:`load` layers the file,
+    the environment and the command line."""
+
+    model_config = SettingsConfigDict(extra="forbid", validate_assignment=True)
+
+    model: Text = ""  # model directory (or a training run's output: its best/)
+    milvus: Text = ""  # .db file (milvus-lite) or http://host:port
+    collection: Text = "regions"  # collection or alias to search (the alias `regionmir index` moves)
+    app_name: Text = "regionmir"
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    encoder: EncoderSettings = Field(default_factory=EncoderSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
+    ingress: IngressSettings = Field(default_factory=IngressSettings)
+    atlas: AtlasSettings = Field(default_factory=AtlasSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only the values passed in: the environment has its own names and YAML-scalar values here
+        # (see environment_layers), and a replica rebuilding its settings must read nothing else.
+        return (init_settings,)
 
     # -- building
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, source: str = "config") -> ServeSettings:
-        settings = cls()
-        _merge(settings, dict(data or {}), source, "")
-        return settings
+        """The defaults overlaid with ``data`` (nested, as :meth:`to_dict` writes it); errors name ``source``."""
+        return cls.from_layers([(source, dict(data or {}))])
 
     @classmethod
     def load(
@@ -182,28 +234,30 @@ class ServeSettings:
         nested settings as a mapping, e.g. Ray Serve application ``args``; errors name ``data_source``),
         then the environment, then ``overrides`` (dotted keys such as ``"http.port"``, from the command line)."""
         env = os.environ if env is None else env
-        settings = cls()
+        layers: list[Layer] = []
         path = path or env.get(CONFIG_ENV) or None
         if path:
-            _merge(settings, read_config_file(path), path, "")
+            layers.append((path, read_config_file(path)))
         if data:
-            _merge(settings, dict(data), data_source, "")
-        for name, value in sorted(env.items()):
-            if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
-                dotted = ".".join(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
-                _set_dotted(settings, dotted, _parse_scalar(value), name)
-        key_file = env.get(API_KEY_FILE_ENV)
-        if key_file:
+            layers.append((data_source, dict(data)))
+        layers += environment_layers(env)
+        layers += [
+            (f"--{dotted}", _nest(dotted, value)) for dotted, value in (overrides or {}).items() if value is not None
+        ]
+        return cls.from_layers(layers)
+
+    @classmethod
+    def from_layers(cls, layers: list[Layer]) -> ServeSettings:
+        """The defaults overlaid with each layer in turn (later ones win, key by key). Each layer is
+        checked on its own first, so an unknown key or a wrong type is reported with the layer's name."""
+        merged: dict[str, Any] = {}
+        for source, values in layers:
             try:
-                settings.auth.api_key = Path(key_file).read_text().strip() or None
-            except OSError as exc:
-                raise ConfigError(f"{API_KEY_FILE_ENV}={key_file}: cannot read ({exc.strerror})") from exc
-        if env.get(API_KEY_ENV):
-            settings.auth.api_key = env[API_KEY_ENV].strip() or None
-        for dotted, value in (overrides or {}).items():
-            if value is not None:
-                _set_dotted(settings, dotted, value, f"--{dotted}")
-        return settings
+                cls.model_validate(values)
+            except ValidationError as exc:
+                raise ConfigError(_describe(exc, source, cls)) from None
+            _deep_merge(merged, values)
+        return cls.model_validate(merged)
 
     def validate(self) -> ServeSettings:
         """Check values that would only fail later, inside a replica; returns ``self``."""
@@ -243,9 +297,7 @@ class ServeSettings:
                 f"encoder.max_ongoing_requests ({enc.max_ongoing_requests}) must be >= "
                 f"encoder.max_batch_size ({enc.max_batch_size})"
             )
-        if isinstance(enc.gpus_per_replica, str) and enc.gpus_per_replica != "auto":
-            raise ConfigError(f"encoder.gpus_per_replica: 'auto' or a number, got {enc.gpus_per_replica!r}")
-        if not isinstance(enc.gpus_per_replica, str) and enc.gpus_per_replica < 0:
+        if enc.gpus_per_replica != "auto" and enc.gpus_per_replica < 0:
             raise ConfigError("encoder.gpus_per_replica must be >= 0")
         if self.atlas.candidates < 1 or self.atlas.rounds < 1 or self.atlas.prior_weight < 0:
             raise ConfigError("atlas: candidates >= 1, rounds >= 1, prior_weight >= 0")
@@ -260,7 +312,8 @@ class ServeSettings:
         return int(self.limits.max_upload_mb * 1024 * 1024)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every setting as nested JSON-ready data; :meth:`from_dict` turns it back into these settings."""
+        return self.model_dump(mode="json")
 
     def redacted(self) -> dict[str, Any]:
         """:meth:`to_dict` with the API key replaced by ``"***"`` (for logs and ``--print-config``)."""
@@ -270,7 +323,7 @@ class ServeSettings:
         return data
 
 
-# ------------------------------------------------------------------------------------- helpers
+# ------------------------------------------------------------------------------------- sources
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -292,6 +345,34 @@ def read_config_file(path: str) -> dict[str, Any]:
     return data
 
 
+def environment_layers(env: Mapping[str, str]) -> list[Layer]:
+    """The settings the environment gives, one layer per variable (named by it), in the order they
+    apply: ``REGIONMIR_SERVE__SECTION__KEY`` (sorted by name; values parsed as YAML scalars, text
+    settings as written), then the API key from ``REGIONMIR_API_KEY_FILE``, then from
+    ``REGIONMIR_API_KEY`` (taken as written, stripped)."""
+    layers: list[Layer] = []
+    for name, value in sorted(env.items()):
+        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+            dotted = ".".join(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
+            parsed = _parse_scalar(value)
+            if parsed is not None and not isinstance(parsed, str) and _takes_text(ServeSettings, dotted.split(".")):
+                parsed = value  # a key or a name that YAML would read as a number (0123, 1_000) or a date
+            layers.append((name, _nest(dotted, parsed)))
+    key_file = env.get(API_KEY_FILE_ENV)
+    if key_file:
+        try:
+            key = Path(key_file).read_text().strip() or None
+        except OSError as exc:
+            raise ConfigError(f"{API_KEY_FILE_ENV}={key_file}: cannot read ({exc.strerror})") from exc
+        layers.append((API_KEY_FILE_ENV, {"auth": {"api_key": key}}))
+    if env.get(API_KEY_ENV):
+        layers.append((API_KEY_ENV, {"auth": {"api_key": env[API_KEY_ENV].strip() or None}}))
+    return layers
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
 def _parse_scalar(text: str) -> Any:
     import yaml
 
@@ -301,64 +382,86 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
-def _coerce(value: Any, current: Any, where: str) -> Any:
-    """``value`` converted to the type of the default ``current`` (ints, floats, bools, str)."""
-    if value is None:
-        return None
-    if isinstance(current, bool):
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if isinstance(current, int) and not isinstance(current, bool):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return int(value)
-    if isinstance(current, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if isinstance(current, str) and not isinstance(value, (str, int, float)):
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    return value
+def _takes_text(model: type[BaseModel], path: list[str]) -> bool:
+    """Whether the setting at ``path`` is text (its variable's value then stays as written)."""
+    field = model.model_fields.get(path[0])
+    if field is None:
+        return False
+    if len(path) > 1:
+        annotation = field.annotation
+        return isinstance(annotation, type) and issubclass(annotation, BaseModel) and _takes_text(annotation, path[1:])
+
+    def text(annotation: Any) -> bool:
+        return annotation is str or any(text(arg) for arg in get_args(annotation))
+
+    return text(field.annotation)
 
 
-def _field_names(obj: Any) -> dict[str, Any]:
-    return {f.name: f for f in fields(obj)}
+def _nest(dotted: str, value: Any) -> dict[str, Any]:
+    """``"http.port", 9000`` → ``{"http": {"port": 9000}}``."""
+    nested: dict[str, Any] = {}
+    inner = nested
+    *sections, key = dotted.split(".")
+    for part in sections:
+        inner[part] = inner = {}
+    inner[key] = value
+    return nested
 
 
-def _merge(target: Any, data: dict[str, Any], source: str, prefix: str) -> None:
-    names = _field_names(target)
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"{source}: unknown setting {path!r} (known here: {', '.join(sorted(names))})")
-        current = getattr(target, key)
-        if is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{source}: {path} must be a mapping")
-            _merge(current, value, source, path + ".")
+def _deep_merge(target: dict[str, Any], values: Mapping[str, Any]) -> None:
+    """``values`` into ``target``, section by section (a later layer replaces single keys, not sections)."""
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            if not isinstance(target.get(key), dict):
+                target[key] = {}
+            _deep_merge(target[key], value)
         else:
-            setattr(target, key, _coerce_field(value, current, f"{source}: {path}", names[key]))
+            target[key] = value
 
 
-def _coerce_field(value: Any, current: Any, where: str, f: Any) -> Any:
-    annotation = str(f.type)
-    if "str" in annotation and "float" in annotation:  # gpus_per_replica: "auto" or a number
-        if isinstance(value, str):
-            return value
-        return _coerce(value, 0.0, where)
-    if current is None:  # optional settings: keep what was given (None, str or number)
-        if value is None:
-            return None
-        if "int" in annotation:
-            return _coerce(value, 0, where)
-        return value if not isinstance(value, (int, float)) or "str" not in annotation else str(value)
-    return _coerce(value, current, where)
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+}
 
 
-def _set_dotted(settings: ServeSettings, dotted: str, value: Any, source: str) -> None:
-    parts = dotted.split(".")
-    nested: dict[str, Any] = {parts[-1]: value}
-    for part in reversed(parts[:-1]):
-        nested = {part: nested}
-    _merge(settings, nested, source, "")
+#: Settings whose value an error message never shows.
+_SECRETS = frozenset({"auth.api_key"})
+
+
+def _describe(exc: ValidationError, source: str, settings_cls: type[BaseModel]) -> str:
+    """The errors of one layer, each naming the source and the key: ``SOURCE: unknown setting 'a.b'
+    (known here: ...)``, ``SOURCE: a.b must be a mapping``, ``SOURCE: a.b: expected an integer, got 'x'``."""
+    problems: dict[str, str] = {}
+    alternatives: dict[str, list[str]] = {}
+    for error in exc.errors():
+        model: type[BaseModel] | None = settings_cls
+        parts: list[str] = []
+        known: list[str] = []
+        for part in error["loc"]:  # field names, then (for a union) the member that failed
+            if model is None or not isinstance(part, str) or part not in model.model_fields:
+                if error["type"] == "extra_forbidden" and model is not None:
+                    parts.append(str(part))
+                    known = sorted(model.model_fields)
+                break
+            parts.append(part)
+            annotation = model.model_fields[part].annotation
+            model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        path = ".".join(parts)
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            problems[path] = f"unknown setting {path!r} (known here: {', '.join(known)})"
+        elif kind in ("model_type", "model_attributes_type", "dict_type"):
+            problems[path] = f"{path} must be a mapping"
+        else:
+            expected = _EXPECTED.get(kind) or (error.get("ctx") or {}).get("expected") or error["msg"]
+            alternatives.setdefault(path, []).append(str(expected))
+            shown = "a value not shown" if path in _SECRETS else repr(error["input"])
+            problems[path] = f"{path}: expected {' or '.join(alternatives[path])}, got {shown}"
+    return "; ".join(f"{source}: {problem}" for problem in problems.values())

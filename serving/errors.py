@@ -2,15 +2,16 @@
 
 ``reason`` is a short machine key from a closed set (it is also the label of the errors metric);
 ``message`` says what to change. The library's typed errors (:mod:`regionmir.errors`) carry both
-already; this module only decides the HTTP status.
+already; this module only decides the HTTP status. :data:`ANSWERS` lists every reason the service
+answers with, its status(es) and when; ``/docs`` shows it per route (:mod:`serving.schemas`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from indexing.region_index import RegionIndexError
-from regionmir.errors import BoxError, RegionMIRError, UnknownAnatomyError
+from regionmir.errors import BoxError, RegionIndexError, RegionMIRError, UnknownAnatomyError
 
 
 class ApiError(Exception):
@@ -28,50 +29,22 @@ class ApiError(Exception):
         return {"error": {"reason": self.reason, "message": self.message, **self.extra}}
 
 
-#: Reasons the service answers with (the closed label set of ``regionmir_serve_errors``).
-REASONS: tuple[str, ...] = (
-    "unauthorized",
-    "missing_field",
-    "bad_request",
-    "bad_k",
-    "bad_filter",
-    "bad_key",
-    "not_found",
-    "upload_too_large",
-    "image_too_large",
-    "unreadable_image",
-    "unsupported_image",
-    "missing_image",
-    "unsupported_media_type",
-    "bad_image_shape",
-    "bad_pixel_values",
-    "bad_box",
-    "box_outside_image",
-    "box_inverted",
-    "box_zero_area",
-    "box_not_finite",
-    "unknown_anatomy",
-    "no_atlas",
-    "no_atlas_entry",
-    "no_candidate",
-    "no_patient_id",
-    "method_not_allowed",
-    "index_unavailable",
-    "model_unavailable",
-    "storage_unavailable",
-    "timeout",
-    "overloaded",
-    "internal",
-)
+@dataclass(frozen=True)
+class Reason:
+    """How the service answers one ``reason``: its HTTP status(es) and when (for ``/docs``)."""
+
+    statuses: tuple[int, ...]
+    when: str
 
 
-def reason_label(reason: str) -> str:
-    """``reason`` when it is one of :data:`REASONS`, else ``"other"`` (metric labels stay a closed set)."""
-    return reason if reason in REASONS else "other"
+def _library(reason: str, when: str) -> Reason:
+    """A library error's reason: its status is :data:`STATUS_BY_REASON`'s, as :func:`from_library_error` answers."""
+    return Reason((STATUS_BY_REASON.get(reason, 422),), when)
 
 
-#: The one table from a library error's ``reason`` to the HTTP status of its answer. Anything a
-#: caller sent that the library refuses and that is not listed here is a 422.
+#: The library's reasons a caller can cause, and their HTTP statuses: the one table from a library
+#: error's ``reason`` to the status of its answer. Anything a caller sent that the library refuses
+#: and that is not listed here is a 422.
 STATUS_BY_REASON: dict[str, int] = {
     "image_too_large": 413,  # over max_pixels / max_side: a smaller film will do
     "unsupported_media_type": 415,  # no image at all (empty, text, another file type)
@@ -88,6 +61,62 @@ STATUS_BY_REASON: dict[str, int] = {
     "missing_image": 404,  # a stored film the index names is gone
 }
 
+#: Every reason the service answers with, its status(es) and when: the error table of ``/docs``
+#: (each route lists the reasons it can answer, :func:`serving.schemas.error_responses`).
+ANSWERS: dict[str, Reason] = {
+    "unauthorized": Reason((401,), "an API key is configured and the bearer token is missing or wrong"),
+    "missing_field": Reason((422,), "no multipart file field `image`, or neither `box` nor `anatomy`"),
+    "bad_request": Reason((400, 422), "a malformed request body (400) or query parameter (422)"),
+    "bad_k": Reason((422,), "`k` is not an integer in 1..`limits.max_k`"),
+    "bad_filter": Reason(
+        (422,), "`view` is not PA/AP, `exclude_same_patient` not a boolean, `group_by` not study/patient/image"
+    ),
+    "bad_key": Reason((422,), "a result key is not 32 lowercase hex characters"),
+    "not_found": Reason((404,), "no indexed region has this key (or no route has this path)"),
+    "upload_too_large": Reason(
+        (413,), "the request body is over `limits.max_upload_mb` (announced, or counted while it streams)"
+    ),
+    "image_too_large": _library("image_too_large", "the film is over `limits.max_pixels` or `limits.max_side`"),
+    "unreadable_image": _library("unreadable_image", "a corrupt or truncated DICOM, PNG or JPEG"),
+    "unsupported_image": _library(
+        "unsupported_image", "a multi-frame or non-image DICOM, or an unknown transfer syntax"
+    ),
+    "missing_image": _library("missing_image", "the indexed film is no longer in storage"),
+    "unsupported_media_type": _library("unsupported_media_type", "the file is not a DICOM, PNG or JPEG (or empty)"),
+    "bad_image_shape": _library("bad_image_shape", "the film is longer than `limits.max_aspect_ratio` : 1"),
+    "bad_pixel_values": _library("bad_pixel_values", "a DICOM rescale that gives NaN or infinite pixels"),
+    "bad_box": _library("bad_box", "`box` is not `x1,y1,x2,y2`"),
+    "box_outside_image": _library("box_outside_image", "`box` lies outside the film"),
+    "box_inverted": _library("box_inverted", "`box` has x1 >= x2 or y1 >= y2"),
+    "box_zero_area": _library("box_zero_area", "`box` has no area"),
+    "box_not_finite": _library("box_not_finite", "`box` has a NaN or infinite coordinate"),
+    "unknown_anatomy": _library(
+        "unknown_anatomy", "`anatomy` / `filter_anatomy` is not a region name (`suggestions` lists the nearest)"
+    ),
+    "no_atlas": Reason((422,), "an anatomy-only query, and the service has no anatomy atlas: draw a box"),
+    "no_atlas_entry": _library("no_atlas_entry", "the atlas has no prior for this region: draw a box"),
+    "no_candidate": _library("no_candidate", "the region's prior falls outside this film: draw a box"),
+    "no_patient_id": Reason((422,), "`exclude_same_patient` for an upload that names no patient"),
+    "method_not_allowed": Reason((405,), "the path takes another HTTP method"),
+    "index_unavailable": Reason((503,), "the index did not answer; retry after `Retry-After` seconds"),
+    "model_unavailable": Reason((503,), "the encoder did not answer; retry after `Retry-After` seconds"),
+    "storage_unavailable": Reason((503,), "the film store did not answer; retry after `Retry-After` seconds"),
+    "sealed_location": Reason(
+        (500,), "the service's `REGIONMIR_ID_SALT` does not open the index's film locations (see `/readyz`)"
+    ),
+    "timeout": Reason((504,), "the encoder or the index did not answer within `limits.request_timeout_s`"),
+    "overloaded": Reason((503,), "every film slot or the encoder is busy; retry after `Retry-After` seconds"),
+    "internal": Reason((500,), "an unexpected error; the service logged it"),
+}
+
+#: Reasons the service answers with (the closed label set of ``regionmir_serve_errors``).
+REASONS: tuple[str, ...] = tuple(ANSWERS)
+
+
+def reason_label(reason: str) -> str:
+    """``reason`` when it is one of :data:`REASONS`, else ``"other"`` (metric labels stay a closed set)."""
+    return reason if reason in REASONS else "other"
+
 
 #: Seconds a 503 (overloaded, index or model unavailable) asks the caller to wait before retrying.
 RETRY_AFTER_S = 2
@@ -95,7 +124,7 @@ RETRY_AFTER_S = 2
 
 def from_library_error(exc: RegionMIRError, field: str | None = None) -> ApiError:
     """The answer to a library error: its status from :data:`STATUS_BY_REASON` for what a caller
-    sent; the index's own failures (:class:`~indexing.region_index.RegionIndexError`) are the
+    sent; the index's own failures (:class:`~regionmir.errors.RegionIndexError`) are the
     service's trouble, 503 ``index_unavailable`` with ``Retry-After`` (the message names no server)."""
     if isinstance(exc, RegionIndexError):
         return ApiError(

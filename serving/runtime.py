@@ -18,13 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from indexing.region_index import KEY_RE, RegionHit, RegionIndex, RegionIndexError, model_collection_name
+from indexing.index_rows import RegionHit
+from indexing.index_schema import KEY_RE, model_collection_name
+from indexing.region_index import RegionIndex
+from regionmir.errors import RegionIndexError
 from regionmir.model_contract import load_model
 from regionmir.sealed_location import SealedLocationError, open_location
 
 log = logging.getLogger("ray.serve")
 
-#: Row keys are 32 lowercase hex characters (:func:`indexing.region_index.row_key`).
+#: Row keys are 32 lowercase hex characters (:func:`indexing.index_schema.row_key`).
 
 
 class EncoderRuntime:

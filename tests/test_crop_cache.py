@@ -9,15 +9,15 @@ import json
 import pytest
 
 from regionmir.anatomy import STANDARD_29_IDS
+from regionmir.crop_cache_layout import COMPLETE_MARKER
+from regionmir.dataset import films_by_split
 from regionmir.roi_crop import CropConfig
 from regionmir.synth.dataset_writer import write_phantom_dataset
 from training.roi_pipeline import (
-    COMPLETE_MARKER,
     RoiPipelineConfig,
     cache_key,
     cached_roi_datasets,
     expected_crop_count,
-    list_images,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # Ray Data start-up: minutes on 2 cores
@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]  # Ray Data start-up: m
 def test_every_split_is_cached_in_one_pass_and_read_back(tmp_path, ray_local, capsys):
     data = tmp_path / "phantoms"
     write_phantom_dataset(str(data), images=10, size=128, seed=7, progress=False)
-    records, _ = list_images(str(data), None, ("train", "valid", "test"))
+    records, _ = films_by_split(str(data), None, ("train", "valid", "test"))
     config = RoiPipelineConfig(crop=CropConfig(size=32), anatomy_ids=tuple(STANDARD_29_IDS))
     cache = tmp_path / "cache"
     stale = cache / f"test-{cache_key(records['test'], config)}"
@@ -57,7 +57,7 @@ def test_a_split_is_marked_complete_only_when_every_crop_is_accounted_for(tmp_pa
 
     data = tmp_path / "phantoms"
     write_phantom_dataset(str(data), images=6, size=128, seed=11, progress=False)
-    records, _ = list_images(str(data), None, ("train",))
+    records, _ = films_by_split(str(data), None, ("train",))
     config = RoiPipelineConfig(crop=CropConfig(size=32), anatomy_ids=tuple(STANDARD_29_IDS))
     expected = expected_crop_count(records["train"], config.anatomy_ids)
     with open(records["train"][0].image_uri, "wb") as broken:  # one unreadable film: skipped and counted

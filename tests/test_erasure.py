@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from indexing.erasure import delete_main
-from indexing.region_index import RegionIndex, model_collection_name
+from indexing.index_schema import model_collection_name
+from indexing.region_index import RegionIndex
 from regionmir.identifiers import hash_identifier
 
 integration = pytest.mark.integration
@@ -22,9 +23,11 @@ integration = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from serving.demo import build_demo_subprocess
+    from random_model_index import build_random_model_index_subprocess
 
-    return build_demo_subprocess(str(tmp_path_factory.mktemp("erasure_demo")), images=8, size=128, seed=11)
+    return build_random_model_index_subprocess(
+        str(tmp_path_factory.mktemp("erasure_demo")), images=8, size=128, seed=11
+    )
 
 
 def _train_rows(data: str) -> list[dict]:
@@ -95,7 +98,7 @@ def test_deleting_a_patient_removes_every_row_and_a_rerun_removes_nothing(demo, 
 
 @integration
 def test_deleting_an_image_also_erases_its_crops_from_a_crop_cache(demo, tmp_path, capsys, monkeypatch):
-    import indexing.region_index as region_index
+    import indexing.index_schema as index_schema
 
     db = demo["milvus"]
     per_image = _rows_by(db, "image_id")
@@ -107,8 +110,8 @@ def test_deleting_an_image_also_erases_its_crops_from_a_crop_cache(demo, tmp_pat
     (split / "_COMPLETE.json").write_text(json.dumps({"rows": 3}))
 
     # the collection is of an older row schema than this code reads: erasure still reaches it
-    monkeypatch.setattr(region_index, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(region_index, "FIELDS", (*region_index.FIELDS, "series_uid"))
+    monkeypatch.setattr(index_schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(index_schema, "FIELDS", (*index_schema.FIELDS, "series_uid"))
     summary = _delete(capsys, "--milvus", db, "--image", image, "--crop-cache", str(tmp_path / "cache"))
     monkeypatch.undo()
     assert summary["rows_deleted_total"] == per_image[image] > 0

@@ -1,7 +1,7 @@
 """``regionmir evaluate`` writes run.tsv and qrels.tsv from which every figure can be recomputed,
 and its exclusions (model version, the query's own patient) hold in the ranking and in R alike.
 
-No Ray: the index is filled in this process (as ``serving.demo`` does) and the queries are embedded
+No Ray: the index is filled in this process (as ``tests/random_model_index.py`` does) and the queries are embedded
 in this process (``embed="local"``); milvus-lite is a file in ``tmp_path``.
 """
 
@@ -51,14 +51,15 @@ def recompute(report: Path, k: int = 10) -> dict[str, float]:
 def indexed(tmp_path_factory):
     """10 phantom films, a random-init model, its train regions indexed; then the test films'
     regions added too, so a query can meet its own film in the index."""
+    from random_model_index import build_random_model_index
+
     from indexing.build import region_rows
     from indexing.region_index import RegionIndex
     from indexing.roi_embedding import embedded_batches
     from regionmir.dataset import open_dataset
     from regionmir.model_contract import read_contract
-    from serving.demo import build_demo
 
-    demo = build_demo(str(tmp_path_factory.mktemp("evaluate")), images=10, size=160, seed=3)
+    demo = build_random_model_index(str(tmp_path_factory.mktemp("evaluate")), images=10, size=160, seed=3)
     _, contract = read_contract(demo["model"])
     test_films = list(open_dataset(demo["data"]).iter_images(split="test"))
     index = RegionIndex(demo["milvus"])
@@ -74,16 +75,19 @@ def indexed(tmp_path_factory):
 
 def test_the_run_files_give_back_every_figure_of_metrics_json(tmp_path, indexed):
     from indexing.evaluate import evaluate
+    from indexing.jobs import EvaluationJob
 
     demo, _ = indexed
     metrics = evaluate(
-        demo["data"],
-        demo["model"],
-        demo["milvus"],
-        str(tmp_path),
-        collection="regions",
-        embed="local",
-        localize_films=0,
+        EvaluationJob(
+            demo["data"],
+            demo["model"],
+            demo["milvus"],
+            str(tmp_path),
+            collection="regions",
+            embed="local",
+            localize_films=0,
+        )
     )
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["map@10"] == pytest.approx(metrics["map@10"], abs=1e-12)
@@ -104,14 +108,24 @@ def test_the_run_files_give_back_every_figure_of_metrics_json(tmp_path, indexed)
 
 
 def test_the_query_s_own_patient_leaves_the_ranking_and_r_together(tmp_path, indexed):
+    from dataclasses import replace
+
     from indexing.evaluate import evaluate
+    from indexing.jobs import EvaluationJob
 
     demo, _ = indexed
-    common = dict(collection="regions", database_split=None, embed="local", localize_films=0)
-    evaluate(demo["data"], demo["model"], demo["milvus"], str(tmp_path / "excluded"), **common)
-    included = evaluate(
-        demo["data"], demo["model"], demo["milvus"], str(tmp_path / "included"), exclude_same_patient=False, **common
+    excluded = EvaluationJob(
+        demo["data"],
+        demo["model"],
+        demo["milvus"],
+        str(tmp_path / "excluded"),
+        collection="regions",
+        database_split=None,
+        embed="local",
+        localize_films=0,
     )
+    evaluate(excluded)
+    included = evaluate(replace(excluded, report_dir=str(tmp_path / "included"), exclude_same_patient=False))
     ex_run = {q["query_key"]: q for q in read_tsv(tmp_path / "excluded" / "qrels.tsv")}
     in_run = {q["query_key"]: q for q in read_tsv(tmp_path / "included" / "qrels.tsv")}
     assert ex_run.keys() == in_run.keys()

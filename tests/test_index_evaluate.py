@@ -44,16 +44,17 @@ def phantoms(tmp_path_factory):
 def test_index_upserts_moves_the_alias_only_when_complete_and_evaluates(tmp_path, phantoms, ray_local):
     from indexing.build import index_data
     from indexing.evaluate import evaluate
+    from indexing.jobs import EvaluationJob, IndexJob
     from indexing.region_index import RegionIndex
 
     data, info = phantoms
     train_regions = info["splits"]["train"] * len(STANDARD_29_IDS)
     db = str(tmp_path / "regions.db")
     first = make_model(tmp_path / "m1", seed=1)
-    summary = index_data(str(data), first, db, collection="regions")
+    summary = index_data(IndexJob(str(data), first, db, collection="regions"))
     assert summary["rows"] == summary["rows_written"] == train_regions
     assert summary["regions_skipped"] == 0 and summary["previous_collection"] is None
-    again = index_data(str(data), first, db, collection="regions")
+    again = index_data(IndexJob(str(data), first, db, collection="regions"))
     assert again["collection"] == summary["collection"] and again["rows"] == train_regions  # upserted, not doubled
 
     # a second model's build fails on an unreadable film: the alias stays on the first build
@@ -63,7 +64,7 @@ def test_index_upserts_moves_the_alias_only_when_complete_and_evaluates(tmp_path
     film.write_bytes(b"not a png")
     try:
         with pytest.raises(DatasetError, match="unreadable"):
-            index_data(str(data), second, db, collection="regions", split="all", max_bad_fraction=0.0)
+            index_data(IndexJob(str(data), second, db, collection="regions", split="all", max_bad_fraction=0.0))
     finally:
         film.write_bytes(original)
     index = RegionIndex(db)
@@ -72,7 +73,7 @@ def test_index_upserts_moves_the_alias_only_when_complete_and_evaluates(tmp_path
     index.close()
 
     # re-run after the crash: completes without duplicates and only then moves the alias
-    rebuilt = index_data(str(data), second, db, collection="regions")
+    rebuilt = index_data(IndexJob(str(data), second, db, collection="regions"))
     assert rebuilt["collection"] != summary["collection"] and rebuilt["previous_collection"] == summary["collection"]
     assert rebuilt["rows"] == train_regions
     index = RegionIndex(db)
@@ -81,11 +82,15 @@ def test_index_upserts_moves_the_alias_only_when_complete_and_evaluates(tmp_path
     index.close()
 
     report = tmp_path / "report"
-    metrics = evaluate(str(data), second, db, str(report), collection="regions", embed="ray", localize_films=1)
+    metrics = evaluate(
+        EvaluationJob(str(data), second, db, str(report), collection="regions", embed="ray", localize_films=1)
+    )
     saved = json.loads((report / "metrics.json").read_text())
     # the queries embedded in this process (the default for a few films) give the same answers
     local = evaluate(
-        str(data), second, db, str(tmp_path / "report-local"), collection="regions", embed="local", localize_films=0
+        EvaluationJob(
+            str(data), second, db, str(tmp_path / "report-local"), collection="regions", embed="local", localize_films=0
+        )
     )
     for key in ("accuracy", "p@1", "p@10", "map@10", "queries"):
         assert local[key] == pytest.approx(metrics[key], abs=1e-6), key

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import pytest
 from local_process import ahead_of_other_work
+from random_model_index import build_random_model_index_subprocess
 from tcp_relay import TcpRelay
 
-from indexing.region_index import IndexNotFoundError, RegionIndex, model_collection_name
-from serving.demo import build_demo_subprocess
+from indexing.index_schema import model_collection_name
+from indexing.region_index import RegionIndex
+from regionmir.errors import IndexNotFoundError
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -35,8 +37,12 @@ FILMS = 24
 def models(milvus_lite_server, tmp_path_factory):
     """An indexed 'old' model on the Milvus server (the previous collection) and a 'new' model."""
     root = tmp_path_factory.mktemp("index-faults")
-    old = build_demo_subprocess(str(root / "old"), images=FILMS, size=128, seed=31, milvus=milvus_lite_server.uri)
-    new = build_demo_subprocess(str(root / "new"), images=2, size=96, seed=32, milvus=str(root / "new" / "own.db"))
+    old = build_random_model_index_subprocess(
+        str(root / "old"), images=FILMS, size=128, seed=31, milvus=milvus_lite_server.uri
+    )
+    new = build_random_model_index_subprocess(
+        str(root / "new"), images=2, size=96, seed=32, milvus=str(root / "new" / "own.db")
+    )
     assert new["model_version"] != old["model_version"]
     return {
         "data": old["data"],

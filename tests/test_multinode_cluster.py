@@ -92,11 +92,10 @@ def _actors_by_class(cluster: LocalRayCluster) -> dict[str, list[str]]:
 @pytest.mark.slow
 def test_the_query_service_deploys_across_the_worker_nodes_and_answers(three_nodes, tmp_path):
     import requests
-
-    from serving.demo import build_demo_subprocess
+    from random_model_index import build_random_model_index_subprocess
 
     cluster = three_nodes
-    demo = build_demo_subprocess(str(tmp_path / "demo"), images=6, size=160, seed=3)
+    demo = build_random_model_index_subprocess(str(tmp_path / "demo"), images=6, size=160, seed=3)
     port = free_ports(1)[0]
     process = subprocess.Popen(
         [

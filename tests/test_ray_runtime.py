@@ -1,9 +1,11 @@
-"""`start_ray` keeps Ray Data's INFO chatter (execution plans, progress blocks) off the console and
-in Ray's session log files, on a real local Ray."""
+"""`start_ray` keeps Ray's chatter off the console and in Ray's session log files, on a real local
+Ray: Ray Data's INFO lines (execution plans, progress blocks), and of what workers print everything
+but our own `[train] …` progress lines (shown once, without Ray's pid prefix)."""
 
 from __future__ import annotations
 
 import glob
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def test_ray_datas_info_lines_go_to_its_log_files_not_the_console(capfd):
+def test_ray_chatter_goes_to_its_log_files_and_our_worker_lines_to_the_console(capfd):
     import ray
 
     from cluster.ray_runtime import start_ray
@@ -28,5 +30,23 @@ def test_ray_datas_info_lines_go_to_its_log_files_not_the_console(capfd):
         assert "streaming_executor" not in console and "logging_progress" not in console
         logged = "".join(Path(path).read_text() for path in glob.glob(f"{session}/logs/ray-data/ray-data.log"))
         assert "streaming_executor" in logged  # kept where Ray keeps its logs
+
+        @ray.remote
+        def worker_prints() -> None:
+            print("[train] epoch 1/2: loss 0.5", flush=True)
+            print("(TrainController) Attempting to start training worker group", flush=True)
+            print("[FailurePolicy] RETRY", flush=True)
+
+        ray.get(worker_prints.remote())
+        deadline = time.monotonic() + 30
+        shown = ""
+        while "[train] epoch 1/2" not in shown and time.monotonic() < deadline:
+            time.sleep(0.5)
+            shown += capfd.readouterr().out
+        time.sleep(2)  # anything else the worker printed would have arrived by now
+        shown += capfd.readouterr().out
+        assert "[train] epoch 1/2: loss 0.5\n" in shown and "pid=" not in shown  # ours, once, unprefixed
+        assert shown.count("[train] epoch 1/2") == 1
+        assert "Attempting to start" not in shown and "FailurePolicy" not in shown
     finally:
         ray.shutdown()

@@ -1,4 +1,4 @@
-"""indexing.region_index: one contract, three Milvus backends.
+"""indexing.region_index (and the schema, rows and filters it uses): one contract, three Milvus backends.
 
 The same test bodies run against a milvus-lite file (``tmp_path/x.db``), a ``milvus-lite server``
 process and a real Milvus standalone (the PyPI package ``milvus``); the two servers are
@@ -19,22 +19,22 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 
-from indexing.region_index import (
+from indexing.index_filters import build_filter, quote_filter_value
+from indexing.index_rows import RegionRow
+from indexing.index_schema import row_key
+from indexing.region_index import RegionIndex
+from regionmir.anatomy import ANATOMY_NAMES, anatomy_id
+from regionmir.errors import (
     CountMismatchError,
+    DatasetError,
     DimensionMismatchError,
     IndexLockedError,
     IndexNotFoundError,
     IndexUnavailableError,
-    RegionIndex,
     RegionIndexError,
-    RegionRow,
     SchemaMismatchError,
-    build_filter,
-    quote_filter_value,
-    row_key,
+    UnknownAnatomyError,
 )
-from regionmir.anatomy import ANATOMY_NAMES, anatomy_id
-from regionmir.errors import DatasetError, UnknownAnatomyError
 from regionmir.identifiers import hash_identifier
 from regionmir.sealed_location import open_location
 
@@ -429,12 +429,12 @@ def test_rows_of_a_patient_study_or_image_are_deleted_and_deleting_again_is_a_no
 
 @pytest.mark.integration
 def test_a_collection_of_another_schema_version_names_the_rebuild_command(index, backend, monkeypatch):
-    import indexing.region_index as region_index
+    import indexing.index_schema as index_schema
 
     name, rows = filled(index, make_rows(12))
     # this code moved on to a new row layout: version 2, with a field the old collection lacks
-    monkeypatch.setattr(region_index, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(region_index, "FIELDS", (*region_index.FIELDS, "series_uid"))
+    monkeypatch.setattr(index_schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(index_schema, "FIELDS", (*index_schema.FIELDS, "series_uid"))
     mismatch = (
         r"older row schema \((v1|without field\(s\) \['series_uid'\]); this RegionMIR reads v2\).*regionmir index"
     )

@@ -8,6 +8,7 @@ import json
 import numpy as np
 
 from regionmir.boxes import Box
+from regionmir.film_rows import FILM_COLUMN
 from regionmir.region_record import ImageRecord, RegionRecord
 from regionmir.roi_crop import CropConfig, roi_crop
 from regionmir.synth.dataset_writer import phantom_params
@@ -48,14 +49,15 @@ def test_cache_key_changes_with_labels_and_settings_only():
 
 def _film_rows(tmp_path, count: int = 3):
     from regionmir.anatomy import STANDARD_29_IDS
+    from regionmir.dataset import films_by_split
+    from regionmir.film_rows import film_rows
     from regionmir.synth.dataset_writer import write_phantom_dataset
-    from training.roi_pipeline import image_rows, list_images
 
     write_phantom_dataset(str(tmp_path / "phantoms"), images=count, size=128, seed=3, progress=False)
-    records, _ = list_images(str(tmp_path / "phantoms"), None, ("train", "valid", "test"))
+    records, _ = films_by_split(str(tmp_path / "phantoms"), None, ("train", "valid", "test"))
     films = [film for split in records.values() for film in split]
     config = RoiPipelineConfig(crop=CropConfig(size=16), anatomy_ids=tuple(STANDARD_29_IDS))
-    return films, image_rows(films), config
+    return films, film_rows(films), config
 
 
 def test_the_croppers_placeholders_account_for_every_region_not_cut(tmp_path):
@@ -65,10 +67,10 @@ def test_the_croppers_placeholders_account_for_every_region_not_cut(tmp_path):
     films, rows, config = _film_rows(tmp_path)
     with open(films[0].image_uri, "wb") as broken:  # an unreadable film: all its regions skipped
         broken.write(b"not an image")
-    record = json.loads(rows[1]["record"])  # a box under a pixel inside the film: dropped by clamping
+    record = json.loads(rows[1][FILM_COLUMN])  # a box under a pixel inside the film: dropped by clamping
     record["regions"][0][1:] = [127.5, 127.5, 128.0, 128.0]  # under a pixel inside
-    rows[1] = {"record": json.dumps(record)}
-    batch = {"record": np.asarray([r["record"] for r in rows], dtype=object)}
+    rows[1] = {FILM_COLUMN: json.dumps(record)}
+    batch = {FILM_COLUMN: np.asarray([r[FILM_COLUMN] for r in rows], dtype=object)}
 
     counted = ContextCropper(config, None, account_skips=True)(batch)
     crops = counted["anatomy_id"] >= 0

@@ -15,7 +15,8 @@ import pytest
 import requests
 from local_process import ahead_of_other_work, free_port
 
-from indexing.region_index import RegionIndex, model_collection_name
+from indexing.index_schema import model_collection_name
+from indexing.region_index import RegionIndex
 from serving.config import ServeSettings
 
 integration = pytest.mark.integration
@@ -26,12 +27,14 @@ pytestmark = pytest.mark.slow
 @integration
 def test_indexing_a_new_model_does_not_change_what_a_running_service_answers(milvus_lite_server, tmp_path):
     import ray
+    from random_model_index import build_random_model_index_subprocess
     from ray import serve
 
-    from serving.demo import build_demo_subprocess
     from serving.deployments import start_service
 
-    old = build_demo_subprocess(str(tmp_path / "old"), images=6, size=128, seed=21, milvus=milvus_lite_server.uri)
+    old = build_random_model_index_subprocess(
+        str(tmp_path / "old"), images=6, size=128, seed=21, milvus=milvus_lite_server.uri
+    )
     settings = ServeSettings.from_dict(
         {
             "model": old["model"],
@@ -61,7 +64,9 @@ def test_indexing_a_new_model_does_not_change_what_a_running_service_answers(mil
         assert model_collection_name("regions", old["model_version"]) in str(ready)
 
         # a new model is indexed into the same Milvus: its own collection, and the alias moves to it
-        new = build_demo_subprocess(str(tmp_path / "new"), images=6, size=128, seed=22, milvus=milvus_lite_server.uri)
+        new = build_random_model_index_subprocess(
+            str(tmp_path / "new"), images=6, size=128, seed=22, milvus=milvus_lite_server.uri
+        )
         assert new["model_version"] != old["model_version"]
         index = RegionIndex(milvus_lite_server.uri)
         try:

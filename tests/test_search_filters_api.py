@@ -11,6 +11,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
+    from random_model_index import build_random_model_index
     from starlette.testclient import TestClient
 
     from regionmir.anatomy_atlas import AnatomyAtlas
@@ -19,12 +20,11 @@ def service(tmp_path_factory):
     from regionmir.synth.dataset_writer import write_phantom_dataset
     from serving.api import create_app
     from serving.config import ServeSettings
-    from serving.demo import build_demo
     from serving.runtime import EncoderRuntime, LocalBackend, SearchRuntime
 
     root = tmp_path_factory.mktemp("filters")
     write_phantom_dataset(str(root / "data"), images=10, size=160, seed=3, fmt="dicom", progress=False)
-    demo = build_demo(str(root / "demo"), data=str(root / "data"))
+    demo = build_random_model_index(str(root / "demo"), data=str(root / "data"))
     model_dir, contract = read_contract(demo["model"])
     settings = ServeSettings.load(env={}, overrides={"model": model_dir, "milvus": demo["milvus"]})
     backend = LocalBackend(

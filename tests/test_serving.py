@@ -1,5 +1,5 @@
 """The query service on Ray Serve, end to end on 127.0.0.1: phantom films indexed in milvus-lite by a
-random-init encoder (``serving.demo``, in a child process: the ``.db`` file belongs to the search
+random-init encoder (``tests/random_model_index.py``, in a child process: the ``.db`` file belongs to the search
 replica), one Serve application (encoder, search, ingress) plus a second front door with an API key
 sharing the first one's encoder and index. Box and anatomy-only queries, every bad input (and a
 good query right after each), auth, crops, metrics.
@@ -124,13 +124,13 @@ class Service:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     import ray
+    from random_model_index import build_random_model_index_subprocess
     from ray import serve
 
-    from serving.demo import build_demo_subprocess
     from serving.deployments import start_service
 
     started = time.perf_counter()
-    demo = build_demo_subprocess(str(tmp_path_factory.mktemp("serve_demo")), images=6, size=160, seed=3)
+    demo = build_random_model_index_subprocess(str(tmp_path_factory.mktemp("serve_demo")), images=6, size=160, seed=3)
     port, metrics_port = free_port(), free_port()
     common = {
         "model": demo["model"],
@@ -550,9 +550,9 @@ def test_the_film_cache_survives_threads():
     """The result routes read films in worker threads: the cache's bookkeeping must not race."""
     import threading
 
-    from serving.api import _FilmCache
+    from serving.film_cache import FilmCache
 
-    cache, errors = _FilmCache(4), []
+    cache, errors = FilmCache(4), []
 
     def load(uri: str) -> np.ndarray:
         return np.full((2, 2), float(uri), np.float32)

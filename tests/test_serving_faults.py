@@ -41,9 +41,9 @@ def _kill_hard(server: MilvusLiteServer) -> None:
 @integration
 def test_milvus_killed_under_load_gives_503_then_the_service_recovers_by_itself(tmp_path):
     import ray
+    from random_model_index import build_random_model_index_subprocess
     from ray import serve
 
-    from serving.demo import build_demo_subprocess
     from serving.deployments import start_service
 
     server = MilvusLiteServer(tmp_path / "milvus", tmp_path / "logs")
@@ -53,7 +53,9 @@ def test_milvus_killed_under_load_gives_503_then_the_service_recovers_by_itself(
     answers: list[tuple[float, int, str, str | None]] = []  # (time, status, reason, Retry-After)
     stop = threading.Event()
     try:
-        demo = build_demo_subprocess(str(tmp_path / "demo"), images=6, size=128, seed=31, milvus=server.uri)
+        demo = build_random_model_index_subprocess(
+            str(tmp_path / "demo"), images=6, size=128, seed=31, milvus=server.uri
+        )
         film = Path(demo["query_films"][0]).read_bytes()
         settings = ServeSettings.from_dict(
             {

@@ -78,12 +78,12 @@ class ReplicaMemory:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     import ray
+    from random_model_index import build_random_model_index_subprocess
     from ray import serve
 
-    from serving.demo import build_demo_subprocess
     from serving.deployments import start_service
 
-    demo = build_demo_subprocess(str(tmp_path_factory.mktemp("hostile_demo")), images=6, size=160, seed=5)
+    demo = build_random_model_index_subprocess(str(tmp_path_factory.mktemp("hostile_demo")), images=6, size=160, seed=5)
     settings = ServeSettings.from_dict(
         {
             "model": demo["model"],

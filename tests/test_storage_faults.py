@@ -56,7 +56,7 @@ def test_a_long_outage_is_a_storage_error_not_a_missing_or_bad_film(relayed):
 
 
 def test_the_index_jobs_counter_stops_on_storage_errors_instead_of_counting_bad_films():
-    from indexing.roi_embedding import SkippedFilms
+    from regionmir.bad_films import BadFilms
 
     def batch(reasons: list[str]) -> dict[str, np.ndarray]:
         n = len(reasons)
@@ -66,10 +66,10 @@ def test_the_index_jobs_counter_stops_on_storage_errors_instead_of_counting_bad_
             "image_id": np.asarray([f"film-{i}" for i in range(n)], dtype=object),
         }
 
-    counter = SkippedFilms("data", total=100, max_bad_fraction=0.05)
+    counter = BadFilms("data", total=100, max_bad_fraction=0.05)
     counter.filter(batch(["unreadable_image", "missing_image"]))  # bad films: counted, the job goes on
     assert counter.count == 2
     with pytest.raises(StorageError, match="re-run the job once storage answers"):
         counter.filter(batch(["storage"]))  # storage down: the job stops at once
     with pytest.raises(DatasetError):  # and too many bad films still stop it
-        SkippedFilms("data", total=10, max_bad_fraction=0.05).filter(batch(["unreadable_image"]))
+        BadFilms("data", total=10, max_bad_fraction=0.05).filter(batch(["unreadable_image"]))

@@ -27,12 +27,12 @@ def service(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (never download a browser)")
     import ray
+    from random_model_index import build_random_model_index_subprocess
     from ray import serve
 
-    from serving.demo import build_demo_subprocess
     from serving.deployments import start_service
 
-    demo = build_demo_subprocess(str(tmp_path_factory.mktemp("page_demo")), images=4, size=160, seed=4)
+    demo = build_random_model_index_subprocess(str(tmp_path_factory.mktemp("page_demo")), images=4, size=160, seed=4)
     settings = ServeSettings.from_dict(
         {
             "model": demo["model"],

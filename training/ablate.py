@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ from dataclasses import replace
 
 from regionmir import storage
 from regionmir.command_help import command_parser
+from regionmir.console import configure_command_logging
+from regionmir.dataset import films_by_split
 from regionmir.encoder import load_preset
 from regionmir.errors import DatasetError, RegionMIRError
 from regionmir.paired_bootstrap import mean_and_sd, paired_bootstrap
@@ -37,8 +40,10 @@ from regionmir.roi_crop import CropConfig
 from regionmir.storage import S3Options
 
 from .evaluate_classifier import evaluate_classifier
-from .roi_pipeline import RoiPipelineConfig, cached_roi_datasets, list_images
+from .roi_pipeline import RoiPipelineConfig, cached_roi_datasets
 from .run import Phase, TrainOptions, default_cache_root, region_ids, run_phases
+
+log = logging.getLogger(__name__)
 
 PAPER = {"best baseline (paper)": 92.24, "region pretraining (paper)": 94.12}
 
@@ -108,7 +113,7 @@ def run_ablation(
     plan = ablation_phases(pretrain_epochs, finetune_epochs, arms)
     summary = run_phases(base, [phase for _, phases in plan for phase in phases], s3)
     trained = time.perf_counter()
-    records, _ = list_images(base.data, s3, ("train", "test"))
+    records, _ = films_by_split(base.data, s3, ("train", "test"))
     if not records["test"]:
         raise DatasetError(base.data, "no test films (split 'test' is empty): nothing to compare the arms on")
     crop_size = load_preset(base.preset).crop_size
@@ -148,10 +153,9 @@ def run_ablation(
                 "test_correct": correct,
             }
         )
-        print(
-            f"[ablate] ({arm}) {ARMS[arm]}: test accuracy {report['accuracy']:.4f}, crop retrieval from the "
+        log.info(
+            f"({arm}) {ARMS[arm]}: test accuracy {report['accuracy']:.4f}, crop retrieval from the "
             f"training crops p@{RETRIEVAL_K} {precision.mean():.4f}, mAP@{RETRIEVAL_K} {average_precision.mean():.4f}",
-            flush=True,
         )
     result = {
         "rows": rows,
@@ -199,12 +203,11 @@ def run_ablation_grid(
         seed = base.seed + offset
         out = base.out if single else storage.join(base.out, f"fraction-{fraction:g}", f"seed-{seed}")
         done = storage.join(out, "ablation.json")
-        print(
-            f"[ablate] run {number}/{len(fractions) * seeds}: label fraction {fraction:g}, seed {seed} → {out}",
-            flush=True,
+        log.info(
+            f"run {number}/{len(fractions) * seeds}: label fraction {fraction:g}, seed {seed} → {out}",
         )
         if resume and storage.exists(done, s3):
-            print(f"[ablate] {done} exists: kept (--resume)", flush=True)
+            log.info(f"{done} exists: kept (--resume)")
             runs.append(json.loads(storage.read_text(done, s3)))
             continue
         runs.append(
@@ -421,15 +424,15 @@ def ablate_main(argv: Sequence[str]) -> int:
     parser = command_parser(prog="regionmir ablate", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=TrainOptions.workers)
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--pretrain-epochs", type=int, default=3)
     parser.add_argument("--finetune-epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--preset", default="resnet10-cpu")
-    parser.add_argument("--regions", choices=("standard29", "all36"), default="standard29")
+    parser.add_argument("--batch-size", type=int, default=TrainOptions.batch_size)
+    parser.add_argument("--preset", default=TrainOptions.preset)
+    parser.add_argument("--regions", choices=("standard29", "all36"), default=TrainOptions.regions)
     parser.add_argument("--arms", default="abcd", help="which arms to run, e.g. 'ab'")
-    parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("--seed", type=int, default=TrainOptions.seed, help=f"first seed (default {TrainOptions.seed})")
     parser.add_argument(
         "--seeds",
         type=int,
@@ -448,6 +451,7 @@ def ablate_main(argv: Sequence[str]) -> int:
         "--resume", action="store_true", help="keep the runs that finished in OUT and continue an interrupted one"
     )
     args = parser.parse_args(list(argv))
+    configure_command_logging("ablate", args)
     base = TrainOptions(
         data=args.data,
         out=args.out,

@@ -12,11 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from regionmir.command_help import command_parser
+from regionmir.console import configure_command_logging
 from regionmir.errors import RegionMIRError
 
-from .run import TrainOptions, run_training
-
-DEFAULT_EPOCHS = 8
+from .run import PLACEMENTS, TrainOptions, run_training
 
 SCALING_HELP = (
     "Defaults fit a 2-core laptop (resnet10-cpu preset, 32 px crops, 2 CPU workers). On a "
@@ -25,34 +24,42 @@ SCALING_HELP = (
 
 
 def _common(parser: argparse.ArgumentParser, stage: str) -> None:
+    """The flags both commands share; their defaults are those of :class:`~training.run.TrainOptions`."""
     parser.add_argument("--data", required=True, help="Chest ImaGenome root or manifest, local or s3://")
     parser.add_argument("--out", required=True, help="output folder or s3:// prefix (checkpoints, models)")
-    parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (default 2)")
+    parser.add_argument(
+        "--workers", type=int, default=TrainOptions.workers, help=f"Ray Train workers (default {TrainOptions.workers})"
+    )
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL, bf16 autocast")
-    # 8 + 8 epochs with supervised-contrastive pretraining: the arm that reached the paper's 94.12 %
-    # on real films and led the phantom label-efficiency table (README, "Choosing the defaults").
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
-    parser.add_argument("--batch-size", type=int, default=64, help="per worker")
+    parser.add_argument("--epochs", type=int, default=TrainOptions.epochs, help=f"default {TrainOptions.epochs}")
+    parser.add_argument("--batch-size", type=int, default=TrainOptions.batch_size, help="per worker")
     parser.add_argument("--lr", type=float, default=TrainOptions.lr)
     parser.add_argument(
         "--temperature", type=float, default=TrainOptions.temperature, help="contrastive loss temperature"
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", default="resnet10-cpu", help="encoder preset (regionmir/presets)")
-    parser.add_argument("--regions", choices=("standard29", "all36"), default="standard29")
+    parser.add_argument("--seed", type=int, default=TrainOptions.seed)
+    parser.add_argument("--preset", default=TrainOptions.preset, help="encoder preset (regionmir/presets)")
+    parser.add_argument("--regions", choices=("standard29", "all36"), default=TrainOptions.regions)
     parser.add_argument(
-        "--crop-cache", default="auto", help="auto (DATA/crop-cache), off (decode films every epoch), or a folder/URI"
+        "--crop-cache",
+        default=TrainOptions.crop_cache,
+        help="auto (DATA/crop-cache), off (decode films every epoch), or a folder/URI",
     )
-    parser.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from")
     parser.add_argument(
-        "--max-bad-fraction", type=float, default=0.05, help="stop when more than this fraction of films cannot be read"
+        "--max-failures", type=int, default=TrainOptions.max_failures, help="worker failures to recover from"
+    )
+    parser.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=TrainOptions.max_bad_fraction,
+        help="stop when more than this fraction of films cannot be read",
     )
     parser.add_argument("--resume", action="store_true", help="continue the run already in --out")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     parser.add_argument(
         "--placement",
-        choices=("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"),
-        default="PACK",
+        choices=PLACEMENTS,
+        default=TrainOptions.placement,
         help="where the workers go on a cluster: PACK (fewest nodes, default), SPREAD (across "
         "nodes, best effort), STRICT_SPREAD (one node per worker)",
     )
@@ -82,6 +89,7 @@ def pretrain_main(argv: Sequence[str]) -> int:
         help="supcon (supervised contrastive over the region names, default) or simclr (label-free)",
     )
     args = parser.parse_args(list(argv))
+    configure_command_logging("pretrain", args)
     return _run(TrainOptions(stage="pretrain", objective=args.objective, **_shared(args)))
 
 
@@ -98,6 +106,7 @@ def finetune_main(argv: Sequence[str]) -> int:
         "--objective", choices=("simclr", "supcon"), default="simclr", help="contrastive loss used with --cotrain"
     )
     args = parser.parse_args(list(argv))
+    configure_command_logging("finetune", args)
     return _run(
         TrainOptions(stage="finetune", init=args.init, cotrain=args.cotrain, objective=args.objective, **_shared(args))
     )

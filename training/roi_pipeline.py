@@ -9,16 +9,19 @@ rotation) from the context, so augmentation still sees real neighbouring anatomy
 film is never decoded twice.
 
 Row schema: ``context`` (uint8, C×C), ``box`` (float32[4], context pixels), ``anatomy_id`` (int32),
-``image_id`` (str, never the path: MIMIC paths hold patient ids), ``split``. Films that cannot be
-read are logged by image id, counted, and skipped; when more than ``max_bad_fraction`` of the
-films an actor has seen are unreadable it stops the job with a clear error. A storage error (after
-:func:`regionmir.storage.read_bytes`' retries) stops the job: an unreachable film is not a bad one.
+``image_id`` (str, never the path: MIMIC paths hold patient ids), ``split``. The films → rows path
+(:mod:`regionmir.film_rows`) and the policy for films that cannot be read
+(:mod:`regionmir.bad_films`) are those of the index job: logged by image id, counted, and skipped;
+when more than ``max_bad_fraction`` of the films an actor has seen are unreadable it stops the job
+with a clear error. A storage error (after :func:`regionmir.storage.read_bytes`' retries) stops the
+job: an unreachable film is not a bad one.
 
 The optional **crop cache** writes these rows as Parquet shards per split under
-``{cache_root}/{split}-{key}/``; ``key`` hashes that split's labels and the crop settings, so a
-later run with the same data and settings reads the shards instead of decoding films again. The
-split's ``_COMPLETE.json`` is written only when every expected crop is accounted for (written,
-or skipped with its film counted): crops cut + regions skipped = regions labelled.
+``{cache_root}/{split}-{key}/`` (the layout: :mod:`regionmir.crop_cache_layout`); ``key`` hashes
+that split's labels and the crop settings, so a later run with the same data and settings reads
+the shards instead of decoding films again. The split's ``_COMPLETE.json`` is written only when
+every expected crop is accounted for (written, or skipped with its film counted): crops cut +
+regions skipped = regions labelled.
 """
 
 from __future__ import annotations
@@ -34,20 +37,18 @@ from typing import Any
 import numpy as np
 
 from regionmir import storage
+from regionmir.bad_films import BadFilms
 from regionmir.boxes import Box
-from regionmir.dataset import open_dataset
-from regionmir.errors import DatasetError, RegionMIRError, StorageError
-from regionmir.region_record import ImageRecord, RegionRecord, clamp_to_image
+from regionmir.crop_cache_layout import CACHE_FORMAT, COMPLETE_MARKER, shard_name, split_folder
+from regionmir.errors import DatasetError
+from regionmir.film_rows import FilmCropper, film_rows
+from regionmir.region_record import ImageRecord, RegionRecord
 from regionmir.roi_crop import CropConfig, roi_crop, square_crop_box
-from regionmir.scan_report import ScanReport
 from regionmir.storage import S3Options
 
 from .object_store import pyarrow_filesystem
 
 log = logging.getLogger("regionmir.training")
-
-CACHE_FORMAT = "regionmir-crop-cache-2"  # 2: complete only when every labelled crop is accounted for
-COMPLETE_MARKER = "_COMPLETE.json"
 
 
 @dataclass(frozen=True)
@@ -102,58 +103,45 @@ def crop_from_context(context: np.ndarray, box: np.ndarray, crop: CropConfig) ->
     return roi_crop(context.astype(np.float32) / 255.0, Box(*[float(v) for v in box]), crop)
 
 
-def image_rows(records: Iterable[ImageRecord]) -> list[dict[str, str]]:
-    """Films as small JSON rows for ``ray.data.from_items`` (labels only, no pixels)."""
-    rows = []
-    for record in records:
-        rows.append(
-            {
-                "record": json.dumps(
-                    {
-                        "image_uri": record.image_uri,
-                        "image_id": record.image_id,
-                        "split": record.split,
-                        "regions": [[r.anatomy_id, *r.box.as_list()] for r in record.regions],
-                    }
-                )
-            }
-        )
-    return rows
-
-
-class ContextCropper:
+class ContextCropper(FilmCropper):
     """Ray Data actor: decode each film once and cut every region's context crop.
 
     With ``account_skips`` (the crop cache's build) every film whose labelled regions were not all
     cut — unreadable, or boxes dropped by clamping — also yields one **placeholder row**
     (``anatomy_id`` -1, ``skipped`` = how many of its regions are missing) so the consumer can
-    prove that nothing went missing on the way; without it the rows are the crops alone.
+    prove that nothing went missing on the way; without it the rows are the crops alone. Films
+    that cannot be read follow :class:`regionmir.bad_films.BadFilms` here, in each actor (the
+    trainers consume the rows; no driver sees them all).
     """
 
     def __init__(self, config: RoiPipelineConfig, s3: dict | None = None, account_skips: bool = False):
         import torch
 
         torch.set_num_threads(1)  # many actors share few cores; one thread each is fastest
+        bad_films = BadFilms("data", None, config.max_bad_fraction, min_films=config.min_images_before_stopping)
+        super().__init__(s3, anatomy_ids=config.anatomy_ids, bad_films=bad_films, log=log, log_clamping=True)
         self.config = config
-        self.s3 = S3Options(**s3) if s3 else None
-        self.wanted = set(config.anatomy_ids)
         self.account_skips = account_skips
-        self.seen = 0
-        self.bad = 0
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        out: dict[str, list] = {"context": [], "box": [], "anatomy_id": [], "image_id": [], "split": [], "skipped": []}
-        for text in batch["record"]:
-            row = json.loads(str(text))
-            labelled = sum(1 for region in row["regions"] if int(region[0]) in self.wanted)
-            cut = self._cut_film(row, out)
-            if self.account_skips and cut < labelled:
-                out["context"].append(np.zeros((self.config.context_size,) * 2, np.uint8))
-                out["box"].append(np.zeros(4, np.float32))
-                out["anatomy_id"].append(-1)
-                out["image_id"].append(row["image_id"])
-                out["split"].append(row["split"])
-                out["skipped"].append(labelled - cut)
+    def region_row(self, out: dict[str, list], film: dict[str, Any], pixels: np.ndarray, region: RegionRecord) -> None:
+        context, local = cut_context(pixels, region.box, self.config)
+        out["context"].append(context)
+        out["box"].append(local)
+        out["anatomy_id"].append(region.anatomy_id)
+        out["image_id"].append(film["image_id"])
+        out["split"].append(film["split"])
+        out["skipped"].append(0)
+
+    def skipped_row(self, out: dict[str, list], film: dict[str, Any], missing: int, reason: str | None) -> None:
+        if self.account_skips:
+            out["context"].append(np.zeros((self.config.context_size,) * 2, np.uint8))
+            out["box"].append(np.zeros(4, np.float32))
+            out["anatomy_id"].append(-1)
+            out["image_id"].append(film["image_id"])
+            out["split"].append(film["split"])
+            out["skipped"].append(missing)
+
+    def columns(self, out: dict[str, list]) -> dict[str, Any]:
         size = self.config.context_size
         columns = {
             "context": np.stack(out["context"]) if out["context"] else np.zeros((0, size, size), np.uint8),
@@ -165,69 +153,6 @@ class ContextCropper:
         if self.account_skips:
             columns["skipped"] = np.asarray(out["skipped"], dtype=np.int32)
         return columns
-
-    def _cut_film(self, row: dict, out: dict[str, list]) -> int:
-        """Append the context crops of one film's wanted regions to ``out``; returns how many."""
-        from regionmir.image_reader import read_image
-
-        self.seen += 1
-        try:
-            decoded = read_image(row["image_uri"], s3=self.s3)
-        except StorageError:
-            raise  # storage down (after read_bytes' retries) is not a bad film: stop, do not shrink the cache
-        except RegionMIRError as exc:
-            self.bad += 1
-            log.warning("skipping film %s: %s (%s)", row["image_id"], exc.reason, exc.message)
-            self._check_fraction()
-            return 0
-        height, width = decoded.pixels.shape
-        report = ScanReport(source=row["image_id"])
-        record = ImageRecord(
-            image_uri=row["image_uri"],
-            image_id=row["image_id"],
-            split=row["split"],
-            regions=tuple(
-                RegionRecord(row["image_uri"], row["image_id"], int(a), Box(x1, y1, x2, y2), row["split"])
-                for a, x1, y1, x2, y2 in row["regions"]
-            ),
-        )
-        record = clamp_to_image(record, width, height, report)
-        if report.total_issues:
-            log.info("film %s: %s", row["image_id"], dict(report.as_dict().get("issues", {})))
-        cut = 0
-        for region in record.regions:
-            if region.anatomy_id not in self.wanted:
-                continue
-            context, local = cut_context(decoded.pixels, region.box, self.config)
-            out["context"].append(context)
-            out["box"].append(local)
-            out["anatomy_id"].append(region.anatomy_id)
-            out["image_id"].append(row["image_id"])
-            out["split"].append(row["split"])
-            out["skipped"].append(0)
-            cut += 1
-        return cut
-
-    def _check_fraction(self) -> None:
-        if self.seen >= self.config.min_images_before_stopping and self.bad / self.seen > self.config.max_bad_fraction:
-            raise DatasetError(
-                "data",
-                f"{self.bad} of {self.seen} films were unreadable "
-                f"(over the allowed {self.config.max_bad_fraction:.0%}); "
-                "see the 'skipping film' log lines for which and why",
-            )
-
-
-def list_images(
-    data: str, s3: S3Options | None, splits: Iterable[str]
-) -> tuple[dict[str, list[ImageRecord]], ScanReport]:
-    """Read the labels on the driver (cheap: no pixels) and group films by split."""
-    reader = open_dataset(data, s3=s3)
-    by_split: dict[str, list[ImageRecord]] = {s: [] for s in splits}
-    for record in reader.iter_images():
-        if record.split in by_split:
-            by_split[record.split].append(record)
-    return by_split, reader.report
 
 
 def cache_key(records: list[ImageRecord], config: RoiPipelineConfig) -> str:
@@ -251,7 +176,7 @@ def roi_dataset(
     ``account_skips``, plus :class:`ContextCropper`'s placeholder rows of films not fully cut."""
     import ray
 
-    films = ray.data.from_items(image_rows(records), override_num_blocks=max(1, min(len(records), 64)))
+    films = ray.data.from_items(film_rows(records), override_num_blocks=max(1, min(len(records), 64)))
     return films.map_batches(
         ContextCropper,
         fn_constructor_args=(config, asdict(s3) if s3 else None, account_skips),
@@ -282,17 +207,17 @@ def cached_roi_datasets(
     for split, films in records.items():
         if not films:
             continue
-        root = storage.join(cache_root, f"{split}-{cache_key(films, config)}")
+        root = split_folder(cache_root, split, cache_key(films, config))
         marker = storage.join(root, COMPLETE_MARKER)
         if storage.exists(marker, s3):
             info[split] = json.loads(storage.read_text(marker, s3))
-            print(f"[data] crop cache hit: {root} ({info[split]['rows']} {split} crops)", flush=True)
+            log.info(f"crop cache hit: {root} ({info[split]['rows']} {split} crops)")
         else:
             missing[split] = root
     if missing:
         info.update(_build_cache({s: records[s] for s in missing}, missing, config, s3, concurrency))
     for split, split_info in info.items():
-        root = missing.get(split) or storage.join(cache_root, f"{split}-{cache_key(records[split], config)}")
+        root = missing.get(split) or split_folder(cache_root, split, cache_key(records[split], config))
         fs, path = pyarrow_filesystem(root, s3)
         if split_info["rows"]:
             datasets[split] = _open_cached_split(path, fs, split_info)
@@ -319,10 +244,9 @@ def _build_cache(
     started = time.perf_counter()
     films = [film for split_films in records.values() for film in split_films]
     expected = {split: expected_crop_count(split_films, config.anatomy_ids) for split, split_films in records.items()}
-    print(
-        f"[data] decoding {len(films)} films ({', '.join(f'{len(v)} {k}' for k, v in records.items())}) "
+    log.info(
+        f"decoding {len(films)} films ({', '.join(f'{len(v)} {k}' for k, v in records.items())}) "
         f"into the crop cache: {sum(expected.values())} crops expected",
-        flush=True,
     )
     targets = {}
     for split, root in roots.items():
@@ -342,7 +266,7 @@ def _build_cache(
             return
         fs, path = targets[split]
         table = pa.concat_tables(pending[split])
-        pq.write_table(table, f"{path}/part-{shards[split]:05d}.parquet", filesystem=fs)
+        pq.write_table(table, f"{path}/{shard_name(shards[split])}", filesystem=fs)
         shards[split] += 1
         rows[split] += table.num_rows
         pending[split], buffered[split] = [], 0
@@ -366,10 +290,9 @@ def _build_cache(
                     flush(split)
         if time.perf_counter() - last_line > 10:
             done = sum(rows.values()) + sum(buffered.values())
-            print(
-                f"[data] crop cache: {done}/{sum(expected.values())} crops "
+            log.info(
+                f"crop cache: {done}/{sum(expected.values())} crops "
                 f"({done / (time.perf_counter() - started):.0f} crops/s)",
-                flush=True,
             )
             last_line = time.perf_counter()
     seconds = round(time.perf_counter() - started, 1)
@@ -397,13 +320,12 @@ def _build_cache(
             "seconds": seconds,
         }
         storage.write_text(storage.join(root, COMPLETE_MARKER), json.dumps(info[split], indent=1), s3)
-        print(
-            f"[data] crop cache written: {rows[split]} {split} crops from {len(records[split])} films "
+        log.info(
+            f"crop cache written: {rows[split]} {split} crops from {len(records[split])} films "
             f"in {root}"
             + (f" ({skipped[split]} regions of {len(films_skipped[split])} films skipped)" if skipped[split] else ""),
-            flush=True,
         )
-    print(f"[data] crop cache built in {seconds} s", flush=True)
+    log.info(f"crop cache built in {seconds} s")
     return info
 
 

@@ -3,12 +3,12 @@
 A run is a list of **phases** trained one after another by the same worker group (one
 ``TorchTrainer.fit``): ``regionmir pretrain`` and ``finetune`` are one phase; ``regionmir ablate``
 trains all its arms — pretraining then fine-tuning from it in memory — as phases of one run, so
-Ray's start-up (seconds on a cluster, minutes on a 2-core laptop) is paid once. A phase is a dict:
-``name``, ``stage`` (pretrain | finetune), ``objective``, ``cotrain``, ``epochs``,
-``steps_per_epoch``, ``dataset`` (the Ray Train dataset it reads: ``train``, or
-``train_labelled`` — the labelled films of a label-efficiency run), ``augmentation``, ``init``
-(``None``, ``"dir:URI"`` a model directory, or ``"phase:NAME"`` the final weights of an earlier
-phase) and ``contract_training``.
+Ray's start-up (seconds on a cluster, minutes on a 2-core laptop) is paid once. What the workers
+train is a :class:`TrainLoopConfig` (built by :func:`training.run.run_phases`, whose
+:class:`~training.run.TrainOptions` hold every default): the shared settings and one
+:class:`PhasePlan` per phase. Ray Train carries it to the workers as the plain dict of
+:meth:`TrainLoopConfig.to_dict` (Ray records that dict with the run) and the loop reads it back
+first thing.
 
 Ray touch points, and only these: ``ray.train.get_context`` (rank), the runtime context's node id
 (printed once per worker, so an operator sees where the group landed), ``get_dataset_shard``
@@ -27,10 +27,12 @@ Every checkpoint is a model directory (``model.pt`` + ``contract.json``, see
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -39,6 +41,7 @@ import torch.nn.functional as F
 
 from regionmir.augmentation import AugmentationConfig, augment_region
 from regionmir.boxes import Box
+from regionmir.console import configure_logging
 from regionmir.contrastive_losses import NTXentLoss, SupervisedContrastiveLoss
 from regionmir.distributed import gather, gather_with_grad
 from regionmir.encoder import EncoderConfig, RegionEncoder
@@ -47,9 +50,71 @@ from regionmir.roi_crop import CropConfig
 
 from .roi_pipeline import crop_from_context
 
+log = logging.getLogger(__name__)
+
 TRAIN_STATE_FILE = "train_state.pt"
 #: Rows each worker shuffles among while streaming its shard (``local_shuffle_buffer_size``).
 SHUFFLE_BUFFER_ROWS = 2048
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """One phase as the workers train it: a :class:`training.run.Phase` resolved by the driver."""
+
+    name: str
+    stage: str  # pretrain | finetune
+    epochs: int
+    objective: str  # simclr | supcon: the contrastive loss (pretraining, or fine-tuning with cotrain)
+    cotrain: bool  # fine-tuning adds the contrastive loss on two views
+    #: ``None``, ``"dir:PATH"`` (a model directory the driver resolved) or ``"phase:NAME"`` (the
+    #: final weights of an earlier phase of this run).
+    init: str | None
+    #: The Ray Train dataset it reads: ``train``, or ``train_labelled`` (the labelled films of a
+    #: label-efficiency run).
+    dataset: str
+    steps_per_epoch: int
+    augmentation: AugmentationConfig
+    #: What the model's contract records under ``training`` (data, preset, seed, provenance, ...).
+    contract_training: Mapping[str, Any]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PhasePlan:
+        return cls(**{**data, "augmentation": AugmentationConfig.from_dict(dict(data["augmentation"]))})
+
+
+@dataclass(frozen=True)
+class TrainLoopConfig:
+    """Everything the workers need, typed; the defaults live in :class:`training.run.TrainOptions`."""
+
+    phases: tuple[PhasePlan, ...]
+    encoder: EncoderConfig
+    crop: CropConfig
+    class_ids: tuple[int, ...]  # the anatomy ids the classifier's outputs stand for, in order
+    batch_size: int  # per worker
+    lr: float
+    weight_decay: float
+    warmup_fraction: float  # of the one-cycle schedule
+    temperature: float  # of the contrastive losses
+    seed: int
+    has_valid: bool  # a "valid" dataset is there: fine-tuning reports val_accuracy
+    threads: int  # torch threads per worker
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``TorchTrainer(train_loop_config=...)``: Ray Train validates and records it as a dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainLoopConfig:
+        """Inverse of :meth:`to_dict`; an unknown or missing key raises (``TypeError``)."""
+        return cls(
+            **{
+                **data,
+                "phases": tuple(PhasePlan.from_dict(p) for p in data["phases"]),
+                "encoder": EncoderConfig.from_dict(dict(data["encoder"])),
+                "crop": CropConfig(**data["crop"]),
+                "class_ids": tuple(data["class_ids"]),
+            }
+        )
 
 
 def _views(
@@ -84,9 +149,9 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
-def _initial_state(phase: dict[str, Any], finished: dict[str, dict]) -> dict[str, torch.Tensor] | None:
+def _initial_state(phase: PhasePlan, finished: dict[str, dict]) -> dict[str, torch.Tensor] | None:
     """Backbone (+ projection) weights a phase starts from; new heads stay fresh."""
-    init = phase.get("init")
+    init = phase.init
     if not init:
         return None
     if init.startswith("phase:"):
@@ -111,40 +176,41 @@ def _restore(checkpoint) -> dict[str, Any] | None:
     return state
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+def train_loop_per_worker(config: Mapping[str, Any]) -> None:
+    """Train every phase of ``config`` (:meth:`TrainLoopConfig.to_dict`) on this worker."""
     import ray
     import ray.train
 
+    configure_logging("train")  # our lines as `[train] …` on the worker's stdout, which the driver shows
+    loop = TrainLoopConfig.from_dict(config)
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    print(
-        f"[train] worker {rank}/{context.get_world_size()} on node {ray.get_runtime_context().get_node_id()}",
-        flush=True,
+    log.info(
+        f"worker {rank}/{context.get_world_size()} on node {ray.get_runtime_context().get_node_id()}",
     )
-    torch.set_num_threads(int(config.get("threads", 1)))
-    phases = config["phases"]
+    torch.set_num_threads(loop.threads)
+    phases = loop.phases
     resume = _restore(ray.train.get_checkpoint())
     start_phase, start_epoch, finished = 0, 0, {}
     if resume:
         start_phase, start_epoch, finished = resume["phase_index"], resume["epoch"], resume["finished"]
         if rank == 0:
-            print(
-                f"[train] resumed from the checkpoint of epoch {start_epoch} of phase {phases[start_phase]['name']}",
-                flush=True,
+            log.info(
+                f"resumed from the checkpoint of epoch {start_epoch} of phase {phases[start_phase].name}",
             )
-        if start_epoch >= int(phases[start_phase]["epochs"]):  # that phase was complete: start the next
+        if start_epoch >= phases[start_phase].epochs:  # that phase was complete: start the next
             start_phase, start_epoch, resume = start_phase + 1, 0, None
-    global_epoch = sum(int(p["epochs"]) for p in phases[:start_phase]) + start_epoch
+    global_epoch = sum(p.epochs for p in phases[:start_phase]) + start_epoch
     for index in range(start_phase, len(phases)):
         phase = phases[index]
-        _train_phase(config, index, phase, finished, resume if index == start_phase else None, global_epoch)
-        global_epoch += int(phase["epochs"]) - (start_epoch if index == start_phase else 0)
+        _train_phase(loop, index, phase, finished, resume if index == start_phase else None, global_epoch)
+        global_epoch += phase.epochs - (start_epoch if index == start_phase else 0)
 
 
 def _train_phase(
-    config: dict[str, Any],
+    config: TrainLoopConfig,
     index: int,
-    phase: dict[str, Any],
+    phase: PhasePlan,
     finished: dict[str, dict],
     resume: dict[str, Any] | None,
     global_epoch: int,
@@ -154,11 +220,11 @@ def _train_phase(
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    name, stage, cotrain = phase["name"], phase["stage"], bool(phase.get("cotrain"))
-    torch.manual_seed(int(config["seed"]) + index)
-    crop = CropConfig(**config["crop"])
-    encoder_config = EncoderConfig.from_dict(config["encoder"])
-    class_ids = list(config["class_ids"])
+    name, stage, cotrain = phase.name, phase.stage, phase.cotrain
+    torch.manual_seed(config.seed + index)
+    crop = config.crop
+    encoder_config = config.encoder
+    class_ids = list(config.class_ids)
     lookup = _class_index(class_ids)
 
     model = RegionEncoder(encoder_config)
@@ -181,20 +247,18 @@ def _train_phase(
     device = ray.train.torch.get_device()
     use_amp = device.type == "cuda"
 
-    contrastive = (SupervisedContrastiveLoss if phase.get("objective") == "supcon" else NTXentLoss)(
-        temperature=float(config["temperature"])
+    contrastive = (SupervisedContrastiveLoss if phase.objective == "supcon" else NTXentLoss)(
+        temperature=config.temperature
     )
     optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=float(config["lr"]),
-        weight_decay=float(config.get("weight_decay", 1e-4)),
+        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
     )
-    epochs = int(phase["epochs"])
-    steps = int(phase["steps_per_epoch"])
+    epochs = phase.epochs
+    steps = phase.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=float(config["lr"]), total_steps=max(1, epochs * steps), pct_start=0.15
+        optimizer, max_lr=config.lr, total_steps=max(1, epochs * steps), pct_start=config.warmup_fraction
     )
-    aug = AugmentationConfig.from_dict(phase["augmentation"])
+    aug = phase.augmentation
 
     start_epoch, best_val, history = 0, float("-inf"), []
     if resume is not None:
@@ -202,15 +266,15 @@ def _train_phase(
         scheduler.load_state_dict(resume["scheduler"])
         start_epoch, best_val, history = resume["epoch"], resume["best_val"], resume["history"]
 
-    train_shard = ray.train.get_dataset_shard(phase.get("dataset", "train"))
-    valid_shard = ray.train.get_dataset_shard("valid") if config.get("has_valid") else None
-    batch_size = int(config["batch_size"])
+    train_shard = ray.train.get_dataset_shard(phase.dataset)
+    valid_shard = ray.train.get_dataset_shard("valid") if config.has_valid else None
+    batch_size = config.batch_size
     n_views = 2 if (stage == "pretrain" or cotrain) else 1
     heads = ("projection",) if stage == "pretrain" else (("projection", "logits") if cotrain else ("logits",))
 
     for epoch in range(start_epoch, epochs):
         model.train()
-        rng = np.random.default_rng([config["seed"], index, epoch, rank])
+        rng = np.random.default_rng([config.seed, index, epoch, rank])
         started = time.perf_counter()
         seen, loss_sum, correct, classified, steps_done = 0, 0.0, 0, 0, 0
         for batch in train_shard.iter_batches(
@@ -218,7 +282,7 @@ def _train_phase(
             batch_format="numpy",
             drop_last=True,
             local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
-            local_shuffle_seed=int(config["seed"]) * 1000 + epoch * 10 + rank,
+            local_shuffle_seed=config.seed * 1000 + epoch * 10 + rank,
             prefetch_batches=2,
         ):
             if steps_done >= steps:
@@ -277,7 +341,7 @@ def _train_phase(
                 for k, v in metrics.items()
                 if k not in ("phase", "stage", "epoch", "global_epoch")
             ]
-            print(f"[train] {name} epoch {epoch + 1}/{epochs}: " + ", ".join(parts), flush=True)
+            log.info(f"{name} epoch {epoch + 1}/{epochs}: " + ", ".join(parts))
             with tempfile.TemporaryDirectory() as directory:
                 contract = ModelContract(
                     stage=stage,
@@ -285,7 +349,7 @@ def _train_phase(
                     class_anatomy_ids=tuple(class_ids),
                     crop=asdict(crop),
                     training={
-                        **phase.get("contract_training", {}),
+                        **phase.contract_training,
                         "phase": name,
                         "epoch": epoch + 1,
                         "metrics": metrics,

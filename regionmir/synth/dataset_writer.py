@@ -22,9 +22,9 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -35,10 +35,13 @@ from PIL import Image
 
 from .. import storage
 from ..anatomy import ANATOMY_NAMES
+from ..console import progress as track
 from ..intensity import to_uint8
 from .phantom_devices import DEVICE_ATTRIBUTE, DEVICE_REGIONS
 from .phantom_film import PhantomFilm, render_film
 from .phantom_params import PRESETS, PhantomParams, sample_params
+
+log = logging.getLogger(__name__)
 
 #: Generator 2 draws both presets (``classic`` reproduces generator 1's films).
 GENERATOR_VERSION = "regionmir-phantom-2"
@@ -227,6 +230,11 @@ def write_phantom_dataset(
     findings = devices = 0
     jobs = [(seed, index, size, fmt, preset) for index in range(images)]
     with contextlib.ExitStack() as stack:
+        counter = (
+            stack.enter_context(track(f"synthesising films into {out}", total=images, unit="films", logger=log))
+            if progress
+            else None
+        )
         if workers > 1:
             import multiprocessing
 
@@ -246,9 +254,8 @@ def write_phantom_dataset(
                 s3,
             )
             splits[ident.split].append(f"{ident.subject_id},{ident.study_id},{ident.dicom_id},{rel}")
-            if progress and (index + 1 == images or (index + 1) % max(1, images // 20) == 0):
-                rate = (index + 1) / max(1e-9, time.perf_counter() - start)
-                print(f"synth: {index + 1}/{images} films ({rate:.1f} films/s)", file=sys.stderr, flush=True)
+            if counter is not None:
+                counter.update()
     header = "subject_id,study_id,dicom_id,path\n"
     for split, rows in splits.items():
         storage.write_text(

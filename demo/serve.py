@@ -1,38 +1,25 @@
-"""``make demo``: the whole system on the embedded default (a local folder and milvus-lite).
+"""Step 4 of the demo: the query service on Ray Serve, asked over HTTP as a user would.
 
-1. synthesise phantom films and draw the pictures (:mod:`regionmir.demo`);
-2. region-contrastive (SupCon) pretraining, then anatomy fine-tuning from it: two phases of one
-   Ray Train run on a local Ray cluster (:mod:`training.demo`), and the classifier's test accuracy;
-3. index every region of the train split into milvus-lite with Ray Data (:mod:`indexing.demo`)
-   and evaluate retrieval with the test regions as queries;
-4. start the query service on Ray Serve (:mod:`serving.deployments`), send box queries and
-   anatomy-only queries over HTTP for test films it has never seen, and print a summary: accuracy,
-   mAP@10, query latency, where the page is;
-5. shut everything down — or, with ``--keep-serving`` (``make demo SERVE=1``), keep the service
-   up for a person to try the page until Ctrl-C.
-
-    python -m serving.full_demo --out demo-output [--keep-serving] [--port 8000]
+The service starts in the background from a copy of the index (:class:`ServiceStarter`) while the
+evaluation runs; then box queries and anatomy-only queries for test films it has never seen
+(:func:`query_service`): per query the anatomy asked, what came back first, the found box's IoU
+with the labelled one, the latency.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import signal
 import socket
 import statistics
-import sys
 import threading
 import time
 
-from regionmir.command_help import command_parser
+log = logging.getLogger(__name__)
 
 #: Regions the demo asks for by name, as a radiologist would (each also queried with its true box).
 DEMO_REGIONS = ("left costophrenic angle", "cardiac silhouette", "right clavicle", "right hilar structures")
-
-
-def _step(message: str) -> None:
-    print(f"[demo] {message}", file=sys.stderr, flush=True)
 
 
 def serving_copy(db: str, out: str) -> str:
@@ -131,16 +118,17 @@ class ServiceStarter(threading.Thread):
         super().__init__(name="service-starter", daemon=True)
         self.model, self.db, self.out, self.port = model, db, out, port
         self.base: str | None = None
+        self.milvus: str | None = None  # the service's copy of the index
         self.error: BaseException | None = None
         self.seconds = 0.0
 
     def run(self) -> None:
-        from serving.config import ServeSettings
-        from serving.deployments import start_service
-
         started = time.perf_counter()
         try:
-            milvus = serving_copy(self.db, self.out)
+            from serving.config import ServeSettings
+            from serving.deployments import start_service
+
+            milvus = self.milvus = serving_copy(self.db, self.out)
             settings = ServeSettings.from_dict(
                 {
                     "model": self.model,
@@ -151,7 +139,7 @@ class ServiceStarter(threading.Thread):
                 },
                 "demo settings",
             )
-            _step(f"starting the query service on Ray Serve in the background (index copy {milvus})")
+            log.info(f"starting the query service on Ray Serve in the background (index copy {milvus})")
             self.base = start_service(settings, ready_timeout_s=600)
         except BaseException as exc:  # handed to the main thread by result()
             self.error = exc
@@ -169,88 +157,17 @@ def wait_for_interrupt(url: str) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"\nThe service stays up: open {url} (no API key on this local demo). Ctrl-C stops it.", flush=True)
+    log.info(f"the service stays up: open {url} (no API key on this local demo); Ctrl-C stops it")
     stop.wait()
 
 
 def shutdown() -> None:
+    """Ray Serve's applications, then this process's Ray."""
     import ray
     from ray import serve
 
+    from cluster.ray_runtime import stop_ray
+
     if ray.is_initialized():
         serve.shutdown()
-        ray.shutdown()
-
-
-def main(argv: list[str] | None = None) -> int:
-    from indexing.demo import index_and_evaluate
-    from training.demo import add_arguments, print_pictures, synthesise_and_train
-
-    parser = command_parser(prog="python -m serving.full_demo", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    parser.add_argument("--port", type=int, default=8000, help="HTTP port of the service (another if taken)")
-    parser.add_argument("--keep-serving", action="store_true", help="keep the service up until Ctrl-C")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    timings = {}
-    try:
-        trained = synthesise_and_train(args)
-        timings["synthesise_and_train_s"] = round(time.perf_counter() - started, 1)
-        t = time.perf_counter()
-        starters: list[ServiceStarter] = []
-
-        def start_serving(db: str) -> None:
-            starters.append(ServiceStarter(trained["model"], db, args.out, args.port))
-            starters[0].start()
-
-        indexed = index_and_evaluate(
-            trained["data"], trained["model"], args.out, localize_films=3, after_index=start_serving
-        )
-        timings["index_and_evaluate_s"] = round(time.perf_counter() - t, 1)
-        t = time.perf_counter()
-        base = starters[0].result()
-        timings["service_start_s"] = starters[0].seconds
-        _step(
-            f"service ready at {base}/ ({starters[0].seconds} s after it was started); sending box and "
-            "anatomy-only queries over HTTP"
-        )
-        served = {"url": base + "/", "api": base + "/docs", **query_service(base, trained["data"], films=2)}
-        timings["after_evaluation_until_answered_s"] = round(time.perf_counter() - t, 1)
-        pictures = {**trained.pop("pictures"), **{f"report_{k}": v for k, v in indexed.pop("pictures").items()}}
-        summary = {
-            **trained,
-            **indexed,
-            "service": served,
-            "timings": timings,
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-        with open(os.path.join(args.out, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1, default=str)
-        print(json.dumps({k: v for k, v in summary.items() if k != "service"}, indent=1, default=str))
-        print_pictures(pictures)
-        r, s = summary["retrieval"], served["by_kind"]
-        print(
-            f"\nService at {served['url']} (OpenAPI {served['api']}): "
-            f"{s['box']['queries']} box queries p50 {s['box']['latency_ms_p50']} ms, top-1 same anatomy "
-            f"{s['box']['top1_same_anatomy']:.0%}; {s['anatomy']['queries']} anatomy-only queries p50 "
-            f"{s['anatomy']['latency_ms_p50']} ms, found box IoU {s['anatomy']['mean_box_iou']:.2f}, top-1 same "
-            f"anatomy {s['anatomy']['top1_same_anatomy']:.0%}."
-        )
-        print(
-            f"Fine-tuned model: test accuracy {summary['test_accuracy']:.2%} (classifier); retrieval of "
-            f"{r['queries']} test regions from {summary['index']['rows']} indexed train regions: "
-            f"p@1 {r['p@1']:.3f}, p@10 {r['p@10']:.3f}, mAP@10 {r['map@10']:.3f}, nDCG@10 {r['ndcg@10']:.3f}; localization mIoU "
-            f"{summary['localization_miou'] if summary['localization_miou'] is None else round(summary['localization_miou'], 3)}; report {summary['report']}; summary "
-            f"{os.path.join(args.out, 'summary.json')}; demo finished in {summary['seconds']} s.",
-            flush=True,
-        )
-        if args.keep_serving:
-            wait_for_interrupt(served["url"])
-    finally:
-        _step("shutting down Ray Serve and Ray")
-        shutdown()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    stop_ray()

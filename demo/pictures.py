@@ -1,45 +1,38 @@
-"""``make demo``: the pipeline on the embedded default, as far as the project goes today.
+"""Step 1 of the demo: phantom films, and the pictures a person looks at before anything trains.
 
-Today: synthesise phantom films → read them back through the Chest ImaGenome reader (with its scan
-report) → contact sheet of films with boxes → ROI crop sheet → two-view augmentation sheet.
-Prints where every picture is. Training, indexing and serving join as later stages land.
+Synthesises phantom films, reads them back through the Chest ImaGenome reader (with its scan
+report) and draws a contact sheet of films with boxes, an ROI crop sheet (one row per region) and
+a two-view augmentation sheet (the last row flipped: its label swaps sides).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
-import sys
 import time
 
 import numpy as np
 
-from .anatomy import ANATOMY_NAMES, anatomy_name
-from .augmentation import AugmentationConfig, two_views
-from .command_help import command_parser
-from .contact_sheet import crop_sheet
-from .dataset import open_dataset
-from .image_reader import read_image
-from .region_record import clamp_to_image
-from .roi_crop import CropConfig, roi_crop
-from .synth.dataset_writer import write_phantom_dataset
-from .synth.preview import write_preview
+from regionmir.anatomy import ANATOMY_NAMES, anatomy_name
+from regionmir.augmentation import AugmentationConfig, two_views
+from regionmir.contact_sheet import crop_sheet
+from regionmir.dataset import open_dataset
+from regionmir.image_reader import read_image
+from regionmir.region_record import clamp_to_image
+from regionmir.roi_crop import CropConfig, roi_crop
+from regionmir.synth.dataset_writer import write_phantom_dataset
+from regionmir.synth.preview import write_preview
+
+log = logging.getLogger(__name__)
 
 
-def _step(message: str) -> None:
-    print(f"[demo] {message}", file=sys.stderr, flush=True)
-
-
-def run_demo(out: str, images: int = 24, size: int = 320, seed: int = 0) -> dict:
+def synthesise_and_draw(out: str, images: int = 24, size: int = 320, seed: int = 0) -> dict:
+    """Phantom films under ``OUT/phantoms`` and the three pictures; returns where everything is."""
     started = time.perf_counter()
     data = os.path.join(out, "phantoms")
-    _step(f"synthesising {images} phantom films of {size}px into {data}")
     synth = write_phantom_dataset(data, images=images, size=size, seed=seed)
-
-    _step("contact sheet")
     contact = write_preview(data, os.path.join(out, "contact_sheet.png"), count=min(images, 12))
-
-    _step("reading the data set back and cutting ROI crops")
+    log.info("pictures: contact sheet, ROI crops, two-view augmentations (laterality-safe flips)")
     reader = open_dataset(data)
     crop = CropConfig(size=96)
     films = []
@@ -60,7 +53,6 @@ def run_demo(out: str, images: int = 24, size: int = 320, seed: int = 0) -> dict
     crops_path = os.path.join(out, "roi_crops.png")
     crop_sheet(rows, labels, cell=64, title="ROI crops: one row per region, one column per film").save(crops_path)
 
-    _step("two-view augmentation sheet (with laterality-safe flips)")
     rng = np.random.default_rng(seed)
     aug = AugmentationConfig.contrastive()
     aug_rows, aug_labels = [], []
@@ -100,23 +92,3 @@ def run_demo(out: str, images: int = 24, size: int = 320, seed: int = 0) -> dict
         "seconds": round(time.perf_counter() - started, 1),
     }
     return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = command_parser(prog="python -m regionmir.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="demo-output")
-    parser.add_argument("--images", type=int, default=24)
-    parser.add_argument("--size", type=int, default=320)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    summary = run_demo(args.out, args.images, args.size, args.seed)
-    print(json.dumps(summary, indent=1))
-    print("\nPictures:")
-    for name, path in summary["pictures"].items():
-        print(f"  {name:14s} {os.path.abspath(path)}")
-    print(f"Demo finished in {summary['seconds']} s.")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

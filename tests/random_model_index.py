@@ -1,17 +1,17 @@
-"""A small, self-contained service to try (and test) without training anything:
+"""Test fixture: a small indexed service to test against without training anything.
 
-    python -m serving.demo --out DIR [--images 10] [--size 160] [--seed 3] [--model MODEL_DIR]
-
-writes phantom films (``DIR/data``), an encoder (``DIR/model``: the given model, or a randomly
-initialised ``resnet10-cpu`` — its embeddings and classifier mean nothing, but every code path
-runs), the anatomy atlas learned from the training films beside it (``DIR/model/atlas.json``) and a
-milvus-lite index of every region of the training films (``DIR/regions.db``, alias ``regions``),
-embedded in this process without Ray. Then::
+:func:`build_random_model_index` writes phantom films (``DIR/data``), an encoder (``DIR/model``: the
+given model, or a randomly initialised ``resnet10-cpu`` — its embeddings and classifier mean
+nothing, but every code path runs), the anatomy atlas learned from the training films beside it
+(``DIR/model/atlas.json``) and a milvus-lite index of every region of the training films
+(``DIR/regions.db``, alias ``regions``), embedded in this process without Ray. Then::
 
     regionmir serve --model DIR/model --milvus DIR/regions.db --insecure-dev
 
-It runs as its own process on purpose: milvus-lite locks the ``.db`` file for the life of the
-process that opened it, and the service's search replica must be the only one.
+:func:`build_random_model_index_subprocess` runs it as its own process (``python
+tests/random_model_index.py --out DIR --json``): milvus-lite locks the ``.db`` file for the life
+of the process that opened it, and the service's search replica must be the only one. The tests
+and the service benchmarks use it; ``make demo`` is the real pipeline.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 from regionmir.command_help import command_parser
 
 
-def build_demo(
+def build_random_model_index(
     out: str,
     images: int = 10,
     size: int = 160,
@@ -39,7 +39,9 @@ def build_demo(
     import numpy as np
     import torch
 
-    from indexing.region_index import RegionIndex, RegionRow, model_collection_name
+    from indexing.index_rows import RegionRow
+    from indexing.index_schema import model_collection_name
+    from indexing.region_index import RegionIndex
     from regionmir.anatomy import ANATOMY_NAMES, STANDARD_29_IDS
     from regionmir.anatomy_atlas import AnatomyAtlas
     from regionmir.dataset import open_dataset
@@ -122,11 +124,11 @@ def build_demo(
     }
 
 
-def build_demo_subprocess(out: str, **kw) -> dict:
-    """:func:`build_demo` in a child process (so this process never locks the ``.db`` file)."""
+def build_random_model_index_subprocess(out: str, **kw) -> dict:
+    """:func:`build_random_model_index` in a child process (so this process never locks the ``.db`` file)."""
     import subprocess
 
-    args = [sys.executable, "-m", "serving.demo", "--out", str(out), "--json"]
+    args = [sys.executable, str(Path(__file__).resolve()), "--out", str(out), "--json"]
     for key, value in kw.items():
         if value is not None:
             args += [f"--{key}", str(value)]
@@ -135,12 +137,12 @@ def build_demo_subprocess(out: str, **kw) -> dict:
     env["PYTHONPATH"] = project + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     done = subprocess.run(args, capture_output=True, text=True, env=env, cwd=project, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"serving.demo failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"random_model_index failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = command_parser(prog="python -m serving.demo", description=__doc__.splitlines()[0])
+    p = command_parser(prog="python tests/random_model_index.py", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
     p.add_argument("--images", type=int, default=10)
     p.add_argument("--size", type=int, default=160)
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--milvus", help="index into this Milvus (http://host:port or a .db) instead of OUT/regions.db")
     p.add_argument("--json", action="store_true", help="print only the summary as one JSON line")
     args = p.parse_args(argv)
-    summary = build_demo(
+    summary = build_random_model_index(
         args.out,
         images=args.images,
         size=args.size,
