@@ -21,6 +21,7 @@ from regionmir import storage
 from regionmir.anatomy import ANATOMY_NAMES
 from regionmir.anatomy_atlas import AnatomyAtlas, AtlasError, iou
 from regionmir.image_reader import read_image
+from regionmir.inference import embed_crops
 from regionmir.model_contract import load_model
 from regionmir.region_record import ImageRecord
 
@@ -49,7 +50,6 @@ def localization_report(
     progress_every_s: float = 15.0,
 ) -> dict:
     """Localise every region of ``films`` the model classifies; mean IoU with the labelled boxes."""
-    import torch
 
     model, contract = load_model(model_dir, s3)
     model.eval()
@@ -64,11 +64,7 @@ def localization_report(
                 continue
 
             def probability(crops: np.ndarray, c: int = column[region.anatomy_id]) -> np.ndarray:
-                with torch.inference_mode():
-                    logits = model(
-                        torch.from_numpy(np.ascontiguousarray(crops, np.float32))[:, None], heads=("logits",)
-                    )["logits"]
-                return torch.softmax(logits.float(), dim=1)[:, c].numpy()
+                return embed_crops(model, crops, embeddings=False).probabilities[:, c]
 
             result = atlas.localize(
                 region.anatomy_id, pixels, probability, n=candidates, rounds=rounds, crop=contract.crop_config

@@ -96,16 +96,13 @@ class RegionEmbedder:
         self.class_ids = np.asarray(self.contract.class_anatomy_ids, dtype=np.int32)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        import torch
+        from regionmir.inference import embed_crops
 
-        x = torch.from_numpy(np.ascontiguousarray(batch["crop"], dtype=np.float32))[:, None].to(self.device)
-        with torch.no_grad():
-            out = self.model(x, heads=("embedding", "logits"))
-        probabilities = torch.softmax(out["logits"].float(), dim=1)
-        confidence, index = probabilities.max(dim=1)
-        batch["vector"] = out["embedding"].float().cpu().numpy()
-        batch["predicted_anatomy_id"] = self.class_ids[index.cpu().numpy()]
-        batch["confidence"] = confidence.cpu().numpy().astype(np.float32)
+        predicted = embed_crops(self.model, batch["crop"], device=self.device)
+        index = predicted.probabilities.argmax(axis=1)
+        batch["vector"] = predicted.embeddings
+        batch["predicted_anatomy_id"] = self.class_ids[index]
+        batch["confidence"] = predicted.probabilities[np.arange(index.size), index].astype(np.float32)
         return batch
 
 

@@ -22,6 +22,7 @@ from indexing.index_rows import RegionHit
 from indexing.index_schema import KEY_RE, model_collection_name
 from indexing.region_index import RegionIndex
 from regionmir.errors import RegionIndexError
+from regionmir.inference import embed_crops
 from regionmir.model_contract import load_model
 from regionmir.sealed_location import SealedLocationError, open_location
 
@@ -61,25 +62,12 @@ class EncoderRuntime:
     def forward(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         """``crops`` float32 ``(N, S, S)`` in [0, 1] → ``embeddings`` ``(N, D)`` (L2-normalised) and
         ``probabilities`` ``(N, C)`` over :attr:`class_ids`."""
-        import torch
 
-        crops = np.ascontiguousarray(crops, dtype=np.float32)
+        crops = np.asarray(crops)
         if crops.ndim != 3 or crops.shape[1:] != (self.crop_size, self.crop_size):
             raise ValueError(f"expected crops (N, {self.crop_size}, {self.crop_size}), got {crops.shape}")
-        if crops.shape[0] == 0:
-            dim = int(self.contract.encoder_config.embedding_dim)
-            return {
-                "embeddings": np.zeros((0, dim), np.float32),
-                "probabilities": np.zeros((0, self.class_ids.size), np.float32),
-            }
-        x = torch.from_numpy(crops)[:, None].to(self.device)
-        with torch.inference_mode():
-            out = self.model(x, heads=("embedding", "logits"))
-            probabilities = torch.softmax(out["logits"].float(), dim=1)
-        return {
-            "embeddings": out["embedding"].float().cpu().numpy(),
-            "probabilities": probabilities.cpu().numpy().astype(np.float32),
-        }
+        predicted = embed_crops(self.model, crops, device=self.device)
+        return {"embeddings": predicted.embeddings, "probabilities": predicted.probabilities}
 
 
 def hit_to_dict(hit: RegionHit) -> dict[str, Any]:

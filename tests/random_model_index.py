@@ -47,6 +47,7 @@ def build_random_model_index(
     from regionmir.dataset import open_dataset
     from regionmir.encoder import RegionEncoder, load_preset
     from regionmir.image_reader import read_image
+    from regionmir.inference import embed_crops
     from regionmir.model_contract import ModelContract, load_model, save_model
     from regionmir.roi_crop import CropConfig, roi_crops
     from regionmir.synth.dataset_writer import write_phantom_dataset
@@ -86,8 +87,7 @@ def build_random_model_index(
         pixels = read_image(record.image_uri).pixels
         regions = [r for r in record.regions if r.anatomy_id in wanted]
         crops = roi_crops(pixels, [r.box for r in regions], contract.crop_config)
-        with torch.inference_mode():
-            vectors = encoder(torch.from_numpy(crops)[:, None], heads=("embedding",))["embedding"].numpy()
+        vectors = embed_crops(encoder, crops).embeddings
         for region, vector in zip(regions, vectors):
             rows.append(
                 RegionRow(

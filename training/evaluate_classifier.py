@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from regionmir.anatomy import ANATOMY_NAMES
 from regionmir.classification_metrics import classification_report
+from regionmir.inference import embed_crops
 from regionmir.model_contract import load_model
 
 from .roi_pipeline import crop_from_context
@@ -22,20 +22,17 @@ def evaluate_classifier(model_dir: str, dataset, s3=None, batch_size: int = 256,
     crop = contract.crop_config
     lookup = {a: k for k, a in enumerate(contract.class_anatomy_ids)}
     y_true, y_pred, keys, embeddings = [], [], [], []
-    with torch.no_grad():
-        for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
-            keep = [i for i, a in enumerate(batch["anatomy_id"]) if int(a) in lookup]
-            if not keep:
-                continue
-            x = torch.from_numpy(
-                np.stack([crop_from_context(batch["context"][i], batch["box"][i], crop) for i in keep])
-            )[:, None]
-            out = model(x, heads=("embedding", "logits") if embed else ("logits",))
-            y_pred.extend(out["logits"].argmax(1).tolist())
-            if embed:
-                embeddings.append(out["embedding"].float().numpy())
-            y_true.extend(lookup[int(batch["anatomy_id"][i])] for i in keep)
-            keys.extend(f"{batch['image_id'][i]}#{int(batch['anatomy_id'][i])}" for i in keep)
+    for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        keep = [i for i, a in enumerate(batch["anatomy_id"]) if int(a) in lookup]
+        if not keep:
+            continue
+        crops = np.stack([crop_from_context(batch["context"][i], batch["box"][i], crop) for i in keep])
+        predicted = embed_crops(model, crops, embeddings=embed)
+        y_pred.extend(predicted.probabilities.argmax(axis=1).tolist())
+        if embed:
+            embeddings.append(predicted.embeddings)
+        y_true.extend(lookup[int(batch["anatomy_id"][i])] for i in keep)
+        keys.extend(f"{batch['image_id'][i]}#{int(batch['anatomy_id'][i])}" for i in keep)
     names = [ANATOMY_NAMES[a] for a in contract.class_anatomy_ids]
     report = classification_report(np.asarray(y_true), np.asarray(y_pred), names)
     report["model_version"] = contract.version_id
