@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ from regionmir.encoder import RegionEncoder, load_preset  # noqa: E402
 from regionmir.image_reader import read_image  # noqa: E402
 from regionmir.model_contract import ModelContract, load_model, save_model  # noqa: E402
 from regionmir.retrieval_metrics import exact_knn  # noqa: E402
-from regionmir.roi_crop import roi_crop  # noqa: E402
+from regionmir.roi_crop import CropConfig, roi_crop  # noqa: E402
 
 
 def make_model(directory: str) -> str:
@@ -50,7 +51,7 @@ def make_model(directory: str) -> str:
         stage="finetune",
         encoder=config.to_dict(),
         class_anatomy_ids=tuple(STANDARD_29_IDS),
-        crop={"size": config.crop_size, "margin": 0.15},
+        crop=asdict(CropConfig(size=config.crop_size)),
         training={"benchmark": True},
     )
     save_model(directory, RegionEncoder(config), contract)

@@ -225,7 +225,7 @@ def main() -> int:
         data = os.path.join(work, "data")
         print(f"[bench] synthesising {args.films} phantom films into {data}", flush=True)
         write_phantom_dataset(data, images=args.films, size=256, seed=0, progress=False)
-    crop = CropConfig(size=load_preset(PRESET).crop_size, margin=0.15)
+    crop = CropConfig(size=load_preset(PRESET).crop_size)
     pipeline = RoiPipelineConfig(crop=crop, anatomy_ids=tuple(STANDARD_29_IDS))
     start_ray()
     records, _ = films_by_split(data, None, ("train",))

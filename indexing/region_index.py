@@ -269,21 +269,26 @@ class RegionIndex:
         self._schema_checked: set[str] = set()  # names whose schema version this client has checked
         if self.is_local_file and os.path.dirname(self.uri):
             os.makedirs(os.path.dirname(self.uri), exist_ok=True)  # milvus-lite wants the folder to exist
+        if self.is_local_file and _lite_file_locked(self.uri):  # before milvus-lite logs its own traceback
+            raise self._locked_error()
         try:
             self._client: MilvusClient | None = self._connect(token, connect_timeout)
         except ConnectionConfigException as exc:
-            if self.is_local_file and _lite_file_locked(self.uri):
-                raise IndexLockedError(
-                    self.display_uri,
-                    None,
-                    "the milvus-lite file is locked: another process owns it (milvus-lite allows "
-                    "one process per file). Let that process do the work, or run "
-                    "`milvus-lite server --data-dir <dir> --port <port>` and connect every "
-                    "process to http://127.0.0.1:<port>",
-                ) from exc
+            if self.is_local_file and _lite_file_locked(self.uri):  # locked between the check and now
+                raise self._locked_error() from exc
             raise IndexUnavailableError(self.display_uri, None, f"cannot open: {exc.message}") from exc
         except MilvusException as exc:
             raise IndexUnavailableError(self.display_uri, None, f"cannot connect: {exc.message}") from exc
+
+    def _locked_error(self) -> IndexLockedError:
+        return IndexLockedError(
+            self.display_uri,
+            None,
+            "the milvus-lite file is locked: another process owns it (milvus-lite allows "
+            "one process per file). Let that process do the work, or run "
+            "`milvus-lite server --data-dir <dir> --port <port>` and connect every "
+            "process to http://127.0.0.1:<port>",
+        )
 
     def _connect(self, token: str, connect_timeout: float, attempts: int = 4) -> MilvusClient:
         """A client; a server that refuses a fresh connection for a moment (gRPC ``UNAVAILABLE``,

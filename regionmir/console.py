@@ -38,13 +38,17 @@ _HANDLER_MARK = "_regionmir_console"
 
 
 class _TextFormatter(logging.Formatter):
-    def __init__(self, command: str):
+    """``[command] message``; another library's traceback only with ``--verbose`` (its one line
+    says what failed; our own errors say what to do)."""
+
+    def __init__(self, command: str, verbose: bool = False):
         super().__init__()
-        self.command = command
+        self.command, self.verbose = command, verbose
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
-        if record.exc_info:
+        ours = record.name.split(".", 1)[0] in OWN_PACKAGES
+        if record.exc_info and (ours or self.verbose):
             message += "\n" + self.formatException(record.exc_info)
         if record.levelno >= logging.WARNING:
             message = f"{record.levelname.lower()}: {message}"
@@ -105,7 +109,7 @@ def configure_logging(
     log_format = (log_format or os.environ.get(LOG_FORMAT_ENV) or "text").lower()
     if log_format not in LOG_FORMATS:
         raise ValueError(f"{LOG_FORMAT_ENV} must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
-    formatter = _JsonFormatter(command) if log_format == "json" else _TextFormatter(command)
+    formatter = _JsonFormatter(command) if log_format == "json" else _TextFormatter(command, verbose)
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
         root.removeHandler(handler)

@@ -31,6 +31,7 @@ import argparse
 import ast
 import copy
 import functools
+import importlib
 import json
 import os
 import re
@@ -395,9 +396,12 @@ class _StrictParser(argparse.ArgumentParser):
         raise ValueError(message)
 
 
-def _literal(node: ast.AST) -> Any:
+def _literal(node: ast.AST, module: Any = None) -> Any:
+    """A literal, a builtin type, or a name the module defines (``choices=PLACEMENTS``)."""
     if isinstance(node, ast.Name) and node.id in ("int", "float", "str"):
         return {"int": int, "float": float, "str": str}[node.id]
+    if isinstance(node, ast.Name) and module is not None and hasattr(module, node.id):
+        return getattr(module, node.id)
     return ast.literal_eval(node)
 
 
@@ -409,6 +413,7 @@ def cli_parser(command: str) -> argparse.ArgumentParser:
     target = pyproject()["project"]["entry-points"]["regionmir.commands"][command]
     module, function = target.split(":")
     tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
+    namespace = importlib.import_module(module)
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     parser = _StrictParser(prog=f"regionmir {command}", add_help=False, allow_abbrev=False)
     seen: set[str] = set()
@@ -422,7 +427,7 @@ def cli_parser(command: str) -> argparse.ArgumentParser:
                 continue
             if isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument":
                 kwargs = {
-                    kw.arg: _literal(kw.value)
+                    kw.arg: _literal(kw.value, namespace)
                     for kw in node.keywords
                     if kw.arg in ("required", "choices", "action", "type", "nargs", "dest")
                 }
