@@ -144,7 +144,14 @@ def _quiet_iterator_setup():
     """pymilvus asks the server for a timestamp when an iterator starts; milvus-lite does not
     implement that RPC, logs the refusal as an error (in this process) and pymilvus warns that it
     falls back to its own clock, which is correct. Neither line means anything to a user."""
-    loggers = [logging.getLogger(n) for n in ("grpc._server", "pymilvus.client.iterator.query_iterator")]
+    with _quiet_loggers("grpc._server", "pymilvus.client.iterator.query_iterator"):
+        yield
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """These loggers say nothing below CRITICAL while the block runs."""
+    loggers = [logging.getLogger(n) for n in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
@@ -269,10 +276,10 @@ class RegionIndex:
         self._schema_checked: set[str] = set()  # names whose schema version this client has checked
         if self.is_local_file and os.path.dirname(self.uri):
             os.makedirs(os.path.dirname(self.uri), exist_ok=True)  # milvus-lite wants the folder to exist
-        if self.is_local_file and _lite_file_locked(self.uri):  # before milvus-lite logs its own traceback
-            raise self._locked_error()
         try:
-            self._client: MilvusClient | None = self._connect(token, connect_timeout)
+            # milvus-lite logs a failed start with its traceback; the error raised below says it all
+            with _quiet_loggers("milvus_lite.server_manager"):
+                self._client: MilvusClient | None = self._connect(token, connect_timeout)
         except ConnectionConfigException as exc:
             if self.is_local_file and _lite_file_locked(self.uri):  # locked between the check and now
                 raise self._locked_error() from exc
