@@ -101,16 +101,17 @@ def search_levels(
     efs: list[int],
     rng: np.random.Generator,
     consistency: str = "Bounded",
+    index_type: str = "HNSW",
 ) -> list[dict]:
     from indexing.index_rows import RegionRow
     from indexing.region_index import RegionIndex
 
     database, anatomy_ids = clustered_vectors(n, dim, rng)
-    probes, _ = clustered_vectors(queries, dim, rng)
+    probes, probe_anatomy = clustered_vectors(queries, dim, rng)
     index = RegionIndex(uri)
     name = f"bench_{n}"
     index.drop(name, missing_ok=True)
-    index.create_collection(name, dim, index_type="HNSW")
+    index.create_collection(name, dim, index_type=index_type)
     started = time.perf_counter()
     chunk = 5000
     for start in range(0, n, chunk):
@@ -140,20 +141,30 @@ def search_levels(
     # (~200 ms) on every search.
     index.consistency_level = consistency
     exact, _ = exact_knn(probes, database, 10)
+    # the service's searches filter by the query's anatomy: their truth is the nearest of that anatomy
+    exact_same_anatomy = []
+    for q in range(queries):
+        rows = np.flatnonzero(anatomy_ids == probe_anatomy[q])
+        nearest, _ = exact_knn(probes[q : q + 1], database[rows], 10)
+        exact_same_anatomy.append(rows[nearest[0]])
     index.search(name, probes[:1], 10)  # warm-up (load)
     levels = []
-    for ef in efs:
+    for ef, filtered in [(ef, filtered) for ef in efs for filtered in (False, True)]:
         latencies, recalls = [], []
         for q in range(queries):
+            anatomy = int(probe_anatomy[q]) if filtered else None
             t0 = time.perf_counter()
-            hits = index.search(name, probes[q : q + 1], 10, ef=ef)[0]
+            hits = index.search(name, probes[q : q + 1], 10, ef=ef, anatomy=anatomy)[0]
             latencies.append((time.perf_counter() - t0) * 1000)
             found = {int(h.image_id.split("-")[1]) for h in hits}
-            recalls.append(len(found & set(exact[q].tolist())) / 10)
+            truth = exact_same_anatomy[q] if filtered else exact[q]
+            recalls.append(len(found & set(truth.tolist())) / 10)
         levels.append(
             {
                 "backend": backend,
+                "index_type": index_type,
                 "vectors": n,
+                "filter": "anatomy" if filtered else None,
                 "ef": ef,
                 "consistency": consistency,
                 "p50_ms": round(float(np.percentile(latencies, 50)), 2),
@@ -186,6 +197,7 @@ def main() -> int:
         help="consistency level of the timed searches (the service uses Bounded)",
     )
     parser.add_argument("--backends", default="milvus-lite,milvus-standalone")
+    parser.add_argument("--index-types", default="HNSW", help="vector index types to measure (comma-separated)")
     args = parser.parse_args()
     from indexing.build import index_data
     from indexing.jobs import IndexJob
@@ -217,7 +229,6 @@ def main() -> int:
             f"with start-up; ratio to the encoder {result['ratio_to_encoder']}",
             flush=True,
         )
-    rng = np.random.default_rng(0)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     efs = [int(e) for e in args.ef.split(",") if e]
     for backend in args.backends.split(","):
@@ -235,10 +246,15 @@ def main() -> int:
         else:
             raise SystemExit(f"unknown backend {backend}")
         try:
-            for n in sizes:
-                for level in search_levels(backend, uri, n, 128, args.queries, efs, rng, args.consistency):
+            for n, index_type in [(n, t) for n in sizes for t in args.index_types.split(",") if t]:
+                same_vectors = np.random.default_rng(n)  # every index type and backend searches the same data
+                levels = search_levels(
+                    backend, uri, n, 128, args.queries, efs, same_vectors, args.consistency, index_type
+                )
+                for level in levels:
                     print(
-                        f"[bench] {backend} {n} vectors, ef {level['ef']}: p50 {level['p50_ms']} ms, "
+                        f"[bench] {backend} {index_type} {n} vectors{' filtered by anatomy' if level['filter'] else ''}, "
+                        f"ef {level['ef']}: p50 {level['p50_ms']} ms, "
                         f"p99 {level['p99_ms']} ms, recall@10 {level['recall_at_10']} "
                         f"(inserted at {level['insert_rows_per_s']} rows/s)",
                         flush=True,

@@ -5,6 +5,7 @@ are cleared."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -23,7 +24,8 @@ from training.roi_pipeline import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # Ray Data start-up: minutes on 2 cores
 
 
-def test_every_split_is_cached_in_one_pass_and_read_back(tmp_path, ray_local, capsys):
+def test_every_split_is_cached_in_one_pass_and_read_back(tmp_path, ray_local, caplog):
+    caplog.set_level(logging.INFO, logger="regionmir.training")
     data = tmp_path / "phantoms"
     write_phantom_dataset(str(data), images=10, size=128, seed=7, progress=False)
     records, _ = films_by_split(str(data), None, ("train", "valid", "test"))
@@ -34,8 +36,8 @@ def test_every_split_is_cached_in_one_pass_and_read_back(tmp_path, ray_local, ca
     (stale / "part-99999.parquet").write_bytes(b"left by an interrupted build")
 
     built = cached_roi_datasets(records, config, str(cache), None)
-    printed = capsys.readouterr().out
-    assert printed.count("crop cache built in") == 1  # one pass for the three splits
+    logged = [r.getMessage() for r in caplog.records if r.name == "regionmir.training"]
+    assert sum("crop cache built in" in line for line in logged) == 1  # one pass for the three splits
     for split, films in records.items():
         expected = expected_crop_count(films, config.anatomy_ids)
         assert built["info"][split]["rows"] == expected > 0
@@ -46,8 +48,9 @@ def test_every_split_is_cached_in_one_pass_and_read_back(tmp_path, ray_local, ca
     row = built["datasets"]["valid"].take(1)[0]
     assert row["context"].shape == (config.context_size, config.context_size) and row["split"] == "valid"
 
+    caplog.clear()
     again = cached_roi_datasets(records, config, str(cache), None)
-    assert "crop cache hit" in capsys.readouterr().out
+    assert any("crop cache hit" in r.getMessage() for r in caplog.records if r.name == "regionmir.training")
     assert {s: i["rows"] for s, i in again["info"].items()} == {s: i["rows"] for s, i in built["info"].items()}
 
 
