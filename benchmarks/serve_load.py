@@ -37,7 +37,7 @@ import numpy as np
 import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 from random_model_index import build_random_model_index_subprocess  # noqa: E402
 

@@ -32,6 +32,10 @@ LOCAL_RAY_ENVIRONMENT = {
     "RAY_agent_register_timeout_ms": "300000",
 }
 
+#: Set to 1 by a command's ``--verbose`` (:func:`regionmir.console.configure_logging`); local Ray
+#: workers inherit it, and the log format beside it.
+VERBOSE_ENV = "REGIONMIR_VERBOSE"
+
 #: Start-up attempts for a local Ray whose start timed out.
 START_ATTEMPTS = 3
 
@@ -54,7 +58,7 @@ def start_ray(
     num_cpus: int | None = None,
     object_store_mb: int = 512,
     log_to_driver: bool = True,
-    verbose: bool = False,
+    verbose: bool | None = None,
     metrics_export_port: int | None = None,
     attempts: int = START_ATTEMPTS,
 ) -> None:
@@ -62,12 +66,16 @@ def start_ray(
 
     ``log_to_driver`` streams the workers' output (``[train] ...`` progress lines) to this
     process's console; ``verbose`` keeps Ray's own INFO lines there too (by default they go to
-    Ray's session log files only). Does nothing when Ray is already initialised in this process.
+    Ray's session log files only; ``None``: the command's ``--verbose``, which
+    :func:`regionmir.console.configure_logging` records in ``$REGIONMIR_VERBOSE``). Does nothing
+    when Ray is already initialised in this process.
     """
     import ray
 
     if ray.is_initialized():
         return
+    if verbose is None:
+        verbose = os.environ.get(VERBOSE_ENV) == "1"
     for name, value in LOCAL_RAY_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     level = "INFO" if verbose else "WARNING"
@@ -104,8 +112,9 @@ def _start_local(ray: Any, kwargs: dict[str, Any], attempts: int) -> None:
             time.sleep(5)
 
 
-#: A line our own code printed in a Ray worker: ``[train] …``, ``[data] …`` (lower-case tag).
-OWN_LINE = re.compile(r"^\[[a-z][a-z-]*\] ")
+#: A line our own code printed in a Ray worker: ``[train] …``, ``[data] …`` (lower-case tag), or
+#: the same as a JSON line (``--log-format json``).
+OWN_LINE = re.compile(r'^(\[[a-z][a-z-]*\] |\{"time": "[^"]*", "level": )')
 
 
 def forward_own_lines_only() -> bool:
@@ -125,9 +134,11 @@ def forward_own_lines_only() -> bool:
         return True
 
     def own_lines_only(data: dict, print_file: object = None, ignore_prefix: bool = False) -> None:
+        if not getattr(ray_worker, "_worker_logs_enabled", True):  # paused (a worker at a breakpoint)
+            return
         for line in data.get("lines", ()):
             if OWN_LINE.match(line):
-                print(line, file=sys.stdout, flush=True)
+                print(line, file=print_file or sys.stdout, flush=True)  # a worker's stderr stays stderr
 
     own_lines_only._regionmir_own_lines_only = True  # type: ignore[attr-defined]
     # every path that prints worker output (the live handler, the lines flushed at shutdown) calls it
@@ -147,8 +158,6 @@ def quiet_ray_data_console() -> None:
     """Ray Data's INFO lines (execution plans, a progress block every few seconds when stdout is
     not a terminal) off the console: warnings still show, and Ray's session log files
     (``ray-data.log``) keep everything. Our commands print their own progress lines."""
-    import sys
-
     import ray.data  # configures the ray.data loggers on import
 
     for handler in logging.getLogger(ray.data.__name__).handlers:

@@ -38,6 +38,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from collections import Counter
@@ -148,18 +149,44 @@ def _quiet_iterator_setup():
         yield
 
 
+class _Silenced(logging.Filter):
+    """Drops a logger's records below CRITICAL while at least one :func:`_quiet_loggers` block
+    (in any thread) holds it; counted under a lock, so overlapping blocks never leave it silenced."""
+
+    lock = threading.Lock()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holders = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.holders == 0 or record.levelno >= logging.CRITICAL
+
+
+def _silencer(name: str) -> _Silenced:
+    logger = logging.getLogger(name)
+    with _Silenced.lock:
+        for existing in logger.filters:
+            if isinstance(existing, _Silenced):
+                return existing
+        silencer = _Silenced()
+        logger.addFilter(silencer)
+        return silencer
+
+
 @contextlib.contextmanager
 def _quiet_loggers(*names: str):
     """These loggers say nothing below CRITICAL while the block runs."""
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.CRITICAL)
+    silencers = [_silencer(n) for n in names]
+    with _Silenced.lock:
+        for silencer in silencers:
+            silencer.holders += 1
     try:
         yield
     finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+        with _Silenced.lock:
+            for silencer in silencers:
+                silencer.holders -= 1
 
 
 def _display_uri(uri: str) -> str:
@@ -281,7 +308,7 @@ class RegionIndex:
             with _quiet_loggers("milvus_lite.server_manager"):
                 self._client: MilvusClient | None = self._connect(token, connect_timeout)
         except ConnectionConfigException as exc:
-            if self.is_local_file and _lite_file_locked(self.uri):  # locked between the check and now
+            if self.is_local_file and _lite_file_locked(self.uri):
                 raise self._locked_error() from exc
             raise IndexUnavailableError(self.display_uri, None, f"cannot open: {exc.message}") from exc
         except MilvusException as exc:

@@ -48,8 +48,8 @@ class RegionCropper(FilmCropper):
     leave no row.
     """
 
-    def __init__(self, crop: dict, s3: dict | None = None):
-        super().__init__(s3, log=log)
+    def __init__(self, crop: dict, s3: dict | None = None, console: str | None = None):
+        super().__init__(s3, log=log, console=console)
         self.crop = CropConfig(**crop)
 
     def region_row(self, out: dict[str, list], film: dict[str, Any], pixels: np.ndarray, region: RegionRecord) -> None:
@@ -126,7 +126,7 @@ def embedding_dataset(
     s3_dict = asdict(s3) if s3 else None
     crops = ray.data.from_items(films, override_num_blocks=max(1, min(len(films), 64))).map_batches(
         RegionCropper,
-        fn_constructor_kwargs={"crop": asdict(crop), "s3": s3_dict},
+        fn_constructor_kwargs={"crop": asdict(crop), "s3": s3_dict, "console": "index"},
         batch_size=4,
         compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=1,

@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if plugins:
         parser.epilog = "more commands: " + ", ".join(sorted(plugins)) + " (each with --help)"
     args = parser.parse_args(argv)
-    configure_command_logging(args.command, args)
+    configure_command_logging(args.command, args, stdout=sys.stderr)  # stdout: the result only
     try:
         return int(args.func(args) or 0)
     except RegionMIRError as exc:

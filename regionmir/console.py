@@ -23,6 +23,9 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 LOG_FORMAT_ENV = "REGIONMIR_LOG_FORMAT"
+#: ``1`` after a command's ``--verbose``: ``cluster.ray_runtime.start_ray`` reads it (and local Ray
+#: workers inherit it with the log format, so their lines match the driver's).
+VERBOSE_ENV = "REGIONMIR_VERBOSE"
 LOG_FORMATS = ("text", "json")
 #: At most one progress line this often when the output is not a terminal.
 PROGRESS_EVERY_S = 10.0
@@ -109,6 +112,8 @@ def configure_logging(
     log_format = (log_format or os.environ.get(LOG_FORMAT_ENV) or "text").lower()
     if log_format not in LOG_FORMATS:
         raise ValueError(f"{LOG_FORMAT_ENV} must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    os.environ[LOG_FORMAT_ENV] = log_format
+    os.environ[VERBOSE_ENV] = "1" if verbose else "0"
     formatter = _JsonFormatter(command) if log_format == "json" else _TextFormatter(command, verbose)
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
@@ -126,10 +131,14 @@ def configure_logging(
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
-def configure_command_logging(command: str, args: Any) -> None:
-    """:func:`configure_logging` from a command's parsed ``--verbose`` / ``--log-format``."""
+def configure_command_logging(command: str, args: Any, *, stdout: TextIO | None = None) -> None:
+    """:func:`configure_logging` from a command's parsed ``--verbose`` / ``--log-format``; ``stdout``
+    moves the narrative elsewhere (stderr for a command whose stdout is its JSON result only)."""
     configure_logging(
-        command, verbose=bool(getattr(args, "verbose", False)), log_format=getattr(args, "log_format", None)
+        command,
+        verbose=bool(getattr(args, "verbose", False)),
+        log_format=getattr(args, "log_format", None),
+        stdout=stdout,
     )
 
 

@@ -76,6 +76,8 @@ class FilmCropper:
     read (storage errors too) to :meth:`skipped_row` with its reason, for the consumer's
     :meth:`BadFilms.filter` to count. Either way the film is logged by image id on ``log``.
     ``log_clamping``: also log (info) the boxes fitted or dropped by clamping, per film.
+    ``console``: set in a Ray worker only: its log lines as ``[console] …`` (the bad films'
+    warnings reach the driver's console; :func:`cluster.ray_runtime.forward_own_lines_only`).
 
     Subclasses define :meth:`region_row`, :meth:`skipped_row` and :meth:`columns`.
     """
@@ -88,7 +90,12 @@ class FilmCropper:
         bad_films: BadFilms | None = None,
         log: logging.Logger,
         log_clamping: bool = False,
+        console: str | None = None,
     ):
+        if console:  # in a Ray worker: our `[console] …` lines, which the driver's console shows
+            from .console import configure_logging
+
+            configure_logging(console)
         self.s3 = S3Options(**s3) if s3 else None
         self.wanted = None if anatomy_ids is None else frozenset(anatomy_ids)
         self.bad_films = bad_films

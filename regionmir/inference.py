@@ -38,6 +38,8 @@ def embed_crops(
     ``embeddings=False`` skips the embedding output (classification only). An empty batch gives
     empty arrays of the right widths.
     """
+    if model.training:
+        raise ValueError("embed_crops needs the model in eval mode (model.eval()): batch statistics would change it")
     crops = np.ascontiguousarray(crops, dtype=np.float32)
     if crops.ndim != 3:
         raise ValueError(f"expected crops (N, S, S), got shape {crops.shape}")

@@ -317,7 +317,7 @@ def init_ray(settings: ServeSettings) -> None:
     os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
     start_ray(
         settings.ray.address,
-        num_cpus=settings.ray.num_cpus,
+        num_cpus=settings.ray.num_cpus or os.cpu_count() or 2,  # the replicas' CPUs are real ones
         object_store_mb=settings.ray.object_store_mb,
         log_to_driver=False,
         metrics_export_port=settings.ray.metrics_export_port,

@@ -16,9 +16,11 @@ from regionmir.console import configure_command_logging, configure_logging, prog
 
 
 @pytest.fixture(autouse=True)
-def _restore_logging():
+def _restore_logging(monkeypatch):
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    for name in ("REGIONMIR_LOG_FORMAT", "REGIONMIR_VERBOSE"):  # configure_logging records both
+        monkeypatch.delenv(name, raising=False)
     yield
     root.handlers[:] = handlers
     root.setLevel(level)

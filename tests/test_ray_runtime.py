@@ -5,6 +5,7 @@ but our own `[train] …` progress lines (shown once, without Ray's pid prefix).
 from __future__ import annotations
 
 import glob
+import sys
 import time
 from pathlib import Path
 
@@ -36,15 +37,19 @@ def test_ray_chatter_goes_to_its_log_files_and_our_worker_lines_to_the_console(c
             print("[train] epoch 1/2: loss 0.5", flush=True)
             print("(TrainController) Attempting to start training worker group", flush=True)
             print("[FailurePolicy] RETRY", flush=True)
+            print("[data] warning: skipping film p10/x.png: unreadable", file=sys.stderr, flush=True)
 
         ray.get(worker_prints.remote())
         deadline = time.monotonic() + 30
-        shown = ""
+        shown, errors = "", ""
         while "[train] epoch 1/2" not in shown and time.monotonic() < deadline:
             time.sleep(0.5)
-            shown += capfd.readouterr().out
+            printed = capfd.readouterr()
+            shown, errors = shown + printed.out, errors + printed.err
         time.sleep(2)  # anything else the worker printed would have arrived by now
-        shown += capfd.readouterr().out
+        printed = capfd.readouterr()
+        shown, errors = shown + printed.out, errors + printed.err
+        assert "[data] warning: skipping film p10/x.png" in errors  # a worker's stderr stays stderr
         assert "[train] epoch 1/2: loss 0.5\n" in shown and "pid=" not in shown  # ours, once, unprefixed
         assert shown.count("[train] epoch 1/2") == 1
         assert "Attempting to start" not in shown and "FailurePolicy" not in shown

@@ -114,12 +114,16 @@ class ContextCropper(FilmCropper):
     trainers consume the rows; no driver sees them all).
     """
 
-    def __init__(self, config: RoiPipelineConfig, s3: dict | None = None, account_skips: bool = False):
+    def __init__(
+        self, config: RoiPipelineConfig, s3: dict | None = None, account_skips: bool = False, console: str | None = None
+    ):
         import torch
 
         torch.set_num_threads(1)  # many actors share few cores; one thread each is fastest
         bad_films = BadFilms("data", None, config.max_bad_fraction, min_films=config.min_images_before_stopping)
-        super().__init__(s3, anatomy_ids=config.anatomy_ids, bad_films=bad_films, log=log, log_clamping=True)
+        super().__init__(
+            s3, anatomy_ids=config.anatomy_ids, bad_films=bad_films, log=log, log_clamping=True, console=console
+        )
         self.config = config
         self.account_skips = account_skips
 
@@ -179,7 +183,7 @@ def roi_dataset(
     films = ray.data.from_items(film_rows(records), override_num_blocks=max(1, min(len(records), 64)))
     return films.map_batches(
         ContextCropper,
-        fn_constructor_args=(config, asdict(s3) if s3 else None, account_skips),
+        fn_constructor_args=(config, asdict(s3) if s3 else None, account_skips, "data"),
         batch_size=4,
         compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_cpus=1,
