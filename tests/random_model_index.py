@@ -16,6 +16,7 @@ and the service benchmarks use it; ``make demo`` is the real pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -122,6 +123,43 @@ def build_random_model_index(
         "model_version": contract.version_id,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+@contextlib.contextmanager
+def in_process_service(root: Path, *, images: int, seed: int):
+    """The query service's FastAPI app over a random-model index of ``images`` DICOM phantoms, in
+    this process (no Ray, no HTTP server): a starlette ``TestClient`` carrying the parts the tests
+    look at (``films``, ``encoder``, ``atlas``, ``contract``, ``settings``, ``search_runtime``) and
+    ``build_app(**setting_overrides)`` for another app on the same backend."""
+    from starlette.testclient import TestClient
+
+    from regionmir.anatomy_atlas import AnatomyAtlas
+    from regionmir.dataset import open_dataset
+    from regionmir.model_contract import read_contract
+    from regionmir.synth.dataset_writer import write_phantom_dataset
+    from serving.api import create_app
+    from serving.config import ServeSettings
+    from serving.runtime import EncoderRuntime, LocalBackend, SearchRuntime
+
+    write_phantom_dataset(str(root / "data"), images=images, size=160, seed=seed, fmt="dicom", progress=False)
+    built = build_random_model_index(str(root / "built"), data=str(root / "data"))
+    model_dir, contract = read_contract(built["model"])
+
+    def settings(**overrides) -> ServeSettings:
+        return ServeSettings.load(env={}, overrides={"model": model_dir, "milvus": built["milvus"], **overrides})
+
+    encoder = EncoderRuntime(model_dir, threads=1)
+    backend = LocalBackend(encoder, SearchRuntime(built["milvus"], "regions", contract.version_id))
+    atlas = AnatomyAtlas.load(model_dir)
+    try:
+        with TestClient(create_app(settings(), backend, contract, atlas)) as client:
+            client.films = list(open_dataset(str(root / "data")).iter_images())
+            client.encoder, client.atlas, client.contract, client.settings = encoder, atlas, contract, settings()
+            client.search_runtime = backend.search_runtime
+            client.build_app = lambda **overrides: create_app(settings(**overrides), backend, contract, atlas)
+            yield client
+    finally:
+        backend.search_runtime.close()
 
 
 def build_random_model_index_subprocess(out: str, **kw) -> dict:

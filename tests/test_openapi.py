@@ -15,43 +15,11 @@ HIT_FIELDS = {"rank", "score", "anatomy", "image_id", "box", "view", "key", "cro
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    from random_model_index import build_random_model_index
-    from starlette.testclient import TestClient
+    from random_model_index import in_process_service
 
-    from regionmir.anatomy_atlas import AnatomyAtlas
-    from regionmir.dataset import open_dataset
-    from regionmir.model_contract import read_contract
-    from regionmir.synth.dataset_writer import write_phantom_dataset
-    from serving.api import create_app
-    from serving.config import ServeSettings
-    from serving.runtime import EncoderRuntime, LocalBackend, SearchRuntime
-
-    root = tmp_path_factory.mktemp("openapi")
-    write_phantom_dataset(str(root / "data"), images=8, size=160, seed=4, fmt="dicom", progress=False)
-    built = build_random_model_index(str(root / "built"), data=str(root / "data"))
-    model_dir, contract = read_contract(built["model"])
-    settings = ServeSettings.load(env={}, overrides={"model": model_dir, "milvus": built["milvus"]})
-    encoder = EncoderRuntime(model_dir, threads=1)
-    backend = LocalBackend(encoder, SearchRuntime(built["milvus"], "regions", contract.version_id))
-    atlas = AnatomyAtlas.load(model_dir)
-    films = list(open_dataset(str(root / "data")).iter_images())
-    with TestClient(create_app(settings, backend, contract, atlas)) as client:
+    with in_process_service(tmp_path_factory.mktemp("openapi"), images=8, seed=4) as client:
         client.openapi = client.get("/openapi.json").json()
-        client.films, client.encoder, client.atlas, client.contract, client.settings = (
-            films,
-            encoder,
-            atlas,
-            contract,
-            settings,
-        )
-        client.build_app = lambda **overrides: create_app(
-            ServeSettings.load(env={}, overrides={"model": model_dir, "milvus": built["milvus"], **overrides}),
-            backend,
-            contract,
-            atlas,
-        )
         yield client
-    backend.search_runtime.close()
 
 
 def _resolve(spec: dict, schema: dict) -> dict:

@@ -11,31 +11,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    from random_model_index import build_random_model_index
-    from starlette.testclient import TestClient
+    from random_model_index import in_process_service
 
-    from regionmir.anatomy_atlas import AnatomyAtlas
-    from regionmir.dataset import open_dataset
-    from regionmir.model_contract import read_contract
-    from regionmir.synth.dataset_writer import write_phantom_dataset
-    from serving.api import create_app
-    from serving.config import ServeSettings
-    from serving.runtime import EncoderRuntime, LocalBackend, SearchRuntime
-
-    root = tmp_path_factory.mktemp("filters")
-    write_phantom_dataset(str(root / "data"), images=10, size=160, seed=3, fmt="dicom", progress=False)
-    demo = build_random_model_index(str(root / "demo"), data=str(root / "data"))
-    model_dir, contract = read_contract(demo["model"])
-    settings = ServeSettings.load(env={}, overrides={"model": model_dir, "milvus": demo["milvus"]})
-    backend = LocalBackend(
-        EncoderRuntime(model_dir, threads=1), SearchRuntime(demo["milvus"], "regions", contract.version_id)
-    )
-    app = create_app(settings, backend, contract, AnatomyAtlas.load(model_dir))
-    train = list(open_dataset(str(root / "data")).iter_images(split="train"))
-    with TestClient(app) as client:
-        client.search_runtime = backend.search_runtime
-        yield client, train
-    backend.search_runtime.close()
+    with in_process_service(tmp_path_factory.mktemp("filters"), images=10, seed=3) as client:
+        yield client, [film for film in client.films if film.split == "train"]
 
 
 def search(client, film, **fields):
