@@ -6,16 +6,23 @@ Measured side by side in one run, on one phantom data set and model:
 * ``floor_p50_ms``: one box query done in this process with no Ray and no HTTP — decode the PNG,
   crop the box, the encoder's forward pass (one torch thread, as one encoder replica has) and the
   milvus-lite search (a copy of the service's index file) — the least the service could take;
-* ``levels``: the service (``serving.deployments``: FastAPI ingress → encoder → search on Ray Serve)
-  driven over HTTP by 1, 4 and 16 concurrent clients, each sending box queries back to back for
-  ``--seconds``; with ``@serve.batch`` on (``max_batch_size`` 16) and off (``max_batch_size`` 1):
-  ``p50_ms``, ``p99_ms``, ``qps`` (answers per second), ``errors`` (any non-200 or failed call);
-* ``replicas_over_time``: encoder and ingress replicas running (and starting), sampled each second from
-  ``serve.status()`` from the first level to after the load stops (the encoder autoscales between
-  ``--min-replicas`` and ``--max-replicas``, the ingress — decoding and cropping — between 1 and
-  ``--max-ingress``, on ongoing requests; they must rise under load and fall after);
-* ratios: ``single_client_p50_to_floor`` (goal ≤ 1.3) and ``qps_16_to_1`` (goal ≥ 2.5), for the
-  batching-on levels.
+* ``floor_batched_qps``: the same in-process work for 16 queries at a time — 16 decodes and crops,
+  one forward pass of the 16 crops, 16 searches — on 2 threads, answers per second: what the
+  service could reach at most under 16 clients;
+* ``levels``: the service (``serving.deployments``, ``--topology``: ``fused`` — the FastAPI ingress
+  holds the encoder, then the search deployment — or ``split`` — ingress → encoder → search) with
+  the production safeguards on (an API key, the upload and pixel limits, queue caps), driven over
+  HTTP by 1, 4 and 16 concurrent clients, each sending box queries back to back for ``--seconds``;
+  with ``@serve.batch`` on (``max_batch_size`` 16) and off (``max_batch_size`` 1): ``p50_ms``,
+  ``p99_ms``, ``qps`` (answers per second), ``errors`` (any non-200 or failed call);
+* ``replicas_over_time``: replicas of the deployment that holds the encoder (``encoder_holder``:
+  ``ingress`` when fused) and of the ingress, running and starting, sampled each second from
+  ``serve.status()`` from the first level to after the load stops (they autoscale between
+  ``--min-replicas`` and ``--max-replicas`` on ongoing requests: they must rise under load and fall
+  after); ``replica_start_s``: for each replica the autoscaler added to the encoder holder, seconds
+  from first seen STARTING to RUNNING (goal ≤ 20);
+* ratios: ``single_client_p50_to_floor`` (goal ≤ 1.3), ``qps_16_to_1`` (goal ≥ 2.5) and
+  ``qps_16_to_floor_batched`` (goal ≥ 0.6), for the batching-on levels.
 
 Run: ``.venv/bin/python benchmarks/serve_load.py`` (``--seconds 10`` for a quick run). The model is
 a randomly initialised ``resnet10-cpu`` unless ``--model`` names a trained one: latency does not
@@ -44,6 +51,8 @@ from random_model_index import build_random_model_index_subprocess  # noqa: E402
 from serving.config import ServeSettings  # noqa: E402
 
 APP = "regionmir"
+API_KEY = "serve-load-benchmark-key"  # the production safeguard: every /v1 call carries it
+BATCH = 16  # queries per batch of the batched floor (the encoder's max_batch_size)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -91,6 +100,76 @@ def floor_latency(demo: dict, film_png: bytes, box: str, queries: int, k: int, w
     return {"p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99), "queries": len(times)}
 
 
+def floor_batched_qps(demo: dict, film_png: bytes, box: str, seconds: float, k: int, workdir: str) -> dict:
+    """Answers per second of the in-process work done 16 queries at a time on 2 threads: 16 decodes
+    and crops, one forward pass of the 16 crops (one torch thread each), 16 searches."""
+    import torch
+
+    from indexing.region_index import copy_lite_index
+    from regionmir.boxes import Box
+    from regionmir.image_reader import read_image
+    from regionmir.roi_crop import roi_crops
+    from serving.runtime import EncoderRuntime, SearchRuntime
+
+    torch.set_num_threads(1)
+    db_copy = os.path.join(workdir, "floor-batched-regions.db")
+    copy_lite_index(demo["milvus"], db_copy)
+    encoder = EncoderRuntime(demo["model"], device="cpu", threads=1)
+    search = SearchRuntime(db_copy, "regions", encoder.contract.version_id)
+    coords = [float(v) for v in box.split(",")]
+    answered = [0, 0]
+    deadline = time.perf_counter() + seconds
+
+    def work(slot: int) -> None:
+        torch.set_num_threads(1)
+        while time.perf_counter() < deadline:
+            crops = np.concatenate(
+                [
+                    roi_crops(read_image(film_png, source="query").pixels, [Box(*coords)], encoder.contract.crop_config)
+                    for _ in range(BATCH)
+                ]
+            )
+            vectors = encoder.forward(crops)["embeddings"]
+            for vector in vectors:
+                assert len(search.search(vector, k)) == k
+            answered[slot] += BATCH
+
+    try:
+        work(0)  # warm-up: one batch
+        answered[0] = 0
+        deadline = time.perf_counter() + seconds
+        started = time.perf_counter()
+        threads = [threading.Thread(target=work, args=(slot,)) for slot in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - started
+    finally:
+        search.close()
+    return {"qps": round(sum(answered) / wall, 2), "answers": sum(answered), "threads": 2, "batch": BATCH}
+
+
+def replica_start_seconds(samples: list[dict], holder: str) -> list[float]:
+    """Seconds each replica the autoscaler added to ``holder`` spent from first seen STARTING to
+    RUNNING, under load and after (first in, first out; one-second samples)."""
+    waiting: list[float] = []
+    durations: list[float] = []
+    previous = None
+    for sample in samples:
+        if "clients" not in sample["phase"] and sample["phase"] != "idle after load":
+            previous = None  # deploys and warm-ups start replicas too: not the autoscaler's
+            continue
+        starting, running = sample[f"{holder}_starting"], sample[f"{holder}_replicas"]
+        if previous is not None:
+            waiting += [sample["t_s"]] * max(0, starting + running - previous[0] - previous[1])
+            for _ in range(max(0, running - previous[1])):
+                if waiting:
+                    durations.append(round(sample["t_s"] - waiting.pop(0), 1))
+        previous = (starting, running)
+    return durations
+
+
 class ReplicaSampler(threading.Thread):
     """Running encoder and ingress replicas once a second (``serve.status()``), with the level
     running then."""
@@ -112,7 +191,7 @@ class ReplicaSampler(threading.Thread):
             app = serve.status().applications.get(APP)
         except Exception:
             app = None
-        for name in ("encoder", "ingress"):
+        for name in ("encoder", "ingress", "search"):
             states = app.deployments[name].replica_states if app and name in app.deployments else {}
             by_state = {str(getattr(state, "value", state)): int(n) for state, n in states.items()}
             counts[f"{name}_replicas"] = by_state.get("RUNNING", 0)
@@ -141,6 +220,7 @@ def drive(base: str, film_png: bytes, box: str, clients: int, seconds: float, k:
                     base + "/v1/search",
                     files={"image": ("film.png", film_png, "image/png")},
                     data={"box": box, "k": str(k)},
+                    headers={"Authorization": f"Bearer {API_KEY}"},
                     timeout=60,
                 )
                 ok = response.status_code == 200 and len(response.json()["results"]) == k
@@ -173,31 +253,34 @@ def drive(base: str, film_png: bytes, box: str, clients: int, seconds: float, k:
 
 
 def settings_for(demo: dict, port: int, batching: bool, args: argparse.Namespace) -> ServeSettings:
+    def scaling(least: int, most: int) -> dict:
+        return {
+            "min_replicas": least,
+            "max_replicas": most,
+            "target_ongoing_requests": args.target_ongoing,
+            "upscale_delay_s": 2.0,
+            "look_back_period_s": 5.0,
+            "downscale_delay_s": args.downscale_delay,
+        }
+
     return ServeSettings.from_dict(
         {
             "model": demo["model"],
             "milvus": demo["milvus"],
             "app_name": APP,
+            "topology": args.topology,
+            "auth": {"api_key": API_KEY},
             "http": {"host": "127.0.0.1", "port": port},
             "encoder": {
-                "min_replicas": args.min_replicas,
-                "max_replicas": args.max_replicas,
-                "target_ongoing_requests": args.target_ongoing,
-                "upscale_delay_s": 2.0,
-                "look_back_period_s": 5.0,
-                "downscale_delay_s": args.downscale_delay,
+                **scaling(args.min_replicas, args.max_replicas),
                 "torch_threads": 1,
-                "max_batch_size": 16 if batching else 1,
-                "batch_wait_timeout_ms": 5.0 if batching else 0.0,
+                "max_batch_size": BATCH if batching else 1,
+                "batch_wait_timeout_ms": args.batch_wait_ms if batching else 0.0,
             },
-            "ingress": {
-                "min_replicas": 1,
-                "max_replicas": args.max_ingress,
-                "target_ongoing_requests": args.target_ongoing,
-                "upscale_delay_s": 2.0,
-                "downscale_delay_s": args.downscale_delay,
-                "look_back_period_s": 5.0,
-            },
+            # fused: the ingress holds the encoder and scales like it; split: it decodes and crops
+            "ingress": scaling(args.min_replicas, args.max_replicas)
+            if args.topology == "fused"
+            else scaling(1, args.max_ingress),
             "ray": {"num_cpus": 8},
         },
         "benchmark settings",
@@ -215,7 +298,10 @@ def main() -> int:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--max-replicas", type=int, default=3)
-    p.add_argument("--max-ingress", type=int, default=2, help="ingress replicas at most (decoding, crops)")
+    p.add_argument("--max-ingress", type=int, default=2, help="split: ingress replicas at most (decoding, crops)")
+    p.add_argument("--topology", choices=("fused", "split"), default="fused", help="see serving.deployments")
+    p.add_argument("--batching", default="on,off", help="levels with @serve.batch on, off, or both (on,off)")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0, help="encoder.batch_wait_timeout_ms with batching on")
     p.add_argument("--target-ongoing", type=float, default=2.0)
     p.add_argument("--downscale-delay", type=float, default=10.0)
     p.add_argument("--floor-queries", type=int, default=100)
@@ -242,6 +328,9 @@ def main() -> int:
         f"[bench] floor (in-process decode+crop+encode+search): p50 {floor['p50_ms']} ms, p99 {floor['p99_ms']} ms",
         flush=True,
     )
+    batched = floor_batched_qps(demo, film_png, box, min(args.seconds, 10.0), args.k, workdir)
+    print(f"[bench] batched floor ({BATCH} queries a batch, 2 threads): {batched['qps']} answers/s", flush=True)
+    holder = "ingress" if args.topology == "fused" else "encoder"
 
     import socket
 
@@ -257,7 +346,7 @@ def main() -> int:
     levels: list[dict] = []
     sampler = ReplicaSampler()
     try:
-        for batching in (True, False):
+        for batching in [mode == "on" for mode in args.batching.split(",")]:
             label = "on" if batching else "off"
             print(f"[bench] deploying the service with batching {label}", flush=True)
             base = start_service(settings_for(demo, port, batching, args), ready_timeout_s=600)
@@ -272,7 +361,7 @@ def main() -> int:
                     "batching": batching,
                     **drive(base, film_png, box, clients, args.seconds, args.k),
                 }
-                for name in ("encoder", "ingress"):
+                for name in dict.fromkeys((holder, "ingress")):
                     level[f"{name}_replicas_max"] = max(
                         (
                             s[f"{name}_replicas"] + s[f"{name}_starting"]
@@ -285,8 +374,8 @@ def main() -> int:
                 print(
                     f"[bench] {clients:>2} clients, batching {label}: p50 {level['p50_ms']} ms, "
                     f"p99 {level['p99_ms']} ms, {level['qps']} q/s, {level['errors']} errors, "
-                    f"up to {level['encoder_replicas_max']} encoder / {level['ingress_replicas_max']} ingress "
-                    "replicas (running or starting)",
+                    f"up to {level[f'{holder}_replicas_max']} {holder} (encoder-holding) / "
+                    f"{level['ingress_replicas_max']} ingress replicas (running or starting)",
                     flush=True,
                 )
             if batching:  # watch the encoder scale back down with no load
@@ -296,16 +385,16 @@ def main() -> int:
                     last = sampler.samples[-1] if sampler.samples else {}
                     if (
                         last.get("phase") == "idle after load"
-                        and last["encoder_starting"] == 0
+                        and last[f"{holder}_starting"] == 0
                         and last["ingress_starting"] == 0
-                        and last["encoder_replicas"] == args.min_replicas
-                        and last["ingress_replicas"] == 1
+                        and last[f"{holder}_replicas"] == args.min_replicas
+                        and last["ingress_replicas"] == (args.min_replicas if holder == "ingress" else 1)
                     ):
                         break
                     time.sleep(1)
                 time.sleep(2)
                 print(
-                    f"[bench] idle: {sampler.samples[-1]['encoder_replicas']} encoder / "
+                    f"[bench] idle: {sampler.samples[-1][f'{holder}_replicas']} {holder} / "
                     f"{sampler.samples[-1]['ingress_replicas']} ingress replica(s) "
                     f"{sampler.samples[-1]['t_s']} s into the run",
                     flush=True,
@@ -324,17 +413,24 @@ def main() -> int:
     samples = sampler.samples
 
     def placed(s: dict) -> int:  # running + starting: what the autoscaler decided
-        return s["encoder_replicas"] + s["encoder_starting"] + s["ingress_replicas"] + s["ingress_starting"]
+        return sum(s[f"{name}_replicas"] + s[f"{name}_starting"] for name in dict.fromkeys((holder, "ingress")))
 
     loaded = [placed(s) for s in samples if "clients" in s["phase"]]
     idle = [placed(s) for s in samples if s["phase"] == "idle after load"]
+    start_s = replica_start_seconds(samples, holder)
     result = {
+        "topology": args.topology,
+        "encoder_holder": holder,
         "floor_p50_ms": floor["p50_ms"],
         "floor_p99_ms": floor["p99_ms"],
+        "floor_batched_qps": batched["qps"],
         "levels": levels,
         "replicas_over_time": samples,
+        "replica_start_s": start_s,
+        "replica_start_s_max": max(start_s) if start_s else None,
         "single_client_p50_to_floor": round(on[first]["p50_ms"] / floor["p50_ms"], 2),
         f"qps_{last}_to_{first}": round(on[last]["qps"] / on[first]["qps"], 2) if on[first]["qps"] else None,
+        f"qps_{last}_to_floor_batched": round(on[last]["qps"] / batched["qps"], 2),
         f"qps_{last}_to_{first}_no_batching": round(off[last]["qps"] / off[first]["qps"], 2)
         if off.get(first) and off[first]["qps"]
         else None,

@@ -2,8 +2,8 @@
 
 :func:`create_app` takes a *backend* — an object with ``embed``, ``search``, ``get_rows``,
 ``index_status`` and ``encoder_status`` coroutines — so the same routes run inside the Ray Serve
-ingress (whose backend calls the encoder and search deployments through their handles,
-:mod:`serving.deployments`) and in-process (:class:`serving.runtime.LocalBackend`).
+ingress (holding the encoder, or calling the encoder deployment; :mod:`serving.deployments`) and
+in-process (:func:`serving.backends.local_backend`); see :mod:`serving.backends`.
 
 Routes (see ``serving/README.md``, and ``/docs`` of a running service): ``POST /v1/search``,
 ``POST /v1/preview``, ``GET /v1/anatomies``, ``GET /v1/results/{key}/crop``,

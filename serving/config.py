@@ -140,7 +140,9 @@ class DeploymentSettings(_Section):
 class EncoderSettings(DeploymentSettings):
     max_replicas: Integer = 2
     max_batch_size: Integer = 16  # requests (each a stack of crops) merged into one forward pass
-    batch_wait_timeout_ms: Number = 10.0
+    #: how long a batch waits for more requests after its first; 0: it takes what queued while the
+    #: previous batch ran (no added latency at low load, full batches under load)
+    batch_wait_timeout_ms: Number = 0.0
     #: GPUs per replica: ``"auto"`` = 1 when the cluster has GPUs, else 0; or a number (0.25 shares one).
     gpus_per_replica: Number | Literal["auto"] = "auto"
     torch_threads: Integer = 1
@@ -192,6 +194,10 @@ class ServeSettings(BaseSettings):
     milvus: Text = ""  # .db file (milvus-lite) or http://host:port
     collection: Text = "regions"  # collection or alias to search (the alias `regionmir index` moves)
     app_name: Text = "regionmir"
+    #: ``fused``: the ingress replicas hold the encoder (one hop fewer; ``ingress.*`` scales them);
+    #: ``split``: a separate ``encoder`` deployment scaled by ``encoder.*`` (GPU encoders behind
+    #: CPU front doors). See :mod:`serving.deployments`.
+    topology: Literal["fused", "split"] = "fused"
     http: HttpSettings = Field(default_factory=HttpSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
@@ -291,10 +297,11 @@ class ServeSettings(BaseSettings):
         enc = self.encoder
         if enc.max_batch_size < 1 or enc.batch_wait_timeout_ms < 0:
             raise ConfigError("encoder: max_batch_size >= 1 and batch_wait_timeout_ms >= 0")
-        if enc.max_ongoing_requests < enc.max_batch_size:
+        holder = "ingress" if self.topology == "fused" else "encoder"  # the deployment that batches
+        if getattr(self, holder).max_ongoing_requests < enc.max_batch_size:
             # Ray Serve caps a batch at the requests a replica may hold at once.
             raise ConfigError(
-                f"encoder.max_ongoing_requests ({enc.max_ongoing_requests}) must be >= "
+                f"{holder}.max_ongoing_requests ({getattr(self, holder).max_ongoing_requests}) must be >= "
                 f"encoder.max_batch_size ({enc.max_batch_size})"
             )
         if enc.gpus_per_replica != "auto" and enc.gpus_per_replica < 0:

@@ -1,13 +1,18 @@
-"""The Ray Serve application: an encoder, a search deployment and a FastAPI ingress.
+"""The Ray Serve application, in one of two topologies (setting ``topology``):
 
-* ``encoder`` (:class:`EncoderDeployment`): loads the model once per replica (on a GPU when the
-  replica has one) and merges concurrent requests with ``@serve.batch`` into one forward pass;
-  autoscaled on ongoing requests.
-* ``search`` (:class:`SearchDeployment`): owns the :class:`~indexing.region_index.RegionIndex`.
-  A milvus-lite ``.db`` file may be opened by one process only, so for a file it runs exactly one
-  replica; against a Milvus server (``http://``) it autoscales like the others.
-* ``ingress`` (:class:`QueryIngress`): the HTTP API of :mod:`serving.api`; decodes uploads, crops,
-  localises with the atlas, calls the other two through their handles.
+* ``fused`` (default): ``ingress`` (:class:`FusedIngress`) serves the HTTP API of :mod:`serving.api`
+  and holds the encoder itself — decode, crop, localise and encode in one process, the crops of
+  concurrent requests merged into one forward pass with ``@serve.batch`` — then asks ``search``.
+  Two process hops per query (proxy → ingress → search); autoscaled as ``ingress.*`` says, each
+  replica with ``encoder.gpus_per_replica`` GPUs.
+* ``split``: ``ingress`` (:class:`QueryIngress`) decodes and crops, ``encoder``
+  (:class:`EncoderDeployment`) embeds, each autoscaled on its own (GPU encoder replicas on a GPU
+  cluster behind CPU front doors); three hops.
+
+In both, ``search`` (:class:`SearchDeployment`) owns the :class:`~indexing.region_index.RegionIndex`.
+A milvus-lite ``.db`` file may be opened by one process only, so for a file it runs exactly one
+replica (searching the rows it holds in memory, exactly); against a Milvus server (``http://``) it
+autoscales like the others.
 
 :func:`build_app` turns :class:`~serving.config.ServeSettings` into the bound application
 (:func:`app_builder` does it from Ray Serve application ``args``, for config-file deploys such as KubeRay's);
@@ -35,6 +40,7 @@ from regionmir.anatomy_atlas import AnatomyAtlas, AtlasError
 from regionmir.model_contract import ModelContract, read_contract
 from regionmir.storage import S3Options
 
+from .backends import Backend, BatchedEncoder, HandleEncoder, HandleIndex
 from .config import ConfigError, ServeSettings
 from .metrics import get_metrics
 from .runtime import EncoderRuntime, SearchFilters, SearchRuntime
@@ -63,11 +69,13 @@ FORWARDED_ENV = (
 )
 
 
-@serve.deployment(name=ENCODER)
-class EncoderDeployment:
-    """The encoder: crop stacks → embeddings and class probabilities, batched across requests."""
+class BatchedEncoderReplica:
+    """A replica that holds the encoder (on a GPU when it has one) and merges the crops of its
+    concurrent requests into one forward pass with ``@serve.batch``. With ``batch_wait_timeout_ms``
+    0 (the default) a batch is whatever queued while the previous one ran: no wait at low load,
+    full batches under load."""
 
-    def __init__(self, model_dir: str, settings: dict):
+    def _load_encoder(self, model_dir: str, settings: dict) -> None:
         enc = settings["encoder"]
         self.runtime = EncoderRuntime(model_dir, threads=enc.get("torch_threads") or None)
         self.crop_size = self.runtime.crop_size
@@ -75,7 +83,7 @@ class EncoderDeployment:
         self._batched.set_batch_wait_timeout_s(float(enc["batch_wait_timeout_ms"]) / 1000.0)
         self.metrics = get_metrics()
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _batched(self, stacks: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         sizes = [int(s.shape[0]) for s in stacks]
         merged = np.concatenate(stacks, axis=0)
@@ -101,6 +109,14 @@ class EncoderDeployment:
 
     def info(self) -> dict[str, Any]:
         return self.runtime.info()
+
+
+@serve.deployment(name=ENCODER)
+class EncoderDeployment(BatchedEncoderReplica):
+    """The encoder on its own (``topology: split``): crop stacks → embeddings and class probabilities."""
+
+    def __init__(self, model_dir: str, settings: dict):
+        self._load_encoder(model_dir, settings)
 
 
 @serve.deployment(name=SEARCH)
@@ -148,33 +164,52 @@ class SearchDeployment:
         self.runtime.index.count(self.runtime.collection)
 
 
-class RayBackend:
-    """The backend of :func:`serving.api.create_app` over deployment handles."""
+class _FrontDoor:
+    """What both ingress kinds share: the settings, contract and atlas, and the FastAPI app of
+    :mod:`serving.api` over :attr:`backend` (built per replica by ``__serve_build_asgi_app__``)."""
 
-    def __init__(self, encoder: DeploymentHandle, search: DeploymentHandle):
-        self.encoder = encoder
-        self.search_handle = search
+    backend: Backend
 
-    async def embed(self, crops: np.ndarray) -> dict[str, np.ndarray]:
-        return await self.encoder.embed.remote(crops)
+    def _read(self, settings: dict, contract_json: str, atlas_json: str | None) -> None:
+        self.settings = ServeSettings.from_dict(settings, "deployment settings")
+        self.contract = ModelContract.from_json(contract_json)
+        self.atlas = AnatomyAtlas.from_json(atlas_json) if atlas_json else None
 
-    async def search(self, vector: np.ndarray, k: int, filters: SearchFilters) -> list[dict]:
-        return await self.search_handle.search.remote(np.asarray(vector, dtype=np.float32), k, filters)
+    def __serve_build_asgi_app__(self):
+        from .api import create_app
 
-    async def get_rows(self, keys: list[str]) -> dict[str, dict]:
-        return await self.search_handle.get.remote(list(keys))
-
-    async def index_status(self) -> dict[str, Any]:
-        return await self.search_handle.status.remote()
-
-    async def encoder_status(self) -> dict[str, Any]:
-        return await self.encoder.info.remote()
+        return create_app(self.settings, self.backend, self.contract, self.atlas)
 
 
 @serve.deployment(name=INGRESS)
 @serve.ingress()
-class QueryIngress:
-    """The HTTP front door (FastAPI, built per replica by ``__serve_build_asgi_app__``)."""
+class FusedIngress(_FrontDoor, BatchedEncoderReplica):
+    """The HTTP front door holding the encoder itself (``topology: fused``, the default): decode,
+    crop, encode (batched across this replica's requests) in one process, then the ``search``
+    deployment. One hop fewer than ``split``; autoscaled as ``ingress.*`` says."""
+
+    def __init__(
+        self,
+        settings: dict,
+        contract_json: str,
+        atlas_json: str | None,
+        model_dir: str,
+        search: DeploymentHandle | None = None,
+        backend_app: str | None = None,
+    ):
+        if backend_app:  # an extra front door onto another application's index
+            search = serve.get_deployment_handle(SEARCH, app_name=backend_app)
+        assert search is not None
+        self._read(settings, contract_json, atlas_json)
+        self._load_encoder(model_dir, settings)
+        self.backend = Backend(BatchedEncoder(self.embed, self.runtime), HandleIndex(search))
+
+
+@serve.deployment(name=INGRESS)
+@serve.ingress()
+class QueryIngress(_FrontDoor):
+    """The HTTP front door of ``topology: split``: decodes uploads, crops, localises with the atlas,
+    calls the ``encoder`` and ``search`` deployments through their handles."""
 
     def __init__(
         self,
@@ -189,15 +224,8 @@ class QueryIngress:
             encoder = serve.get_deployment_handle(ENCODER, app_name=backend_app)
             search = serve.get_deployment_handle(SEARCH, app_name=backend_app)
         assert encoder is not None and search is not None
-        self.settings = ServeSettings.from_dict(settings, "deployment settings")
-        self.contract = ModelContract.from_json(contract_json)
-        self.atlas = AnatomyAtlas.from_json(atlas_json) if atlas_json else None
-        self.backend = RayBackend(encoder, search)
-
-    def __serve_build_asgi_app__(self):
-        from .api import create_app
-
-        return create_app(self.settings, self.backend, self.contract, self.atlas)
+        self._read(settings, contract_json, atlas_json)
+        self.backend = Backend(HandleEncoder(encoder), HandleIndex(search))
 
 
 # ------------------------------------------------------------------------------------ building
@@ -250,8 +278,9 @@ def build_app(settings: ServeSettings, *, atlas: AnatomyAtlas | None = None, bac
     """The bound Serve application for ``settings`` (validated here).
 
     ``atlas``: use this one instead of loading ``atlas.path`` / ``MODEL/atlas.json``.
-    ``backend_app``: build only an ingress that uses the encoder and search deployments of that
-    (already running) application — a second front door with other settings (e.g. another API key).
+    ``backend_app``: build only an ingress that uses the deployments of that (already running)
+    application — its encoder (``split``; ``fused`` front doors hold their own) and its index — a
+    second front door with other settings (e.g. another API key).
     """
     settings.validate()
     model_dir, contract = read_contract(settings.model, S3Options.from_env())
@@ -259,22 +288,19 @@ def build_app(settings: ServeSettings, *, atlas: AnatomyAtlas | None = None, bac
         atlas = load_atlas(settings, model_dir)
     data = settings.to_dict()
     atlas_json = atlas.to_json() if atlas is not None else None
+    enc = settings.encoder
+    fused = settings.topology == "fused"
+    gpus = resolve_gpus(enc.gpus_per_replica)
     ingress_opts = dict(
         max_ongoing_requests=settings.ingress.max_ongoing_requests,
         max_queued_requests=settings.ingress.max_queued_requests,
-        ray_actor_options=_actor_options(settings.ingress.num_cpus, extra_env=DECODER_MALLOC_ENV),
+        ray_actor_options=_actor_options(settings.ingress.num_cpus, gpus if fused else 0.0, DECODER_MALLOC_ENV),
         **settings.ingress.serve_scaling(),
     )
+    ingress = FusedIngress if fused else QueryIngress
     if backend_app:
-        return QueryIngress.options(**ingress_opts).bind(data, contract.to_json(), atlas_json, None, None, backend_app)
-
-    enc = settings.encoder
-    gpus = resolve_gpus(enc.gpus_per_replica)
-    encoder = EncoderDeployment.options(
-        max_ongoing_requests=enc.max_ongoing_requests,
-        ray_actor_options=_actor_options(enc.num_cpus, gpus),
-        **enc.serve_scaling(),
-    ).bind(model_dir, data)
+        backend_args = (model_dir, None) if fused else (None, None)
+        return ingress.options(**ingress_opts).bind(data, contract.to_json(), atlas_json, *backend_args, backend_app)
 
     sch = settings.search
     if settings.index_is_file:
@@ -286,6 +312,13 @@ def build_app(settings: ServeSettings, *, atlas: AnatomyAtlas | None = None, bac
     search = SearchDeployment.options(
         max_ongoing_requests=sch.max_ongoing_requests, ray_actor_options=_actor_options(sch.num_cpus), **search_scaling
     ).bind(data, contract.version_id)
+    if fused:
+        return FusedIngress.options(**ingress_opts).bind(data, contract.to_json(), atlas_json, model_dir, search)
+    encoder = EncoderDeployment.options(
+        max_ongoing_requests=enc.max_ongoing_requests,
+        ray_actor_options=_actor_options(enc.num_cpus, gpus),
+        **enc.serve_scaling(),
+    ).bind(model_dir, data)
     return QueryIngress.options(**ingress_opts).bind(data, contract.to_json(), atlas_json, encoder, search)
 
 

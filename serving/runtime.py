@@ -3,13 +3,12 @@
 :class:`EncoderRuntime` loads the model once and turns crop stacks into embeddings and anatomy
 probabilities; :class:`SearchRuntime` owns the :class:`~indexing.region_index.RegionIndex` and
 answers searches, look-ups by key and its own status. The Ray Serve deployments
-(:mod:`serving.deployments`) wrap them; :class:`LocalBackend` calls them in-process (tests, a
-laptop without Ray).
+(:mod:`serving.deployments`) wrap them; :func:`serving.backends.local_backend` calls them in-process
+(tests, a laptop without Ray).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -186,29 +185,6 @@ class SearchRuntime:
 
     def close(self) -> None:
         self.index.close()
-
-
-class LocalBackend:
-    """The backend interface of :func:`serving.api.create_app`, in-process (no Ray)."""
-
-    def __init__(self, encoder: EncoderRuntime, search: SearchRuntime):
-        self.encoder = encoder
-        self.search_runtime = search
-
-    async def embed(self, crops: np.ndarray) -> dict[str, np.ndarray]:
-        return await asyncio.to_thread(self.encoder.forward, crops)
-
-    async def search(self, vector: np.ndarray, k: int, filters: SearchFilters) -> list[dict]:
-        return await asyncio.to_thread(self.search_runtime.search, vector, k, filters)
-
-    async def get_rows(self, keys: Sequence[str]) -> dict[str, dict]:
-        return await asyncio.to_thread(self.search_runtime.get, list(keys))
-
-    async def index_status(self) -> dict[str, Any]:
-        return await asyncio.to_thread(self.search_runtime.status)
-
-    async def encoder_status(self) -> dict[str, Any]:
-        return self.encoder.info()
 
 
 def monotonic_ms(start: float) -> float:

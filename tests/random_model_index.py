@@ -138,8 +138,9 @@ def in_process_service(root: Path, *, images: int, seed: int):
     from regionmir.model_contract import read_contract
     from regionmir.synth.dataset_writer import write_phantom_dataset
     from serving.api import create_app
+    from serving.backends import local_backend
     from serving.config import ServeSettings
-    from serving.runtime import EncoderRuntime, LocalBackend, SearchRuntime
+    from serving.runtime import EncoderRuntime, SearchRuntime
 
     write_phantom_dataset(str(root / "data"), images=images, size=160, seed=seed, fmt="dicom", progress=False)
     built = build_random_model_index(str(root / "built"), data=str(root / "data"))
@@ -149,17 +150,17 @@ def in_process_service(root: Path, *, images: int, seed: int):
         return ServeSettings.load(env={}, overrides={"model": model_dir, "milvus": built["milvus"], **overrides})
 
     encoder = EncoderRuntime(model_dir, threads=1)
-    backend = LocalBackend(encoder, SearchRuntime(built["milvus"], "regions", contract.version_id))
+    backend = local_backend(encoder, SearchRuntime(built["milvus"], "regions", contract.version_id))
     atlas = AnatomyAtlas.load(model_dir)
     try:
         with TestClient(create_app(settings(), backend, contract, atlas)) as client:
             client.films = list(open_dataset(str(root / "data")).iter_images())
             client.encoder, client.atlas, client.contract, client.settings = encoder, atlas, contract, settings()
-            client.search_runtime = backend.search_runtime
+            client.search_runtime = backend.index.runtime
             client.build_app = lambda **overrides: create_app(settings(**overrides), backend, contract, atlas)
             yield client
     finally:
-        backend.search_runtime.close()
+        backend.index.runtime.close()
 
 
 def build_random_model_index_subprocess(out: str, **kw) -> dict:
