@@ -1,4 +1,4 @@
-"""The region encoder: a one-channel torchvision ResNet with three heads, and its presets.
+"""The region encoder: a one-channel ResNet with three heads, and its presets.
 
 One network serves the three stages of the method (Lee et al. 2023):
 
@@ -20,8 +20,11 @@ model normalises them itself — ``(x - INPUT_MEAN) / INPUT_STD`` with 0.5 / 0.2
 to [-2, 2], roughly zero-mean unit-variance for chest films — so no caller ever does.
 
 Presets are small JSON files in ``regionmir/presets/`` (``list_presets()``, ``load_preset(name)``).
-No pretrained weights are ever downloaded (``weights=None``): ImageNet stems expect three colour
-channels and natural-image statistics, and hospitals run air-gapped.
+The backbones are :mod:`regionmir.resnet`'s: torchvision's ResNet architecture with its parameter
+names, so checkpoints interchange with torchvision-built ones, without importing torchvision (whose
+import drags in torch._dynamo, sympy and triton: seconds of start-up for every process that holds
+the encoder). No pretrained weights are ever downloaded (``weights=None``): ImageNet stems expect
+three colour channels and natural-image statistics, and hospitals run air-gapped.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from importlib import resources
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision import models
+
+from regionmir import resnet
 
 #: Input normalisation applied inside the model (intensity convention → network range).
 INPUT_MEAN = 0.5
@@ -44,41 +48,13 @@ INPUT_STD = 0.25
 MAXPOOL_MIN_CROP = 128
 
 
-def resnet10(weights=None, width: int = 64, **kwargs) -> models.ResNet:
-    """torchvision's ResNet with one BasicBlock per stage (ResNet-18 halved in depth) and
-    ``width`` channels in its first stage (``width``, 2×, 4×, 8× in the four stages; 64 is the
-    stock layout). The CPU preset uses width 32: a quarter of the FLOPs, ~4× the crops per second
-    on a 2-core laptop, where the stock ResNet-18 trains at only a few dozen crops per second.
-    Parameter names are torchvision's, whatever the width."""
-    if weights is not None:
-        raise ValueError("resnet10 has no pretrained weights")
-    net = models.ResNet(models.resnet.BasicBlock, [1, 1, 1, 1], **kwargs)
-    if width == 64:
-        return net
-    # Rebuild the stages narrower with torchvision's own layer factory and initialisation.
-    net.inplanes = width
-    net.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
-    net.bn1 = nn.BatchNorm2d(width)
-    net.layer1 = net._make_layer(models.resnet.BasicBlock, width, 1)
-    net.layer2 = net._make_layer(models.resnet.BasicBlock, width * 2, 1, stride=2)
-    net.layer3 = net._make_layer(models.resnet.BasicBlock, width * 4, 1, stride=2)
-    net.layer4 = net._make_layer(models.resnet.BasicBlock, width * 8, 1, stride=2)
-    net.fc = nn.Linear(width * 8, net.fc.out_features)
-    for module in net.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.constant_(module.weight, 1)
-            nn.init.constant_(module.bias, 0)
-    return net
-
-
-#: Supported backbones → torchvision constructor. All are built with ``weights=None``.
-BACKBONES: dict[str, Callable[..., models.ResNet]] = {
-    "resnet10": resnet10,
-    "resnet18": models.resnet18,
-    "resnet34": models.resnet34,
-    "resnet50": models.resnet50,
+#: Supported backbones → :mod:`regionmir.resnet` constructor (torchvision's layouts and parameter
+#: names; ``resnet10`` is ResNet-18 halved in depth and may be narrower). All take ``weights=None``.
+BACKBONES: dict[str, Callable[..., resnet.ResNet]] = {
+    "resnet10": resnet.resnet10,
+    "resnet18": resnet.resnet18,
+    "resnet34": resnet.resnet34,
+    "resnet50": resnet.resnet50,
 }
 
 #: Names of the outputs :meth:`RegionEncoder.forward` can compute.
@@ -156,9 +132,10 @@ class ProjectionHead(nn.Module):
 
 
 class RegionEncoder(nn.Module):
-    """A torchvision ResNet (``weights=None``) on one-channel ROI crops, with three heads.
+    """A ResNet (:mod:`regionmir.resnet`, torchvision's parameter names, ``weights=None``) on
+    one-channel ROI crops, with three heads.
 
-    Stem: ``conv1`` is replaced by a 7×7 stride-2 convolution with ``in_channels`` inputs. We keep
+    Stem: ``conv1`` is a 7×7 stride-2 convolution with ``in_channels`` inputs. We keep
     the 7×7/2 conv (rather than CIFAR's 3×3/1) because crops are 64–96 px of a film whose
     structures — ribs, vessels, the diaphragm edge — span many pixels; but for crops ≤ 128 px we
     drop the stem's max-pool, so a 96 px crop ends in a 6×6 map instead of 3×3 (64 px: 4×4
@@ -177,16 +154,12 @@ class RegionEncoder(nn.Module):
         super().__init__()
         self.config = config if config is not None else EncoderConfig()
         extra = {"width": self.config.width} if self.config.backbone == "resnet10" else {}
-        backbone = BACKBONES[self.config.backbone](weights=None, **extra)
-        backbone.conv1 = nn.Conv2d(
-            self.config.in_channels, self.config.width, kernel_size=7, stride=2, padding=3, bias=False
+        backbone = BACKBONES[self.config.backbone](
+            weights=None, in_channels=self.config.in_channels, num_classes=None, **extra
         )
-        # The same initialisation torchvision gives its own conv layers.
-        nn.init.kaiming_normal_(backbone.conv1.weight, mode="fan_out", nonlinearity="relu")
         if not self.config.keeps_stem_maxpool:
             backbone.maxpool = nn.Identity()
-        self.feature_dim = backbone.fc.in_features
-        backbone.fc = nn.Identity()
+        self.feature_dim = backbone.feature_dim
         self.backbone = backbone
         self.projection_head = ProjectionHead(
             self.feature_dim, self.config.projection_hidden_dim, self.config.embedding_dim
