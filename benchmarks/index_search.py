@@ -7,10 +7,13 @@ Measured side by side in one run:
 * ``index_rois_per_s``: ``regionmir index`` end to end — Ray Data decoding and cropping the films,
   the encoder actor, and the driver upserting into milvus-lite — in steady state (from its first
   written batch; ``index_rois_per_s_total`` includes Ray start-up) and ``ratio_to_encoder``;
-* ``search``: per backend (milvus-lite file, Milvus standalone server) and database size (10k,
-  100k rows) and HNSW search list size (``--ef``, default the service's and 512), single-query
-  latency p50/p99 (k=10, HNSW M=16 efConstruction=200) and
-  ``recall_at_10`` against exact NumPy search. The vectors are synthetic: 29 anatomy clusters on
+* ``search``: per backend (milvus-lite file, Milvus standalone server), database size (10k,
+  100k rows; ``--million`` adds 1M on the server), index type (each backend's default for that size
+  unless ``--index-types``: a milvus-lite file is FLAT and searched exactly from memory, a server
+  FLAT up to 1M rows and HNSW M=16 efConstruction=200 beyond, searched once its index is built) and HNSW search list size (``--ef``,
+  default the service's and 512), plain and filtered by anatomy as the service searches:
+  single-query latency p50/p99 (k=10) and ``recall_at_10`` against exact NumPy search (for a
+  filtered search, the exact nearest of that anatomy). The vectors are synthetic: 29 anatomy clusters on
   the unit sphere with spread like the fine-tuned embeddings', not random noise (uniform random
   128-d vectors have no neighbourhood structure for any index to use).
 
@@ -101,7 +104,7 @@ def search_levels(
     efs: list[int],
     rng: np.random.Generator,
     consistency: str = "Bounded",
-    index_type: str = "HNSW",
+    index_type: str = "AUTO",
 ) -> list[dict]:
     from indexing.index_rows import RegionRow
     from indexing.region_index import RegionIndex
@@ -109,6 +112,8 @@ def search_levels(
     database, anatomy_ids = clustered_vectors(n, dim, rng)
     probes, probe_anatomy = clustered_vectors(queries, dim, rng)
     index = RegionIndex(uri)
+    if index_type == "AUTO":
+        index_type = index.default_index_type(n)
     name = f"bench_{n}"
     index.drop(name, missing_ok=True)
     index.create_collection(name, dim, index_type=index_type)
@@ -164,6 +169,7 @@ def search_levels(
             {
                 "backend": backend,
                 "index_type": index_type,
+                "searched": "in memory, exact" if index.resident_search else "by Milvus",
                 "vectors": n,
                 "filter": "anatomy" if filtered else None,
                 "ef": ef,
@@ -198,7 +204,17 @@ def main() -> int:
         help="consistency level of the timed searches (the service uses Bounded)",
     )
     parser.add_argument("--backends", default="milvus-lite,milvus-standalone")
-    parser.add_argument("--index-types", default="HNSW", help="vector index types to measure (comma-separated)")
+    parser.add_argument(
+        "--index-types",
+        default="AUTO",
+        help="vector index types to measure (comma-separated; AUTO: the backend's default for the size, "
+        "see RegionIndex.default_index_type)",
+    )
+    parser.add_argument(
+        "--million",
+        action="store_true",
+        help="add a 1,000,000-row level for the Milvus server (opt-in: ~10 minutes of inserts and index build)",
+    )
     args = parser.parse_args()
     from indexing.build import index_data
     from indexing.jobs import IndexJob
@@ -247,7 +263,8 @@ def main() -> int:
         else:
             raise SystemExit(f"unknown backend {backend}")
         try:
-            for n, index_type in [(n, t) for n in sizes for t in args.index_types.split(",") if t]:
+            backend_sizes = sizes + ([1_000_000] if args.million and backend == "milvus-standalone" else [])
+            for n, index_type in [(n, t) for n in backend_sizes for t in args.index_types.split(",") if t]:
                 same_vectors = np.random.default_rng(n)  # every index type and backend searches the same data
                 levels = search_levels(
                     backend, uri, n, 128, args.queries, efs, same_vectors, args.consistency, index_type

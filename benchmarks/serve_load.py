@@ -204,6 +204,49 @@ class ReplicaSampler(threading.Thread):
             self.stop.wait(1.0)
 
 
+def serve_processes() -> dict[int, str]:
+    """The Serve processes of this machine: pid → role (``proxy``, ``controller``, a deployment name)."""
+    roles = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = f.read().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::ProxyActor"):
+            roles[int(pid)] = "proxy"
+        elif title.startswith("ray::ServeController"):
+            roles[int(pid)] = "controller"
+        elif title.startswith("ray::ServeReplica:"):
+            roles[int(pid)] = title.split(":")[3].split(".")[0].split()[0]
+    return roles
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_answer(run, *args) -> tuple[dict, dict[str, float]]:
+    """``run(*args)``'s result, and the CPU milliseconds per answer each kind of Serve process and
+    this load generator spent meanwhile (where the service's time goes)."""
+    roles = serve_processes()
+    before = {pid: cpu_seconds(pid) for pid in roles}
+    mine = time.process_time()
+    result = run(*args)
+    spent: dict[str, float] = {}
+    for pid, role in roles.items():
+        spent[role] = spent.get(role, 0.0) + cpu_seconds(pid) - before[pid]
+    spent["load generator"] = time.process_time() - mine
+    answers = max(1, result["answers"])
+    return result, {role: round(seconds * 1000 / answers, 1) for role, seconds in sorted(spent.items())}
+
+
 def drive(base: str, film_png: bytes, box: str, clients: int, seconds: float, k: int) -> dict:
     """``clients`` threads, each posting box queries back to back for ``seconds``."""
     latencies: list[float] = []
@@ -356,11 +399,8 @@ def main() -> int:
             drive(base, film_png, box, 1, 5.0, args.k)  # warm-up: first calls build handles and caches
             for clients in clients_levels:
                 sampler.label = f"{clients} clients batching {label}"
-                level = {
-                    "clients": clients,
-                    "batching": batching,
-                    **drive(base, film_png, box, clients, args.seconds, args.k),
-                }
+                measured, cpu = cpu_per_answer(drive, base, film_png, box, clients, args.seconds, args.k)
+                level = {"clients": clients, "batching": batching, **measured, "cpu_ms_per_answer": cpu}
                 for name in dict.fromkeys((holder, "ingress")):
                     level[f"{name}_replicas_max"] = max(
                         (
@@ -375,7 +415,7 @@ def main() -> int:
                     f"[bench] {clients:>2} clients, batching {label}: p50 {level['p50_ms']} ms, "
                     f"p99 {level['p99_ms']} ms, {level['qps']} q/s, {level['errors']} errors, "
                     f"up to {level[f'{holder}_replicas_max']} {holder} (encoder-holding) / "
-                    f"{level['ingress_replicas_max']} ingress replicas (running or starting)",
+                    f"{level['ingress_replicas_max']} ingress replicas (running or starting); CPU ms per answer {cpu}",
                     flush=True,
                 )
             if batching:  # watch the encoder scale back down with no load

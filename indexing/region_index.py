@@ -91,13 +91,17 @@ DEFAULT_MAX_BATCH_BYTES = 32 * 1024 * 1024
 #: Similarity: vectors are L2-normalised, scores are cosine similarities (1.0 = same direction).
 METRIC_TYPE = "COSINE"
 
-#: Vector index types offered, with their default build parameters (``AUTO``: by backend, see
-#: :attr:`RegionIndex.default_index_type`).
+#: Vector index types offered, with their default build parameters (``AUTO``: by backend and
+#: expected size, see :meth:`RegionIndex.default_index_type`).
 INDEX_TYPES: dict[str, dict[str, int]] = {
     "HNSW": {"M": 16, "efConstruction": 200},
     "IVF_FLAT": {"nlist": 128},
     "FLAT": {},
 }
+
+#: Server collections expected to hold at most this many rows are searched exactly (``FLAT``):
+#: 0.5 GB of 128-d vectors (measured: p50 20 ms at 100k rows on our 2-core machine, recall 1.0).
+EXACT_SEARCH_MAX_ROWS = 1_000_000
 
 #: Search-time defaults: HNSW candidate list (raised to k when k is larger) and IVF lists probed.
 DEFAULT_SEARCH_EF = 64
@@ -367,11 +371,19 @@ class RegionIndex:
         except MilvusException as exc:
             raise IndexUnavailableError(self.display_uri, None, f"cannot connect: {exc.message}") from exc
 
-    @property
-    def default_index_type(self) -> str:
-        """``FLAT`` for a milvus-lite file (searched exactly from memory: an ANN index would only
-        slow its inserts down), ``HNSW`` for a server."""
-        return "FLAT" if self.is_local_file else "HNSW"
+    def default_index_type(self, expected_rows: int | None = None) -> str:
+        """The index type a new collection gets when none is asked for.
+
+        ``FLAT`` (exact) for a milvus-lite file — searched exactly from memory anyway, an ANN index
+        would only slow its inserts — and for a server collection expected to hold at most
+        :data:`EXACT_SEARCH_MAX_ROWS` rows (or of unknown size): exact search over ~10⁶ × 128
+        floats costs a server a few milliseconds, and region embeddings form tight, well-separated
+        anatomy clusters on which HNSW's graph loses whole clusters (measured on such vectors:
+        plain recall@10 0.47 at 100k rows, ef 64; 0.82 at ef 512). ``HNSW`` beyond that size.
+        """
+        if self.is_local_file or expected_rows is None or expected_rows <= EXACT_SEARCH_MAX_ROWS:
+            return "FLAT"
+        return "HNSW"
 
     def _locked_error(self) -> IndexLockedError:
         return IndexLockedError(
@@ -486,20 +498,22 @@ class RegionIndex:
         index_type: str | None = None,
         index_params: dict[str, int] | None = None,
         exist_ok: bool = False,
+        expected_rows: int | None = None,
     ) -> None:
         """Create (and load) region collection ``name`` with ``dim``-long vectors.
 
         ``index_type``: ``HNSW`` (M=16, efConstruction=200), ``IVF_FLAT`` (nlist=128), ``FLAT``, or
-        ``None``/``"AUTO"`` for :attr:`default_index_type`; ``index_params`` override those defaults. ``exist_ok``: when the collection
+        ``None``/``"AUTO"`` for :meth:`default_index_type` of ``expected_rows``; ``index_params``
+        override those defaults. ``exist_ok``: when the collection
         exists, check its schema and dimension and keep it (re-runs of a bulk job) instead of
         failing.
         """
         check_name(name)
         if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= MAX_DIM:
             raise ValueError(f"dim must be an int in 1..{MAX_DIM}, got {dim!r}")
-        index_type = (index_type or self.default_index_type).upper()
+        index_type = (index_type or "AUTO").upper()
         if index_type == "AUTO":
-            index_type = self.default_index_type
+            index_type = self.default_index_type(expected_rows)
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {sorted(INDEX_TYPES)}, got {index_type!r}")
         if self._call(name, self.client.has_collection, name):

@@ -144,8 +144,11 @@ class SearchDeployment:
         self._last_gauge = time.monotonic()
         return status
 
-    def search(self, vector: np.ndarray, k: int, filters: SearchFilters) -> list[dict]:
-        hits = self.runtime.search(vector, k, filters)
+    async def search(self, vector: np.ndarray, k: int, filters: SearchFilters) -> list[dict]:
+        if self.runtime.index.resident_search:  # about a millisecond of NumPy: no thread hand-off
+            hits = self.runtime.search(vector, k, filters)
+        else:  # a round trip to a Milvus server: keep the event loop free
+            hits = await asyncio.to_thread(self.runtime.search, vector, k, filters)
         if time.monotonic() - self._last_gauge > 30:
             try:
                 self._update_gauge()
