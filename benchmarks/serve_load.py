@@ -218,7 +218,7 @@ def serve_processes() -> dict[int, str]:
         elif title.startswith("ray::ServeController"):
             roles[int(pid)] = "controller"
         elif title.startswith("ray::ServeReplica:"):
-            roles[int(pid)] = title.split(":")[3].split(".")[0].split()[0]
+            roles[int(pid)] = title.split()[0].rsplit(":", 1)[-1]  # ray::ServeReplica:APP:DEPLOYMENT
     return roles
 
 
@@ -239,9 +239,10 @@ def cpu_per_answer(run, *args) -> tuple[dict, dict[str, float]]:
     before = {pid: cpu_seconds(pid) for pid in roles}
     mine = time.process_time()
     result = run(*args)
+    roles.update(serve_processes())  # replicas the autoscaler started meanwhile count from zero
     spent: dict[str, float] = {}
     for pid, role in roles.items():
-        spent[role] = spent.get(role, 0.0) + cpu_seconds(pid) - before[pid]
+        spent[role] = spent.get(role, 0.0) + cpu_seconds(pid) - before.get(pid, 0.0)
     spent["load generator"] = time.process_time() - mine
     answers = max(1, result["answers"])
     return result, {role: round(seconds * 1000 / answers, 1) for role, seconds in sorted(spent.items())}
