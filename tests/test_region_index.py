@@ -643,3 +643,20 @@ def test_a_copy_of_a_held_lite_file_opens_with_every_row(tmp_path):
         with RegionIndex(copy) as served:  # a second file: this process may hold both
             assert served.count("regions") == 20
             assert served.get("regions", [rows[3].key])[rows[3].key].image_id == rows[3].image_id
+
+
+@pytest.mark.integration
+def test_the_default_index_is_exact_up_to_a_million_rows_and_searched_once_built(index, backend):
+    from indexing.region_index import EXACT_SEARCH_MAX_ROWS
+
+    assert index.default_index_type() == "FLAT"
+    assert index.default_index_type(EXACT_SEARCH_MAX_ROWS) == "FLAT"
+    big = index.default_index_type(EXACT_SEARCH_MAX_ROWS + 1)
+    assert big == ("FLAT" if index.is_local_file else "HNSW")  # a file is searched from memory at any size
+    name, rows = filled(index, expected_rows=len(make_rows()))
+    described = index.client.describe_index(name, "vector")
+    assert described["index_type"] == "FLAT"
+    assert index.wait_until_indexed(name, timeout_s=300) == len(rows)
+    # searchable at once after the wait, exactly: every row finds itself first
+    for row in rows[:5]:
+        assert index.search(name, row.vector, k=1)[0][0].key == row_key(row.image_id, row.anatomy_id, "m1")
