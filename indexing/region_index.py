@@ -944,48 +944,18 @@ class RegionIndex:
         size (default :attr:`search_ef`, raised to the number of candidates asked for). Returns
         one list of :class:`RegionHit` per query, best first.
         """
-        if self.resident_search:
-            return self._resident_search(
-                name,
-                vectors,
-                k,
-                group_by,
-                anatomy=anatomy,
-                view=view,
-                split=split,
-                model_version=model_version,
-                exclude_patient_hash=exclude_patient_hash,
-            )
-        if group_by is not None:
-            return self._grouped_search(
-                name,
-                vectors,
-                k,
-                GROUP_FIELDS.get(group_by, ""),
-                group_by,
-                anatomy=anatomy,
-                view=view,
-                split=split,
-                model_version=model_version,
-                exclude_patient_hash=exclude_patient_hash,
-                ef=ef,
-            )
-        check_name(name)
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_TOP_K:
-            raise ValueError(f"k must be an int in 1..{MAX_TOP_K}, got {k!r}")
-        queries = self._query_matrix(vectors)
-        expression = build_filter(
+        filters: dict[str, Any] = dict(
             anatomy=anatomy,
             view=view,
             split=split,
             model_version=model_version,
             exclude_patient_hash=exclude_patient_hash,
         )
-        dim = self._dimension(name)
-        if queries.shape[1] != dim:
-            raise DimensionMismatchError(
-                self.display_uri, name, f"query vectors are {queries.shape[1]}-d, the collection holds {dim}-d"
-            )
+        if self.resident_search:
+            return self._resident_search(name, vectors, k, group_by, **filters)
+        if group_by is not None:
+            return self._grouped_search(name, vectors, k, GROUP_FIELDS.get(group_by, ""), group_by, ef=ef, **filters)
+        queries, expression = self._prepare_search(name, vectors, k, lambda: self._dimension(name), **filters)
         params = {"ef": max(int(ef or self.search_ef), k), "nprobe": self.nprobe}
         results = self._loaded_call(
             name,
@@ -1015,16 +985,16 @@ class RegionIndex:
     ) -> list[list[RegionHit]]:
         """:meth:`search` over this process's exact in-memory copy of the collection (a milvus-lite
         file; see :mod:`indexing.resident_collection`): the same filters, answers, errors."""
-        check_name(name)
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_TOP_K:
-            raise ValueError(f"k must be an int in 1..{MAX_TOP_K}, got {k!r}")
         group_field = None
         if group_by is not None:
             group_field = GROUP_FIELDS.get(group_by)
             if not group_field:
                 raise ValueError(f"group_by must be one of {sorted(GROUP_FIELDS)}, got {group_by!r}")
-        queries = self._query_matrix(vectors)
-        build_filter(  # the same checks (and errors) as a server's search: unknown region, bad hash ...
+        queries, _ = self._prepare_search(  # the same checks and errors as a server's search
+            name,
+            vectors,
+            k,
+            lambda: self.resident(name).dim,
             anatomy=anatomy,
             view=view,
             split=split,
@@ -1032,10 +1002,6 @@ class RegionIndex:
             exclude_patient_hash=exclude_patient_hash,
         )
         resident = self.resident(name)
-        if queries.shape[1] != resident.dim:
-            raise DimensionMismatchError(
-                self.display_uri, name, f"query vectors are {queries.shape[1]}-d, the collection holds {resident.dim}-d"
-            )
         keep = resident.mask(
             anatomy_id=None if anatomy is None else resolve_anatomy_id(anatomy),
             equal={"view": view, "split": split, "model_version": model_version},
@@ -1088,6 +1054,24 @@ class RegionIndex:
             time.perf_counter() - started,
         )
         return copy
+
+    def _prepare_search(
+        self, name: str, vectors: Any, k: int, dimension: Callable[[], int], **filters: Any
+    ) -> tuple[np.ndarray, str]:
+        """The checked query matrix and filter expression of a search of ``name`` (whose vector
+        dimension ``dimension()`` reads); ``ValueError``, :class:`UnknownAnatomyError` or
+        :class:`DimensionMismatchError` before anything is searched."""
+        check_name(name)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_TOP_K:
+            raise ValueError(f"k must be an int in 1..{MAX_TOP_K}, got {k!r}")
+        queries = self._query_matrix(vectors)
+        expression = build_filter(**filters)
+        dim = dimension()
+        if queries.shape[1] != dim:
+            raise DimensionMismatchError(
+                self.display_uri, name, f"query vectors are {queries.shape[1]}-d, the collection holds {dim}-d"
+            )
+        return queries, expression
 
     @staticmethod
     def _query_matrix(vectors: Any) -> np.ndarray:
