@@ -18,9 +18,13 @@
 from __future__ import annotations
 
 import logging
+import queue
 import sys
+import threading
 import time
 from collections.abc import Sequence
+
+import numpy as np
 
 from regionmir.anatomy import ANATOMY_NAMES
 from regionmir.bad_films import BadFilms
@@ -43,24 +47,123 @@ log = logging.getLogger(__name__)
 build_collection_name = model_collection_name
 
 
+#: The text columns of an embedded batch that :func:`region_rows` copies into each row, in its order.
+_TEXT_COLUMNS = ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash")
+
+
 def region_rows(batch: dict, model_version: str) -> list[RegionRow]:
     """The index rows of one batch of embedded regions (:mod:`indexing.roi_embedding`'s columns)."""
+    # whole columns to Python values at once: indexing numpy arrays element by element costs more
+    anatomy_ids = np.asarray(batch["anatomy_id"]).tolist()
+    boxes = np.asarray(batch["box"]).tolist()
+    texts = [np.asarray(batch[name]).tolist() for name in _TEXT_COLUMNS]
+    vectors = batch["vector"]
     return [
         RegionRow(
-            image_id=str(batch["image_id"][i]),
-            anatomy_id=int(batch["anatomy_id"][i]),
-            anatomy=ANATOMY_NAMES[int(batch["anatomy_id"][i])],
-            image_uri=str(batch["image_uri"][i]),
-            box=tuple(float(v) for v in batch["box"][i]),
-            view=str(batch["view"][i]),
-            split=str(batch["split"][i]),
-            patient_hash=str(batch["patient_hash"][i]),
-            study_hash=str(batch["study_hash"][i]),
+            image_id=str(image_id),
+            anatomy_id=anatomy_id,
+            anatomy=ANATOMY_NAMES[anatomy_id],
+            image_uri=str(image_uri),
+            box=tuple(box),
+            view=str(view),
+            split=str(split),
+            patient_hash=str(patient_hash),
+            study_hash=str(study_hash),
             model_version=model_version,
-            vector=batch["vector"][i],
+            vector=vectors[i],
         )
-        for i in range(len(batch["anatomy_id"]))
+        for i, (anatomy_id, box, image_id, image_uri, view, split, patient_hash, study_hash) in enumerate(
+            zip(anatomy_ids, boxes, *texts, strict=True)
+        )
     ]
+
+
+class _BackgroundWriter:
+    """The one writer of a build: turns batches into rows and upserts them on a background thread,
+    while the driver's thread pulls the next batch from Ray Data.
+
+    At most ``depth`` batches wait for it; those waiting when it is free again go into one upsert
+    (up to ``max_rows`` rows: milvus-lite's per-call cost is paid less often). It records the keys
+    it wrote, how many rows, and when the first batch was written; logs a progress line every
+    ``progress_every_s``. The first error (e.g. Milvus refusing an upsert) stops it and is raised
+    again, the same exception, in the driver's thread by the next :meth:`put` or by :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        index: RegionIndex,
+        target: str,
+        model_version: str,
+        progress_every_s: float,
+        *,
+        depth: int = 8,
+        max_rows: int = 4096,
+    ):
+        self.index, self.target, self.model_version = index, target, model_version
+        self.max_rows = max_rows
+        self.progress_every_s = progress_every_s
+        self.keys: set[str] = set()
+        self.written = 0
+        self.started = self.last_print = time.perf_counter()
+        self.first_batch_at: float | None = None
+        self.first_batch_rows = 0
+        self.error: BaseException | None = None
+        self._stop = False
+        self._queue: queue.Queue[dict | None] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="regionmir-index-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, batch: dict) -> None:
+        """Hand one batch (placeholder rows already dropped) to the writer; waits while ``depth`` do."""
+        self._raise()
+        self._queue.put(batch)
+
+    def close(self) -> None:
+        """Wait until every batch handed over is written; raise the writer's error, if any."""
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
+
+    def abandon(self) -> None:
+        """Stop without writing what still waits (the build failed); returns once the writer is idle."""
+        if self._thread.is_alive():
+            self._stop = True
+            self._queue.put(None)  # there is room soon: the writer drains without writing
+            self._thread.join()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            batches = [self._queue.get()]
+            # what else already waits goes into the same upsert: fewer, larger calls when it lags
+            while batches[-1] is not None and sum(len(b["anatomy_id"]) for b in batches) < self.max_rows:
+                try:
+                    batches.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if batches[-1] is None:
+                done = True
+                batches.pop()
+            if not batches or self._stop or self.error is not None:
+                continue  # drained, so a waiting put() returns and raises
+            try:
+                rows = [row for batch in batches for row in region_rows(batch, self.model_version)]
+                self.index.upsert(self.target, rows)
+                self.keys.update(row.key for row in rows)
+            except BaseException as exc:  # raised in the driver's thread
+                self.error = exc
+                continue
+            self.written += len(rows)
+            if self.first_batch_at is None:
+                self.first_batch_at, self.first_batch_rows = time.perf_counter(), self.written
+            if time.perf_counter() - self.last_print > self.progress_every_s:
+                elapsed = time.perf_counter() - self.started
+                log.info(f"{self.written} regions written ({self.written / elapsed:.0f}/s)")
+                self.last_print = time.perf_counter()
 
 
 def index_data(job: IndexJob, s3: S3Options | None = None) -> dict:
@@ -94,7 +197,10 @@ def index_data(job: IndexJob, s3: S3Options | None = None) -> dict:
     try:
         target = build_collection_name(job.collection, contract.version_id)
         dim = contract.encoder_config.embedding_dim
-        index.create_collection(target, dim, index_type=job.index_type, exist_ok=True)  # a re-run resumes it
+        class_ids = set(contract.class_anatomy_ids)
+        expected_rows = sum(1 for film in films for r in film.regions if r.anatomy_id in class_ids)
+        # a re-run resumes it; AUTO: exact (FLAT) up to 1M rows, HNSW beyond (RegionIndex.default_index_type)
+        index.create_collection(target, dim, index_type=job.index_type, exist_ok=True, expected_rows=expected_rows)
         start_ray(job.address)
         dataset = embedding_dataset(
             films,
@@ -105,28 +211,27 @@ def index_data(job: IndexJob, s3: S3Options | None = None) -> dict:
             gpu=job.gpu,
             encoders=job.encoders,
             batch_size=job.batch_size,
+            keep_crops=False,  # the index stores no pixels
         )
         skipped = BadFilms(job.data, len(films), job.max_bad_fraction)
         log.info(
             f"{len(films)} films ({', '.join(splits)}) → {target} (alias {job.collection}) at {job.milvus}, "
             f"model {contract.version_id}",
         )
-        written, keys, last_print = 0, set(), time.perf_counter()
-        embed_started, first_batch_at, first_batch_rows = time.perf_counter(), None, 0
-        for batch in dataset.iter_batches(batch_size=job.batch_size, batch_format="numpy"):
-            batch = skipped.filter(batch)
-            if not len(batch["anatomy_id"]):
-                continue
-            rows = region_rows(batch, contract.version_id)
-            index.upsert(target, rows)
-            keys.update(row.key for row in rows)
-            written += len(rows)
-            if first_batch_at is None:
-                first_batch_at, first_batch_rows = time.perf_counter(), written
-            if time.perf_counter() - last_print > job.progress_every_s:
-                elapsed = time.perf_counter() - embed_started
-                log.info(f"{written} regions written ({written / elapsed:.0f}/s)")
-                last_print = time.perf_counter()
+        embed_started = time.perf_counter()
+        # decode/crop and encode run in Ray; this thread pulls their batches while the writer upserts
+        writer = _BackgroundWriter(index, target, contract.version_id, job.progress_every_s)
+        try:
+            # the encoder's blocks as they come (no re-batching here: the writer merges what waits)
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                batch = skipped.filter(batch)
+                if len(batch["anatomy_id"]):
+                    writer.put(batch)
+            writer.close()
+        finally:
+            writer.abandon()
+        written, keys = writer.written, writer.keys
+        first_batch_at, first_batch_rows = writer.first_batch_at, writer.first_batch_rows
         embed_seconds = time.perf_counter() - embed_started
         index.flush(target)
         listed = [s for s in splits if records[s]]  # a split that lists no film is left as it is
@@ -140,10 +245,9 @@ def index_data(job: IndexJob, s3: S3Options | None = None) -> dict:
             allow_mass_removal=job.allow_mass_removal,
         )
         index.verify(target, len(keys) + missing["kept_missing"] + missing["kept_unreadable"], splits=listed)
+        index.wait_until_indexed(target)  # a server answers from a temporary index until its build ends
         previous = index.point_alias(job.collection, target)
-        expected_regions = sum(
-            1 for film in films for r in film.regions if r.anatomy_id in set(contract.class_anatomy_ids)
-        )
+        expected_regions = expected_rows
         summary = {
             "alias": job.collection,
             "collection": target,
@@ -254,14 +358,20 @@ def index_main(argv: Sequence[str]) -> int:
         choices=("train", "valid", "test", "all"),
         help=f"which films to index (default {IndexJob.split}: the database the paper retrieves from)",
     )
-    parser.add_argument("--index-type", default=IndexJob.index_type, choices=("HNSW", "FLAT", "IVF_FLAT"))
+    parser.add_argument(
+        "--index-type",
+        default=IndexJob.index_type,
+        choices=("AUTO", "HNSW", "FLAT", "IVF_FLAT"),
+        help="vector index of a new build collection (default AUTO: FLAT — exact — for a milvus-lite file "
+        "and for up to 1M rows on a server, HNSW beyond)",
+    )
     parser.add_argument("--gpu", action="store_true", help="one GPU per encoder actor")
     parser.add_argument("--encoders", type=int, default=IndexJob.encoders, help="encoder actors")
     parser.add_argument(
         "--batch-size",
         type=int,
         default=IndexJob.batch_size,
-        help=f"regions per encoder batch and per Milvus upsert (default {IndexJob.batch_size}; larger on a GPU)",
+        help=f"regions per encoder batch (default {IndexJob.batch_size}; larger on a GPU)",
     )
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     parser.add_argument(

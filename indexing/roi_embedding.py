@@ -82,9 +82,11 @@ class RegionCropper(FilmCropper):
 
 class RegionEmbedder:
     """Ray Data actor: the encoder, loaded once; crops → L2-normalised embeddings (+ the classifier's
-    anatomy and confidence). The crops stay in the rows (4 KB each at 32 px) for pictures."""
+    anatomy and confidence). The crops stay in the rows (4 KB each at 32 px) for pictures, unless
+    ``keep_crops`` is False (the index job: it stores no pixels, and every column kept is
+    serialised by this actor and read back by the driver)."""
 
-    def __init__(self, model_dir: str, s3: dict | None = None, threads: int = 1):
+    def __init__(self, model_dir: str, s3: dict | None = None, threads: int = 1, keep_crops: bool = True):
         import torch
 
         from regionmir.model_contract import load_model
@@ -94,6 +96,7 @@ class RegionEmbedder:
         self.model, self.contract = load_model(model_dir, S3Options(**s3) if s3 else None)
         self.model.eval().to(self.device)
         self.class_ids = np.asarray(self.contract.class_anatomy_ids, dtype=np.int32)
+        self.keep_crops = keep_crops
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         from regionmir.inference import embed_crops
@@ -103,7 +106,13 @@ class RegionEmbedder:
         batch["vector"] = predicted.embeddings
         batch["predicted_anatomy_id"] = self.class_ids[index]
         batch["confidence"] = predicted.probabilities[np.arange(index.size), index].astype(np.float32)
+        if not self.keep_crops:
+            del batch["crop"]
         return batch
+
+
+#: Films per cropper task of :func:`embedding_dataset` (a chest film has ~30 regions: ~450 rows a task).
+FILMS_PER_CROP_TASK = 16
 
 
 def embedding_dataset(
@@ -116,24 +125,29 @@ def embedding_dataset(
     gpu: bool = False,
     encoders: int = 1,
     batch_size: int = 256,
+    keep_crops: bool = True,
 ):
-    """A streaming Ray Dataset of ROI rows with ``vector`` (and the classifier's prediction)."""
+    """A streaming Ray Dataset of ROI rows with ``vector`` (and the classifier's prediction);
+    ``keep_crops=False`` leaves the ``crop`` column out of them."""
     import ray
 
     films = film_rows(records, anatomy_ids)
     if not films:
         raise DatasetError("data", "no films with regions of the model's vocabulary in this split")
     s3_dict = asdict(s3) if s3 else None
-    crops = ray.data.from_items(films, override_num_blocks=max(1, min(len(films), 64))).map_batches(
+    # one cropper call (and task) per block of FILMS_PER_CROP_TASK films: tasks of a few films each
+    # spend more on Ray's per-task round trips (scheduled from the driver, which also upserts) than
+    # on cropping; batch_size=None keeps a block whole (a batch size would merge smaller blocks)
+    crops = ray.data.from_items(films, override_num_blocks=-(-len(films) // FILMS_PER_CROP_TASK)).map_batches(
         RegionCropper,
         fn_constructor_kwargs={"crop": asdict(crop), "s3": s3_dict, "console": "index"},
-        batch_size=4,
+        batch_size=None,
         compute=ray.data.ActorPoolStrategy(size=1),
         num_cpus=1,
     )
     return crops.map_batches(
         RegionEmbedder,
-        fn_constructor_kwargs={"model_dir": model_dir, "s3": s3_dict},
+        fn_constructor_kwargs={"model_dir": model_dir, "s3": s3_dict, "keep_crops": keep_crops},
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=encoders),
         num_gpus=1 if gpu else 0,
