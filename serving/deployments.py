@@ -135,6 +135,7 @@ class SearchDeployment:
         )
         self.metrics = get_metrics()
         self._last_gauge = 0.0
+        self._in_memory: str | None = None  # the collection whose rows this replica's first search read
         self._update_gauge()
 
     def _update_gauge(self) -> dict[str, Any]:
@@ -145,10 +146,12 @@ class SearchDeployment:
         return status
 
     async def search(self, vector: np.ndarray, k: int, filters: SearchFilters) -> list[dict]:
-        if self.runtime.index.resident_search:  # about a millisecond of NumPy: no thread hand-off
-            hits = self.runtime.search(vector, k, filters)
-        else:  # a round trip to a Milvus server: keep the event loop free
+        collection = self.runtime.collection
+        if self.runtime.index.resident_search and self._in_memory == collection:
+            hits = self.runtime.search(vector, k, filters)  # a millisecond of NumPy: no thread hand-off
+        else:  # a round trip to a Milvus server, or reading a file's rows into memory: off the event loop
             hits = await asyncio.to_thread(self.runtime.search, vector, k, filters)
+            self._in_memory = collection
         if time.monotonic() - self._last_gauge > 30:
             try:
                 self._update_gauge()
