@@ -120,9 +120,18 @@ def floor_batched_qps(demo: dict, film_png: bytes, box: str, seconds: float, k: 
     answered = [0, 0]
     deadline = time.perf_counter() + seconds
 
-    def work(slot: int) -> None:
+    failures: list[BaseException] = []
+
+    def work(slot: int, batches: int | None = None) -> None:
         torch.set_num_threads(1)
-        while time.perf_counter() < deadline:
+        try:
+            batch_loop(slot, batches)
+        except BaseException as exc:  # re-raised below: a failed query must not pass as a slow one
+            failures.append(exc)
+
+    def batch_loop(slot: int, batches: int | None) -> None:
+        while time.perf_counter() < deadline and (batches is None or batches > 0):
+            batches = None if batches is None else batches - 1
             crops = np.concatenate(
                 [
                     roi_crops(read_image(film_png, source="query").pixels, [Box(*coords)], encoder.contract.crop_config)
@@ -135,7 +144,7 @@ def floor_batched_qps(demo: dict, film_png: bytes, box: str, seconds: float, k: 
             answered[slot] += BATCH
 
     try:
-        work(0)  # warm-up: one batch
+        work(0, batches=1)  # warm-up: one batch
         answered[0] = 0
         deadline = time.perf_counter() + seconds
         started = time.perf_counter()
@@ -145,6 +154,8 @@ def floor_batched_qps(demo: dict, film_png: bytes, box: str, seconds: float, k: 
         for t in threads:
             t.join()
         wall = time.perf_counter() - started
+        if failures:
+            raise failures[0]
     finally:
         search.close()
     return {"qps": round(sum(answered) / wall, 2), "answers": sum(answered), "threads": 2, "batch": BATCH}
@@ -242,7 +253,7 @@ def cpu_per_answer(run, *args) -> tuple[dict, dict[str, float]]:
     roles.update(serve_processes())  # replicas the autoscaler started meanwhile count from zero
     spent: dict[str, float] = {}
     for pid, role in roles.items():
-        spent[role] = spent.get(role, 0.0) + cpu_seconds(pid) - before.get(pid, 0.0)
+        spent[role] = spent.get(role, 0.0) + max(0.0, cpu_seconds(pid) - before.get(pid, 0.0))  # 0: it exited
     spent["load generator"] = time.process_time() - mine
     answers = max(1, result["answers"])
     return result, {role: round(seconds * 1000 / answers, 1) for role, seconds in sorted(spent.items())}
@@ -393,6 +404,7 @@ def main() -> int:
         for batching in [mode == "on" for mode in args.batching.split(",")]:
             label = "on" if batching else "off"
             print(f"[bench] deploying the service with batching {label}", flush=True)
+            sampler.label = f"deploying batching {label}"  # replicas a deploy starts are not the autoscaler's
             base = start_service(settings_for(demo, port, batching, args), ready_timeout_s=600)
             if not sampler.is_alive():
                 sampler.start()
@@ -469,9 +481,9 @@ def main() -> int:
         "replicas_over_time": samples,
         "replica_start_s": start_s,
         "replica_start_s_max": max(start_s) if start_s else None,
-        "single_client_p50_to_floor": round(on[first]["p50_ms"] / floor["p50_ms"], 2),
-        f"qps_{last}_to_{first}": round(on[last]["qps"] / on[first]["qps"], 2) if on[first]["qps"] else None,
-        f"qps_{last}_to_floor_batched": round(on[last]["qps"] / batched["qps"], 2),
+        "single_client_p50_to_floor": round(on[first]["p50_ms"] / floor["p50_ms"], 2) if on else None,
+        f"qps_{last}_to_{first}": round(on[last]["qps"] / on[first]["qps"], 2) if on and on[first]["qps"] else None,
+        f"qps_{last}_to_floor_batched": round(on[last]["qps"] / batched["qps"], 2) if on else None,
         f"qps_{last}_to_{first}_no_batching": round(off[last]["qps"] / off[first]["qps"], 2)
         if off.get(first) and off[first]["qps"]
         else None,

@@ -220,7 +220,7 @@ def index_data(job: IndexJob, s3: S3Options | None = None) -> dict:
         )
         embed_started = time.perf_counter()
         # decode/crop and encode run in Ray; this thread pulls their batches while the writer upserts
-        writer = _BackgroundWriter(index, target, contract.version_id, job.progress_every_s)
+        writer = _BackgroundWriter(index, target, contract.version_id, job.progress_every_s, max_rows=job.batch_size)
         try:
             # the encoder's blocks as they come (no re-batching here: the writer merges what waits)
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
@@ -371,7 +371,7 @@ def index_main(argv: Sequence[str]) -> int:
         "--batch-size",
         type=int,
         default=IndexJob.batch_size,
-        help=f"regions per encoder batch (default {IndexJob.batch_size}; larger on a GPU)",
+        help=f"regions per encoder batch and at most per Milvus upsert (default {IndexJob.batch_size}; larger on a GPU)",
     )
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     parser.add_argument(

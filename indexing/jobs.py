@@ -25,7 +25,7 @@ class IndexJob:
     gpu: bool = False  # one GPU per encoder actor
     encoders: int = 1  # encoder actors
     index_type: str = "AUTO"  # AUTO (by backend and size) | HNSW | FLAT | IVF_FLAT
-    batch_size: int = 256  # regions per encoder batch (Milvus upserts take what has arrived, up to 4096)
+    batch_size: int = 256  # regions per encoder batch; Milvus upserts take what has arrived, up to this many
     address: str | None = None  # Ray cluster (default: RAY_ADDRESS or a local Ray)
     progress_every_s: float = 10.0  # seconds between progress lines
     max_bad_fraction: float = 0.05  # stop (alias untouched) when more films than this cannot be read

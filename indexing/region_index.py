@@ -686,6 +686,10 @@ class RegionIndex:
             described = self._call(name, self.client.describe_index, name, "vector") or {}
             total, indexed = described.get("total_rows"), described.get("indexed_rows")
             pending = described.get("pending_index_rows", 0)
+            if str(described.get("state", "")).lower() == "failed":
+                raise RegionIndexError(
+                    self.display_uri, name, f"the index build failed: {described.get('index_state_fail_reason', '')}"
+                )
             if total is None or indexed is None:  # a server that does not report progress
                 break
             if not pending and indexed >= total:
@@ -698,10 +702,13 @@ class RegionIndex:
                 log.info("%s: index build of %s: %d of %d rows indexed", self.display_uri, name, indexed, total)
                 said = time.monotonic()
             time.sleep(poll_s)
-        # the query nodes keep serving the temporary index until the collection is loaded again
-        self._call(name, self.client.release_collection, name)
-        self._call(name, self.client.load_collection, name)
-        self._loaded.add(name)
+        # The query nodes keep serving the temporary index until the collection is loaded again; a
+        # collection an alias serves (a re-run into the live build) is not released under its readers.
+        serving = self._call(name, self.client.list_aliases, name).get("aliases") or []
+        if not serving:
+            self._call(name, self.client.release_collection, name)
+            self._call(name, self.client.load_collection, name)
+            self._loaded.add(name)
         return int(indexed or 0)
 
     # -- erasure

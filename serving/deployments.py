@@ -37,6 +37,7 @@ from ray.serve.handle import DeploymentHandle
 
 from cluster.ray_runtime import start_ray
 from regionmir.anatomy_atlas import AnatomyAtlas, AtlasError
+from regionmir.errors import RegionIndexError
 from regionmir.model_contract import ModelContract, read_contract
 from regionmir.storage import S3Options
 
@@ -135,8 +136,14 @@ class SearchDeployment:
         )
         self.metrics = get_metrics()
         self._last_gauge = 0.0
-        self._in_memory: str | None = None  # the collection whose rows this replica's first search read
+        self._in_memory: str | None = None  # the collection whose rows this replica holds in memory
         self._update_gauge()
+        if self.runtime.index.resident_search:  # a file's rows, read before the replica is ready
+            try:
+                self.runtime.index.resident(self.runtime.collection)
+                self._in_memory = self.runtime.collection
+            except RegionIndexError:  # no collection yet: the first search after the index build reads it
+                pass
 
     def _update_gauge(self) -> dict[str, Any]:
         status = self.runtime.status()
@@ -153,8 +160,9 @@ class SearchDeployment:
             hits = await asyncio.to_thread(self.runtime.search, vector, k, filters)
             self._in_memory = collection
         if time.monotonic() - self._last_gauge > 30:
+            self._last_gauge = time.monotonic()  # one refresh at a time
             try:
-                self._update_gauge()
+                await asyncio.to_thread(self._update_gauge)  # counts rows: off the event loop
             except Exception:  # the gauge never fails a search
                 pass
         return hits
