@@ -114,6 +114,10 @@ class RegionEmbedder:
 #: Films per cropper task of :func:`embedding_dataset` (a chest film has ~30 regions: ~450 rows a task).
 FILMS_PER_CROP_TASK = 16
 
+#: Cropper tasks at least (fewer films a task) for a small job, so its crops still reach the
+#: encoder, and its rows Milvus, in a stream rather than in one block at the end.
+MIN_CROP_TASKS = 8
+
 
 def embedding_dataset(
     records: list[ImageRecord],
@@ -135,10 +139,12 @@ def embedding_dataset(
     if not films:
         raise DatasetError("data", "no films with regions of the model's vocabulary in this split")
     s3_dict = asdict(s3) if s3 else None
-    # one cropper call (and task) per block of FILMS_PER_CROP_TASK films: tasks of a few films each
+    # one cropper call (and task) per block of FILMS_PER_CROP_TASK films (MIN_CROP_TASKS blocks at
+    # least): tasks of a few films each
     # spend more on Ray's per-task round trips (scheduled from the driver, which also upserts) than
     # on cropping; batch_size=None keeps a block whole (a batch size would merge smaller blocks)
-    crops = ray.data.from_items(films, override_num_blocks=-(-len(films) // FILMS_PER_CROP_TASK)).map_batches(
+    tasks = min(len(films), max(-(-len(films) // FILMS_PER_CROP_TASK), MIN_CROP_TASKS))
+    crops = ray.data.from_items(films, override_num_blocks=tasks).map_batches(
         RegionCropper,
         fn_constructor_kwargs={"crop": asdict(crop), "s3": s3_dict, "console": "index"},
         batch_size=None,
