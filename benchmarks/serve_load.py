@@ -100,6 +100,17 @@ def floor_latency(demo: dict, film_png: bytes, box: str, queries: int, k: int, w
     return {"p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99), "queries": len(times)}
 
 
+def run_threads(targets: list) -> float:
+    """Run each callable on its own thread, all at once; the seconds until the last one ended."""
+    started = time.perf_counter()
+    threads = [threading.Thread(target=target, daemon=True) for target in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
+
+
 def floor_batched_qps(demo: dict, film_png: bytes, box: str, seconds: float, k: int, workdir: str) -> dict:
     """Answers per second of the in-process work done 16 queries at a time on 2 threads: 16 decodes
     and crops, one forward pass of the 16 crops (one torch thread each), 16 searches."""
@@ -147,13 +158,7 @@ def floor_batched_qps(demo: dict, film_png: bytes, box: str, seconds: float, k: 
         work(0, batches=1)  # warm-up: one batch
         answered[0] = 0
         deadline = time.perf_counter() + seconds
-        started = time.perf_counter()
-        threads = [threading.Thread(target=work, args=(slot,)) for slot in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - started
+        wall = run_threads([lambda slot=slot: work(slot) for slot in range(2)])
         if failures:
             raise failures[0]
     finally:
@@ -289,13 +294,7 @@ def drive(base: str, film_png: bytes, box: str, clients: int, seconds: float, k:
                 else:
                     errors.append(reason)
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
+    wall = run_threads([client] * clients)
     if errors:
         print(f"[bench]   first error: {errors[0]}", flush=True)
     return {
