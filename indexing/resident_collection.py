@@ -17,7 +17,7 @@ the default there); Milvus servers keep searching with their own index. Memory: 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,7 +174,9 @@ class ResidentCollection:
             page = scores.size
 
     def _hit(self, row: int, score: float) -> RegionHit:
-        text: Callable[[str], str] = lambda name: self.columns[name][row]  # noqa: E731
+        def text(name: str) -> str:
+            return self.columns[name][row]
+
         return RegionHit(
             key=str(self.keys[row]),
             score=score,

@@ -139,10 +139,10 @@ def embedding_dataset(
     if not films:
         raise DatasetError("data", "no films with regions of the model's vocabulary in this split")
     s3_dict = asdict(s3) if s3 else None
-    # one cropper call (and task) per block of FILMS_PER_CROP_TASK films (MIN_CROP_TASKS blocks at
-    # least): tasks of a few films each
-    # spend more on Ray's per-task round trips (scheduled from the driver, which also upserts) than
-    # on cropping; batch_size=None keeps a block whole (a batch size would merge smaller blocks)
+    # one cropper call (and task) per block of FILMS_PER_CROP_TASK films, MIN_CROP_TASKS blocks at
+    # least: tasks of a few films each spend more on Ray's per-task round trips (scheduled from the
+    # driver, which also upserts) than on cropping; batch_size=None keeps a block whole (a batch
+    # size would merge smaller blocks)
     tasks = min(len(films), max(-(-len(films) // FILMS_PER_CROP_TASK), MIN_CROP_TASKS))
     crops = ray.data.from_items(films, override_num_blocks=tasks).map_batches(
         RegionCropper,
