@@ -100,8 +100,7 @@ def roi_crop(image: np.ndarray, box: Box, config: CropConfig = CropConfig()) -> 
     """
     image = _as_image(image)
     window = square_crop_box(box, config.margin)
-    patch = _cut_window(image, box, window, config.pad_value)
-    return _resize_square(patch, config.size)
+    return _crop_window(image, box, window, config.pad_value, config.size)
 
 
 def roi_crops(image: np.ndarray, boxes: Sequence[Box], config: CropConfig = CropConfig()) -> np.ndarray:
@@ -114,7 +113,7 @@ def roi_crops(image: np.ndarray, boxes: Sequence[Box], config: CropConfig = Crop
     out = np.empty((len(boxes), config.size, config.size), dtype=np.float32)
     for i, box in enumerate(boxes):
         window = square_crop_box(box, config.margin)
-        out[i] = _resize_square(_cut_window(image, box, window, config.pad_value), config.size)
+        out[i] = _crop_window(image, box, window, config.pad_value, config.size)
     return out
 
 
@@ -149,8 +148,16 @@ def _round_half_up(value: float) -> int:
     return int(math.floor(value + 0.5))
 
 
-def _cut_window(image: np.ndarray, box: Box, window: Box, pad_value: float) -> np.ndarray:
-    """The pixels of ``window`` snapped to the pixel grid, padded outside the image → (S, S)."""
+def _crop_window(image: np.ndarray, box: Box, window: Box, pad_value: float, size: int) -> np.ndarray:
+    """The pixels of ``window`` snapped to the pixel grid, padded outside the image, resized → (size, size).
+
+    A window inside the film is a view, resized in one antialiased pass. A window that leaves the
+    film is never materialised whole (a whole-film box on a long film makes a window far larger than
+    the film): the resize is separable, so the overlapping rows are padded sideways and resized
+    across, then stacked with the resized pad line and resized down — what one pass over the padded
+    window gives, bit for bit when the overlap is no taller than wide (the pass order torch uses),
+    to float rounding otherwise, where the overlapping columns go first instead.
+    """
     height, width = image.shape
     if not box_overlaps_image(box, width, height):
         raise BoxError("box", f"box {box.as_list()} does not overlap the {width}x{height} image", reason=OUTSIDE)
@@ -159,21 +166,35 @@ def _cut_window(image: np.ndarray, box: Box, window: Box, pad_value: float) -> n
     y0 = _round_half_up(window.y1)
     x1, y1 = x0 + side, y0 + side
     if x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height:
-        return image[y0:y1, x0:x1]  # a view: no copy when the window is inside the film
+        return _resize(image[y0:y1, x0:x1], size, size)  # a view: no copy when the window is inside the film
     ix0, iy0 = max(x0, 0), max(y0, 0)
     ix1, iy1 = min(x1, width), min(y1, height)
     if ix1 <= ix0 or iy1 <= iy0:  # only a sliver of the box overlaps and rounding lost it
         raise BoxError("box", f"box {box.as_list()} does not overlap the {width}x{height} image", reason=OUTSIDE)
-    patch = np.full((side, side), pad_value, dtype=np.float32)
-    patch[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = image[iy0:iy1, ix0:ix1]
-    return patch
+    overlap = image[iy0:iy1, ix0:ix1]
+    if iy1 - iy0 <= ix1 - ix0:
+        return _pad_and_resize(overlap, (iy0 - y0, ix0 - x0), side, pad_value, size)
+    return _pad_and_resize(overlap.T, (ix0 - x0, iy0 - y0), side, pad_value, size).T.copy()
 
 
-def _resize_square(patch: np.ndarray, size: int) -> np.ndarray:
-    """Antialiased bilinear resize of a square ``(S, S)`` patch → ``(size, size)`` float32."""
-    if patch.shape == (size, size):
-        return np.array(patch, dtype=np.float32, copy=True)
-    tensor = torch.from_numpy(np.ascontiguousarray(patch))[None, None]
+def _pad_and_resize(overlap: np.ndarray, offset: tuple[int, int], side: int, pad_value: float, size: int) -> np.ndarray:
+    """Resize a ``side``² window holding ``overlap`` at ``offset`` (row, col), pad elsewhere: rows first."""
+    rows, cols = overlap.shape
+    row_at, col_at = offset
+    strip = np.full((rows, side), pad_value, dtype=np.float32)
+    strip[:, col_at : col_at + cols] = overlap
+    pad_line = _resize(np.full((1, side), pad_value, dtype=np.float32), 1, size)
+    across = np.empty((side, size), dtype=np.float32)
+    across[:] = pad_line
+    across[row_at : row_at + rows] = _resize(strip, rows, size)
+    return _resize(across, size, size)
+
+
+def _resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Antialiased bilinear resize of a 2-D float32 array → ``(height, width)`` float32 (a copy)."""
+    if array.shape == (height, width):
+        return np.array(array, dtype=np.float32, copy=True)
+    tensor = torch.from_numpy(np.ascontiguousarray(array))[None, None]
     with torch.no_grad():
-        resized = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        resized = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
     return resized[0, 0].numpy().astype(np.float32, copy=False)

@@ -126,6 +126,58 @@ def test_downscaling_is_antialiased_bilinear():
     np.testing.assert_allclose(roi_crop(image, Box(1, 1, 9, 9), CropConfig(size=4, margin=0.0)), expected, atol=1e-6)
 
 
+def _one_pass_over_the_padded_window(image: np.ndarray, box: Box, config: CropConfig) -> np.ndarray:
+    """The definition: the whole snapped window materialised with its padding, resized in one pass."""
+    import torch
+    import torch.nn.functional as F
+
+    window = square_crop_box(box, config.margin)
+    side = max(1, int(np.floor(window.width + 0.5)))
+    x0, y0 = int(np.floor(window.x1 + 0.5)), int(np.floor(window.y1 + 0.5))
+    padded = np.full((side, side), config.pad_value, dtype=np.float32)
+    height, width = image.shape
+    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + side, width), min(y0 + side, height)
+    padded[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = image[iy0:iy1, ix0:ix1]
+    tensor = torch.from_numpy(padded)[None, None]
+    size = (config.size, config.size)
+    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=True)[0, 0].numpy()
+
+
+@pytest.mark.parametrize(
+    "shape, box, margin",
+    [
+        ((300, 1200), Box(0, 0, 1200, 300), 0.1),  # whole box of a wide film: overlap wider than tall
+        ((1200, 300), Box(0, 0, 300, 1200), 0.1),  # tall film: the overlapping columns go first
+        ((500, 500), Box(-40, 420, 90, 499), 0.25),  # a corner box near the edge
+        ((500, 500), Box(100, 0, 180, 30), 0.5),  # a flat box at the top: window far above the film
+    ],
+)
+def test_a_window_leaving_the_film_crops_as_the_padded_window_would(shape, box, margin):
+    image = np.random.default_rng(3).random(shape, dtype=np.float32)
+    config = CropConfig(size=64, margin=margin, pad_value=0.2)
+    expected = _one_pass_over_the_padded_window(image, box, config)
+    crop = roi_crop(image, box, config)
+    assert crop.shape == (64, 64) and crop.dtype == np.float32
+    np.testing.assert_allclose(crop, expected, rtol=0, atol=1e-6)
+
+
+def test_a_whole_film_box_never_materialises_its_padded_window():
+    import tracemalloc
+
+    image = np.random.default_rng(4).random((1000, 4000), dtype=np.float32)
+    config = CropConfig(size=224, margin=0.25)
+    window_bytes = (4000 * 1.5) ** 2 * 4  # the padded square window: 144 MB
+    tracemalloc.start()
+    try:
+        roi_crop(image, Box(0, 0, 4000, 1000), config)
+        roi_crop(image.T, Box(0, 0, 1000, 4000), config)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # One strip of the overlapping lines by the window's side: 1000 x 6000 x 4 B = 24 MB.
+    assert peak < window_bytes / 4, f"peak {peak / 1e6:.0f} MB"
+
+
 def test_upscaling_keeps_values_in_range():
     image = ramp_image()
     crop = roi_crop(image, Box(2, 2, 5, 5), CropConfig(size=32, margin=0.2))
