@@ -10,7 +10,8 @@ Measured side by side in one run, on one phantom data set and model:
   one forward pass of the 16 crops, 16 searches — on 2 threads, answers per second: what the
   service could reach at most under 16 clients;
 * ``levels``: the service (``serving.deployments``, ``--topology``: ``fused`` — the FastAPI ingress
-  holds the encoder, then the search deployment — or ``split`` — ingress → encoder → search) with
+  holds the encoder, then the search deployment — or ``split`` — ingress → encoder → search;
+  ``--proxy``: ``haproxy`` in front, the default, or Serve's Python ``serve`` proxy) with
   the production safeguards on (an API key, the upload and pixel limits, queue caps), driven over
   HTTP by 1, 4 and 16 concurrent clients, each sending box queries back to back for ``--seconds``;
   with ``@serve.batch`` on (``max_batch_size`` 16) and off (``max_batch_size`` 1): ``p50_ms``,
@@ -221,7 +222,7 @@ class ReplicaSampler(threading.Thread):
 
 
 def serve_processes() -> dict[int, str]:
-    """The Serve processes of this machine: pid → role (``proxy``, ``controller``, a deployment name)."""
+    """The Serve processes of this machine: pid → role (``proxy``, ``haproxy``, ``controller``, a deployment name)."""
     roles = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -231,6 +232,8 @@ def serve_processes() -> dict[int, str]:
             continue
         if title.startswith("ray::ProxyActor"):
             roles[int(pid)] = "proxy"
+        elif os.path.basename(title) == "haproxy":  # the HAProxy ingress (serving.http.ingress: haproxy)
+            roles[int(pid)] = "haproxy"
         elif title.startswith("ray::ServeController"):
             roles[int(pid)] = "controller"
         elif title.startswith("ray::ServeReplica:"):
@@ -324,7 +327,7 @@ def settings_for(demo: dict, port: int, batching: bool, args: argparse.Namespace
             "app_name": APP,
             "topology": args.topology,
             "auth": {"api_key": API_KEY},
-            "http": {"host": "127.0.0.1", "port": port},
+            "http": {"host": "127.0.0.1", "port": port, "proxy": args.proxy},
             "encoder": {
                 **scaling(args.min_replicas, args.max_replicas),
                 "torch_threads": 1,
@@ -354,6 +357,7 @@ def main() -> int:
     p.add_argument("--max-replicas", type=int, default=3)
     p.add_argument("--max-ingress", type=int, default=2, help="split: ingress replicas at most (decoding, crops)")
     p.add_argument("--topology", choices=("fused", "split"), default="fused", help="see serving.deployments")
+    p.add_argument("--proxy", choices=("haproxy", "serve"), default="haproxy", help="http.proxy: what answers HTTP")
     p.add_argument("--batching", default="on,off", help="levels with @serve.batch on, off, or both (on,off)")
     p.add_argument("--batch-wait-ms", type=float, default=0.0, help="encoder.batch_wait_timeout_ms with batching on")
     p.add_argument("--target-ongoing", type=float, default=2.0)
@@ -472,6 +476,7 @@ def main() -> int:
     start_s = replica_start_seconds(samples, holder)
     result = {
         "topology": args.topology,
+        "proxy": args.proxy,
         "encoder_holder": holder,
         "floor_p50_ms": floor["p50_ms"],
         "floor_p99_ms": floor["p99_ms"],

@@ -77,6 +77,12 @@ class HttpSettings(_Section):
     host: Text = "127.0.0.1"
     port: Integer = 8000
     route_prefix: Text = "/"
+    #: What answers ``host:port`` on a Ray this service starts itself. ``haproxy``: HAProxy (C) in
+    #: front, the ingress replicas answer HTTP themselves and call the search deployment over gRPC
+    #: (Ray Serve's ``RAY_SERVE_ENABLE_HA_PROXY`` + ``RAY_SERVE_THROUGHPUT_OPTIMIZED``); ``serve``:
+    #: Serve's Python HTTP proxy actor and actor calls. On a cluster it joins, the nodes' environment
+    #: decides (set those two variables there).
+    proxy: Literal["haproxy", "serve"] = "haproxy"
 
 
 class AuthSettings(_Section):

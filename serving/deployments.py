@@ -35,6 +35,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from cluster.local_cluster import free_ports
 from cluster.ray_runtime import start_ray
 from regionmir.anatomy_atlas import AnatomyAtlas, AtlasError
 from regionmir.errors import RegionIndexError
@@ -356,12 +357,42 @@ def app_builder(args: dict[str, Any]):
     return build_app(settings)
 
 
+#: The variables ``http.proxy: haproxy`` sets for a local Ray (Serve reads them when its processes start).
+HAPROXY_SWITCHES = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED")
+#: HAProxy's stats page and metrics ports: fixed by default (8404, 9101), so two services on one
+#: machine would clash; each local Ray gets free ones unless the environment names them.
+HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+_PORTS_FROM_USER = {name for name in HAPROXY_PORTS if name in os.environ}
+
+
+def choose_http_proxy(settings: ServeSettings) -> None:
+    """Set the environment of a local Ray about to start so ``http.proxy`` is what answers HTTP.
+    A Ray already running (in this process or a cluster to join) keeps what its nodes started with."""
+    import ray
+
+    if ray.is_initialized() or settings.ray.address or os.environ.get("RAY_ADDRESS"):
+        return
+    haproxy = settings.http.proxy == "haproxy"
+    for name in HAPROXY_SWITCHES:
+        os.environ[name] = "1" if haproxy else "0"
+    if haproxy:
+        # A replica behind HAProxy stays reachable this long when it stops, so remote load balancers
+        # can drop it (30 s by default); the HAProxy of a local Ray reloads within a second.
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "3")
+        ports = free_ports(len(HAPROXY_PORTS))
+        for name, port in zip(HAPROXY_PORTS, ports, strict=True):
+            if name not in _PORTS_FROM_USER:
+                os.environ[name] = str(port)
+
+
 def init_ray(settings: ServeSettings) -> None:
-    """Join ``ray.address`` / ``$RAY_ADDRESS``, or start a local Ray sized by ``ray.*``."""
+    """Join ``ray.address`` / ``$RAY_ADDRESS``, or start a local Ray sized by ``ray.*`` and
+    answering HTTP as ``http.proxy`` says."""
     # Serve's controller kills an HTTP proxy that is slow to answer its first checks (5 s by
     # default) while `serve.start` waits for it; give a slow start more room.
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
     os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
+    choose_http_proxy(settings)
     start_ray(
         settings.ray.address,
         num_cpus=settings.ray.num_cpus or os.cpu_count() or 2,  # the replicas' CPUs are real ones

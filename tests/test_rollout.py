@@ -39,7 +39,8 @@ def test_indexing_a_new_model_does_not_change_what_a_running_service_answers(mil
         {
             "model": old["model"],
             "milvus": milvus_lite_server.uri,
-            "http": {"host": "127.0.0.1", "port": free_port()},
+            # Serve's own Python proxy: the front end that is not the default (the other tests use HAProxy)
+            "http": {"host": "127.0.0.1", "port": free_port(), "proxy": "serve"},
             "encoder": {"min_replicas": 1, "max_replicas": 1},
             "search": {"min_replicas": 1, "max_replicas": 1},
             "ingress": {"min_replicas": 1, "max_replicas": 1},

@@ -4,6 +4,7 @@ mistakes named by the file, variable or flag they came from, the round trip to t
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -113,3 +114,26 @@ def test_sections_keep_their_own_defaults():
             "look_back_period_s": 30.0,
         }
     }
+
+
+def test_http_proxy_setting_switches_the_local_ray_environment(monkeypatch):
+    import ray
+
+    from serving.deployments import HAPROXY_PORTS, HAPROXY_SWITCHES, choose_http_proxy
+
+    if ray.is_initialized():
+        pytest.skip("a Ray of this process is running: its environment is fixed")
+    for name in (*HAPROXY_SWITCHES, *HAPROXY_PORTS, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    choose_http_proxy(ServeSettings.from_dict({"http": {"proxy": "serve"}}))
+    assert [os.environ[name] for name in HAPROXY_SWITCHES] == ["0", "0"]
+    choose_http_proxy(ServeSettings())
+    assert [os.environ[name] for name in HAPROXY_SWITCHES] == ["1", "1"]
+    assert len({int(os.environ[name]) for name in HAPROXY_PORTS}) == 2
+    with pytest.raises(ConfigError, match="proxy"):
+        ServeSettings.from_dict({"http": {"proxy": "nginx"}})
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # a cluster to join: its nodes decide, nothing set here
+    monkeypatch.setenv(HAPROXY_SWITCHES[0], "untouched")
+    choose_http_proxy(ServeSettings.from_dict({"http": {"proxy": "serve"}}))
+    assert os.environ[HAPROXY_SWITCHES[0]] == "untouched"

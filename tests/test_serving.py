@@ -14,6 +14,7 @@ import io
 import itertools
 import json
 import math
+import os
 import shutil
 import subprocess
 import time
@@ -194,6 +195,17 @@ def test_health_and_readiness(service):
     assert checks["model"]["loaded"] and checks["model"]["model_version"] == service.demo["model_version"]
     assert checks["index"]["rows"] == checks["index"]["model_rows"] == service.demo["rows"] > 0
     assert checks["atlas"]["loaded"]
+
+
+@integration
+def test_haproxy_answers_http_by_default(service):
+    """``http.proxy: haproxy`` (the default): HAProxy listens in front of the replicas; its stats
+    page is on the port this service's Ray was given (a free one, not HAProxy's fixed 8404)."""
+    stats_port = int(os.environ["RAY_SERVE_HAPROXY_STATS_PORT"])
+    assert stats_port != 8404
+    stats = requests.get(f"http://127.0.0.1:{stats_port}/stats;csv", timeout=30)
+    assert stats.status_code == 200 and stats.text.startswith("# pxname,svname"), stats.text[:200]
+    assert requests.get(service.base + "/healthz", timeout=30).status_code == 200
 
 
 @integration
