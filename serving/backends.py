@@ -14,6 +14,7 @@ reached through a Ray Serve deployment handle:
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
@@ -103,11 +104,21 @@ class InProcessIndex:
         return await asyncio.to_thread(self.runtime.status)
 
 
+def over_grpc_when_optimised(handle: Any) -> Any:
+    """``handle``, set to call over gRPC when this Ray runs Serve throughput-optimised (what
+    ``http.proxy: haproxy`` switches on). A handle given to a deployment is made in the process that
+    built the application, with the default of *its* environment — which, for a service that started
+    its Ray itself, had not been set yet when it imported Ray Serve."""
+    if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1":
+        return handle.options(_by_reference=False)
+    return handle
+
+
 class HandleEncoder:
     """The ``encoder`` deployment, through its handle."""
 
     def __init__(self, handle: Any):
-        self.handle = handle
+        self.handle = over_grpc_when_optimised(handle)
 
     async def embed(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         return await self.handle.embed.remote(crops)
@@ -120,7 +131,7 @@ class HandleIndex:
     """The ``search`` deployment, through its handle."""
 
     def __init__(self, handle: Any):
-        self.handle = handle
+        self.handle = over_grpc_when_optimised(handle)
 
     async def search(self, vector: np.ndarray, k: int, filters: SearchFilters) -> list[dict]:
         return await self.handle.search.remote(vector, k, filters)
