@@ -101,7 +101,7 @@ class LimitSettings(_Section):
     max_aspect_ratio: Number = 4.0  # 422 for films longer than 4:1 (no radiograph is)
     max_k: Integer = 100  # 422 for k outside 1..max_k
     default_k: Integer = 10
-    request_timeout_s: Number = 60.0  # per call to an inner deployment, and Serve's HTTP proxy
+    request_timeout_s: Number = 60.0  # per call to an inner deployment, and per HTTP request (408)
     films_in_memory: Integer = 1  # decoded films a replica holds at once (decode → crops)
     film_wait_s: Number = 5.0  # how long a request waits for one of those; then 503 + Retry-After
     index_timeout_s: Number = 10.0  # deadline of every Milvus RPC the search replica makes
