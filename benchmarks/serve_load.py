@@ -222,7 +222,8 @@ class ReplicaSampler(threading.Thread):
 
 
 def serve_processes() -> dict[int, str]:
-    """The Serve processes of this machine: pid → role (``proxy``, ``haproxy``, ``controller``, a deployment name)."""
+    """The Serve processes of this machine: pid → role (``proxy``, ``haproxy``, ``haproxy manager``,
+    ``controller``, a deployment name)."""
     roles = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -232,8 +233,10 @@ def serve_processes() -> dict[int, str]:
             continue
         if title.startswith("ray::ProxyActor"):
             roles[int(pid)] = "proxy"
-        elif os.path.basename(title) == "haproxy":  # the HAProxy ingress (serving.http.ingress: haproxy)
+        elif os.path.basename(title) == "haproxy":  # the HAProxy ingress (http.proxy: haproxy)
             roles[int(pid)] = "haproxy"
+        elif title.startswith("ray::HAProxyManager"):  # runs HAProxy; reads its per-request log lines
+            roles[int(pid)] = "haproxy manager"
         elif title.startswith("ray::ServeController"):
             roles[int(pid)] = "controller"
         elif title.startswith("ray::ServeReplica:"):

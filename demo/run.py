@@ -72,6 +72,11 @@ def run_demo(args) -> dict:
     steps = Steps()
     if os.path.exists(os.path.join(args.out, "training")):
         shutil.rmtree(os.path.join(args.out, "training"))  # a demo run always trains afresh
+    # Training starts the Ray the service will join: give it the service's HTTP front end now.
+    from serving.config import ServeSettings
+    from serving.deployments import choose_http_proxy
+
+    choose_http_proxy(ServeSettings())
     pictures = steps.run(
         "synthesise_s",
         f"synthesising {args.images} phantom films of {args.size} px and drawing them",

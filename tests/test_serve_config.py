@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from unittest import mock
 
 import pytest
 
@@ -116,24 +117,40 @@ def test_sections_keep_their_own_defaults():
     }
 
 
-def test_http_proxy_setting_switches_the_local_ray_environment(monkeypatch):
+def test_http_proxy_setting_switches_the_local_ray_environment():
     import ray
 
-    from serving.deployments import HAPROXY_PORTS, HAPROXY_SWITCHES, choose_http_proxy
+    from serving.deployments import GRPC_MAX_MESSAGE_BYTES, HAPROXY_PORTS, HAPROXY_SWITCHES, choose_http_proxy
 
     if ray.is_initialized():
         pytest.skip("a Ray of this process is running: its environment is fixed")
-    for name in (*HAPROXY_SWITCHES, *HAPROXY_PORTS, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    choose_http_proxy(ServeSettings.from_dict({"http": {"proxy": "serve"}}))
-    assert [os.environ[name] for name in HAPROXY_SWITCHES] == ["0", "0"]
-    choose_http_proxy(ServeSettings())
-    assert [os.environ[name] for name in HAPROXY_SWITCHES] == ["1", "1"]
-    assert len({int(os.environ[name]) for name in HAPROXY_PORTS}) == 2
-    with pytest.raises(ConfigError, match="proxy"):
-        ServeSettings.from_dict({"http": {"proxy": "nginx"}})
-    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # a cluster to join: its nodes decide, nothing set here
-    monkeypatch.setenv(HAPROXY_SWITCHES[0], "untouched")
-    choose_http_proxy(ServeSettings.from_dict({"http": {"proxy": "serve"}}))
-    assert os.environ[HAPROXY_SWITCHES[0]] == "untouched"
+    with mock.patch.dict(os.environ):  # whatever the switch writes is gone after the test
+        for name in (*HAPROXY_SWITCHES, *HAPROXY_PORTS, "RAY_ADDRESS"):
+            os.environ.pop(name, None)
+        choose_http_proxy(ServeSettings.from_dict({"http": {"proxy": "serve"}}))
+        assert [os.environ[name] for name in HAPROXY_SWITCHES] == ["0", "0"]
+        choose_http_proxy(ServeSettings())
+        assert [os.environ[name] for name in HAPROXY_SWITCHES] == ["1", "1"]
+        assert len({int(os.environ[name]) for name in HAPROXY_PORTS}) == 2
+        assert int(os.environ["RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"]) >= GRPC_MAX_MESSAGE_BYTES
+        with pytest.raises(ConfigError, match="proxy"):
+            ServeSettings.from_dict({"http": {"proxy": "nginx"}})
+        os.environ["RAY_ADDRESS"] = "127.0.0.1:1"  # a cluster to join: its nodes decide, nothing set here
+        os.environ[HAPROXY_SWITCHES[0]] = "untouched"
+        choose_http_proxy(ServeSettings.from_dict({"http": {"proxy": "serve"}}))
+        assert os.environ[HAPROXY_SWITCHES[0]] == "untouched"
+    assert os.environ.get(HAPROXY_SWITCHES[0]) != "untouched"
+
+
+def test_http_proxy_haproxy_falls_back_to_serves_proxy_without_a_binary(caplog):
+    import ray
+
+    from serving import deployments
+
+    if ray.is_initialized():
+        pytest.skip("a Ray of this process is running: its environment is fixed")
+    with mock.patch.dict(os.environ), mock.patch.object(deployments, "haproxy_available", return_value=False):
+        os.environ.pop("RAY_ADDRESS", None)
+        deployments.choose_http_proxy(ServeSettings())
+        assert [os.environ[name] for name in deployments.HAPROXY_SWITCHES] == ["0", "0"]
+    assert "no HAProxy binary" in caplog.text
