@@ -414,6 +414,10 @@ def index_main(argv: Sequence[str]) -> int:
             )
         )
     except RegionMIRError as exc:
+        from cluster.ray_runtime import stop_ray
+
+        # Ray first: the workers' last forwarded lines ("skipping film …") must not land after the verdict
+        stop_ray()
         print(f"regionmir index: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=1))
