@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -139,15 +140,21 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_finishes_every_epoch(tm
     output, _ = process.communicate(timeout=1500)
     assert killed is not None, "no training worker was found to kill:\n" + output[-3000:]
     assert process.returncode == 0, output[-5000:]
-    assert "resumed from the checkpoint of epoch" in output
+    resumed = re.search(r"resumed from the checkpoint of epoch (\d+)", output)
+    assert resumed, output[-5000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["phases"]["pretrain"]["final_metrics"]["epoch"] == 3
-    # resumed, not restarted: each epoch was trained (and checkpointed) exactly once
+    # Resumed, not restarted: no epoch up to the checkpoint it resumed from was trained again. The
+    # epoch under way when the worker died may have written a checkpoint Ray Train never
+    # registered: that one, and only that one, is trained twice.
     trained = sorted(
         json.loads(path.read_text())["training"]["epoch"]
         for path in (out / "ray" / "run").glob("checkpoint_*/contract.json")
     )
-    assert trained == [1, 2, 3]
+    resumed_epoch = int(resumed.group(1))
+    assert resumed_epoch >= 1 and sorted(set(trained)) == [1, 2, 3], (resumed_epoch, trained)
+    assert all(trained.count(epoch) == 1 for epoch in range(1, resumed_epoch + 1)), (resumed_epoch, trained)
+    assert len(trained) <= 4, (resumed_epoch, trained)
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs[-1] == 3
 
