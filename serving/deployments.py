@@ -150,11 +150,15 @@ class SearchDeployment:
         self._update_gauge()
         if self.runtime.index.resident_search:  # a file's rows, read before the replica is ready
             try:
-                rows = self.runtime.index.resident(self.runtime.collection).rows
-                self._in_memory = self.runtime.collection
-                self._small_enough_inline = rows <= INLINE_SEARCH_MAX_ROWS
+                self._hold(self.runtime.collection)
             except RegionIndexError:  # no collection yet: the first search after the index build reads it
                 pass
+
+    def _hold(self, collection: str) -> None:
+        """Read ``collection``'s rows into this replica (once) and note how to search them."""
+        rows = self.runtime.index.resident(collection).rows
+        self._in_memory = collection
+        self._small_enough_inline = rows <= INLINE_SEARCH_MAX_ROWS
 
     def _update_gauge(self) -> dict[str, Any]:
         status = self.runtime.status()
@@ -169,10 +173,8 @@ class SearchDeployment:
             hits = self.runtime.search(vector, k, filters)  # under a millisecond of NumPy: no thread hand-off
         else:  # a round trip to a Milvus server, a large matrix product, reading a file's rows: off the loop
             hits = await asyncio.to_thread(self.runtime.search, vector, k, filters)
-            if self.runtime.index.resident_search:
-                self._in_memory = collection
-                rows = self.runtime.index.resident(collection).rows
-                self._small_enough_inline = rows <= INLINE_SEARCH_MAX_ROWS
+            if self.runtime.index.resident_search and self._in_memory != collection:
+                self._hold(collection)  # that search read its rows: now a cached look-up
         if time.monotonic() - self._last_gauge > 30:
             self._last_gauge = time.monotonic()  # one refresh at a time
             try:
