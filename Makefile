@@ -17,12 +17,28 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# Real servers the tests start: Chromium (the web-page test) and Prometheus, from Debian.
+# Real servers the tests start: Chromium (the web-page test), Prometheus and the Orthanc PACS with its
+# DICOMweb plugin (tests/orthanc_server.py), from Debian. Where installing orthanc starts its packaged
+# daemon (port 8042; systemd, or an init script allowed by policy-rc.d), a fresh install is stopped and
+# disabled again: by systemd, or by the init script's pid file only (`service orthanc stop` without
+# systemd would SIGTERM every /usr/sbin/Orthanc on the machine, the tests' own included).
+ORTHANC_DICOMWEB = /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 system-deps:
-	@if ! command -v chromium >/dev/null || ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	@if ! command -v chromium >/dev/null || ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null \
+	    || [ ! -x /usr/sbin/Orthanc ] || [ ! -f $(ORTHANC_DICOMWEB) ]; then \
 	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
-	  echo "installing Debian packages chromium prometheus"; \
-	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends chromium prometheus; \
+	  dpkg-query -W -f='$${Status}' orthanc 2>/dev/null | grep -q "ok installed" && new_orthanc= || new_orthanc=1; \
+	  echo "installing Debian packages chromium prometheus orthanc orthanc-dicomweb"; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends \
+	    chromium prometheus orthanc orthanc-dicomweb || exit 1; \
+	  if [ -n "$$new_orthanc" ] && [ -d /run/systemd/system ]; then \
+	    $$sudo systemctl disable --now orthanc || true; \
+	  elif [ -n "$$new_orthanc" ] && [ -f /run/orthanc.pid ]; then \
+	    $$sudo start-stop-daemon --stop --quiet --oknodo --retry=TERM/10/KILL/5 --pidfile /run/orthanc.pid \
+	      --exec /usr/sbin/Orthanc || true; \
+	    $$sudo rm -f /run/orthanc.pid; \
+	    $$sudo update-rc.d orthanc disable >/dev/null 2>&1 || true; \
+	  fi; \
 	fi
 
 test: $(STAMP) system-deps lint

@@ -1,4 +1,5 @@
-"""Shared fixtures. ``s3_server``: a real S3 HTTP endpoint (moto_server) for the whole session."""
+"""Shared fixtures. ``s3_server``: a real S3 HTTP endpoint (moto_server) for the whole session;
+``orthanc``: a real Orthanc PACS (``tests/orthanc_server.py``) for one test."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from local_process import free_port
+from orthanc_server import OrthancServer
 
 from indexing.local_milvus import (
     LocalMilvusServer,
@@ -153,3 +155,11 @@ def milvus_standalone(request, tmp_path_factory) -> Iterator[LocalMilvusServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def orthanc(tmp_path) -> Iterator[OrthancServer]:
+    """A started Orthanc (DICOMweb at ``.dicomweb_url``) on a free 127.0.0.1 port, its files in
+    ``tmp_path/orthanc``; stopped after the test. A missing Orthanc fails the test (``make system-deps``)."""
+    with OrthancServer(tmp_path / "orthanc") as server:
+        yield server
