@@ -22,18 +22,21 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from regionmir.anatomy import ANATOMY_NAMES
+from regionmir.anatomy_atlas import AnatomyAtlas, AtlasError
 from regionmir.bad_films import BadFilms
 from regionmir.command_help import command_parser
 from regionmir.console import configure_command_logging
 from regionmir.dataset import films_by_split
+from regionmir.dicomweb import is_dicomweb
 from regionmir.errors import DatasetError, RegionMIRError
 from regionmir.identifiers import uses_default_salt
 from regionmir.model_contract import read_contract
+from regionmir.region_record import ImageRecord
 from regionmir.storage import S3Options
 
 from .index_rows import RegionRow
@@ -48,7 +51,7 @@ build_collection_name = model_collection_name
 
 
 #: The text columns of an embedded batch that :func:`region_rows` copies into each row, in its order.
-_TEXT_COLUMNS = ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash")
+_TEXT_COLUMNS = ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash", "box_source")
 
 
 def region_rows(batch: dict, model_version: str) -> list[RegionRow]:
@@ -71,8 +74,9 @@ def region_rows(batch: dict, model_version: str) -> list[RegionRow]:
             study_hash=str(study_hash),
             model_version=model_version,
             vector=vectors[i],
+            box_source=str(box_source),
         )
-        for i, (anatomy_id, box, image_id, image_uri, view, split, patient_hash, study_hash) in enumerate(
+        for i, (anatomy_id, box, image_id, image_uri, view, split, patient_hash, study_hash, box_source) in enumerate(
             zip(anatomy_ids, boxes, *texts, strict=True)
         )
     ]
@@ -171,8 +175,6 @@ def index_data(job: IndexJob, s3: S3Options | None = None) -> dict:
     Returns the summary the command prints."""
     from cluster.ray_runtime import start_ray
 
-    from .roi_embedding import embedding_dataset
-
     started = time.perf_counter()
     s3 = s3 or S3Options.from_env()
     model_dir, contract = read_contract(job.model, s3)
@@ -182,10 +184,24 @@ def index_data(job: IndexJob, s3: S3Options | None = None) -> dict:
             "(index a fine-tuned model for retrieval)",
         )
     splits = ("train", "valid", "test") if job.split == "all" else (job.split,)
-    records, report = films_by_split(job.data, s3, splits)
+    records, report = films_by_split(job.data, s3, splits, labels=job.labels)
     films = [film for s in splits for film in records[s]]
+    pacs = is_dicomweb(job.data)
     if not films:
-        raise DatasetError(job.data, f"no films in split {job.split!r}")
+        raise DatasetError(
+            job.data, f"no films in split {job.split!r}" + (" (none matched the search)" if pacs else "")
+        )
+    unlabelled = sum(1 for film in films if not film.regions) if pacs else 0
+    atlas_anatomies: set[int] = set()
+    if unlabelled:  # a PACS film without labels: its boxes come from the model's atlas and classifier
+        try:
+            atlas_anatomies = set(AnatomyAtlas.load(model_dir, s3).entries)
+        except AtlasError as exc:
+            raise DatasetError(
+                job.model,
+                f"{unlabelled} film(s) have no boxes (no --labels entry) and the model has no atlas.json "
+                f"to find them ({exc.message}); index a fine-tuned model directory, or give --labels",
+            ) from None
     if report.total_issues:
         log.info("label scan:\n" + report.summary())
     if uses_default_salt():
@@ -198,40 +214,27 @@ def index_data(job: IndexJob, s3: S3Options | None = None) -> dict:
         target = build_collection_name(job.collection, contract.version_id)
         dim = contract.encoder_config.embedding_dim
         class_ids = set(contract.class_anatomy_ids)
-        expected_rows = sum(1 for film in films for r in film.regions if r.anatomy_id in class_ids)
+        localisable = len(class_ids & atlas_anatomies)
+
+        def expected(film: ImageRecord) -> int:
+            return sum(1 for r in film.regions if r.anatomy_id in class_ids) if film.regions else localisable
+
+        expected_rows = sum(expected(film) for film in films)
         # a re-run resumes it; AUTO: exact (FLAT) up to 1M rows, HNSW beyond (RegionIndex.default_index_type)
         index.create_collection(target, dim, index_type=job.index_type, exist_ok=True, expected_rows=expected_rows)
-        start_ray(job.address)
-        dataset = embedding_dataset(
-            films,
-            model_dir,
-            contract.crop_config,
-            contract.class_anatomy_ids,
-            s3,
-            gpu=job.gpu,
-            encoders=job.encoders,
-            batch_size=job.batch_size,
-            keep_crops=False,  # the index stores no pixels
-        )
-        skipped = BadFilms(job.data, len(films), job.max_bad_fraction)
-        log.info(
-            f"{len(films)} films ({', '.join(splits)}) → {target} (alias {job.collection}) at {job.milvus}, "
-            f"model {contract.version_id}",
-        )
+        kept: set[str] = set()  # rows of films a PACS ingest finds already indexed: not embedded again
+        to_index = films
+        if pacs:
+            to_index, kept = not_yet_indexed(index, target, films, expected)
+            log.info(f"{len(films) - len(to_index)} of {len(films)} films already indexed in {target}")
+        writer = None
         embed_started = time.perf_counter()
-        # decode/crop and encode run in Ray; this thread pulls their batches while the writer upserts
-        writer = _BackgroundWriter(index, target, contract.version_id, job.progress_every_s, max_rows=job.batch_size)
-        try:
-            # the encoder's blocks as they come (no re-batching here: the writer merges what waits)
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                batch = skipped.filter(batch)
-                if len(batch["anatomy_id"]):
-                    writer.put(batch)
-            writer.close()
-        finally:
-            writer.abandon()
-        written, keys = writer.written, writer.keys
-        first_batch_at, first_batch_rows = writer.first_batch_at, writer.first_batch_rows
+        skipped = BadFilms(job.data, max(1, len(to_index)), job.max_bad_fraction)
+        if to_index:
+            start_ray(job.address)
+            writer = _embed_into(index, target, job, contract, model_dir, to_index, s3, skipped, pacs)
+        written, keys = (writer.written, writer.keys | kept) if writer else (0, kept)
+        first_batch_at, first_batch_rows = (writer.first_batch_at, writer.first_batch_rows) if writer else (None, 0)
         embed_seconds = time.perf_counter() - embed_started
         index.flush(target)
         listed = [s for s in splits if records[s]]  # a split that lists no film is left as it is
@@ -256,6 +259,7 @@ def index_data(job: IndexJob, s3: S3Options | None = None) -> dict:
             "model_version": contract.version_id,
             "split": job.split,
             "films": len(films),
+            **({"films_already_indexed": len(films) - len(to_index), "films_localised": unlabelled} if pacs else {}),
             "rows": index.count(target),
             "rows_written": written,
             "regions_expected": expected_regions,
@@ -282,6 +286,72 @@ def index_data(job: IndexJob, s3: S3Options | None = None) -> dict:
         f"alias {job.collection} → {target}" + (f" (was {previous})" if previous and previous != target else ""),
     )
     return summary
+
+
+def _embed_into(
+    index: RegionIndex,
+    target: str,
+    job: IndexJob,
+    contract,
+    model_dir: str,
+    films: list[ImageRecord],
+    s3: S3Options,
+    skipped: BadFilms,
+    localise: bool,
+) -> _BackgroundWriter:
+    """Embed ``films``' regions through Ray Data into ``target``; the writer that wrote them."""
+    from .roi_embedding import embedding_dataset
+
+    dataset = embedding_dataset(
+        films,
+        model_dir,
+        contract.crop_config,
+        contract.class_anatomy_ids,
+        s3,
+        gpu=job.gpu,
+        encoders=job.encoders,
+        batch_size=job.batch_size,
+        keep_crops=False,  # the index stores no pixels
+        localise_unlabelled=localise,
+    )
+    log.info(
+        f"{len(films)} films ({job.split}) → {target} (alias {job.collection}) at {job.milvus}, "
+        f"model {contract.version_id}",
+    )
+    # decode/crop and encode run in Ray; this thread pulls their batches while the writer upserts
+    writer = _BackgroundWriter(index, target, contract.version_id, job.progress_every_s, max_rows=job.batch_size)
+    try:
+        # the encoder's blocks as they come (no re-batching here: the writer merges what waits)
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            batch = skipped.filter(batch)
+            if len(batch["anatomy_id"]):
+                writer.put(batch)
+        writer.close()
+    finally:
+        writer.abandon()
+    return writer
+
+
+def not_yet_indexed(
+    index: RegionIndex, target: str, films: Sequence[ImageRecord], expected: Callable[[ImageRecord], int]
+) -> tuple[list[ImageRecord], set[str]]:
+    """An incremental ingest: the films of ``films`` that ``target`` does not hold all ``expected``
+    rows of yet, and the keys of the rows of those it does (still listed, so kept)."""
+    wanted = {film.image_id: film for film in films}
+    rows: dict[str, list[str]] = {}
+    for key, image_id in index.scan(target, ("key", "image_id")):
+        if image_id in wanted:
+            rows.setdefault(image_id, []).append(key)
+    kept: set[str] = set()
+    to_index = []
+    for film in films:
+        have = rows.get(film.image_id, [])
+        # a localised film may place fewer regions than the atlas holds: any row of it means done
+        if have and len(have) >= (expected(film) if film.regions else 1):
+            kept.update(have)
+        else:
+            to_index.append(film)
+    return to_index, kept
 
 
 #: A re-index removes at most this share of a split's rows unless told ``--allow-mass-removal``: a
@@ -344,7 +414,18 @@ def index_main(argv: Sequence[str]) -> int:
     import json
 
     parser = command_parser(prog="regionmir index", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="Chest ImaGenome root or manifest, local or s3://")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="Chest ImaGenome root or manifest, local or s3://; or a PACS: "
+        "dicomweb+http(s)://HOST/dicom-web[?modality=CR,DX&study_date=FROM-TO&study_uid=UID] "
+        "(incremental: a re-run indexes only instances not yet indexed)",
+    )
+    parser.add_argument(
+        "--labels",
+        help="with a dicomweb+ --data: the boxes, a manifest or scene graphs keyed by SOP Instance UID "
+        "(instances without labels get boxes from the model's anatomy localiser)",
+    )
     parser.add_argument("--model", required=True, help="model directory (a finetune --out, or its best/)")
     parser.add_argument(
         "--milvus",
@@ -402,6 +483,7 @@ def index_main(argv: Sequence[str]) -> int:
                 model=args.model,
                 milvus=args.milvus,
                 collection=args.collection,
+                labels=args.labels,
                 split=args.split,
                 gpu=args.gpu,
                 encoders=args.encoders,

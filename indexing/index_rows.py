@@ -20,7 +20,7 @@ from regionmir.anatomy import ANATOMY_NAMES, NUM_ANATOMIES
 from regionmir.identifiers import HASH_HEX_CHARS
 from regionmir.sealed_location import seal_location
 
-from .index_schema import CONTROL_RE, HASH_RE, VARCHAR_FIELDS, row_key
+from .index_schema import BOX_SOURCES, CONTROL_RE, HASH_RE, VARCHAR_FIELDS, row_key
 
 #: The longest film path or URI a row takes: sealed (+16 bytes, base64, prefix) it still fits the field.
 MAX_LOCATION_BYTES = 1500
@@ -50,6 +50,7 @@ class RegionRow:
     study_hash: str
     model_version: str
     vector: np.ndarray = field(repr=False)
+    box_source: str = "label"  # label | localiser (BOX_SOURCES)
 
     def __post_init__(self) -> None:
         if isinstance(self.anatomy_id, bool) or not isinstance(self.anatomy_id, (int, np.integer)):
@@ -71,6 +72,8 @@ class RegionRow:
             limit = MAX_LOCATION_BYTES if name == "image_uri" else VARCHAR_FIELDS[name]
             if len(value.encode("utf-8")) > limit:
                 raise ValueError(f"{name} is longer than {limit} bytes: {value[:80]!r}...")
+        if self.box_source not in BOX_SOURCES:
+            raise ValueError(f"box_source must be one of {BOX_SOURCES}, got {self.box_source!r}")
         if not self.image_id:
             raise ValueError("image_id is empty")
         if "/" in self.image_id or "\\" in self.image_id:
@@ -121,6 +124,7 @@ class RegionRow:
             "patient_hash": self.patient_hash,
             "study_hash": self.study_hash,
             "model_version": self.model_version,
+            "box_source": self.box_source,
         }
 
 
@@ -142,3 +146,4 @@ class RegionHit:
     patient_hash: str
     study_hash: str
     model_version: str
+    box_source: str = "label"  # label | localiser: where the box came from

@@ -33,6 +33,7 @@ VARCHAR_FIELDS: dict[str, int] = {
     "patient_hash": 64,
     "study_hash": 64,
     "model_version": 128,
+    "box_source": 16,
 }
 
 #: Every field of a region collection, in schema order.
@@ -49,6 +50,7 @@ FIELDS: tuple[str, ...] = (
     "patient_hash",
     "study_hash",
     "model_version",
+    "box_source",
 )
 #: What a search hands back for each hit (everything but the vector).
 OUTPUT_FIELDS: tuple[str, ...] = tuple(f for f in FIELDS if f != "vector")
@@ -56,7 +58,11 @@ OUTPUT_FIELDS: tuple[str, ...] = tuple(f for f in FIELDS if f != "vector")
 #: The row layout this code writes and reads; bumped whenever a field is added or changed. Every
 #: collection records it in its description; one with another version is refused with the command
 #: that rebuilds it.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: Where a row's box came from: the labels (a manifest, scene graphs) or the anatomy localiser
+#: (atlas + classifier, for films indexed without boxes, e.g. from a PACS).
+BOX_SOURCES: tuple[str, ...] = ("label", "localiser")
 _SCHEMA_RE = re.compile(r"schema v(\d+)")
 
 _KEY_HEX_CHARS = 32  # 128 bits of SHA-256
@@ -115,7 +121,7 @@ def collection_schema(dim: int) -> CollectionSchema:
     schema.add_field("image_id", DataType.VARCHAR, max_length=VARCHAR_FIELDS["image_id"])
     schema.add_field("image_uri", DataType.VARCHAR, max_length=VARCHAR_FIELDS["image_uri"])
     schema.add_field("box", DataType.ARRAY, element_type=DataType.FLOAT, max_capacity=4)
-    for name in ("view", "split", "patient_hash", "study_hash", "model_version"):
+    for name in ("view", "split", "patient_hash", "study_hash", "model_version", "box_source"):
         schema.add_field(name, DataType.VARCHAR, max_length=VARCHAR_FIELDS[name])
     return schema
 

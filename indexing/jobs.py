@@ -17,10 +17,11 @@ DEFAULT_ALIAS = "regions"
 class IndexJob:
     """Embed every ROI of ``data``'s ``split`` with ``model`` and write them to ``milvus``."""
 
-    data: str  # Chest ImaGenome root or manifest, local or s3://
+    data: str  # Chest ImaGenome root or manifest, local or s3://, or a dicomweb+http(s):// PACS source
     model: str  # model directory (a finetune --out, or its best/)
     milvus: str  # PATH.db (milvus-lite) or http(s)://host:port
     collection: str = DEFAULT_ALIAS  # the alias the service queries
+    labels: str | None = None  # a DICOMweb source's boxes: manifest or scene graphs keyed by SOP Instance UID
     split: str = "train"  # train | valid | test | all (train: the database the paper retrieves from)
     gpu: bool = False  # one GPU per encoder actor
     encoders: int = 1  # encoder actors

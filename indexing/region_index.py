@@ -1138,6 +1138,7 @@ class RegionIndex:
             patient_hash=str(entity["patient_hash"]),
             study_hash=str(entity["study_hash"]),
             model_version=str(entity["model_version"]),
+            box_source=str(entity.get("box_source") or "label"),
         )
 
     # -- lifetime

@@ -25,7 +25,17 @@ import numpy as np
 from .index_rows import RegionHit
 
 #: The string columns a search filters on or returns (besides ``key`` and the vector).
-_STRING_COLUMNS = ("anatomy", "image_id", "image_uri", "view", "split", "patient_hash", "study_hash", "model_version")
+_STRING_COLUMNS = (
+    "anatomy",
+    "image_id",
+    "image_uri",
+    "view",
+    "split",
+    "patient_hash",
+    "study_hash",
+    "model_version",
+    "box_source",
+)
 
 
 @dataclass
@@ -190,4 +200,5 @@ class ResidentCollection:
             patient_hash=text("patient_hash"),
             study_hash=text("study_hash"),
             model_version=text("model_version"),
+            box_source=text("box_source"),
         )

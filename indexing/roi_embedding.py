@@ -34,7 +34,7 @@ from regionmir.storage import S3Options
 log = logging.getLogger("regionmir.indexing")
 
 #: The film's values (:data:`regionmir.film_rows.FILM_FIELDS`) every row of it carries, in column order.
-_FILM_COLUMNS = ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash")
+_FILM_COLUMNS = ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash", "box_source")
 
 
 class RegionCropper(FilmCropper):
@@ -111,6 +111,60 @@ class RegionEmbedder:
         return batch
 
 
+class RegionLocaliser:
+    """Ray Data actor before the cropper: films that came without boxes (``box_source``
+    ``localiser``, e.g. from a PACS) get one box per region of the model's vocabulary, found by
+    the atlas and the classifier (:func:`regionmir.film_localisation.localise_film`); labelled
+    films pass through untouched. A film it cannot read is marked ``unreadable`` with the reason,
+    for the cropper to count as skipped (:meth:`regionmir.film_rows.FilmCropper.__call__`)."""
+
+    def __init__(self, model_dir: str, s3: dict | None = None, threads: int = 1, console: str | None = None):
+        import torch
+
+        from regionmir.anatomy_atlas import AnatomyAtlas
+        from regionmir.model_contract import load_model
+
+        if console:
+            from regionmir.console import configure_logging
+
+            configure_logging(console)
+        torch.set_num_threads(threads)
+        self.s3 = S3Options(**s3) if s3 else None
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model, self.contract = load_model(model_dir, self.s3)
+        self.model.eval().to(self.device)
+        self.atlas = AnatomyAtlas.load(model_dir, self.s3)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        import json
+
+        from regionmir.errors import RegionMIRError
+        from regionmir.film_localisation import localise_film
+        from regionmir.image_reader import read_image
+
+        films = []
+        for text in batch[FILM_COLUMN]:
+            film = json.loads(str(text))
+            if film.get("box_source") == "localiser" and not film["regions"]:
+                try:
+                    pixels = read_image(film["image_uri"], s3=self.s3).pixels
+                except RegionMIRError as exc:
+                    log.warning("skipping film %s: %s", film["image_id"], exc.reason)
+                    film["unreadable"] = exc.reason
+                else:
+                    found = localise_film(
+                        pixels,
+                        self.atlas,
+                        self.model,
+                        self.contract.class_anatomy_ids,
+                        self.contract.crop_config,
+                        device=self.device,
+                    )
+                    film["regions"] = [[place.anatomy_id, *place.box.as_list()] for place in found]
+            films.append(json.dumps(film))
+        return {FILM_COLUMN: np.asarray(films, dtype=object)}
+
+
 #: Films per cropper task of :func:`embedding_dataset` (a chest film has ~30 regions: ~450 rows a task).
 FILMS_PER_CROP_TASK = 16
 
@@ -130,12 +184,15 @@ def embedding_dataset(
     encoders: int = 1,
     batch_size: int = 256,
     keep_crops: bool = True,
+    localise_unlabelled: bool = False,
 ):
     """A streaming Ray Dataset of ROI rows with ``vector`` (and the classifier's prediction);
-    ``keep_crops=False`` leaves the ``crop`` column out of them."""
+    ``keep_crops=False`` leaves the ``crop`` column out of them. ``localise_unlabelled``: films
+    without labelled regions get theirs from :class:`RegionLocaliser` (the model directory holds
+    its ``atlas.json``) instead of being left out."""
     import ray
 
-    films = film_rows(records, anatomy_ids)
+    films = film_rows(records, anatomy_ids, localise_unlabelled=localise_unlabelled)
     if not films:
         raise DatasetError("data", "no films with regions of the model's vocabulary in this split")
     s3_dict = asdict(s3) if s3 else None
@@ -144,7 +201,17 @@ def embedding_dataset(
     # driver, which also upserts) than on cropping; batch_size=None keeps a block whole (a batch
     # size would merge smaller blocks)
     tasks = min(len(films), max(-(-len(films) // FILMS_PER_CROP_TASK), MIN_CROP_TASKS))
-    crops = ray.data.from_items(films, override_num_blocks=tasks).map_batches(
+    dataset = ray.data.from_items(films, override_num_blocks=tasks)
+    if localise_unlabelled and any('"box_source": "localiser"' in film[FILM_COLUMN] for film in films):
+        dataset = dataset.map_batches(
+            RegionLocaliser,
+            fn_constructor_kwargs={"model_dir": model_dir, "s3": s3_dict, "console": "index"},
+            batch_size=None,
+            compute=ray.data.ActorPoolStrategy(size=encoders),
+            num_gpus=1 if gpu else 0,
+            num_cpus=0 if gpu else 1,
+        )
+    crops = dataset.map_batches(
         RegionCropper,
         fn_constructor_kwargs={"crop": asdict(crop), "s3": s3_dict, "console": "index"},
         batch_size=None,

@@ -27,7 +27,7 @@ import numpy as np
 from .errors import DatasetError, RegionMIRError, StorageError
 
 #: Skip reasons that mean "could not reach the film", not "the film is bad".
-STORAGE_REASONS = frozenset({"storage", "storage_denied"})
+STORAGE_REASONS = frozenset({"storage", "storage_denied", "pacs_unavailable", "pacs_denied"})
 
 
 def log_skipped(log: logging.Logger, image_id: str, error: RegionMIRError) -> None:

@@ -2,6 +2,8 @@
 
 :func:`open_dataset` decides from what is there (local path or ``s3://`` URI alike):
 
+0. a ``dicomweb+http(s)://`` source → :class:`~regionmir.dicomweb_reader.DicomWebReader` (a PACS;
+   ``labels=`` names its boxes' manifest or scene graphs, keyed by SOP Instance UID);
 1. a ``.csv``/``.tsv``/``.jsonl``/``.ndjson``/``.json`` file → :class:`ManifestReader`;
 2. a folder/prefix holding ``silver_dataset/``, ``scene_graph/`` or ``splits/``, or
    ``*_SceneGraph.json`` files → :class:`ChestImaGenomeReader`;
@@ -19,6 +21,7 @@ from typing import Any, Protocol
 
 from . import storage
 from .chest_imagenome import SCENE_GRAPH_SUFFIX, ChestImaGenomeReader
+from .dicomweb import is_dicomweb
 from .errors import DatasetError
 from .manifest import ManifestReader
 from .region_record import ImageRecord
@@ -46,6 +49,15 @@ def open_dataset(data: str, s3: S3Options | None = None, **kw: Any) -> DatasetRe
     Raises :class:`DatasetError` naming ``data`` and what was looked for when nothing fits.
     """
     data = str(data).strip()
+    labels = kw.pop("labels", None)
+    if is_dicomweb(data):
+        from .dicomweb_reader import DicomWebReader
+
+        return DicomWebReader(data, s3=s3, labels=labels)
+    if labels:
+        raise DatasetError(
+            str(labels), "--labels goes with a DICOMweb source (--data dicomweb+http://…); files carry their own"
+        )
     looked_for = (
         f"a manifest file ({', '.join(MANIFEST_EXTENSIONS)}), or a folder holding "
         f"silver_dataset/, scene_graph/, splits/, *{SCENE_GRAPH_SUFFIX} files or "
@@ -71,7 +83,7 @@ def open_dataset(data: str, s3: S3Options | None = None, **kw: Any) -> DatasetRe
 
 
 def films_by_split(
-    data: str, s3: S3Options | None, splits: Iterable[str]
+    data: str, s3: S3Options | None, splits: Iterable[str], labels: str | None = None
 ) -> tuple[dict[str, list[ImageRecord]], ScanReport]:
     """Read the labels of ``data`` (cheap: no pixels) and group its films by split.
 
@@ -79,7 +91,7 @@ def films_by_split(
     reader's order; films of other splits are left out. The reader's :class:`ScanReport` comes
     with it.
     """
-    reader = open_dataset(data, s3=s3)
+    reader = open_dataset(data, s3=s3, labels=labels)
     by_split: dict[str, list[ImageRecord]] = {s: [] for s in splits}
     for record in reader.iter_images():
         if record.split in by_split:

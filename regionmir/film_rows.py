@@ -36,9 +36,16 @@ FILM_COLUMN = "film"
 FILM_FIELDS: tuple[str, ...] = ("image_uri", "image_id", "split", "view", "patient_hash", "study_hash")
 
 
-def film_rows(records: Iterable[ImageRecord], anatomy_ids: Iterable[int] | None = None) -> list[dict[str, str]]:
+def film_rows(
+    records: Iterable[ImageRecord], anatomy_ids: Iterable[int] | None = None, *, localise_unlabelled: bool = False
+) -> list[dict[str, str]]:
     """Films as small JSON rows (labels only, no pixels): ``{FILM_COLUMN: json}`` per film, with
-    :data:`FILM_FIELDS` and ``regions`` (``[anatomy_id, x1, y1, x2, y2]`` each).
+    :data:`FILM_FIELDS`, ``regions`` (``[anatomy_id, x1, y1, x2, y2]`` each) and ``box_source``
+    (``label``).
+
+    ``localise_unlabelled``: films without any labelled region are kept too, with no regions and
+    ``box_source`` ``localiser``: a localiser stage fills in their regions before the cropper
+    (:class:`indexing.roi_embedding.RegionLocaliser`).
 
     ``anatomy_ids``: keep only those regions, and only the films that have one; ``None`` keeps
     every film with all its regions (the cropper then picks the wanted ones after fitting the boxes).
@@ -47,8 +54,10 @@ def film_rows(records: Iterable[ImageRecord], anatomy_ids: Iterable[int] | None 
     rows = []
     for record in records:
         regions = [[r.anatomy_id, *r.box.as_list()] for r in record.regions if wanted is None or r.anatomy_id in wanted]
-        if regions or wanted is None:
+        localise = localise_unlabelled and not record.regions
+        if regions or wanted is None or localise:
             film = {name: getattr(record, name) for name in FILM_FIELDS}
+            film["box_source"] = "localiser" if localise else "label"
             rows.append({FILM_COLUMN: json.dumps({**film, "regions": regions})})
     return rows
 
@@ -106,6 +115,9 @@ class FilmCropper:
         out: dict[str, list] = defaultdict(list)
         for text in batch[FILM_COLUMN]:
             film = json.loads(str(text))
+            if film.get("unreadable"):  # a stage before this one (the localiser) could not read it
+                self.skipped_row(out, film, 1, film["unreadable"])
+                continue
             labelled = sum(1 for region in film["regions"] if self._wanted(int(region[0])))
             cut, reason = self._cut_film(film, out)
             if cut < labelled:

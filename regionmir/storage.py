@@ -153,6 +153,10 @@ def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
     A remote read that fails for another reason than absence or permission is retried
     (:data:`READ_ATTEMPTS`, pauses :data:`RETRY_PAUSES_S`): a storage hiccup is not a bad film.
     """
+    if str(uri).startswith("dicomweb+"):  # a PACS instance: WADO-RS (regionmir.dicomweb)
+        from .dicomweb import read_instance
+
+        return read_instance(str(uri))
     fs, path = filesystem(uri, s3)
     attempts = READ_ATTEMPTS if is_remote(uri) else 1
     for attempt in range(attempts):

@@ -110,7 +110,7 @@ def test_deleting_an_image_also_erases_its_crops_from_a_crop_cache(demo, tmp_pat
     (split / "_COMPLETE.json").write_text(json.dumps({"rows": 3}))
 
     # the collection is of an older row schema than this code reads: erasure still reaches it
-    monkeypatch.setattr(index_schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(index_schema, "SCHEMA_VERSION", 3)
     monkeypatch.setattr(index_schema, "FIELDS", (*index_schema.FIELDS, "series_uid"))
     summary = _delete(capsys, "--milvus", db, "--image", image, "--crop-cache", str(tmp_path / "cache"))
     monkeypatch.undo()

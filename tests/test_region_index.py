@@ -432,11 +432,11 @@ def test_a_collection_of_another_schema_version_names_the_rebuild_command(index,
     import indexing.index_schema as index_schema
 
     name, rows = filled(index, make_rows(12))
-    # this code moved on to a new row layout: version 2, with a field the old collection lacks
-    monkeypatch.setattr(index_schema, "SCHEMA_VERSION", 2)
+    # this code moved on to a new row layout: version 3, with a field the old collection lacks
+    monkeypatch.setattr(index_schema, "SCHEMA_VERSION", 3)
     monkeypatch.setattr(index_schema, "FIELDS", (*index_schema.FIELDS, "series_uid"))
     mismatch = (
-        r"older row schema \((v1|without field\(s\) \['series_uid'\]); this RegionMIR reads v2\).*regionmir index"
+        r"older row schema \((v2|without field\(s\) \['series_uid'\]); this RegionMIR reads v3\).*regionmir index"
     )
     with backend.open() as upgraded, pytest.raises(SchemaMismatchError, match=mismatch):
         upgraded.count(name)

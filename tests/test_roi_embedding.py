@@ -45,9 +45,16 @@ def test_film_rows_keep_the_wanted_regions_or_every_film():
         "view": "PA",
         "patient_hash": "p" * 16,
         "study_hash": "s" * 16,
+        "box_source": "label",
         "regions": [[3, 0.0, 0.0, 4.0, 4.0]],
     }
     assert film_rows([a, b], anatomy_ids=[4]) == []
+    # a film without labelled regions is kept for the localiser only when asked
+    rows = [json.loads(r[FILM_COLUMN]) for r in film_rows([a, b], anatomy_ids=[3], localise_unlabelled=True)]
+    assert [(r["image_id"], r["box_source"], r["regions"]) for r in rows] == [
+        ("a", "label", [[3, 0.0, 0.0, 4.0, 4.0]]),
+        ("b", "localiser", []),
+    ]
 
 
 def test_the_index_cropper_cuts_the_regions_the_training_cropper_cuts(films, tmp_path, caplog):

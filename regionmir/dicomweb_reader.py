@@ -1,0 +1,85 @@
+"""The films of a PACS as a data set: ``--data dicomweb+http://host/dicom-web?modality=CR,DX…``.
+
+:class:`DicomWebReader` lists the instances a QIDO-RS search finds (:class:`regionmir.dicomweb.
+DicomWebSource`) as :class:`ImageRecord` s, the same records a manifest or a Chest ImaGenome copy
+gives, so the index job reads them through Ray Data like any other films (WADO-RS, by their
+``dicomweb+`` locations). Each record:
+
+* ``image_id``: the SOP Instance UID (a PACS-connected index keeps the UIDs: the viewer needs them);
+* ``image_uri``: the instance's ``dicomweb+`` WADO-RS location (sealed in the index);
+* ``patient_hash`` / ``study_hash``: salted hashes of PatientID and StudyInstanceUID — never the
+  patient in clear;
+* ``view``: ViewPosition (PA/AP), else the label's;
+* ``regions``: the boxes of a **labels** source keyed by SOP Instance UID (a manifest whose
+  ``image_id`` column, or scene graphs whose ``image_id``, is the SOP Instance UID), with its
+  split; an instance without labels has none (the index job localises it, ``box_source:
+  localiser``) and goes to ``train``, the database a search retrieves from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+from .dicomweb import DicomWebSource, client_for
+from .identifiers import hash_identifier
+from .region_record import ImageRecord
+from .scan_report import ScanReport
+from .storage import S3Options
+
+#: The split of a PACS instance that its labels do not place: the retrieval database.
+UNLABELLED_SPLIT = "train"
+
+
+class DicomWebReader:
+    """A DICOMweb source read as a data set (see the module docstring). ``labels``: a manifest or
+    Chest ImaGenome copy (local or ``s3://``) keyed by SOP Instance UID, or ``None``."""
+
+    def __init__(self, source: str, s3: S3Options | None = None, labels: str | None = None):
+        self.source = DicomWebSource.parse(source)
+        self.labels = labels
+        self.s3 = s3
+        self.report = ScanReport(source=self.source.root)
+        self.labelled = self.unlabelled = 0
+
+    def _label_records(self) -> dict[str, ImageRecord]:
+        if not self.labels:
+            return {}
+        from .dataset import open_dataset
+
+        reader = open_dataset(self.labels, s3=self.s3)
+        records = {record.image_id: record for record in reader.iter_images()}
+        self.report = self.report.merge(reader.report)
+        return records
+
+    def iter_images(self, split: str | None = None) -> Iterator[ImageRecord]:
+        labels = self._label_records()
+        for instance in client_for(self.source.root).source_instances(self.source):
+            reference = instance.reference
+            uid = reference.sop_instance_uid
+            labelled = labels.get(uid)
+            regions = ()
+            if labelled is not None and labelled.regions:
+                regions = tuple(
+                    dataclasses.replace(region, image_uri=reference.uri, image_id=uid) for region in labelled.regions
+                )
+            record = ImageRecord(
+                image_uri=reference.uri,
+                image_id=uid,
+                split=(labelled.split if labelled is not None and labelled.split else UNLABELLED_SPLIT),
+                patient_hash=instance.patient_hash,
+                study_hash=hash_identifier(reference.study_uid),
+                view=instance.view or (labelled.view if labelled is not None else ""),
+                regions=regions,
+            )
+            if split is not None and record.split != split:
+                continue
+            if regions:
+                self.labelled += 1
+            else:
+                self.unlabelled += 1
+            yield record
+
+    def describe(self) -> str:
+        labels = f", labels {self.labels}" if self.labels else ", no labels (boxes from the localiser)"
+        return self.source.describe() + labels
