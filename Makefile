@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-output
 
-.PHONY: demo test test-slow test-faults test-ray test-cluster venv clean lint format system-deps
+.PHONY: demo test test-slow test-faults test-ray test-cluster test-pacs venv clean lint format system-deps
 
 venv: $(STAMP)
 
@@ -76,6 +76,12 @@ test-ray: $(STAMP)
 # worker nodes survives one of them being killed (about 10 minutes on 2 cores; CI runs it too).
 test-cluster: $(STAMP)
 	$(PY) -m pytest -q -m slow tests/test_multinode_cluster.py
+
+# The PACS end to end against a real Orthanc: `regionmir index --data dicomweb+…` through Ray (labels
+# keyed by SOP Instance UID, the real CR film localised, a second ingest adding only new instances,
+# the PACS down) (about a minute on 2 cores; CI runs it too).
+test-pacs: $(STAMP) system-deps
+	$(PY) -m pytest -q -m slow tests/test_pacs_index.py
 
 # `make demo SERVE=1` keeps the query service up at the end (Ctrl-C stops it).
 demo: $(STAMP)

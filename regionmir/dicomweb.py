@@ -47,6 +47,11 @@ RADIOGRAPH_MODALITIES: tuple[str, ...] = ("CR", "DX")
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
 
+#: Attempts of a request that found the PACS unreachable or busy (503, 504, 429, 408), and the
+#: first pause between them in milliseconds (doubling).
+ATTEMPTS = 2
+RETRY_PAUSE_MS = 250
+
 #: The environment variables holding the PACS credentials.
 TOKEN_ENV = "REGIONMIR_DICOMWEB_TOKEN"
 USER_ENV = "REGIONMIR_DICOMWEB_USER"
@@ -257,6 +262,11 @@ class DicomWebClient:
         elif os.environ.get(USER_ENV):
             session.auth = (os.environ[USER_ENV], os.environ.get(PASSWORD_ENV, ""))
         self._client = DICOMwebClient(self.root, session=session, timeout=timeout)
+        # dicomweb-client retries 5 times with 1-2-4-8 s pauses (30 s for a PACS that is down);
+        # a query is waiting: ATTEMPTS attempts, RETRY_PAUSE_MS apart (doubling)
+        self._client.set_http_retry_params(
+            retry=True, max_attempts=ATTEMPTS, wait_exponential_multiplier=RETRY_PAUSE_MS
+        )
 
     def _call(self, what: str, call, *args: Any, missing: str | None = None, **kwargs: Any) -> Any:
         import requests

@@ -11,9 +11,10 @@ gives, so the index job reads them through Ray Data like any other films (WADO-R
   patient in clear;
 * ``view``: ViewPosition (PA/AP), else the label's;
 * ``regions``: the boxes of a **labels** source keyed by SOP Instance UID (a manifest whose
-  ``image_id`` column, or scene graphs whose ``image_id``, is the SOP Instance UID), with its
-  split; an instance without labels has none (the index job localises it, ``box_source:
-  localiser``) and goes to ``train``, the database a search retrieves from.
+  ``image_id`` column, or scene graphs whose ``image_id``, is the SOP Instance UID); an instance
+  without labels has none (the index job localises it, ``box_source: localiser``);
+* ``split``: ``train`` for every instance — a PACS fills the database a search retrieves from (a
+  labels file's own split is for experiments on file data sets, not for what a PACS ingest holds).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from .region_record import ImageRecord
 from .scan_report import ScanReport
 from .storage import S3Options
 
-#: The split of a PACS instance that its labels do not place: the retrieval database.
-UNLABELLED_SPLIT = "train"
+#: The split of every PACS instance: the retrieval database.
+PACS_SPLIT = "train"
 
 
 class DicomWebReader:
@@ -66,7 +67,7 @@ class DicomWebReader:
             record = ImageRecord(
                 image_uri=reference.uri,
                 image_id=uid,
-                split=(labelled.split if labelled is not None and labelled.split else UNLABELLED_SPLIT),
+                split=PACS_SPLIT,
                 patient_hash=instance.patient_hash,
                 study_hash=hash_identifier(reference.study_uid),
                 view=instance.view or (labelled.view if labelled is not None else ""),

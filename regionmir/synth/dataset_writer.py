@@ -7,6 +7,8 @@ Layout (what :mod:`regionmir.chest_imagenome` reads back)::
     OUT/silver_dataset/splits/images_to_avoid.csv                  empty (header only)
     OUT/images/files/pNN/pNNNNNNNN/sNNNNNNNN/{dicom_id}.png|.dcm
     OUT/synth_info.json                                             generator version, preset, seed, sizes
+    OUT/labels_by_sop_instance_uid.csv                              --format dicom: the boxes keyed by SOP
+                                                                    Instance UID (a PACS ingest's --labels)
 
 Scene-graph boxes: ``original_*`` are pixels of the written image (``original_width`` /
 ``original_height`` are the box's, as in Chest ImaGenome); ``x1..y2`` are the same box on the
@@ -177,6 +179,25 @@ def scene_graph(film: PhantomFilm, ident: PhantomIdentity, size: int) -> dict:
     }
 
 
+#: The boxes of DICOM phantoms keyed by SOP Instance UID: a region manifest (:mod:`regionmir.manifest`)
+#: whose ``image_id`` is the UID, what ``regionmir index --data dicomweb+… --labels`` matches instances by.
+SOP_LABELS_FILE = "labels_by_sop_instance_uid.csv"
+SOP_LABELS_HEADER = "image,image_id,bbox_name,x1,y1,x2,y2,split,view\n"
+
+
+def sop_label_rows(graph: dict, relative_path: str, seed: int, index: int, split: str) -> list[str]:
+    """The manifest rows (:data:`SOP_LABELS_HEADER`) of one DICOM phantom's regions."""
+    from .phantom_dicom import phantom_uid
+
+    uid = phantom_uid(seed, index, "sop")
+    image = f"images/{relative_path}"
+    return [
+        f"{image},{uid},{obj['bbox_name']},{obj['original_x1']},{obj['original_y1']},"
+        f"{obj['original_x2']},{obj['original_y2']},{split},{graph['viewpoint']}"
+        for obj in graph["objects"]
+    ]
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(to_uint8(image), mode="L").save(buffer, format="PNG", optimize=False, compress_level=6)
@@ -226,6 +247,7 @@ def write_phantom_dataset(
 
     extension = "png" if fmt == "png" else "dcm"
     splits: dict[str, list[str]] = {"train": [], "valid": [], "test": []}
+    sop_labels: list[str] = []  # --format dicom: manifest rows keyed by SOP Instance UID
     start = time.perf_counter()
     findings = devices = 0
     jobs = [(seed, index, size, fmt, preset) for index in range(images)]
@@ -254,6 +276,8 @@ def write_phantom_dataset(
                 s3,
             )
             splits[ident.split].append(f"{ident.subject_id},{ident.study_id},{ident.dicom_id},{rel}")
+            if fmt == "dicom":
+                sop_labels.extend(sop_label_rows(graph, rel, seed, index, ident.split))
             if counter is not None:
                 counter.update()
     header = "subject_id,study_id,dicom_id,path\n"
@@ -262,6 +286,10 @@ def write_phantom_dataset(
             storage.join(out, "silver_dataset", "splits", f"{split}.csv"), header + "".join(r + "\n" for r in rows), s3
         )
     storage.write_text(storage.join(out, "silver_dataset", "splits", "images_to_avoid.csv"), header, s3)
+    if fmt == "dicom":
+        storage.write_text(
+            storage.join(out, SOP_LABELS_FILE), SOP_LABELS_HEADER + "".join(r + "\n" for r in sop_labels), s3
+        )
     summary = {
         "generator": GENERATOR_VERSION,
         "preset": preset,

@@ -20,9 +20,14 @@ def pixel_values(film: PhantomFilm) -> np.ndarray:
     return np.round(np.clip(film.image, 0, 1) * (2**BITS_STORED - 1)).astype(np.uint16)
 
 
+def phantom_uid(seed: int, index: int, kind: str) -> str:
+    """The deterministic DICOM UID of film ``index`` of ``seed``: ``kind`` ``sop``, ``study`` or ``series``."""
+    return generate_uid(entropy_srcs=[f"regionmir-phantom:{seed}:{index}:{kind}"])
+
+
 def dicom_bytes(film: PhantomFilm, ident, seed: int, index: int) -> bytes:
     def uid(kind: str) -> str:
-        return generate_uid(entropy_srcs=[f"regionmir-phantom:{seed}:{index}:{kind}"])
+        return phantom_uid(seed, index, kind)
 
     pixels = pixel_values(film)
     meta = FileMetaDataset()
