@@ -70,8 +70,11 @@ def run_demo(args) -> dict:
 
     started = time.perf_counter()
     steps = Steps()
-    if os.path.exists(os.path.join(args.out, "training")):
-        shutil.rmtree(os.path.join(args.out, "training"))  # a demo run always trains afresh
+    # a demo run always trains and indexes afresh (an index left by an older RegionMIR may have
+    # another row schema)
+    for previous in ("training", "regions.db", os.path.join("serving", "regions.db")):
+        if os.path.exists(os.path.join(args.out, previous)):
+            shutil.rmtree(os.path.join(args.out, previous))
     # Training starts the Ray the service will join: give it the service's HTTP front end now.
     from serving.config import ServeSettings
     from serving.deployments import choose_http_proxy
