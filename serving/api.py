@@ -7,7 +7,8 @@ in-process (:func:`serving.backends.local_backend`); see :mod:`serving.backends`
 
 Routes (see ``serving/README.md``, and ``/docs`` of a running service): ``POST /v1/search``,
 ``POST /v1/preview``, ``GET /v1/anatomies``, ``GET /v1/results/{key}/crop``,
-``GET /v1/results/{key}/image``, ``GET /healthz``, ``GET /readyz``, ``GET /`` (the web page). Every
+``GET /v1/results/{key}/image``, ``GET /v1/results/{key}/dicom``, ``GET /healthz``, ``GET /readyz``,
+``GET /`` (the web page). The query film is an upload or a PACS reference (:mod:`serving.pacs`). Every
 ``/v1/*`` route needs ``Authorization: Bearer <key>`` when an API key is configured. Every error is
 ``{"error": {"reason", "message"}}`` with a 4xx (caller) or 5xx (service) status; nothing a caller
 sends can take the service down.
@@ -45,15 +46,18 @@ from .form_fields import GROUP_BY_CHOICES
 from .guard import GUARD_REASONS, BodyTooLarge, GuardMiddleware, too_large
 from .images import DISPLAY_MAX_SIDE
 from .multipart import FORM_LIMITS, MISSING_IMAGE, MULTIPART_REASONS, multipart_route, read_upload
-from .query_service import QueryService, SearchFields
+from .pacs import parse_reference, reference_given
+from .query_service import QueryFilm, QueryService, SearchFields
 from .schemas import (
     AnatomiesResponse,
     HealthResponse,
+    HitInstance,
     ReadyResponse,
     SearchResponse,
     error_responses,
     png_response,
 )
+from .search_export import EXPORTS
 
 log = logging.getLogger("ray.serve")
 
@@ -70,9 +74,15 @@ _DECODE_REASONS = (
 )
 _BOX_REASONS = ("bad_box", "box_outside_image", "box_inverted", "box_zero_area", "box_not_finite")
 _POST_REASONS = (*GUARD_REASONS, *MULTIPART_REASONS, "method_not_allowed", "overloaded", "internal")
+_PACS_REASONS = ("pacs_unavailable", "pacs_denied", "pacs_requires_api_key")
+_REFERENCE_REASONS = ("image_and_reference", "bad_uid", "no_pacs", "not_in_pacs", "no_frontal_instance", *_PACS_REASONS)
 SEARCH_REASONS = (
     *_POST_REASONS,
     *_DECODE_REASONS,
+    *_REFERENCE_REASONS,
+    "bad_export",
+    "export_needs_pacs_query",
+    "pacs_refused",
     *_BOX_REASONS,
     "bad_k",
     "bad_filter",
@@ -85,7 +95,7 @@ SEARCH_REASONS = (
     "index_unavailable",
     "timeout",
 )
-PREVIEW_REASONS = (*_POST_REASONS, *_DECODE_REASONS)
+PREVIEW_REASONS = (*_POST_REASONS, *_DECODE_REASONS, *_REFERENCE_REASONS)
 ANATOMIES_REASONS = (*GUARD_REASONS, "internal")
 RESULT_IMAGE_REASONS = (
     *GUARD_REASONS,
@@ -94,12 +104,23 @@ RESULT_IMAGE_REASONS = (
     "missing_image",
     "overloaded",
     "storage_unavailable",
+    *_PACS_REASONS,
     "index_unavailable",
     "timeout",
     "sealed_location",
     "internal",
 )
 RESULT_CROP_REASONS = (*RESULT_IMAGE_REASONS, ("bad_request", 422))
+RESULT_DICOM_REASONS = (
+    *GUARD_REASONS,
+    "bad_key",
+    "not_found",
+    "not_dicom",
+    "pacs_requires_api_key",
+    "index_unavailable",
+    "timeout",
+    "internal",
+)
 
 
 def _key() -> Any:
@@ -115,8 +136,8 @@ def create_app(settings: ServeSettings, backend: Any, contract: ModelContract, a
         title="RegionMIR query service",
         version="1",
         description=(
-            "Region retrieval on chest radiographs: upload a film with a box drawn on it, or name a region, "
-            "and get the nearest indexed regions. Every `/v1/*` route needs `Authorization: Bearer <API key>` "
+            "Region retrieval on chest radiographs: upload a film (or name one in the hospital's PACS) with a box "
+            "drawn on it, or name a region, and get the nearest indexed regions. Every `/v1/*` route needs `Authorization: Bearer <API key>` "
             'when the service has one. Every error is `{"error": {"reason", "message"}}`; each route '
             "lists its reasons under their statuses."
         ),
@@ -182,26 +203,76 @@ def create_app(settings: ServeSettings, backend: Any, contract: ModelContract, a
 
     def image_field() -> Any:
         return File(
+            None,
             description=(
                 "the radiograph: DICOM, PNG or JPEG (the format is sniffed from the bytes), at most "
-                f"`limits.max_upload_mb` ({limits.max_upload_mb:g} MiB) and `limits.max_pixels` ({limits.max_pixels} px)"
-            )
+                f"`limits.max_upload_mb` ({limits.max_upload_mb:g} MiB) and `limits.max_pixels` ({limits.max_pixels} px). "
+                "Or name a film in the PACS instead (`study_uid`, `series_uid`, `sop_instance_uid`): one of the two"
+            ),
         )
+
+    def study_field() -> Any:
+        return Form(
+            None,
+            description="instead of `image`: a study in the PACS (`pacs.dicomweb_url`); alone, its frontal "
+            "(PA/AP) CR/DX film, the first by series and instance number",
+        )
+
+    def series_field() -> Any:
+        return Form(None, description="with `study_uid`: that series' frontal film (the first by instance number)")
+
+    def sop_field() -> Any:
+        return Form(
+            None,
+            description="instead of `image`: this SOP Instance UID's film in the PACS (with or without its "
+            "`study_uid` / `series_uid`)",
+        )
+
+    async def query_film(
+        image: UploadFile | None, study_uid: str | None, series_uid: str | None, sop_instance_uid: str | None
+    ) -> QueryFilm:
+        """The uploaded bytes, or the PACS reference; 422 for both or neither."""
+        uploaded = image is not None and bool(image.filename or image.size)
+        if uploaded and reference_given(study_uid, series_uid, sop_instance_uid):
+            await image.close()
+            raise ApiError(
+                422,
+                "image_and_reference",
+                "send the file 'image' or a PACS reference (study_uid / series_uid / sop_instance_uid), not both",
+            )
+        reference = parse_reference(study_uid, series_uid, sop_instance_uid)
+        if reference is not None:
+            return reference
+        if image is None:
+            raise ApiError(422, "missing_field", MISSING_IMAGE)
+        return await read_upload(image, settings.max_upload_bytes)
 
     @post_multipart(
         "/v1/search",
-        summary="Find the indexed regions most like a region of an uploaded film",
+        summary="Find the indexed regions most like a region of an uploaded film (or a film in the PACS)",
         description=(
-            "Send the film with a `box`, an `anatomy`, or both. With a box, that box is cropped and embedded "
+            "Send the film (or name it in the PACS: `study_uid`, `series_uid`, `sop_instance_uid`) with a `box`, "
+            "an `anatomy`, or both. With a box, that box is cropped and embedded "
             "(the classifier says what it takes the region to be); with only `anatomy`, the service finds the "
-            "box with its anatomy atlas and classifier (`box_source: atlas`, `query.localization`)."
+            "box with its anatomy atlas and classifier (`box_source: atlas`, `query.localization`). "
+            "`export=csv` answers the results as CSV; `export=sr` stores them into the PACS as a DICOM "
+            "Structured Report (`export.sr`)."
         ),
         response_model=SearchResponse,
-        responses=error_responses(*SEARCH_REASONS),
+        responses={
+            200: {
+                "description": "the results (JSON); with `export=csv`, CSV text: a row for the query, one per hit",
+                "content": {"text/csv": {"schema": {"type": "string"}}},
+            },
+            **error_responses(*SEARCH_REASONS),
+        },
     )
     async def search(
         request: Request,
-        image: UploadFile = image_field(),
+        image: UploadFile | None = image_field(),
+        study_uid: str | None = study_field(),
+        series_uid: str | None = series_field(),
+        sop_instance_uid: str | None = sop_field(),
         box: str | None = Form(
             None,
             description="`x1,y1,x2,y2` in pixels of the uploaded film (origin top-left)",
@@ -228,9 +299,15 @@ def create_app(settings: ServeSettings, backend: Any, contract: ModelContract, a
             None,
             description=f"at most one region per group, the best one: {', '.join(GROUP_BY_CHOICES)} (default none)",
         ),
+        export: str | None = Form(
+            None,
+            description=f"{' or '.join(EXPORTS)}: `csv` answers the results as `text/csv`; `sr` stores them into "
+            "the PACS as a DICOM Structured Report of the query's study (a query by reference only; hits outside "
+            "the PACS are left out) and names it in `export.sr`. Default: the JSON answer only",
+        ),
     ):
         async def work():
-            data = await read_upload(image, settings.max_upload_bytes)
+            film = await query_film(image, study_uid, series_uid, sop_instance_uid)
             fields = SearchFields(
                 box=box,
                 anatomy=anatomy,
@@ -239,15 +316,16 @@ def create_app(settings: ServeSettings, backend: Any, contract: ModelContract, a
                 view=view,
                 exclude_same_patient=exclude_same_patient,
                 group_by=group_by,
+                export=export,
             )
-            found = await service.search(data, fields, started=getattr(request.state, "started", None))
-            return JSONResponse(jsonable_encoder(found))
+            found = await service.search(film, fields, started=getattr(request.state, "started", None))
+            return found if isinstance(found, Response) else JSONResponse(jsonable_encoder(found))
 
         return await guarded("/v1/search", work)
 
     @post_multipart(
         "/v1/preview",
-        summary="The uploaded film as a PNG (lets a browser show a DICOM)",
+        summary="The uploaded film (or a film in the PACS) as a PNG (lets a browser show a DICOM)",
         response_class=Response,
         responses={
             200: png_response(
@@ -256,14 +334,22 @@ def create_app(settings: ServeSettings, backend: Any, contract: ModelContract, a
                     "X-Image-Width": "the film's own width in pixels",
                     "X-Image-Height": "the film's own height in pixels",
                     "X-Preview-Scale": "the PNG's size over the film's",
+                    "X-Study-UID": "a film from the PACS: its Study Instance UID",
+                    "X-Series-UID": "a film from the PACS: its Series Instance UID",
+                    "X-SOP-Instance-UID": "a film from the PACS: its SOP Instance UID (search with it)",
                 },
             ),
             **error_responses(*PREVIEW_REASONS),
         },
     )
-    async def preview(image: UploadFile = image_field()):
+    async def preview(
+        image: UploadFile | None = image_field(),
+        study_uid: str | None = study_field(),
+        series_uid: str | None = series_field(),
+        sop_instance_uid: str | None = sop_field(),
+    ):
         async def work():
-            return await service.preview(await read_upload(image, settings.max_upload_bytes))
+            return await service.preview(await query_film(image, study_uid, series_uid, sop_instance_uid))
 
         return await guarded("/v1/preview", work)
 
@@ -312,6 +398,18 @@ def create_app(settings: ServeSettings, backend: Any, contract: ModelContract, a
     )
     async def result_image(key: str = _key()):
         return await guarded("/v1/results/{key}/image", lambda: service.result_image(key))
+
+    @app.get(
+        "/v1/results/{key}/dicom",
+        summary="The PACS instance of an indexed region's film: UIDs, WADO-RS URL, viewer link",
+        response_model=HitInstance,
+        responses=error_responses(*RESULT_DICOM_REASONS),
+    )
+    async def result_dicom(key: str = _key()):
+        async def work():
+            return JSONResponse(await service.result_dicom(key))
+
+        return await guarded("/v1/results/{key}/dicom", work)
 
     @app.get("/healthz", summary="Liveness: the ingress runs", response_model=HealthResponse)
     async def healthz():

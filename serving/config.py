@@ -1,7 +1,7 @@
 """Settings of the query service: defaults < config file (YAML or JSON) < environment < command line.
 
 Every knob an operator turns lives here, never in code: autoscaling of each deployment, batching,
-limits on uploads, pixels and ``k``, GPUs per encoder replica, the API key. Each default is written
+limits on uploads, pixels and ``k``, GPUs per encoder replica, the API key, the hospital's PACS. Each default is written
 once, on its field below. The file is nested (see ``serving/config.example.yaml``); unknown keys are
 refused with their path, so a typo never silently falls back to a default. Environment variables:
 
@@ -176,6 +176,31 @@ class AtlasSettings(_Section):
     prior_weight: Number = 0.1
 
 
+class PacsSettings(_Section):
+    """The hospital's PACS (DICOMweb): where a query by reference fetches its film and a search's
+    Structured Report is stored, and the viewer that opens a hit. Credentials come from the
+    environment (``REGIONMIR_DICOMWEB_TOKEN`` or ``REGIONMIR_DICOMWEB_USER`` / ``_PASSWORD``),
+    never from here."""
+
+    #: DICOMweb service root, e.g. ``http://pacs:8042/dicom-web``; ``None`` (default): queries by
+    #: reference and ``export=sr`` are refused (422 ``no_pacs``); hits still carry their UIDs.
+    dicomweb_url: Text | None = None
+    #: A viewer's URL for a hit, with ``{study_uid}`` and optionally ``{series_uid}`` and
+    #: ``{sop_instance_uid}``, e.g. ``http://viewer/viewer?StudyInstanceUIDs={study_uid}``;
+    #: ``None`` (default): hits carry no ``viewer_url``.
+    viewer_url: Text | None = None
+
+    def viewer_link(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> str | None:
+        """:attr:`viewer_url` filled in for one instance (``None`` without a template)."""
+        if not self.viewer_url:
+            return None
+        return self.viewer_url.format(study_uid=study_uid, series_uid=series_uid, sop_instance_uid=sop_instance_uid)
+
+
+#: The fields a ``pacs.viewer_url`` template may name.
+VIEWER_FIELDS = ("study_uid", "series_uid", "sop_instance_uid")
+
+
 class RaySettings(_Section):
     address: Text | None = None  # join this cluster (else RAY_ADDRESS, else start a local one)
     num_cpus: Integer | None = None  # logical CPUs of a local cluster
@@ -211,6 +236,7 @@ class ServeSettings(BaseSettings):
     search: SearchSettings = Field(default_factory=SearchSettings)
     ingress: IngressSettings = Field(default_factory=IngressSettings)
     atlas: AtlasSettings = Field(default_factory=AtlasSettings)
+    pacs: PacsSettings = Field(default_factory=PacsSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
 
     @classmethod
@@ -314,6 +340,7 @@ class ServeSettings(BaseSettings):
             raise ConfigError("encoder.gpus_per_replica must be >= 0")
         if self.atlas.candidates < 1 or self.atlas.rounds < 1 or self.atlas.prior_weight < 0:
             raise ConfigError("atlas: candidates >= 1, rounds >= 1, prior_weight >= 0")
+        _check_pacs(self.pacs)
         return self
 
     @property
@@ -334,6 +361,31 @@ class ServeSettings(BaseSettings):
         if data["auth"]["api_key"]:
             data["auth"]["api_key"] = "***"
         return data
+
+
+def _check_pacs(pacs: PacsSettings) -> None:
+    """``pacs.dicomweb_url`` is an http(s) URL; ``pacs.viewer_url`` one whose template names
+    ``{study_uid}`` and no field but :data:`VIEWER_FIELDS`."""
+    import string
+
+    if pacs.dicomweb_url is not None and not pacs.dicomweb_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"pacs.dicomweb_url: {pacs.dicomweb_url!r} is not a DICOMweb service root (http(s)://host:port/path)"
+        )
+    if pacs.viewer_url is None:
+        return
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(pacs.viewer_url) if name is not None}
+    except ValueError as exc:
+        raise ConfigError(
+            f"pacs.viewer_url: not a template ({exc}); write {{study_uid}}, …, and {{{{ for a brace"
+        ) from None
+    unknown = sorted(fields - set(VIEWER_FIELDS))
+    if unknown or "study_uid" not in fields:
+        raise ConfigError(
+            f"pacs.viewer_url: a template with {{study_uid}} (and optionally {{series_uid}}, {{sop_instance_uid}}), "
+            f"got {pacs.viewer_url!r}" + (f" (unknown field(s) {', '.join(unknown)})" if unknown else "")
+        )
 
 
 # ------------------------------------------------------------------------------------- sources

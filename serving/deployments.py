@@ -55,8 +55,8 @@ ENCODER = "encoder"
 SEARCH = "search"
 INGRESS = "ingress"
 
-#: Environment variables handed to every replica (object storage, Milvus token, id salt), so a
-#: remote cluster's replicas reach what the command line could reach.
+#: Environment variables handed to every replica (object storage, Milvus token, id salt, PACS
+#: credentials), so a remote cluster's replicas reach what the command line could reach.
 FORWARDED_ENV = (
     "REGIONMIR_S3_ENDPOINT",
     "AWS_ENDPOINT_URL_S3",
@@ -70,6 +70,9 @@ FORWARDED_ENV = (
     "REGIONMIR_S3_ANON",
     "MILVUS_TOKEN",
     "REGIONMIR_ID_SALT",
+    "REGIONMIR_DICOMWEB_TOKEN",
+    "REGIONMIR_DICOMWEB_USER",
+    "REGIONMIR_DICOMWEB_PASSWORD",
 )
 
 
@@ -483,7 +486,11 @@ def start_service(
 
 
 def wait_ready(base: str, timeout_s: float) -> dict[str, Any]:
-    """Poll ``base/readyz`` until 200; raises ``TimeoutError`` with the last answer."""
+    """Poll ``base/readyz`` until 200; raises ``TimeoutError`` with the last answer, and
+    :class:`ConfigError` at once for a readiness problem no wait fixes
+    (:data:`serving.startup_checks.FATAL_READINESS_REASONS`: a PACS-connected index without an API key)."""
+    from .startup_checks import FATAL_READINESS_REASONS
+
     deadline = time.monotonic() + timeout_s
     last: Any = None
     while time.monotonic() < deadline:
@@ -491,7 +498,14 @@ def wait_ready(base: str, timeout_s: float) -> dict[str, Any]:
             with urllib.request.urlopen(base + "/readyz", timeout=10) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            last = exc.read().decode(errors="replace")[:500]
+            last = exc.read().decode(errors="replace")[:2000]
+            try:
+                index = json.loads(last)["checks"]["index"]
+            except (ValueError, KeyError, TypeError):
+                index = {}
+            if isinstance(index, dict) and index.get("reason") in FATAL_READINESS_REASONS:
+                raise ConfigError(f"refusing to start: {index.get('problem') or index['reason']}") from None
+            last = last[:500]
         except OSError as exc:
             last = str(exc)
         time.sleep(0.5)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from regionmir.errors import BoxError, RegionIndexError, RegionMIRError, UnknownAnatomyError
+from regionmir.errors import BoxError, RegionIndexError, RegionMIRError, StorageError, UnknownAnatomyError
 
 
 class ApiError(Exception):
@@ -65,7 +65,21 @@ STATUS_BY_REASON: dict[str, int] = {
 #: (each route lists the reasons it can answer, :func:`serving.schemas.error_responses`).
 ANSWERS: dict[str, Reason] = {
     "unauthorized": Reason((401,), "an API key is configured and the bearer token is missing or wrong"),
-    "missing_field": Reason((422,), "no multipart file field `image`, or neither `box` nor `anatomy`"),
+    "missing_field": Reason(
+        (422,),
+        "neither the file `image` nor a PACS reference (`study_uid`, `series_uid`, `sop_instance_uid`); "
+        "neither `box` nor `anatomy`; a `series_uid` without its `study_uid`",
+    ),
+    "image_and_reference": Reason((422,), "both the file `image` and a PACS reference: send one of them"),
+    "bad_uid": Reason((422,), "`study_uid`, `series_uid` or `sop_instance_uid` is not a DICOM UID"),
+    "no_pacs": Reason((422,), "a PACS reference or `export=sr`, and the service has no PACS (`pacs.dicomweb_url`)"),
+    "bad_export": Reason((422,), "`export` is not `csv` or `sr`"),
+    "export_needs_pacs_query": Reason(
+        (422,), "`export=sr` for an uploaded film: the report belongs to a PACS study, so query by reference"
+    ),
+    "not_in_pacs": Reason((404,), "the PACS holds no instance (or study, or series) with these UIDs"),
+    "no_frontal_instance": Reason((404,), "the study or series holds no frontal (PA/AP) CR/DX radiograph"),
+    "not_dicom": Reason((404,), "the result's film is not a PACS instance (a file or object-store collection)"),
     "bad_request": Reason((400, 422), "a malformed request body (400) or query parameter (422)"),
     "bad_k": Reason((422,), "`k` is not an integer in 1..`limits.max_k`"),
     "bad_filter": Reason(
@@ -101,6 +115,14 @@ ANSWERS: dict[str, Reason] = {
     "index_unavailable": Reason((503,), "the index did not answer; retry after `Retry-After` seconds"),
     "model_unavailable": Reason((503,), "the encoder did not answer; retry after `Retry-After` seconds"),
     "storage_unavailable": Reason((503,), "the film store did not answer; retry after `Retry-After` seconds"),
+    "pacs_unavailable": Reason((503,), "the PACS did not answer (or failed); retry after `Retry-After` seconds"),
+    "pacs_denied": Reason((502,), "the PACS refused the service's credentials (`REGIONMIR_DICOMWEB_*`)"),
+    "pacs_refused": Reason((502,), "the PACS refused to store the Structured Report (STOW-RS)"),
+    "pacs_requires_api_key": Reason(
+        (503,),
+        "the index holds PACS instances (or the service has a PACS) and the service has no API key: "
+        "it serves no PACS data until it has one (see `/readyz`)",
+    ),
     "sealed_location": Reason(
         (500,), "the service's `REGIONMIR_ID_SALT` does not open the index's film locations (see `/readyz`)"
     ),
@@ -122,10 +144,30 @@ def reason_label(reason: str) -> str:
 RETRY_AFTER_S = 2
 
 
+#: The answers to the storage errors of a PACS (:mod:`regionmir.dicomweb`), by their ``reason``.
+PACS_STORAGE_ANSWERS: dict[str, tuple[int, str]] = {
+    "pacs_unavailable": (503, "the PACS did not answer; retry shortly"),
+    "pacs_denied": (502, "the PACS refused the service's credentials (REGIONMIR_DICOMWEB_TOKEN or _USER/_PASSWORD)"),
+    "pacs_refused": (502, "the PACS refused to store the report"),
+}
+
+
+def from_storage_error(exc: StorageError) -> ApiError:
+    """The answer to a storage failure, the service's trouble: a PACS's by its reason
+    (:data:`PACS_STORAGE_ANSWERS`), any other 503 ``storage_unavailable``; 503s with ``Retry-After``.
+    The message names neither the server nor the object (a path may hold a patient's id)."""
+    status, message = PACS_STORAGE_ANSWERS.get(exc.reason, (503, "the film store did not answer; retry shortly"))
+    reason = exc.reason if exc.reason in PACS_STORAGE_ANSWERS else "storage_unavailable"
+    return ApiError(status, reason, message, retry_after_s=RETRY_AFTER_S if status == 503 else None)
+
+
 def from_library_error(exc: RegionMIRError, field: str | None = None) -> ApiError:
     """The answer to a library error: its status from :data:`STATUS_BY_REASON` for what a caller
     sent; the index's own failures (:class:`~regionmir.errors.RegionIndexError`) are the
-    service's trouble, 503 ``index_unavailable`` with ``Retry-After`` (the message names no server)."""
+    service's trouble, 503 ``index_unavailable`` with ``Retry-After`` (the message names no server),
+    and so are storage failures (:func:`from_storage_error`)."""
+    if isinstance(exc, StorageError):
+        return from_storage_error(exc)
     if isinstance(exc, RegionIndexError):
         return ApiError(
             503,

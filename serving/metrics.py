@@ -21,7 +21,7 @@ from .errors import reason_label
 log = logging.getLogger("regionmir.serving")
 
 PREFIX = "regionmir_serve_"
-STAGES: tuple[str, ...] = ("decode", "crop", "localize", "encode", "search", "total")
+STAGES: tuple[str, ...] = ("fetch", "decode", "crop", "localize", "encode", "search", "export", "total")
 LATENCY_BOUNDARIES_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 

@@ -4,7 +4,8 @@ The routes declare their fields with FastAPI (``File`` / ``Form``, so ``/docs`` 
 the body is parsed first by :class:`MultipartRoute`, with this service's limits (one file, 16
 fields of at most :data:`MAX_FIELD_BYTES`) and its own answers: a malformed body is 400
 ``bad_request``, a chunked body over the upload limit 413 ``upload_too_large`` (the guard's
-counting ``receive`` cuts it off while it arrives), a form without the file ``image`` 422
+counting ``receive`` cuts it off while it arrives), a form with neither the file ``image`` nor a
+PACS reference (``study_uid``, ``series_uid``, ``sop_instance_uid``: :mod:`serving.pacs`) 422
 ``missing_field``. FastAPI then binds the declared fields from that parsed form (Starlette keeps
 it on the request), so its own parser and its own 422 never see a body this one refused.
 """
@@ -23,20 +24,25 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import ApiError
 from .guard import BodyTooLarge, too_large
+from .pacs import REFERENCE_FIELDS
 
 #: Non-file form fields are short; anything longer is refused by the parser.
 MAX_FIELD_BYTES = 4096
-#: What a multipart body may hold: the one file ``image`` and a few short fields.
+#: What a multipart body may hold: the one file ``image`` (or a PACS reference) and a few short fields.
 FORM_LIMITS: dict[str, int] = {"max_files": 1, "max_fields": 16, "max_part_size": MAX_FIELD_BYTES}
 #: The reasons reading the body answers with (``bad_request``: 400 only).
 MULTIPART_REASONS: tuple[str | tuple[str, int], ...] = (("bad_request", 400), "missing_field", "upload_too_large")
-#: The message of a form without the file ``image``.
-MISSING_IMAGE = "send the radiograph as the multipart file field 'image'"
+#: The message of a form with neither the file ``image`` nor a PACS reference.
+MISSING_IMAGE = (
+    "send the radiograph as the multipart file field 'image', or name it in the PACS with "
+    "'study_uid' (its frontal film), 'study_uid' + 'series_uid', or 'sop_instance_uid'"
+)
 
 
 async def read_multipart(request: Request, max_upload: int) -> FormData:
     """The request's form, parsed with :data:`FORM_LIMITS` (and kept on ``request`` for FastAPI);
-    :class:`~serving.errors.ApiError` for a malformed or oversized body or one without ``image``."""
+    :class:`~serving.errors.ApiError` for a malformed or oversized body or one with neither ``image``
+    nor a PACS reference (which of the two, and not both, the route decides)."""
     try:
         form = await request.form(**FORM_LIMITS)
     except BodyTooLarge:
@@ -45,7 +51,11 @@ async def read_multipart(request: Request, max_upload: int) -> FormData:
         raise ApiError(400, "bad_request", f"malformed multipart body: {exc.detail}") from None
     except Exception as exc:  # the parser's own errors on garbage bodies
         raise ApiError(400, "bad_request", f"malformed request body ({type(exc).__name__})") from None
-    if not any(name == "image" and hasattr(value, "read") for name, value in form.multi_items()):
+    names_a_film = any(
+        (name == "image" and hasattr(value, "read")) or (name in REFERENCE_FIELDS and str(value).strip())
+        for name, value in form.multi_items()
+    )
+    if not names_a_film:
         await form.close()
         raise ApiError(422, "missing_field", MISSING_IMAGE)
     return form

@@ -1,7 +1,8 @@
-"""The query service's work behind the routes of :mod:`serving.api`: decode an upload, crop its box
-or localise its region with the atlas, embed, search, format; and read indexed films for the result
-routes. ``backend``: an object with ``embed``, ``search``, ``get_rows``, ``index_status`` and
-``encoder_status`` coroutines (see :func:`serving.api.create_app`)."""
+"""The query service's work behind the routes of :mod:`serving.api`: decode an upload (or fetch the
+film a PACS reference names, :mod:`serving.pacs`), crop its box or localise its region with the
+atlas, embed, search, format (and export, :mod:`serving.search_export`); and read indexed films for
+the result routes. ``backend``: an object with ``embed``, ``search``, ``get_rows``, ``index_status``
+and ``encoder_status`` coroutines (see :func:`serving.api.create_app`)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from regionmir.anatomy import ANATOMY_NAMES
 from regionmir.anatomy_atlas import AnatomyAtlas, AtlasError
 from regionmir.boxes import Box
 from regionmir.decoded_image import DecodedImage
+from regionmir.dicomweb import InstanceReference, PacsInstance
 from regionmir.errors import MissingImageError, RegionIndexError, RegionMIRError, StorageError
 from regionmir.image_reader import read_image
 from regionmir.model_contract import ModelContract
@@ -27,12 +29,15 @@ from regionmir.roi_crop import CropConfig, roi_crop, roi_crops
 from regionmir.sealed_location import SealedLocationError, open_location
 
 from .config import ServeSettings
-from .errors import RETRY_AFTER_S, ApiError, from_library_error
+from .errors import RETRY_AFTER_S, ApiError, from_library_error, from_storage_error
 from .film_cache import FilmCache
 from .form_fields import parse_anatomy, parse_box, parse_flag, parse_group_by, parse_k, parse_view
 from .images import DISPLAY_MAX_SIDE, film_with_box, png_bytes
 from .metrics import anatomy_label, get_metrics
+from .pacs import PacsLink, PacsReference
 from .runtime import KEY_RE, SearchFilters
+from .search_export import csv_response, parse_export, store_report
+from .startup_checks import PACS_REQUIRES_API_KEY
 
 log = logging.getLogger("ray.serve")
 
@@ -51,6 +56,11 @@ class SearchFields:
     view: str | None = None
     exclude_same_patient: str | None = None
     group_by: str | None = None
+    export: str | None = None
+
+
+#: The query film: the uploaded bytes, or the PACS instance a reference names.
+QueryFilm = bytes | PacsReference
 
 
 class QueryService:
@@ -71,6 +81,7 @@ class QueryService:
         self.metrics = get_metrics()
         self.timeout = settings.limits.request_timeout_s
         self.film_slots = asyncio.Semaphore(settings.limits.films_in_memory)
+        self.pacs = PacsLink(settings)
 
     async def _call(self, what: str, awaitable: Awaitable[Any]) -> Any:
         try:
@@ -113,10 +124,10 @@ class QueryService:
         finally:
             self.film_slots.release()
 
-    async def decode(self, data: bytes) -> DecodedImage:
+    async def decode(self, data: bytes, source: str = "upload") -> DecodedImage:
         try:
             decoded = await asyncio.to_thread(
-                read_image, data, source="upload", limits=self.settings.limits.decode_limits()
+                read_image, data, source=source, limits=self.settings.limits.decode_limits()
             )
         except RegionMIRError as exc:
             raise from_library_error(exc, "image") from None
@@ -126,11 +137,36 @@ class QueryService:
             raise ApiError(422, "unreadable_image", f"image: cannot decode ({type(exc).__name__})") from None
         return decoded
 
+    async def resolve(self, film: QueryFilm) -> PacsInstance | None:
+        """The PACS instance a reference names (QIDO-RS; no film slot needed); ``None`` for an upload."""
+        return await self.pacs.resolve(film) if isinstance(film, PacsReference) else None
+
+    async def read_film(
+        self, film: QueryFilm, instance: PacsInstance | None, timings: dict[str, float]
+    ) -> DecodedImage:
+        """The query film decoded, with the limits of an upload; a PACS instance fetched first
+        (WADO-RS). Call it holding a film slot: the bytes and the pixels count against it."""
+        if instance is not None:
+            t = time.perf_counter()
+            film = await self.pacs.retrieve(instance)
+            timings["fetch"] = _ms(t)
+        assert isinstance(film, bytes)
+        t = time.perf_counter()
+        decoded = await self.decode(film, "upload" if instance is None else "PACS instance")
+        timings["decode"] = _ms(t)
+        return decoded
+
+    def hit_instances(self, hits: list[dict[str, Any]]) -> list[InstanceReference | None]:
+        """Each hit's PACS instance (``None`` for a film outside a PACS); 503 ``pacs_requires_api_key``
+        for a PACS hit on a service without an API key."""
+        return [self.pacs.instance_of(hit) for hit in hits]
+
     # -- routes
 
-    async def search(self, data: bytes, fields: SearchFields, started: float | None = None) -> dict[str, Any]:
-        """``POST /v1/search``: the uploaded film ``data`` and the form's text ``fields``, as sent.
-        ``started``: when the request began (its upload was read before this call)."""
+    async def search(self, film: QueryFilm, fields: SearchFields, started: float | None = None) -> Any:
+        """``POST /v1/search``: the query ``film`` (uploaded bytes or a PACS reference) and the
+        form's text ``fields``, as sent. ``started``: when the request began (its upload was read
+        before this call). The answer's JSON as a dict, or a response for ``export=csv``."""
         started = time.perf_counter() if started is None else started
         timings: dict[str, float] = {}
         limits = self.settings.limits
@@ -140,6 +176,7 @@ class QueryService:
         view = parse_view(fields.view)
         exclude_same_patient = parse_flag(fields.exclude_same_patient, "exclude_same_patient")
         group_by = parse_group_by(fields.group_by)
+        export = parse_export(fields.export)
         box_text = (fields.box or "").strip()
         if not box_text and anatomy is None:
             raise ApiError(
@@ -147,13 +184,19 @@ class QueryService:
             )
         if not box_text and self.atlas is None:
             raise ApiError(422, "no_atlas", "this service has no anatomy atlas: draw a box instead of naming a region")
+        if export == "sr" and not isinstance(film, PacsReference):
+            raise ApiError(
+                422,
+                "export_needs_pacs_query",
+                "export=sr writes a report into the query's PACS study: query by study_uid/sop_instance_uid, "
+                "not an upload",
+            )
 
+        instance = await self.resolve(film)
         async with self.film_slot():  # the decoded film lives only inside this block
-            t = time.perf_counter()
-            decoded = await self.decode(data)
-            del data
+            decoded = await self.read_film(film, instance, timings)
+            del film
             pixels = decoded.pixels
-            timings["decode"] = _ms(t)
             height, width = pixels.shape
             patient_hash = decoded.info.patient_hash
             if exclude_same_patient and not patient_hash:
@@ -196,12 +239,10 @@ class QueryService:
         t = time.perf_counter()
         hits = await self._call("index", self.backend.search(vector, k, filters))
         timings["search"] = _ms(t)
-        timings["total"] = _ms(started)
+        hit_instances = self.hit_instances(hits)
 
         query_anatomy = ANATOMY_NAMES[anatomy] if anatomy is not None else predicted
         self.metrics.queries.inc(1, tags={"anatomy": anatomy_label(query_anatomy), "source": source})
-        for stage, value in timings.items():
-            self.metrics.observe_stage(stage, value / 1000.0)
         query: dict[str, Any] = {
             "box": [round(float(v), 2) for v in box.as_list()],
             "box_source": source,
@@ -220,14 +261,7 @@ class QueryService:
         }
         if localization is not None:
             query["localization"] = localization
-        log.info(
-            "search: anatomy=%s source=%s k=%d hits=%d total_ms=%.1f",
-            anatomy_label(query_anatomy),
-            source,
-            k,
-            len(hits),
-            timings["total"],
-        )
+        query["dicom"] = None if instance is None else instance.reference.as_dict()
         results = [
             {
                 "rank": i + 1,
@@ -239,10 +273,31 @@ class QueryService:
                 "key": h["key"],
                 "crop_url": f"/v1/results/{h['key']}/crop",
                 "image_url": f"/v1/results/{h['key']}/image",
+                "box_source": h.get("box_source") or "label",
+                "dicom": None if ref is None else self.pacs.describe(ref),
             }
-            for i, h in enumerate(hits)
+            for i, (h, ref) in enumerate(zip(hits, hit_instances, strict=True))
         ]
-        return {"query": query, "results": results, "timings_ms": timings}
+        answer: dict[str, Any] = {"query": query, "results": results, "timings_ms": timings}
+        if export == "sr":
+            t = time.perf_counter()
+            report = await store_report(self.pacs, answer, instance, hit_instances, self.contract.version_id)
+            answer["export"] = {"sr": report}
+            timings["export"] = _ms(t)
+        timings["total"] = _ms(started)
+        for stage, value in timings.items():
+            self.metrics.observe_stage(stage, value / 1000.0)
+        log.info(
+            "search: film=%s anatomy=%s source=%s k=%d hits=%d export=%s total_ms=%.1f",
+            "upload" if instance is None else "pacs",
+            anatomy_label(query_anatomy),
+            source,
+            k,
+            len(hits),
+            export or "none",
+            timings["total"],
+        )
+        return csv_response(answer) if export == "csv" else answer
 
     async def localize(self, anatomy: int, pixels: np.ndarray):
         """Atlas + classifier: the best box of ``anatomy``, its embedding and class probabilities.
@@ -291,23 +346,33 @@ class QueryService:
         }
         return found.box, chosen["embeddings"][found.index], chosen["probabilities"][found.index], info, encode_ms
 
-    async def preview(self, data: bytes) -> Response:
-        """``POST /v1/preview``: the uploaded film as a PNG of at most :data:`DISPLAY_MAX_SIDE`."""
+    async def preview(self, film: QueryFilm) -> Response:
+        """``POST /v1/preview``: the query film (an upload or the PACS instance a reference names)
+        as a PNG of at most :data:`DISPLAY_MAX_SIDE`; a PACS film's UIDs in ``X-Study-UID``,
+        ``X-Series-UID``, ``X-SOP-Instance-UID``."""
+        instance = await self.resolve(film)
         async with self.film_slot():
-            pixels = (await self.decode(data)).pixels
+            pixels = (await self.read_film(film, instance, {})).pixels
+            del film
             height, width = pixels.shape
             png, scale = await asyncio.to_thread(png_bytes, pixels, DISPLAY_MAX_SIDE)
             del pixels
-        return Response(
-            png,
-            media_type="image/png",
-            headers={
-                "X-Image-Width": str(width),
-                "X-Image-Height": str(height),
-                "X-Preview-Scale": f"{scale:.6f}",
-                "Cache-Control": "no-store",
-            },
-        )
+        headers = {
+            "X-Image-Width": str(width),
+            "X-Image-Height": str(height),
+            "X-Preview-Scale": f"{scale:.6f}",
+            "Cache-Control": "no-store",
+        }
+        if instance is not None:
+            place = instance.reference
+            headers.update(
+                {
+                    "X-Study-UID": place.study_uid,
+                    "X-Series-UID": place.series_uid,
+                    "X-SOP-Instance-UID": place.sop_instance_uid,
+                }
+            )
+        return Response(png, media_type="image/png", headers=headers)
 
     async def row(self, key: str) -> dict[str, Any]:
         if not KEY_RE.fullmatch(key):  # match() would let "key\n" through: "$" matches before a final newline
@@ -315,7 +380,16 @@ class QueryService:
         rows = await self._call("index", self.backend.get_rows([key]))
         if key not in rows:
             raise ApiError(404, "not_found", "no indexed region has this key")
+        self.pacs.instance_of(rows[key])  # a PACS row's film only with an API key (serving.pacs)
         return rows[key]
+
+    async def result_dicom(self, key: str) -> dict[str, Any]:
+        """``GET /v1/results/{key}/dicom``: the PACS instance of a result's film (404 ``not_dicom``
+        for a film outside a PACS)."""
+        reference = self.pacs.instance_of(await self.row(key))
+        if reference is None:
+            raise ApiError(404, "not_dicom", "this result's film is not a PACS instance (a file or object-store film)")
+        return self.pacs.describe(reference)
 
     def _load_film(self, row: dict[str, Any]) -> Callable[[str], np.ndarray]:
         """The loader of one indexed film: its sealed location opened (with this replica's salt and
@@ -340,11 +414,9 @@ class QueryService:
         except MissingImageError:
             raise ApiError(404, "missing_image", "the indexed film is no longer in storage") from None
         except StorageError as exc:
-            # the message may name the object (a path with a patient's id): it goes to the log, not the caller
+            # the message may name the object (a path with a patient's id): neither the log nor the caller sees it
             log.warning("result film unreadable: %s", exc.reason)
-            raise ApiError(
-                503, "storage_unavailable", "the film store did not answer; retry shortly", retry_after_s=RETRY_AFTER_S
-            ) from None
+            raise from_storage_error(exc) from None
         except SealedLocationError:
             raise ApiError(
                 500,
@@ -430,6 +502,14 @@ class QueryService:
                 checks["index"]["problem"] = (
                     "the index's film locations were sealed with another REGIONMIR_ID_SALT "
                     "than this service's: give the service the index job's salt"
+                )
+            elif status.get("pacs_connected") and not self.settings.auth.api_key:
+                ok = False
+                checks["index"]["reason"] = PACS_REQUIRES_API_KEY
+                checks["index"]["problem"] = (
+                    "the index holds PACS instances (SOP Instance UIDs, WADO-RS locations) and this service "
+                    "has no API key: a PACS-connected index is served only with one (REGIONMIR_API_KEY), "
+                    "--insecure-dev or not"
                 )
         except Exception as exc:
             ok = False

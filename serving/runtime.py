@@ -20,6 +20,7 @@ import numpy as np
 from indexing.index_rows import RegionHit
 from indexing.index_schema import KEY_RE, model_collection_name
 from indexing.region_index import RegionIndex
+from regionmir.dicomweb import is_dicomweb
 from regionmir.errors import RegionIndexError
 from regionmir.inference import embed_crops
 from regionmir.model_contract import load_model
@@ -108,6 +109,7 @@ class SearchRuntime:
         self.model_version = model_version
         self.collection = collection
         self._locations_open = False
+        self._pacs_connected: bool | None = None  # learnt with _locations_open, from the same row
         self._use_own_collection()
 
     def _use_own_collection(self) -> None:
@@ -126,6 +128,7 @@ class SearchRuntime:
         if target == own:
             self.collection = own
             self._locations_open = False  # checked again on the collection now searched
+            self._pacs_connected = None
             log.info(
                 "search: collection %s of the served model (alias %s is left to `regionmir index`)", own, self.alias
             )
@@ -156,22 +159,30 @@ class SearchRuntime:
     def locations_open(self) -> bool | None:
         """Whether this process's ``REGIONMIR_ID_SALT`` opens the film locations the index job sealed
         (checked on one stored row; ``None`` while there is none). A service with another salt
-        than the index job's could search but never show a film: it is not ready."""
+        than the index job's could search but never show a film: it is not ready. The same row
+        says whether the index is PACS-connected (:meth:`pacs_connected`)."""
         if self._locations_open:
             return True
         stored = self.index.stored_locations(self.collection, model_version=self.model_version)
         if not stored:
             return None
         try:
-            open_location(*stored[0])
+            location = open_location(*stored[0])
         except SealedLocationError:
             return False
+        self._pacs_connected = is_dicomweb(location)
         self._locations_open = True
         return True
 
+    def pacs_connected(self) -> bool | None:
+        """Whether the index's films are PACS instances (``dicomweb+`` locations: its rows name
+        SOP Instance UIDs), read from the row :meth:`locations_open` opened; ``None`` until then.
+        Such an index is served only with an API key (``serving/README.md``, "PACS")."""
+        return self._pacs_connected if self._locations_open else None
+
     def status(self) -> dict[str, Any]:
         """``rows`` in the collection, ``model_rows`` of the served model version, whether the salt
-        opens the stored film locations; raises when unreachable."""
+        opens the stored film locations and whether they are PACS instances; raises when unreachable."""
         self._use_own_collection()  # an index built after start-up is picked up by the next readiness check
         return {
             "collection": self.collection,
@@ -180,6 +191,7 @@ class SearchRuntime:
             "model_rows": self.count_for_model(),
             "model_version": self.model_version,
             "locations_open": self.locations_open(),
+            "pacs_connected": self.pacs_connected(),
             "uri": self.index.display_uri,
         }
 

@@ -80,6 +80,23 @@ class LocalizationInfo(BaseModel):
     rounds: int = Field(description="coarse-to-fine rounds searched")
 
 
+class QueryInstance(BaseModel):
+    """The PACS instance a query by reference used (the frontal film a study or series resolved to)."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    retrieve_url: str = Field(description="its WADO-RS URL")
+
+
+class HitInstance(QueryInstance):
+    """The PACS instance of a hit's film: what a viewer opens."""
+
+    viewer_url: str | None = Field(
+        description="the viewer's page of the study (`pacs.viewer_url` filled in); null without that setting"
+    )
+
+
 class SearchQuery(BaseModel):
     box: list[float] = Field(description="the query box, x1,y1,x2,y2 in the uploaded film's pixels")
     box_source: Literal["user", "atlas"] = Field(description="`user`: the box sent; `atlas`: found by the service")
@@ -93,6 +110,9 @@ class SearchQuery(BaseModel):
     localization: LocalizationInfo | None = Field(
         None, description="anatomy-only queries (`box_source: atlas`) only; absent otherwise"
     )
+    dicom: QueryInstance | None = Field(
+        None, description="a query by reference: the PACS instance searched with; null for an upload"
+    )
 
 
 class SearchHit(BaseModel):
@@ -105,14 +125,38 @@ class SearchHit(BaseModel):
     key: str = Field(description="the region's key: 32 lowercase hex characters")
     crop_url: str = Field(description="`GET` it for a PNG crop of the region")
     image_url: str = Field(description="`GET` it for a PNG of the whole film with the box drawn")
+    box_source: str = Field(
+        description="where the indexed box came from: `label` (a labelled box) or `localiser` "
+        "(found by the model's atlas and classifier when a PACS film was indexed without labels)"
+    )
+    dicom: HitInstance | None = Field(
+        description="the film's PACS instance (UIDs, WADO-RS URL, viewer link); null for a file or object-store film"
+    )
+
+
+class StoredReport(BaseModel):
+    """The Structured Report ``export=sr`` stored into the PACS."""
+
+    sop_instance_uid: str
+    series_uid: str
+    study_uid: str = Field(description="the query's study: the report belongs to it")
+    retrieve_url: str = Field(description="its WADO-RS URL")
+    hits_included: int = Field(description="hits in the report (their films are PACS instances)")
+    hits_left_out: int = Field(description="hits left out: their films are not PACS instances (or no longer in it)")
+
+
+class SearchExport(BaseModel):
+    sr: StoredReport
 
 
 class SearchResponse(BaseModel):
     query: SearchQuery
     results: list[SearchHit]
     timings_ms: dict[str, float] = Field(
-        description="milliseconds per stage: decode, crop or localize, encode, search, total"
+        description="milliseconds per stage: fetch (a PACS film), decode, crop or localize, encode, search, "
+        "export (`export=sr`), total"
     )
+    export: SearchExport | None = Field(None, description="`export=sr` only: the report stored; absent otherwise")
 
 
 # ------------------------------------------------------------------------------------- other routes
@@ -150,7 +194,8 @@ class AtlasCheck(BaseModel):
 class ReadyChecks(BaseModel):
     model: dict[str, Any] = Field(description="`loaded`, and the encoder's version and device (or `error`)")
     index: dict[str, Any] = Field(
-        description="`reachable`, `rows`, `model_rows`, `locations_open` (or `error`); `problem` when not ready"
+        description="`reachable`, `rows`, `model_rows`, `locations_open`, `pacs_connected` (or `error`); "
+        "`problem` when not ready, with `reason` when no wait fixes it (`pacs_requires_api_key`)"
     )
     atlas: AtlasCheck
 

@@ -9,8 +9,33 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-SEARCH_FIELDS = ("image", "box", "anatomy", "k", "filter_anatomy", "view", "exclude_same_patient", "group_by")
-HIT_FIELDS = {"rank", "score", "anatomy", "image_id", "box", "view", "key", "crop_url", "image_url"}
+SEARCH_FIELDS = (
+    "image",
+    "study_uid",
+    "series_uid",
+    "sop_instance_uid",
+    "box",
+    "anatomy",
+    "k",
+    "filter_anatomy",
+    "view",
+    "exclude_same_patient",
+    "group_by",
+    "export",
+)
+HIT_FIELDS = {
+    "rank",
+    "score",
+    "anatomy",
+    "image_id",
+    "box",
+    "view",
+    "key",
+    "crop_url",
+    "image_url",
+    "box_source",
+    "dicom",
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +70,10 @@ def test_search_declares_its_form_fields(service):
     assert set(SEARCH_FIELDS) <= set(schema["properties"]), sorted(schema["properties"])
     for name in SEARCH_FIELDS:
         assert schema["properties"][name].get("description"), name
-    assert schema["required"] == ["image"]  # box and anatomy: at least one, checked by the service
+    # image or a PACS reference (one of them), box or anatomy (at least one): checked by the service
+    assert "required" not in schema
     preview = spec["paths"]["/v1/preview"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert "image" in _resolve(spec, preview)["properties"]
+    assert {"image", "study_uid", "series_uid", "sop_instance_uid"} <= set(_resolve(spec, preview)["properties"])
     crop = {p["name"]: p for p in spec["paths"]["/v1/results/{key}/crop"]["get"]["parameters"]}
     assert crop["key"]["in"] == "path" and crop["size"]["in"] == "query" and crop["size"]["description"]
 
@@ -67,6 +93,16 @@ def test_search_answer_has_a_schema_with_the_result_fields(service):
         assert "$ref" in spec["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"]
     for path in ("/v1/results/{key}/crop", "/v1/results/{key}/image"):
         assert "image/png" in spec["paths"][path]["get"]["responses"]["200"]["content"]
+    assert {"application/json", "text/csv"} <= set(spec["paths"]["/v1/search"]["post"]["responses"]["200"]["content"])
+    assert {"dicom", "export"} <= set(answer["properties"]) | set(query["properties"])
+    dicom = spec["paths"]["/v1/results/{key}/dicom"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert set(_resolve(spec, dicom["schema"])["properties"]) == {
+        "study_uid",
+        "series_uid",
+        "sop_instance_uid",
+        "retrieve_url",
+        "viewer_url",
+    }
 
 
 def test_every_error_reason_is_documented_under_its_status(service):
@@ -147,6 +183,23 @@ def test_real_answers_match_their_schemas(service):
             "malformed multipart body: Missing boundary",
         ),
         ({"json": {"box": "1,1,9,9"}}, 422, "missing_field", "multipart file field 'image'"),
+        # a film named in the PACS instead of uploaded (this service has none: serving/pacs.py)
+        ({"data": {"study_uid": "1.2.3", "box": "1,1,9,9"}}, 422, "no_pacs", "this service has no PACS"),
+        ({"data": {"study_uid": "1.2.x", "box": "1,1,9,9"}}, 422, "bad_uid", "study_uid must be a DICOM UID"),
+        ({"data": {"series_uid": "1.2.3", "box": "1,1,9,9"}}, 422, "missing_field", "series_uid needs its study_uid"),
+        (
+            {"with_film": True, "data": {"sop_instance_uid": "1.2.3", "box": "1,1,9,9"}},
+            422,
+            "image_and_reference",
+            "not both",
+        ),
+        (
+            {"with_film": True, "data": {"box": "1,1,9,9", "export": "sr"}},
+            422,
+            "export_needs_pacs_query",
+            "query by study_uid",
+        ),
+        ({"with_film": True, "data": {"box": "1,1,9,9", "export": "pdf"}}, 422, "bad_export", "csv, sr"),
     ],
 )
 def test_declared_fields_keep_the_service_own_answers(service, request_kwargs, status, reason, message):
@@ -172,6 +225,25 @@ def test_result_crop_size_keeps_its_messages(service):
     for size, message in [("abc", "size must be an integer"), ("8", "size must lie in 16..512")]:
         answer = service.get(f"/v1/results/{key}/crop", params={"size": size})
         assert answer.status_code == 422 and answer.json()["error"] == {"reason": "bad_request", "message": message}
+
+
+def test_csv_export_and_the_dicom_route_of_a_file_collection(service):
+    """``export=csv`` answers any search as CSV; a file-collection row has no PACS instance
+    (``dicom`` null in the hits, 404 ``not_dicom`` from ``/v1/results/{key}/dicom``)."""
+    import csv
+    import io
+
+    film = service.films[0]
+    box = ",".join(str(v) for v in film.regions[0].box.as_list())
+    answer = _search(service, film, box=box, k=3, export="csv")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(answer.text)))
+    assert [r["role"] for r in rows] == ["query", "hit", "hit", "hit"] and rows[1]["rank"] == "1"
+    assert rows[0]["sop_instance_uid"] == "" and len(rows[1]["key"]) == 32  # an upload, file-collection hits
+    hits = _search(service, film, box=box, k=2).json()["results"]
+    assert [(h["dicom"], h["box_source"]) for h in hits] == [(None, "label")] * 2
+    missing = service.get(f"/v1/results/{hits[0]['key']}/dicom")
+    assert missing.status_code == 404 and missing.json()["error"]["reason"] == "not_dicom"
 
 
 def test_the_guard_refuses_before_the_body_is_read(service):

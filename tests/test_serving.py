@@ -142,6 +142,10 @@ def service(tmp_path_factory):
         "ingress": {"min_replicas": 1, "max_replicas": 1},
         "ray": {"num_cpus": 6, "metrics_export_port": metrics_port},
     }
+    # Serve throughput-optimised buffers 1000 log records per replica: write each at once, so the
+    # privacy test reads every line the replicas logged
+    buffered = os.environ.get("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE")
+    os.environ["RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE"] = "1"
     try:
         with ahead_of_other_work():
             base = start_service(ServeSettings.from_dict(common), ready_timeout_s=420)
@@ -160,6 +164,10 @@ def service(tmp_path_factory):
         if ray.is_initialized():  # serve.shutdown() would start a Ray of its own otherwise
             serve.shutdown()
             ray.shutdown()
+        if buffered is None:
+            os.environ.pop("RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE", None)
+        else:
+            os.environ["RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE"] = buffered
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -584,3 +592,55 @@ def test_the_film_cache_survives_threads():
     for t in threads:
         t.join()
     assert not errors and len(cache.items) <= 4
+
+
+def test_no_patient_name_or_id_reaches_the_index_the_logs_or_the_metric_labels(service):
+    """File mode: the data set's patient and study ids, and the name, id and accession number of an
+    uploaded DICOM, appear in no indexed row (every row, read back through anatomy-filtered searches),
+    no log file of the Ray session and no metric label."""
+    import csv
+    import io
+
+    import pydicom
+    import ray
+
+    from regionmir.synth.dataset_writer import render_phantom
+
+    secrets: set[str] = set()
+    for split in Path(service.demo["data"], "silver_dataset", "splits").glob("*.csv"):
+        for row in csv.DictReader(split.open()):
+            secrets |= {row["subject_id"], row["study_id"]}
+    data, _ = render_phantom(3, 99, 128, "dicom", "classic")
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.PatientName, ds.PatientID, ds.AccessionNumber = "DOE^JANE^QUERYPATIENT", "MRN-93817265", "ACC-55512345"
+    upload = io.BytesIO()
+    ds.save_as(upload, enforce_file_format=True)
+    uploaded = {"DOE^JANE^QUERYPATIENT", "QUERYPATIENT", "MRN-93817265", "ACC-55512345"}
+    film = ("query.dcm", upload.getvalue(), "application/dicom")
+    answers = []
+    for options in ({"box": "20,20,70,90"}, {"anatomy": "left lung"}):
+        answer = service.search(files={"image": film}, data={**options, "exclude_same_patient": "true", "k": "5"})
+        assert answer.status_code == 200, answer.text
+        answers.append(answer.text)
+    assert requests.post(service.base + "/v1/preview", files={"image": film}, timeout=60).status_code == 200
+    rows = 0
+    for anatomy in ANATOMY_NAMES:  # every row of the index comes back under its own anatomy
+        found = service.search(files={"image": film}, data={"box": "20,20,70,90", "filter_anatomy": anatomy, "k": "50"})
+        assert found.status_code == 200, found.text
+        rows += len(found.json()["results"])
+        answers.append(found.text)
+    assert rows == service.demo["rows"]
+    leaked = [s for s in secrets | uploaded if any(s in text for text in answers)]
+    assert not leaked, f"in answers (index rows): {leaked}"
+
+    metrics = requests.get(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=30).text
+    assert not [s for s in secrets | uploaded if s in metrics]
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    searches_logged = 0
+    for path in logs.rglob("*"):
+        if path.is_file() and path.suffix in (".log", ".out", ".err", ""):
+            text = path.read_text(errors="ignore")
+            searches_logged += text.count("search: film=upload")
+            leaked = [s for s in secrets | uploaded if s in text]
+            assert not leaked, f"{path.name}: {leaked}"
+    assert searches_logged >= len(ANATOMY_NAMES)  # the replicas' lines of these searches were read
