@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -90,18 +91,39 @@ def _session_members(session: int) -> list[int]:
     return members
 
 
+#: Where :func:`free_ports` looks: above Ray's worker ports (10002–19999) and below Linux's
+#: ephemeral range (32768–60999), where every ``bind(port 0)`` and outgoing connection lands — a
+#: port taken from ``bind(0)`` can go to the next process that binds port 0 (Ray starts dozens)
+#: before its own user binds it; one picked here stays free unless someone asks for it by number.
+FREE_PORT_RANGE = (20000, 32768)
+
+
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free on 127.0.0.1 right now (checked, not reserved)."""
-    sockets, ports = [], []
+    """``count`` distinct ports free on 127.0.0.1 right now (checked, not reserved), drawn at random
+    from :data:`FREE_PORT_RANGE`."""
+    draw = random.SystemRandom()
+    sockets: list[socket.socket] = []
+    ports: list[int] = []
     try:
-        for _ in range(count):
+        for _ in range(2000):
+            if len(ports) == count:
+                break
+            port = draw.randrange(*FREE_PORT_RANGE)
+            if port in ports:
+                continue
             sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
             sockets.append(sock)
-            ports.append(sock.getsockname()[1])
+            ports.append(port)
     finally:
         for sock in sockets:
             sock.close()
+    if len(ports) < count:
+        raise OSError(f"no {count} free ports in {FREE_PORT_RANGE[0]}..{FREE_PORT_RANGE[1] - 1} on 127.0.0.1")
     return ports
 
 

@@ -32,11 +32,12 @@ from regionmir.bad_films import BadFilms
 from regionmir.command_help import command_parser
 from regionmir.console import configure_command_logging
 from regionmir.dataset import films_by_split
-from regionmir.dicomweb import is_dicomweb
+from regionmir.dicomweb import DicomWebSource, is_dicomweb
 from regionmir.errors import DatasetError, RegionMIRError
 from regionmir.identifiers import uses_default_salt
 from regionmir.model_contract import read_contract
 from regionmir.region_record import ImageRecord
+from regionmir.sealed_location import seal_location
 from regionmir.storage import S3Options
 
 from .index_rows import RegionRow
@@ -188,9 +189,7 @@ def index_data(job: IndexJob, s3: S3Options | None = None) -> dict:
     films = [film for s in splits for film in records[s]]
     pacs = is_dicomweb(job.data)
     if not films:
-        raise DatasetError(
-            job.data, f"no films in split {job.split!r}" + (" (none matched the search)" if pacs else "")
-        )
+        raise DatasetError(job.data, "no instance matched the search" if pacs else f"no films in split {job.split!r}")
     unlabelled = sum(1 for film in films if not film.regions) if pacs else 0
     atlas_anatomies: set[int] = set()
     if unlabelled:  # a PACS film without labels: its boxes come from the model's atlas and classifier
@@ -224,9 +223,14 @@ def index_data(job: IndexJob, s3: S3Options | None = None) -> dict:
         index.create_collection(target, dim, index_type=job.index_type, exist_ok=True, expected_rows=expected_rows)
         kept: set[str] = set()  # rows of films a PACS ingest finds already indexed: not embedded again
         to_index = films
+        keep_missing = job.keep_missing
         if pacs:
             to_index, kept = not_yet_indexed(index, target, films, expected)
             log.info(f"{len(films) - len(to_index)} of {len(films)} films already indexed in {target}")
+            if DicomWebSource.parse(job.data).narrowed and not keep_missing:
+                # an instance this narrower search does not list may well still be in the PACS
+                log.info("the search names dates, studies or modalities: rows of instances it does not list are kept")
+                keep_missing = True
         writer = None
         embed_started = time.perf_counter()
         skipped = BadFilms(job.data, max(1, len(to_index)), job.max_bad_fraction)
@@ -244,7 +248,7 @@ def index_data(job: IndexJob, s3: S3Options | None = None) -> dict:
             listed,
             keys,
             skipped.image_ids,
-            keep=job.keep_missing,
+            keep=keep_missing,
             allow_mass_removal=job.allow_mass_removal,
         )
         index.verify(target, len(keys) + missing["kept_missing"] + missing["kept_unreadable"], splits=listed)
@@ -335,20 +339,31 @@ def _embed_into(
 def not_yet_indexed(
     index: RegionIndex, target: str, films: Sequence[ImageRecord], expected: Callable[[ImageRecord], int]
 ) -> tuple[list[ImageRecord], set[str]]:
-    """An incremental ingest: the films of ``films`` that ``target`` does not hold all ``expected``
-    rows of yet, and the keys of the rows of those it does (still listed, so kept)."""
+    """An incremental ingest: the films of ``films`` that ``target`` does not hold completely yet,
+    and the keys of the rows of those it does (still listed, so kept).
+
+    A film is complete when it has ``expected(film)`` rows (its labelled regions of the model's
+    vocabulary, or every region the atlas can place for a localised film), all stored at the film's
+    present location (the PACS root or the instance's study/series may have changed) and with the
+    present ``box_source`` (labels given since it was localised replace the localiser's boxes). Boxes
+    changed in a labels file are not compared: index into a new collection to take them."""
     wanted = {film.image_id: film for film in films}
-    rows: dict[str, list[str]] = {}
-    for key, image_id in index.scan(target, ("key", "image_id")):
+    rows: dict[str, list[tuple[str, str, str]]] = {}
+    for key, image_id, sealed, box_source in index.scan(target, ("key", "image_id", "image_uri", "box_source")):
         if image_id in wanted:
-            rows.setdefault(image_id, []).append(key)
+            rows.setdefault(image_id, []).append((key, sealed, box_source))
     kept: set[str] = set()
     to_index = []
     for film in films:
         have = rows.get(film.image_id, [])
-        # a localised film may place fewer regions than the atlas holds: any row of it means done
-        if have and len(have) >= (expected(film) if film.regions else 1):
-            kept.update(have)
+        location = seal_location(film.image_uri, film.image_id) if have else ""
+        source = "label" if film.regions else "localiser"
+        if (
+            have
+            and len(have) >= expected(film)
+            and all(sealed == location and box_source == source for _, sealed, box_source in have)
+        ):
+            kept.update(key for key, _, _ in have)
         else:
             to_index.append(film)
     return to_index, kept

@@ -202,15 +202,19 @@ def embedding_dataset(
     # size would merge smaller blocks)
     tasks = min(len(films), max(-(-len(films) // FILMS_PER_CROP_TASK), MIN_CROP_TASKS))
     dataset = ray.data.from_items(films, override_num_blocks=tasks)
-    if localise_unlabelled and any('"box_source": "localiser"' in film[FILM_COLUMN] for film in films):
+    if localise_unlabelled and any(not record.regions for record in records):
+        # the localiser and the encoders share the GPUs (half each): N GPUs hold N of both
         dataset = dataset.map_batches(
             RegionLocaliser,
             fn_constructor_kwargs={"model_dir": model_dir, "s3": s3_dict, "console": "index"},
             batch_size=None,
             compute=ray.data.ActorPoolStrategy(size=encoders),
-            num_gpus=1 if gpu else 0,
+            num_gpus=0.5 if gpu else 0,
             num_cpus=0 if gpu else 1,
         )
+        encoder_gpus = 0.5
+    else:
+        encoder_gpus = 1
     crops = dataset.map_batches(
         RegionCropper,
         fn_constructor_kwargs={"crop": asdict(crop), "s3": s3_dict, "console": "index"},
@@ -223,7 +227,7 @@ def embedding_dataset(
         fn_constructor_kwargs={"model_dir": model_dir, "s3": s3_dict, "keep_crops": keep_crops},
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=encoders),
-        num_gpus=1 if gpu else 0,
+        num_gpus=encoder_gpus if gpu else 0,
         num_cpus=0 if gpu else 1,
     )
 

@@ -91,7 +91,15 @@ def _service_root(url: str) -> str:
     if text.startswith(SCHEME_PREFIX):
         text = text[len(SCHEME_PREFIX) :]
     if not (text.startswith("http://") or text.startswith("https://")):
-        raise ValueError(f"a DICOMweb service root is http(s)://host[:port]/path, got {url!r}")
+        raise ValueError("a DICOMweb service root is http(s)://host[:port]/path")
+    parts = urlsplit(text)
+    if parts.username is not None or parts.password is not None:
+        # it would travel into logs, error messages, sealed locations and every hit's retrieve URL
+        raise ValueError(
+            f"a DICOMweb URL carries no credentials: give them as {TOKEN_ENV} or {USER_ENV}/{PASSWORD_ENV}"
+        )
+    if parts.query or parts.fragment:
+        raise ValueError("a DICOMweb service root has no query or fragment")
     return text.rstrip("/")
 
 
@@ -179,7 +187,10 @@ class DicomWebSource:
         if not is_dicomweb(source):
             raise DatasetError(source, "a DICOMweb source starts with dicomweb+http:// or dicomweb+https://")
         parts = urlsplit(str(source)[len(SCHEME_PREFIX) :])
-        root = f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
+        try:
+            root = _service_root(f"{parts.scheme}://{parts.netloc}{parts.path}")
+        except ValueError as exc:
+            raise DatasetError(f"{parts.scheme}://{parts.hostname}", str(exc)) from None
         params = parse_qs(parts.query, keep_blank_values=True)
         known = {"modality", "study_date", "study_uid"}
         unknown = sorted(set(params) - known)
@@ -207,6 +218,12 @@ class DicomWebSource:
         except ValueError as exc:
             raise DatasetError(source, str(exc)) from None
         return cls(root=root, modalities=modalities, study_date=study_date, study_uids=uids)
+
+    @property
+    def narrowed(self) -> bool:
+        """True when the search names dates, studies or other modalities than every radiograph:
+        an instance it does not list may still be in the PACS."""
+        return bool(self.study_date or self.study_uids) or set(self.modalities) != set(RADIOGRAPH_MODALITIES)
 
     def describe(self) -> str:
         what = f"modality {','.join(self.modalities)}"
@@ -250,7 +267,13 @@ class DicomWebClient:
     """The PACS at one service root: QIDO-RS searches, WADO-RS retrieves, STOW-RS stores
     (``dicomweb-client`` underneath), every failure a RegionMIR error naming the server."""
 
-    def __init__(self, root: str, *, timeout: tuple[float, float] = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S)):
+    def __init__(
+        self,
+        root: str,
+        *,
+        timeout: tuple[float, float] = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
+        attempts: int = ATTEMPTS,
+    ):
         import requests
         from dicomweb_client.api import DICOMwebClient
 
@@ -265,7 +288,7 @@ class DicomWebClient:
         # dicomweb-client retries 5 times with 1-2-4-8 s pauses (30 s for a PACS that is down);
         # a query is waiting: ATTEMPTS attempts, RETRY_PAUSE_MS apart (doubling)
         self._client.set_http_retry_params(
-            retry=True, max_attempts=ATTEMPTS, wait_exponential_multiplier=RETRY_PAUSE_MS
+            retry=attempts > 1, max_attempts=attempts, wait_exponential_multiplier=RETRY_PAUSE_MS
         )
 
     def _call(self, what: str, call, *args: Any, missing: str | None = None, **kwargs: Any) -> Any:
@@ -282,6 +305,11 @@ class DicomWebClient:
                     self.root,
                     f"the PACS refused {what} (HTTP {status}): check {TOKEN_ENV} or {USER_ENV}/{PASSWORD_ENV}",
                     reason="pacs_denied",
+                ) from None
+            if status is not None and 400 <= status < 500 and status not in (408, 429):
+                # the PACS understood and said no: asking again changes nothing
+                raise StorageError(
+                    self.root, f"the PACS refused {what} (HTTP {status})", reason="pacs_refused"
                 ) from None
             raise StorageError(
                 self.root, f"the PACS failed {what} (HTTP {status})", reason="pacs_unavailable"
@@ -417,12 +445,23 @@ _CLIENTS: dict[tuple, DicomWebClient] = {}
 _CLIENTS_LOCK = threading.Lock()
 
 
-def client_for(root: str) -> DicomWebClient:
-    """A shared :class:`DicomWebClient` for ``root`` (one per root and credentials, per process)."""
-    key = (_service_root(root), os.environ.get(TOKEN_ENV), os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV))
+#: A waiting user's calls (the query service): one attempt, and an answer within this many seconds.
+INTERACTIVE_READ_TIMEOUT_S = 15.0
+
+
+def client_for(root: str, *, interactive: bool = False) -> DicomWebClient:
+    """A shared :class:`DicomWebClient` for ``root`` (one per root, credentials and kind, per
+    process). ``interactive``: for a waiting user — one attempt, :data:`INTERACTIVE_READ_TIMEOUT_S`
+    to answer; else a batch job's (:data:`ATTEMPTS` attempts, :data:`READ_TIMEOUT_S`)."""
+    root = _service_root(root)
+    key = (root, interactive, os.environ.get(TOKEN_ENV), os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV))
     with _CLIENTS_LOCK:
         if key not in _CLIENTS:
-            _CLIENTS[key] = DicomWebClient(key[0])
+            _CLIENTS[key] = (
+                DicomWebClient(root, timeout=(CONNECT_TIMEOUT_S, INTERACTIVE_READ_TIMEOUT_S), attempts=1)
+                if interactive
+                else DicomWebClient(root)
+            )
         return _CLIENTS[key]
 
 

@@ -79,7 +79,12 @@ class DicomWebReader:
                 self.labelled += 1
             else:
                 self.unlabelled += 1
+            labels.pop(uid, None)
             yield record
+        for uid in labels:  # a labels file keyed by another id would otherwise localise everything silently
+            self.report.issue(
+                "labels_without_instance", uid, detail="no instance of the search has this SOP Instance UID"
+            )
 
     def describe(self) -> str:
         labels = f", labels {self.labels}" if self.labels else ", no labels (boxes from the localiser)"

@@ -310,6 +310,20 @@ def results_csv(query: ReportRegion, hits: Sequence[ReportRegion]) -> str:
 # -- building blocks ---------------------------------------------------------------------------
 
 
+def region_problem(region: ReportRegion, evidence: dict[str, Dataset]) -> str | None:
+    """Why :func:`structured_report` would refuse ``region`` with this evidence (SOP Instance UID →
+    dataset): its anatomy, its evidence (missing, or of another study, series or SOP class — a
+    film moved since it was indexed) or its box on that image; ``None`` when it would take it.
+    A caller leaves such a hit out rather than lose the whole report."""
+    label = _hit_label(region, 0) if region.is_hit else QUERY_TRACKING_ID
+    try:
+        _checked_anatomy(label, region)
+        _checked_box(label, region, _checked_evidence(label, region, evidence))
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _hit_label(hit: ReportRegion, position: int) -> str:
     return f"hit {hit.rank}" if hit.rank is not None else f"hit #{position + 1} (no rank)"
 

@@ -153,9 +153,9 @@ def read_bytes(uri: str, s3: S3Options | None = None) -> bytes:
     A remote read that fails for another reason than absence or permission is retried
     (:data:`READ_ATTEMPTS`, pauses :data:`RETRY_PAUSES_S`): a storage hiccup is not a bad film.
     """
-    if str(uri).startswith("dicomweb+"):  # a PACS instance: WADO-RS (regionmir.dicomweb)
-        from .dicomweb import read_instance
+    from .dicomweb import is_dicomweb, read_instance
 
+    if is_dicomweb(uri):  # a PACS instance: WADO-RS
         return read_instance(str(uri))
     fs, path = filesystem(uri, s3)
     attempts = READ_ATTEMPTS if is_remote(uri) else 1

@@ -117,7 +117,10 @@ ANSWERS: dict[str, Reason] = {
     "storage_unavailable": Reason((503,), "the film store did not answer; retry after `Retry-After` seconds"),
     "pacs_unavailable": Reason((503,), "the PACS did not answer (or failed); retry after `Retry-After` seconds"),
     "pacs_denied": Reason((502,), "the PACS refused the service's credentials (`REGIONMIR_DICOMWEB_*`)"),
-    "pacs_refused": Reason((502,), "the PACS refused to store the Structured Report (STOW-RS)"),
+    "pacs_refused": Reason(
+        (502,),
+        "the PACS refused the request (an HTTP 4xx, e.g. the Structured Report's STOW-RS): retrying does not help",
+    ),
     "pacs_requires_api_key": Reason(
         (503,),
         "the index holds PACS instances (or the service has a PACS) and the service has no API key: "
@@ -148,7 +151,7 @@ RETRY_AFTER_S = 2
 PACS_STORAGE_ANSWERS: dict[str, tuple[int, str]] = {
     "pacs_unavailable": (503, "the PACS did not answer; retry shortly"),
     "pacs_denied": (502, "the PACS refused the service's credentials (REGIONMIR_DICOMWEB_TOKEN or _USER/_PASSWORD)"),
-    "pacs_refused": (502, "the PACS refused to store the report"),
+    "pacs_refused": (502, "the PACS refused the request; retrying does not help"),
 }
 
 

@@ -22,7 +22,9 @@ failure is an :class:`~serving.errors.ApiError` (``not_in_pacs``, ``no_frontal_i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +47,12 @@ from .errors import RETRY_AFTER_S, ApiError, from_storage_error
 REFERENCE_FIELDS = ("study_uid", "series_uid", "sop_instance_uid")
 #: WADO-RS metadata requests in flight at once for one report's evidence.
 METADATA_CONCURRENCY = 8
+#: Threads a replica gives to PACS calls (their own: a PACS that hangs never takes the threads that
+#: decode and crop uploads), and the seconds a PACS call may take before the caller gets 503
+#: ``pacs_unavailable`` (the client itself gives up on a read after
+#: :data:`regionmir.dicomweb.INTERACTIVE_READ_TIMEOUT_S`).
+PACS_THREADS = 4
+PACS_DEADLINE_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,24 @@ class PacsLink:
         self.settings = settings.pacs
         self.root = settings.pacs.dicomweb_url
         self.has_api_key = bool(settings.auth.api_key)
+        self.deadline_s = min(PACS_DEADLINE_S, 0.8 * settings.limits.request_timeout_s)
+        self._threads = ThreadPoolExecutor(PACS_THREADS, thread_name_prefix="regionmir-pacs")
+
+    async def call(self, what: str, work: Callable[..., Any], *args: Any) -> Any:
+        """``work(*args)`` on the PACS threads, at most :attr:`deadline_s`: then 503
+        ``pacs_unavailable`` (the thread ends with the client's own read timeout)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._threads, functools.partial(work, *args)), self.deadline_s
+            )
+        except TimeoutError:
+            raise ApiError(
+                503,
+                "pacs_unavailable",
+                f"the PACS did not answer {what} within {self.deadline_s:g} s; retry shortly",
+                retry_after_s=RETRY_AFTER_S,
+            ) from None
 
     # -- policy
 
@@ -119,7 +145,7 @@ class PacsLink:
         if not self.root:
             raise ApiError(422, "no_pacs", "this service has no PACS (pacs.dicomweb_url): upload the film instead")
         self.require_api_key()
-        return client_for(self.root)
+        return client_for(self.root, interactive=True)
 
     # -- a query by reference
 
@@ -127,7 +153,7 @@ class PacsLink:
         """The instance ``reference`` names (QIDO-RS)."""
         client = self.client()
         try:
-            return await asyncio.to_thread(_resolve, client, reference)
+            return await self.call("a QIDO-RS search", _resolve, client, reference)
         except StorageError as exc:
             raise from_storage_error(exc) from None
 
@@ -135,7 +161,7 @@ class PacsLink:
         """The instance's DICOM file (WADO-RS)."""
         client = self.client()
         try:
-            return await asyncio.to_thread(client.retrieve, instance.reference)
+            return await self.call("a WADO-RS retrieve", client.retrieve, instance.reference)
         except MissingImageError:
             raise _not_in_pacs(f"SOP instance {instance.reference.sop_instance_uid} (any more)") from None
         except StorageError as exc:
@@ -179,7 +205,9 @@ class PacsLink:
         async def one(reference: InstanceReference) -> tuple[str, Any]:
             async with gate:
                 try:
-                    found = await asyncio.to_thread(client_for(reference.root).metadata, reference)
+                    found = await self.call(
+                        "a WADO-RS metadata request", client_for(reference.root, interactive=True).metadata, reference
+                    )
                 except MissingImageError:
                     found = None
             return reference.sop_instance_uid, found
@@ -195,7 +223,7 @@ class PacsLink:
         """STOW-RS into the configured PACS: the SOP Instance UIDs it took."""
         client = self.client()
         try:
-            return await asyncio.to_thread(client.store, list(datasets))
+            return await self.call("a STOW-RS store", client.store, list(datasets))
         except StorageError as exc:
             raise from_storage_error(exc) from None
 

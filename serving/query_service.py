@@ -21,7 +21,7 @@ from regionmir.anatomy import ANATOMY_NAMES
 from regionmir.anatomy_atlas import AnatomyAtlas, AtlasError
 from regionmir.boxes import Box
 from regionmir.decoded_image import DecodedImage
-from regionmir.dicomweb import InstanceReference, PacsInstance
+from regionmir.dicomweb import InstanceReference, PacsInstance, client_for, is_dicomweb, parse_instance_uri
 from regionmir.errors import MissingImageError, RegionIndexError, RegionMIRError, StorageError
 from regionmir.image_reader import read_image
 from regionmir.model_contract import ModelContract
@@ -141,18 +141,22 @@ class QueryService:
         """The PACS instance a reference names (QIDO-RS; no film slot needed); ``None`` for an upload."""
         return await self.pacs.resolve(film) if isinstance(film, PacsReference) else None
 
-    async def read_film(
-        self, film: QueryFilm, instance: PacsInstance | None, timings: dict[str, float]
-    ) -> DecodedImage:
-        """The query film decoded, with the limits of an upload; a PACS instance fetched first
-        (WADO-RS). Call it holding a film slot: the bytes and the pixels count against it."""
-        if instance is not None:
-            t = time.perf_counter()
-            film = await self.pacs.retrieve(instance)
-            timings["fetch"] = _ms(t)
-        assert isinstance(film, bytes)
+    async def film_bytes(self, film: QueryFilm, instance: PacsInstance | None, timings: dict[str, float]) -> bytes:
+        """The query film's bytes: the upload, or the PACS instance fetched (WADO-RS) — before a
+        film slot is taken, so a slow PACS holds no slot an upload waits for (the bytes are held
+        as an upload's are while it waits)."""
+        if instance is None:
+            assert isinstance(film, bytes)
+            return film
         t = time.perf_counter()
-        decoded = await self.decode(film, "upload" if instance is None else "PACS instance")
+        data = await self.pacs.retrieve(instance)
+        timings["fetch"] = _ms(t)
+        return data
+
+    async def read_film(self, data: bytes, pacs: bool, timings: dict[str, float]) -> DecodedImage:
+        """The query film decoded with the limits of an upload. Call it holding a film slot."""
+        t = time.perf_counter()
+        decoded = await self.decode(data, "PACS instance" if pacs else "upload")
         timings["decode"] = _ms(t)
         return decoded
 
@@ -193,9 +197,11 @@ class QueryService:
             )
 
         instance = await self.resolve(film)
+        data = await self.film_bytes(film, instance, timings)
+        del film
         async with self.film_slot():  # the decoded film lives only inside this block
-            decoded = await self.read_film(film, instance, timings)
-            del film
+            decoded = await self.read_film(data, instance is not None, timings)
+            del data
             pixels = decoded.pixels
             height, width = pixels.shape
             patient_hash = decoded.info.patient_hash
@@ -351,9 +357,11 @@ class QueryService:
         as a PNG of at most :data:`DISPLAY_MAX_SIDE`; a PACS film's UIDs in ``X-Study-UID``,
         ``X-Series-UID``, ``X-SOP-Instance-UID``."""
         instance = await self.resolve(film)
+        data = await self.film_bytes(film, instance, {})
+        del film
         async with self.film_slot():
-            pixels = (await self.read_film(film, instance, {})).pixels
-            del film
+            pixels = (await self.read_film(data, instance is not None, {})).pixels
+            del data
             height, width = pixels.shape
             png, scale = await asyncio.to_thread(png_bytes, pixels, DISPLAY_MAX_SIDE)
             del pixels
@@ -397,6 +405,9 @@ class QueryService:
 
         def load(sealed: str) -> np.ndarray:
             path = open_location(sealed, row["image_id"])
+            if is_dicomweb(path):  # a PACS instance: the interactive client (one attempt, a short read timeout)
+                reference = parse_instance_uri(path)
+                path = client_for(reference.root, interactive=True).retrieve(reference)
             return read_image(
                 path, source=f"indexed film {row['image_id']}", s3=self.s3, max_pixels=self.settings.limits.max_pixels
             ).pixels

@@ -23,7 +23,7 @@ from typing import Any
 from fastapi.responses import Response
 
 from regionmir.dicomweb import InstanceReference, PacsInstance
-from regionmir.search_report import ReportRegion, results_csv, structured_report
+from regionmir.search_report import ReportRegion, region_problem, results_csv, structured_report
 
 from .errors import ApiError
 from .pacs import PacsLink
@@ -112,11 +112,16 @@ async def store_report(
     if query_uid not in evidence:
         raise ApiError(404, "not_in_pacs", f"the PACS holds no SOP instance {query_uid} any more")
     query = _query_region(answer, str(evidence[query_uid].SOPClassUID))
-    hits = [
-        _hit_region(hit, str(evidence[ref.sop_instance_uid].SOPClassUID))
-        for hit, ref in zip(answer["results"], hit_instances, strict=True)
-        if ref is not None and ref.sop_instance_uid in evidence
-    ]
+    hits = []
+    for hit, ref in zip(answer["results"], hit_instances, strict=True):
+        if ref is None or ref.sop_instance_uid not in evidence:
+            continue  # not a PACS instance, or no longer in the PACS
+        region = _hit_region(hit, str(evidence[ref.sop_instance_uid].SOPClassUID))
+        problem = region_problem(region, evidence)
+        if problem is None:
+            hits.append(region)
+        else:  # e.g. moved to another series since it was indexed: the report goes without it
+            log.warning("search export: hit left out of the report: %s", problem)
     used = [evidence[uid] for uid in dict.fromkeys([query_uid, *(hit.sop_instance_uid for hit in hits)])]
     try:
         report = await asyncio.to_thread(

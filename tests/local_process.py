@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free on 127.0.0.1 now, outside the ranges Ray and the kernel hand out by themselves
+    (:func:`cluster.local_cluster.free_ports`)."""
+    from cluster.local_cluster import free_ports
+
+    return free_ports(1)[0]
 
 
 @contextlib.contextmanager

@@ -156,6 +156,24 @@ class OrthancServer:
             answers.append(answer.json())
         return answers
 
+    def delete_instance(self, sop_instance_uid: str) -> None:
+        """Remove one instance from the PACS (REST: ``/tools/lookup`` then ``DELETE /instances/ID``)."""
+        found = requests.post(f"{self.url}/tools/lookup", data=sop_instance_uid, timeout=30)
+        found.raise_for_status()
+        [instance] = [item["ID"] for item in found.json() if item["Type"] == "Instance"]
+        requests.delete(f"{self.url}/instances/{instance}", timeout=30).raise_for_status()
+
+    def stow(self, dicom_files: list[bytes]) -> list[str]:
+        """Store DICOM files the way a modality or a hospital's router does over DICOMweb: one
+        STOW-RS request (:meth:`regionmir.dicomweb.DicomWebClient.store`); the SOP Instance UIDs taken."""
+        import io
+
+        import pydicom
+
+        from regionmir.dicomweb import DicomWebClient
+
+        return DicomWebClient(self.dicomweb_url).store([pydicom.dcmread(io.BytesIO(data)) for data in dicom_files])
+
     def __enter__(self) -> OrthancServer:
         return self.start()
 

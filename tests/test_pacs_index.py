@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import requests
 from local_process import ahead_of_other_work
 
 from regionmir.dicomweb import (
@@ -72,6 +73,13 @@ def test_a_dicomweb_source_names_its_search_and_refuses_what_it_does_not_know():
     ):
         with pytest.raises(DatasetError, match=said):
             DicomWebSource.parse(bad)
+    with pytest.raises(DatasetError, match="carries no credentials"):  # they would reach logs and every hit
+        DicomWebSource.parse("dicomweb+http://alice:secret@pacs/dicom-web")
+    with pytest.raises(ValueError, match="carries no credentials"):
+        InstanceReference("http://alice:secret@pacs/dicom-web", "1.2", "1.2.3", "1.2.3.4")
+    assert not DicomWebSource.parse("dicomweb+http://pacs/dicom-web?modality=DX,CR").narrowed
+    assert DicomWebSource.parse("dicomweb+http://pacs/dicom-web?modality=DX").narrowed
+    assert DicomWebSource.parse("dicomweb+http://pacs/dicom-web?study_date=20240101-").narrowed
     reference = InstanceReference("http://pacs/dicom-web/", "1.2", "1.2.3", "1.2.3.4")
     assert reference.uri == "dicomweb+http://pacs/dicom-web/studies/1.2/series/1.2.3/instances/1.2.3.4"
     assert parse_instance_uri(reference.uri) == reference and is_dicomweb(reference.uri)
@@ -113,6 +121,15 @@ def test_qido_finds_wado_reads_and_a_study_resolves_to_its_first_frontal_film(or
     with pytest.raises(MissingImageError):
         read_bytes(InstanceReference(orthanc.dicomweb_url, study, "1.2.3", "1.2.3.4").uri)
 
+    # a request the PACS refuses (Orthanc answers 400 to a WADO-RS retrieve asking for bare
+    # application/dicom) is not "unavailable": asking again changes nothing
+    def refused() -> None:
+        requests.get(reference.retrieve_url, headers={"Accept": "application/dicom"}, timeout=30).raise_for_status()
+
+    with pytest.raises(StorageError, match="refused a test retrieve") as no:
+        client._call("a test retrieve", refused)
+    assert no.value.reason == "pacs_refused"
+
     orthanc.kill()
     with pytest.raises(StorageError, match="did not answer") as down:
         client.frontal_instance(study)
@@ -149,9 +166,12 @@ def _regionmir() -> list[str]:
     return [str(beside)] if beside.exists() else [sys.executable, "-m", "regionmir.cli"]
 
 
-def _index(orthanc_url: str, model: str, db: str, labels: str | None) -> subprocess.CompletedProcess:
-    args = [*_regionmir(), "index", "--data", "dicomweb+" + orthanc_url, "--model", model, "--milvus", db]
+def _index(
+    orthanc_url: str, model: str, db: str, labels: str | None, *extra: str, search: str = ""
+) -> subprocess.CompletedProcess:
+    args = [*_regionmir(), "index", "--data", "dicomweb+" + orthanc_url + search, "--model", model, "--milvus", db]
     args += ["--labels", labels] if labels else []
+    args += list(extra)
     with ahead_of_other_work():
         return subprocess.run(args, capture_output=True, text=True, timeout=600, env={**os.environ})
 
@@ -186,7 +206,7 @@ def test_index_from_dicomweb_holds_uids_not_patients_and_a_second_ingest_adds_on
     write_phantom_dataset(str(tmp_path / "ph"), images=6, size=128, seed=21, fmt="dicom", progress=False)
     films = sorted((tmp_path / "ph" / "images").rglob("*.dcm"))
     real = Path(get_testdata_file("RG1_UNCR.dcm")).read_bytes()  # a real CR chest film, no labels
-    orthanc.store([f.read_bytes() for f in films[:4]] + [real])
+    assert len(orthanc.stow([f.read_bytes() for f in films[:4]] + [real])) == 5
     labels = str(tmp_path / "ph" / SOP_LABELS_FILE)
     db = str(tmp_path / "pacs.db")
 
@@ -209,7 +229,7 @@ def test_index_from_dicomweb_holds_uids_not_patients_and_a_second_ingest_adds_on
     assert not [s for s in secrets if s in first.stdout + first.stderr], "a patient name or id reached the log"
 
     # a second ingest: only the two instances stored since are read and embedded
-    orthanc.store([f.read_bytes() for f in films[4:]])
+    assert len(orthanc.stow([f.read_bytes() for f in films[4:]])) == 2
     second = _index(orthanc.dicomweb_url, built["model"], db, labels)
     assert second.returncode == 0, second.stderr[-3000:]
     again = _summary(second.stdout)
@@ -217,9 +237,31 @@ def test_index_from_dicomweb_holds_uids_not_patients_and_a_second_ingest_adds_on
     assert again["rows_written"] == again["rows"] - summary["rows"] > 0
     assert not [s for s in secrets if s in second.stdout + second.stderr]
 
+    # a narrower search (one study) leaves the rows of the instances it does not list alone
+    study = _uids(films[0].read_bytes())[0]
+    narrow = _index(orthanc.dicomweb_url, built["model"], db, labels, search=f"?study_uid={study}")
+    assert narrow.returncode == 0, narrow.stderr[-3000:]
+    narrowed = _summary(narrow.stdout)
+    assert narrowed["films"] == narrowed["films_already_indexed"] == 1 and narrowed["rows_written"] == 0
+    assert narrowed["rows"] == again["rows"] and narrowed["rows_of_missing_films_removed"] == 0
+
+    # an instance leaves the PACS: the next full ingest would remove its rows — over 10 % of the
+    # collection, so it stops and removes nothing until told --allow-mass-removal
+    gone = _uids(films[5].read_bytes())[2]
+    orthanc.delete_instance(gone)
+    guarded = _index(orthanc.dicomweb_url, built["model"], db, labels)
+    assert guarded.returncode == 2 and "--allow-mass-removal" in guarded.stderr
+    assert len(_rows(db, "regions")) == again["rows"]
+    removed = _index(orthanc.dicomweb_url, built["model"], db, labels, "--allow-mass-removal")
+    assert removed.returncode == 0, removed.stderr[-3000:]
+    after = _summary(removed.stdout)
+    assert after["films"] == 6 and after["rows_of_missing_films_removed"] > 0
+    assert after["rows"] == again["rows"] - after["rows_of_missing_films_removed"]
+    assert gone not in {image_id for image_id, *_ in _rows(db, "regions")}
+
     # the PACS goes away: a clear error, nothing changed
     orthanc.kill()
     down = _index(orthanc.dicomweb_url, built["model"], db, labels)
     assert down.returncode == 2
     assert "DICOMweb server did not answer" in down.stderr.strip().splitlines()[-1]
-    assert len(_rows(db, "regions")) == again["rows"]
+    assert len(_rows(db, "regions")) == after["rows"]

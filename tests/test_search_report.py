@@ -22,6 +22,7 @@ from regionmir.search_report import (
     CSV_COLUMNS,
     ReportRegion,
     read_structured_report,
+    region_problem,
     results_csv,
     structured_report,
 )
@@ -250,6 +251,23 @@ def test_a_hit_without_evidence_or_with_mismatched_evidence_raises(search):
     moved = dataclasses.replace(hits[2], study_instance_uid=query.study_instance_uid)
     with pytest.raises(ValueError, match=r"^hit 3: its StudyInstanceUID"):
         structured_report(query, [*hits[:2], moved, hits[3]], evidence, **kw)
+
+
+def test_region_problem_names_what_the_report_would_refuse_so_a_caller_can_leave_the_hit_out(search):
+    query, hits, evidence, _ = search
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in evidence}
+    assert region_problem(query, by_uid) is None and all(region_problem(hit, by_uid) is None for hit in hits)
+    moved = dataclasses.replace(hits[2], series_instance_uid=query.series_instance_uid)
+    assert region_problem(moved, by_uid).startswith("hit 3: its SeriesInstanceUID")
+    outside = dataclasses.replace(hits[0], box=(0.0, 0.0, 5000.0, 40.0))
+    assert region_problem(outside, by_uid).startswith("hit 1: ")
+    assert region_problem(hits[1], {}).startswith("hit 2: no evidence dataset")
+    # the report without the refused hits is written
+    kept = [hit for hit in (hits[0], moved, hits[3]) if region_problem(hit, by_uid) is None]
+    _, read_hits = read_structured_report(
+        structured_report(query, kept, evidence, software_version=SOFTWARE_VERSION, model_version=MODEL_VERSION)
+    )
+    assert [hit.rank for hit in read_hits] == [1, 4]
 
 
 def test_bad_hit_fields_raise(search):

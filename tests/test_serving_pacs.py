@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 import requests
@@ -39,6 +40,7 @@ from local_process import ahead_of_other_work, free_port
 from orthanc_server import OrthancServer
 from pydicom.uid import generate_uid
 
+from regionmir.dicomweb import DicomWebClient, parse_instance_uri
 from serving.config import ConfigError, ServeSettings
 
 integration = pytest.mark.integration
@@ -145,7 +147,7 @@ def pacs(tmp_path_factory):
     model = build_random_model_index_subprocess(str(root / "model"), images=4, size=SIZE, seed=3)
     orthanc = OrthancServer(root / "orthanc").start()
     films = _films()
-    orthanc.store([f.data for f in films.values()])
+    orthanc.stow([f.data for f in films.values()])
     films["uploaded"] = _films_outside_the_pacs()
     timings["setup"] = time.perf_counter() - started
     try:
@@ -365,7 +367,12 @@ def test_a_query_by_sop_instance_uid_searches_that_film_and_hits_open_in_the_pac
         hit = next(h for h in results if h["dicom"]["sop_instance_uid"] == uid)
         got = requests.get(hit["dicom"]["retrieve_url"], headers=MULTIPART_DICOM, timeout=30)
         assert got.status_code == 200 and got.headers["content-type"].startswith("multipart/related")
-        assert uid.encode() in got.content  # the instance itself, by its WADO-RS URL
+        # the instance itself, by its WADO-RS URL: its one part is the stored file, UIDs and pixels
+        reference = parse_instance_uri("dicomweb+" + hit["dicom"]["retrieve_url"])
+        fetched = pydicom.dcmread(io.BytesIO(DicomWebClient(reference.root).retrieve(reference)))
+        original = pydicom.dcmread(io.BytesIO(stored[uid].data))
+        assert fetched.SOPInstanceUID == uid and fetched.StudyInstanceUID == stored[uid].study_uid
+        assert np.array_equal(fetched.pixel_array, original.pixel_array)
 
     key = results[1]["key"]
     same = pacs.get(f"/v1/results/{key}/dicom")
@@ -616,6 +623,16 @@ def test_no_patient_identifier_reaches_logs_or_metric_labels(pacs):
     or the service's metric series. UIDs may appear in logs; never in metric labels."""
     import ray
 
+    # its own searches first, so it stands alone (-k, any order): by UID, by upload, an unknown UID, a result's UIDs
+    for film in ("p1", "p2", "p4", "a_pa"):
+        answer = pacs.search({"sop_instance_uid": pacs.films[film].sop_uid, "anatomy": "left lung", "k": "3"})
+        assert answer.status_code == 200, answer.text
+    key = answer.json()["results"][0]["key"]
+    assert pacs.get(f"/v1/results/{key}/dicom").status_code == 200
+    upload = ("film.dcm", pacs.films["uploaded"].data, "application/dicom")
+    assert pacs.search({"box": "10,10,60,80"}, files={"image": upload}).status_code == 200
+    _error(pacs.search({"sop_instance_uid": "1.2.3.4.5", "box": "1,1,50,50"}), 404, "not_in_pacs")
+
     films = list(pacs.films.values())
     secrets = {f.patient_name for f in films} | {f.patient_id for f in films} | {f.accession for f in films}
     assert all(len(s) >= 8 for s in secrets)
@@ -629,7 +646,7 @@ def test_no_patient_identifier_reaches_logs_or_metric_labels(pacs):
             searches += text.count("search: film=pacs")
             found = pattern.search(text)
             assert found is None, f"{path}: {text[max(0, found.start() - 200) : found.end() + 200]}"
-    assert searches >= 5  # the replicas' own lines of the searches above were among those read
+    assert searches >= 4  # the replicas' own lines of this test's searches were among those read
     assert pattern.search(pacs.index_output) is None
 
     wanted = ('reason="not_in_pacs"', 'endpoint="/v1/results/{key}/dicom"')
