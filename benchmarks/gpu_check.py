@@ -295,34 +295,28 @@ def random_batch(rows: int, size: int, n_views: int, class_ids: list[int], seed:
 def train_step(
     model, optimizer, scheduler, contrastive, views, anatomy, lookup, heads, device, world=1, rank=0, use_amp=None
 ):
-    """One step of ``_train_phase``'s batch loop, line for line (the loop exists only inside the
-    Ray Train function, so it is repeated here rather than called). Returns the float loss.
+    """One step of the Ray Train loop: :func:`training.train_loop.training_step`, called as the loop
+    calls it (labels through the loop's anatomy → class lookup). Returns the float loss.
 
     ``use_amp`` defaults to the loop's ``device.type == "cuda"``."""
-    from regionmir.distributed import gather, gather_with_grad
+    from training.train_loop import training_step
 
     if use_amp is None:
         use_amp = device.type == "cuda"
-    x = torch.cat(views).to(device)
-    labels = [lookup[a].to(device) for a in anatomy]
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-        out = model(x, heads=heads)
-    loss = torch.zeros((), device=device)
-    if "projection" in out:
-        z1, z2 = out["projection"].float().chunk(2)
-        gathered = None
-        if world > 1:
-            gathered = (gather_with_grad(z1), gather_with_grad(z2), gather(labels[0]))
-        loss = loss + contrastive(z1, z2, labels[0], gathered=gathered, rank=rank)
-    if "logits" in out:
-        logits = out["logits"].float()
-        targets = torch.cat(labels)[: logits.shape[0]]
-        loss = loss + F.cross_entropy(logits, targets)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
-    return float(loss.detach())  # the loop's `loss_sum += float(loss.detach()) * B` (a sync per step)
+    step = training_step(
+        model,
+        optimizer,
+        scheduler,
+        contrastive,
+        views,
+        [lookup[a] for a in anatomy],
+        heads,
+        device,
+        world=world,
+        rank=rank,
+        use_amp=use_amp,
+    )
+    return float(step.loss.detach())  # the loop's `loss_sum += float(loss.detach()) * B` (a sync per step)
 
 
 def params_finite(model) -> bool:

@@ -207,6 +207,60 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
         global_epoch += phase.epochs - (start_epoch if index == start_phase else 0)
 
 
+@dataclass
+class StepResult:
+    """What one optimisation step hands back: the loss (a tensor on the device, not yet synced) and,
+    when the classifier head ran, how many of its predictions were right out of how many."""
+
+    loss: torch.Tensor
+    correct: int = 0
+    classified: int = 0
+
+
+def training_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    contrastive: Any,
+    views: list[torch.Tensor],
+    labels: list[torch.Tensor],
+    heads: tuple[str, ...],
+    device: torch.device,
+    *,
+    world: int = 1,
+    rank: int = 0,
+    use_amp: bool = False,
+) -> StepResult:
+    """One step of a training phase: the views (each ``(B, 1, S, S)``) through ``heads`` under
+    bf16 autocast when ``use_amp`` (CUDA), the contrastive loss on the float32 projections —
+    gathered across the ``world`` workers with their gradients — plus cross-entropy on the logits,
+    backward, optimizer and scheduler steps. ``labels``: each view's anatomy class indices. The
+    Ray Train loop calls it per batch; ``benchmarks/gpu_check.py`` calls it without Ray."""
+    x = torch.cat(views).to(device)
+    labels = [label.to(device) for label in labels]
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        out = model(x, heads=heads)
+    loss = torch.zeros((), device=device)
+    correct = classified = 0
+    if "projection" in out:
+        z1, z2 = out["projection"].float().chunk(2)
+        gathered = None
+        if world > 1:
+            gathered = (gather_with_grad(z1), gather_with_grad(z2), gather(labels[0]))
+        loss = loss + contrastive(z1, z2, labels[0], gathered=gathered, rank=rank)
+    if "logits" in out:
+        logits = out["logits"].float()
+        targets = torch.cat(labels)[: logits.shape[0]]
+        loss = loss + F.cross_entropy(logits, targets)
+        correct = int((logits.argmax(1) == targets).sum())
+        classified = int(targets.numel())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return StepResult(loss, correct, classified)
+
+
 def _train_phase(
     config: TrainLoopConfig,
     index: int,
@@ -288,29 +342,23 @@ def _train_phase(
             if steps_done >= steps:
                 break  # equal step counts on every worker keep DDP and the gathers in lock-step
             views, anatomy = _views(batch, crop, aug, rng, n_views)
-            x = torch.cat(views).to(device)
-            labels = [lookup[a].to(device) for a in anatomy]
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                out = model(x, heads=heads)
-            loss = torch.zeros((), device=device)
-            if "projection" in out:
-                z1, z2 = out["projection"].float().chunk(2)
-                gathered = None
-                if world > 1:
-                    gathered = (gather_with_grad(z1), gather_with_grad(z2), gather(labels[0]))
-                loss = loss + contrastive(z1, z2, labels[0], gathered=gathered, rank=rank)
-            if "logits" in out:
-                logits = out["logits"].float()
-                targets = torch.cat(labels)[: logits.shape[0]]
-                loss = loss + F.cross_entropy(logits, targets)
-                correct += int((logits.argmax(1) == targets).sum())
-                classified += int(targets.numel())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            step = training_step(
+                model,
+                optimizer,
+                scheduler,
+                contrastive,
+                views,
+                [lookup[a] for a in anatomy],
+                heads,
+                device,
+                world=world,
+                rank=rank,
+                use_amp=use_amp,
+            )
+            correct += step.correct
+            classified += step.classified
             seen += views[0].shape[0]
-            loss_sum += float(loss.detach()) * views[0].shape[0]
+            loss_sum += float(step.loss.detach()) * views[0].shape[0]
             steps_done += 1  # noqa: SIM113 (the batches of an epoch come from an iterator; this counts the steps run)
         elapsed = time.perf_counter() - started
         seen_all, loss_all, correct_all, classified_all, time_sum = _all_reduce_sum(
