@@ -23,19 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .index_rows import RegionHit
+from .index_schema import OUTPUT_FIELDS
 
-#: The string columns a search filters on or returns (besides ``key`` and the vector).
-_STRING_COLUMNS = (
-    "anatomy",
-    "image_id",
-    "image_uri",
-    "view",
-    "split",
-    "patient_hash",
-    "study_hash",
-    "model_version",
-    "box_source",
-)
+#: The string columns a search filters on or returns (every output field but the key, the anatomy
+#: id and the box).
+_STRING_COLUMNS = tuple(f for f in OUTPUT_FIELDS if f not in ("key", "anatomy_id", "box"))
 
 
 @dataclass

@@ -51,32 +51,27 @@ def software_version() -> str:
         return "regionmir"
 
 
-def _query_region(answer: dict[str, Any], sop_class_uid: str) -> ReportRegion:
-    query = answer["query"]
-    dicom = query.get("dicom") or {}
+def _region(found: dict[str, Any], sop_class_uid: str, anatomy: str, **hit: Any) -> ReportRegion:
+    """The :class:`ReportRegion` of the answer's query or of one of its results (``found``)."""
+    dicom = found.get("dicom") or {}
     return ReportRegion(
         sop_instance_uid=dicom.get("sop_instance_uid", ""),
         series_instance_uid=dicom.get("series_uid", ""),
         study_instance_uid=dicom.get("study_uid", ""),
         sop_class_uid=sop_class_uid,
-        box=tuple(query["box"]),
-        anatomy=query["anatomy"] or query["predicted_anatomy"],
+        box=tuple(found["box"]),
+        anatomy=anatomy,
+        **hit,
     )
+
+
+def _query_region(answer: dict[str, Any], sop_class_uid: str) -> ReportRegion:
+    query = answer["query"]
+    return _region(query, sop_class_uid, query["anatomy"] or query["predicted_anatomy"])
 
 
 def _hit_region(hit: dict[str, Any], sop_class_uid: str) -> ReportRegion:
-    dicom = hit.get("dicom") or {}
-    return ReportRegion(
-        sop_instance_uid=dicom.get("sop_instance_uid", ""),
-        series_instance_uid=dicom.get("series_uid", ""),
-        study_instance_uid=dicom.get("study_uid", ""),
-        sop_class_uid=sop_class_uid,
-        box=tuple(hit["box"]),
-        anatomy=hit["anatomy"],
-        rank=hit["rank"],
-        score=hit["score"],
-        key=hit["key"],
-    )
+    return _region(hit, sop_class_uid, hit["anatomy"], rank=hit["rank"], score=hit["score"], key=hit["key"])
 
 
 def csv_response(answer: dict[str, Any]) -> Response:

@@ -87,6 +87,22 @@ class PacsService:
         return requests.get((base or self.base) + path, headers=headers, timeout=60)
 
 
+#: The attributes a :class:`Film` keeps, in its field order after ``name`` and ``data``.
+_FILM_ATTRIBUTES = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "ViewPosition",
+    "PatientID",
+    "PatientName",
+    "AccessionNumber",
+)
+
+
+def _film(name: str, data: bytes, ds: pydicom.Dataset) -> Film:
+    return Film(name, data, *(str(ds.get(keyword)) for keyword in _FILM_ATTRIBUTES))
+
+
 def _films() -> dict[str, Film]:
     """The nine instances of the module docstring, as DICOM bytes with their UIDs."""
     from regionmir.synth.dataset_writer import render_phantom
@@ -97,17 +113,7 @@ def _films() -> dict[str, Film]:
     def stored(name: str, ds: pydicom.Dataset) -> Film:
         buffer = io.BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
-        return Film(
-            name,
-            buffer.getvalue(),
-            str(ds.StudyInstanceUID),
-            str(ds.SeriesInstanceUID),
-            str(ds.SOPInstanceUID),
-            str(ds.ViewPosition),
-            str(ds.PatientID),
-            str(ds.PatientName),
-            str(ds.AccessionNumber),
-        )
+        return _film(name, buffer.getvalue(), ds)
 
     def into(ds: pydicom.Dataset, owner: pydicom.Dataset, series_uid: str, view: str, series: int, instance: int):
         """``ds`` made a film of ``owner``'s patient and study, in series ``series_uid``."""
@@ -224,18 +230,7 @@ def _films_outside_the_pacs() -> Film:
     from regionmir.synth.dataset_writer import render_phantom
 
     data = render_phantom(22, 0, SIZE, "dicom", "realistic")[0]
-    ds = pydicom.dcmread(io.BytesIO(data))
-    return Film(
-        "uploaded",
-        data,
-        str(ds.StudyInstanceUID),
-        str(ds.SeriesInstanceUID),
-        str(ds.SOPInstanceUID),
-        str(ds.ViewPosition),
-        str(ds.PatientID),
-        str(ds.PatientName),
-        str(ds.AccessionNumber),
-    )
+    return _film("uploaded", data, pydicom.dcmread(io.BytesIO(data)))
 
 
 # ------------------------------------------------------------------------------------- no PACS needed
