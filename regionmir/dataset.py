@@ -53,7 +53,7 @@ def open_dataset(data: str, s3: S3Options | None = None, **kw: Any) -> DatasetRe
     if is_dicomweb(data):
         from .dicomweb_reader import DicomWebReader
 
-        return DicomWebReader(data, s3=s3, labels=labels)
+        return DicomWebReader(data, labels=open_dataset(labels, s3=s3) if labels else None)
     if labels:
         raise DatasetError(
             str(labels), "--labels goes with a DICOMweb source (--data dicomweb+http://…); files carry their own"

@@ -26,31 +26,27 @@ from .dicomweb import DicomWebSource, client_for
 from .identifiers import hash_identifier
 from .region_record import ImageRecord
 from .scan_report import ScanReport
-from .storage import S3Options
 
 #: The split of every PACS instance: the retrieval database.
 PACS_SPLIT = "train"
 
 
 class DicomWebReader:
-    """A DICOMweb source read as a data set (see the module docstring). ``labels``: a manifest or
-    Chest ImaGenome copy (local or ``s3://``) keyed by SOP Instance UID, or ``None``."""
+    """A DICOMweb source read as a data set (see the module docstring). ``labels``: the reader of a
+    manifest or Chest ImaGenome copy keyed by SOP Instance UID (:func:`regionmir.dataset.open_dataset`
+    opens it), or ``None``."""
 
-    def __init__(self, source: str, s3: S3Options | None = None, labels: str | None = None):
+    def __init__(self, source: str, labels=None):
         self.source = DicomWebSource.parse(source)
         self.labels = labels
-        self.s3 = s3
         self.report = ScanReport(source=self.source.root)
         self.labelled = self.unlabelled = 0
 
     def _label_records(self) -> dict[str, ImageRecord]:
-        if not self.labels:
+        if self.labels is None:
             return {}
-        from .dataset import open_dataset
-
-        reader = open_dataset(self.labels, s3=self.s3)
-        records = {record.image_id: record for record in reader.iter_images()}
-        self.report = self.report.merge(reader.report)
+        records = {record.image_id: record for record in self.labels.iter_images()}
+        self.report = self.report.merge(self.labels.report)
         return records
 
     def iter_images(self, split: str | None = None) -> Iterator[ImageRecord]:
@@ -87,5 +83,5 @@ class DicomWebReader:
             )
 
     def describe(self) -> str:
-        labels = f", labels {self.labels}" if self.labels else ", no labels (boxes from the localiser)"
+        labels = f", labels {self.labels.describe()}" if self.labels else ", no labels (boxes from the localiser)"
         return self.source.describe() + labels
