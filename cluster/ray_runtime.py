@@ -36,6 +36,11 @@ LOCAL_RAY_ENVIRONMENT = {
 #: workers inherit it, and the log format beside it.
 VERBOSE_ENV = "REGIONMIR_VERBOSE"
 
+#: What a job's tasks and actors need from the driver's environment on a cluster it joins (a local
+#: Ray's workers inherit it): the PACS credentials its Ray Data tasks read films with
+#: (:mod:`regionmir.dicomweb`). Sent as the job's ``runtime_env`` env_vars when set.
+JOB_FORWARDED_ENV = ("REGIONMIR_DICOMWEB_TOKEN", "REGIONMIR_DICOMWEB_USER", "REGIONMIR_DICOMWEB_PASSWORD")
+
 #: Start-up attempts for a local Ray whose start timed out.
 START_ATTEMPTS = 3
 
@@ -81,7 +86,13 @@ def start_ray(
     level = "INFO" if verbose else "WARNING"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=log_to_driver, logging_level=level)
+        forwarded = {name: os.environ[name] for name in JOB_FORWARDED_ENV if os.environ.get(name)}
+        ray.init(
+            address=address,
+            log_to_driver=log_to_driver,
+            logging_level=level,
+            runtime_env={"env_vars": forwarded} if forwarded else None,
+        )
     else:
         kwargs: dict[str, Any] = {
             "num_cpus": num_cpus or local_cpu_slots(),
