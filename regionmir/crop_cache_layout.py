@@ -2,9 +2,10 @@
 and the code that erases from it (:mod:`indexing.erasure`).
 
 A cache root holds one folder per split, ``{split}-{key}/`` (``key`` hashes the split's labels and
-the crop settings), with the split's rows as Parquet shards (``part-00000.parquet``, ...) and,
-written last, :data:`COMPLETE_MARKER`: JSON with the split's row count (``rows``) and how it was
-built. A folder without the marker is an interrupted build, never read.
+the crop settings), with the split's rows as Parquet shards (``part-{writer}-{index}.parquet``: each
+cropping actor writes its own, :func:`shard_name`) and, written last, :data:`COMPLETE_MARKER`: JSON
+with the split's row count (``rows``) and how it was built. A folder without the marker is an
+interrupted build, never read.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def split_folder(cache_root: str, split: str, key: str) -> str:
     return storage.join(cache_root, f"{split}-{key}")
 
 
-def shard_name(index: int) -> str:
-    """The file name of a split's ``index``-th shard."""
-    return f"part-{index:05d}.parquet"
+def shard_name(writer: str, index: int) -> str:
+    """The file name of the ``index``-th shard that the writer ``writer`` (a cropping actor's own
+    random id: a restarted actor gets a new one) writes in a split's folder; it matches :data:`SHARD_GLOB`."""
+    return f"part-{writer}-{index:05d}.parquet"

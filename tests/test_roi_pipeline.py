@@ -83,3 +83,42 @@ def test_the_croppers_placeholders_account_for_every_region_not_cut(tmp_path):
 
     plain = ContextCropper(config, None)(batch)  # the streaming training path: crops only
     assert "skipped" not in plain and (plain["anatomy_id"] >= 0).all() and len(plain["anatomy_id"]) == crops.sum()
+
+
+def test_the_cache_writer_writes_each_splits_shard_and_a_retry_leaves_no_duplicate(tmp_path):
+    """:class:`CacheShardWriter` (called without Ray) writes one shard per split of the batch and
+    returns only accounting; a second attempt of the same batch writes new names, and the driver's
+    clean-up keeps only the shards it was told about."""
+    import pyarrow.parquet as pq
+
+    from training.roi_pipeline import (
+        ACCOUNTING_COLUMNS,
+        CacheShardWriter,
+        _remove_unreported_shards,
+        expected_crop_count,
+    )
+
+    films, rows, config = _film_rows(tmp_path)
+    with open(films[0].image_uri, "wb") as broken:  # an unreadable film: counted, not written
+        broken.write(b"not an image")
+    batch = {FILM_COLUMN: np.asarray([r[FILM_COLUMN] for r in rows], dtype=object)}
+    splits = sorted({film.split for film in films})
+    roots = {split: str(tmp_path / "cache" / split) for split in splits}
+    for split in splits:
+        (tmp_path / "cache" / split).mkdir(parents=True)
+
+    lost = CacheShardWriter(config, roots)(batch)  # an attempt whose actor died before returning
+    accounting = CacheShardWriter(config, roots)(batch)  # the retry, on the restarted actor
+    assert set(accounting) == set(ACCOUNTING_COLUMNS) and sorted(accounting["split"]) == splits
+    assert not set(lost["shard"]) & set(accounting["shard"])
+    for split, shard, written, skipped, films_skipped in zip(*(accounting[c] for c in ACCOUNTING_COLUMNS)):
+        split_films = [film for film in films if film.split == split]
+        assert written + skipped == expected_crop_count(split_films, config.anatomy_ids)
+        assert json.loads(films_skipped) == ([films[0].image_id] if films[0].split == split else [])
+        assert len(list((tmp_path / "cache" / split).glob("*.parquet"))) == 2  # both attempts' shards
+        assert _remove_unreported_shards(roots[split], {shard}, None) == [
+            lost["shard"][list(lost["split"]).index(split)]
+        ]
+        table = pq.read_table(tmp_path / "cache" / split / shard)
+        assert table.num_rows == written and set(table["split"].to_pylist()) == {split}
+        assert table.column_names == ["context", "box", "anatomy_id", "image_id", "split"]

@@ -19,9 +19,10 @@ job: an unreachable film is not a bad one.
 The optional **crop cache** writes these rows as Parquet shards per split under
 ``{cache_root}/{split}-{key}/`` (the layout: :mod:`regionmir.crop_cache_layout`); ``key`` hashes
 that split's labels and the crop settings, so a later run with the same data and settings reads
-the shards instead of decoding films again. The split's ``_COMPLETE.json`` is written only when
-every expected crop is accounted for (written, or skipped with its film counted): crops cut +
-regions skipped = regions labelled.
+the shards instead of decoding films again. The cropping actors write the shards themselves
+(:class:`CacheShardWriter`) and send this process only a few numbers per batch; the split's
+``_COMPLETE.json`` is written only when every expected crop is accounted for (written, or skipped
+with its film counted): crops cut + regions skipped = regions labelled.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -39,7 +41,7 @@ import numpy as np
 from regionmir import storage
 from regionmir.bad_films import BadFilms
 from regionmir.boxes import Box
-from regionmir.crop_cache_layout import CACHE_FORMAT, COMPLETE_MARKER, shard_name, split_folder
+from regionmir.crop_cache_layout import CACHE_FORMAT, COMPLETE_MARKER, SHARD_GLOB, shard_name, split_folder
 from regionmir.errors import DatasetError
 from regionmir.film_rows import FilmCropper, film_rows
 from regionmir.region_record import ImageRecord, RegionRecord
@@ -169,6 +171,13 @@ def cache_key(records: list[ImageRecord], config: RoiPipelineConfig) -> str:
     return digest.hexdigest()[:20]
 
 
+def _film_dataset(records: list[ImageRecord]):
+    """The films as a Ray Dataset of :func:`regionmir.film_rows.film_rows` rows (labels, no pixels)."""
+    import ray
+
+    return ray.data.from_items(film_rows(records), override_num_blocks=max(1, min(len(records), 64)))
+
+
 def roi_dataset(
     records: list[ImageRecord],
     config: RoiPipelineConfig,
@@ -180,14 +189,71 @@ def roi_dataset(
     ``account_skips``, plus :class:`ContextCropper`'s placeholder rows of films not fully cut."""
     import ray
 
-    films = ray.data.from_items(film_rows(records), override_num_blocks=max(1, min(len(records), 64)))
-    return films.map_batches(
+    return _film_dataset(records).map_batches(
         ContextCropper,
         fn_constructor_args=(config, asdict(s3) if s3 else None, account_skips, "data"),
         batch_size=4,
         compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_cpus=1,
     )
+
+
+#: The columns of :class:`CacheShardWriter`'s accounting rows, the only rows of the cache build
+#: that reach the driver: one per split per batch of films.
+ACCOUNTING_COLUMNS = ("split", "shard", "rows", "regions_skipped", "films_skipped")
+
+
+class CacheShardWriter(ContextCropper):
+    """Ray Data actor of the crop cache's build: crops a batch of films like :class:`ContextCropper`
+    (``account_skips``) and writes each split's crops of the batch as one Parquet shard straight
+    into that split's folder (``roots``: split → folder, local or ``s3://``), named
+    :func:`~regionmir.crop_cache_layout.shard_name` with this actor's random id and a counter, so no
+    two attempts ever write the same file.
+
+    It returns only accounting rows (:data:`ACCOUNTING_COLUMNS`), one per split of the batch:
+    ``shard`` (its file name, ``""`` when the batch cut none of that split's regions), ``rows`` (crops
+    in it), ``regions_skipped`` (summed from the placeholder rows) and ``films_skipped`` (JSON list of
+    the image ids of the films not fully cut). A shard is reported only once it is fully written.
+    """
+
+    def __init__(
+        self, config: RoiPipelineConfig, roots: dict[str, str], s3: dict | None = None, console: str | None = None
+    ):
+        super().__init__(config, s3, account_skips=True, console=console)
+        self.targets = {split: pyarrow_filesystem(root, self.s3) for split, root in roots.items()}
+        self.writer = uuid.uuid4().hex[:12]
+        self.shards_written = 0
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+        from ray.data.block import BlockAccessor
+
+        # the same Arrow table (tensor columns) as Ray Data makes of a cropper's output
+        table = BlockAccessor.batch_to_block(super().__call__(batch))
+        accounting: dict[str, list] = {name: [] for name in ACCOUNTING_COLUMNS}
+        for split in sorted(set(table["split"].to_pylist())):
+            part = table.filter(pc.equal(table["split"], split))
+            placeholders = part.filter(pc.less(part["anatomy_id"], 0))
+            crops = part.filter(pc.greater_equal(part["anatomy_id"], 0)).drop_columns(["skipped"])
+            shard = ""
+            if crops.num_rows:
+                fs, folder = self.targets[split]
+                shard = shard_name(self.writer, self.shards_written)
+                self.shards_written += 1
+                pq.write_table(crops, f"{folder}/{shard}", filesystem=fs)
+            accounting["split"].append(split)
+            accounting["shard"].append(shard)
+            accounting["rows"].append(crops.num_rows)
+            accounting["regions_skipped"].append(int(pc.sum(placeholders["skipped"]).as_py() or 0))
+            accounting["films_skipped"].append(json.dumps(sorted(set(placeholders["image_id"].to_pylist()))))
+        return {
+            "split": np.asarray(accounting["split"], dtype=object),
+            "shard": np.asarray(accounting["shard"], dtype=object),
+            "rows": np.asarray(accounting["rows"], dtype=np.int64),
+            "regions_skipped": np.asarray(accounting["regions_skipped"], dtype=np.int64),
+            "films_skipped": np.asarray(accounting["films_skipped"], dtype=object),
+        }
 
 
 def cached_roi_datasets(
@@ -202,10 +268,12 @@ def cached_roi_datasets(
 
     Each split lives in ``{cache_root}/{split}-{key}/``; its ``_COMPLETE.json`` is written last,
     so an interrupted build is simply rebuilt. Every missing split is built in ONE pass of the
-    cropping pipeline (one pool of actors, each film decoded once) whose rows stream back to this
-    process and are written as Parquet shards here: on a small machine each Ray actor or write task
-    is a fresh process that imports torch, and starting them once instead of once per split (plus
-    a write task per block) is most of a demo-sized build.
+    cropping pipeline (one pool of actors, each film decoded once; on a small machine each Ray
+    actor is a fresh process that imports torch, so starting them once instead of once per split
+    is much of a demo-sized build). The crops never come back to this process: the actors write
+    them as Parquet shards into the split folders themselves (:class:`CacheShardWriter`) and hand
+    back a few numbers per batch, so the driver's network and memory stay out of the build's way
+    however many actors or nodes crop (see :func:`_build_cache` for how retried tasks are counted).
     """
     datasets, info, missing = {}, {}, {}
     for split, films in records.items():
@@ -228,8 +296,17 @@ def cached_roi_datasets(
     return {"datasets": datasets, "info": info}
 
 
-#: Rows per Parquet shard of the crop cache (~2 MB at the default 128-pixel context).
+#: Crops a cache shard holds at most, roughly (~2 MB at the default 128-pixel context): the cache
+#: build gives each cropping batch about this many crops' films (:func:`films_per_batch`).
 SHARD_ROWS = 2048
+
+
+def films_per_batch(records: list[ImageRecord], config: RoiPipelineConfig, concurrency: int) -> int:
+    """Films per batch of the cache build (one shard per split per batch): enough films for about
+    :data:`SHARD_ROWS` crops, but no more than a quarter of one actor's share of the films (so the
+    actors finish together), and at least 4 (as the streaming pipeline)."""
+    crops_per_film = max(1.0, expected_crop_count(records, config.anatomy_ids) / max(1, len(records)))
+    return max(4, min(int(SHARD_ROWS // crops_per_film), len(records) // (4 * max(1, concurrency))))
 
 
 def _build_cache(
@@ -239,11 +316,19 @@ def _build_cache(
     s3: S3Options | None,
     concurrency: int,
 ) -> dict[str, dict]:
-    """Crop the films of every split in ``records`` in one streaming pass; write each split's shards
-    under ``roots[split]`` and its ``_COMPLETE.json`` last."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    """Crop the films of every split in ``records`` in one streaming pass whose actors write each
+    split's shards under ``roots[split]``; check the accounting and write each ``_COMPLETE.json`` last.
+
+    Retries: Ray restarts a cropping actor that died and runs its batch again, so an attempt that
+    died after writing a shard (or whose output was lost) may leave a shard nobody reported, and
+    its batch's crops are written again under other names. This process therefore counts only the
+    shards reported in the accounting rows it received (each batch's once), and once the pipeline
+    is done it deletes every other shard file of the split's folder before writing the marker: the
+    marker's ``rows`` is then exactly the rows of the shards on disk. (Writing to a temporary name
+    and renaming would not be enough: a fully written shard of a lost attempt would still be a
+    duplicate, and a rename is a copy on S3.)
+    """
+    import ray
 
     started = time.perf_counter()
     films = [film for split_films in records.values() for film in split_films]
@@ -252,48 +337,32 @@ def _build_cache(
         f"decoding {len(films)} films ({', '.join(f'{len(v)} {k}' for k, v in records.items())}) "
         f"into the crop cache: {sum(expected.values())} crops expected",
     )
-    targets = {}
-    for split, root in roots.items():
+    for root in roots.values():
         fs, path = pyarrow_filesystem(root, s3)
         fs.create_dir(path, recursive=True)
         fs.delete_dir_contents(path, missing_dir_ok=True)  # shards of an interrupted build
-        targets[split] = (fs, path)
-    pending: dict[str, list] = {split: [] for split in roots}
-    buffered = dict.fromkeys(roots, 0)
     rows = dict.fromkeys(roots, 0)
-    shards = dict.fromkeys(roots, 0)
     skipped = dict.fromkeys(roots, 0)
-    films_skipped: dict[str, set] = {split: set() for split in roots}
-
-    def flush(split: str) -> None:
-        if not pending[split]:
-            return
-        fs, path = targets[split]
-        table = pa.concat_tables(pending[split])
-        pq.write_table(table, f"{path}/{shard_name(shards[split])}", filesystem=fs)
-        shards[split] += 1
-        rows[split] += table.num_rows
-        pending[split], buffered[split] = [], 0
-
+    shards: dict[str, set[str]] = {split: set() for split in roots}
+    films_skipped: dict[str, set[str]] = {split: set() for split in roots}
+    accounting = _film_dataset(films).map_batches(
+        CacheShardWriter,
+        fn_constructor_args=(config, roots, asdict(s3) if s3 else None, "data"),
+        batch_size=films_per_batch(films, config, concurrency),
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_cpus=1,
+    )
     last_line = time.perf_counter()
-    for batch in roi_dataset(films, config, s3, concurrency, account_skips=True).iter_batches(
-        batch_size=None, batch_format="pyarrow"
-    ):
-        for split in roots:
-            part = batch.filter(pc.equal(batch["split"], split))
-            placeholders = part.filter(pc.less(part["anatomy_id"], 0))
-            if placeholders.num_rows:
-                skipped[split] += int(pc.sum(placeholders["skipped"]).as_py())
-                films_skipped[split].update(placeholders["image_id"].to_pylist())
-                part = part.filter(pc.greater_equal(part["anatomy_id"], 0))
-            part = part.drop_columns(["skipped"])
-            if part.num_rows:
-                pending[split].append(part)
-                buffered[split] += part.num_rows
-                if buffered[split] >= SHARD_ROWS:
-                    flush(split)
+    for batch in accounting.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in batch.to_pylist():
+            split = row["split"]
+            rows[split] += row["rows"]
+            skipped[split] += row["regions_skipped"]
+            films_skipped[split].update(json.loads(row["films_skipped"]))
+            if row["shard"]:
+                shards[split].add(row["shard"])
         if time.perf_counter() - last_line > 10:
-            done = sum(rows.values()) + sum(buffered.values())
+            done = sum(rows.values())
             log.info(
                 f"crop cache: {done}/{sum(expected.values())} crops "
                 f"({done / (time.perf_counter() - started):.0f} crops/s)",
@@ -301,16 +370,15 @@ def _build_cache(
             last_line = time.perf_counter()
     seconds = round(time.perf_counter() - started, 1)
     info = {}
-    for split in roots:
-        flush(split)
     for split, root in roots.items():
         if rows[split] + skipped[split] != expected[split]:
             raise DatasetError(
                 root,
                 f"crop cache not marked complete: {rows[split]} {split} crops written and "
                 f"{skipped[split]} skipped, but the labels hold {expected[split]}; rows went "
-                "missing between the croppers and this process — run again to rebuild it",
+                "missing between the croppers and their shards — run again to rebuild it",
             )
+        _remove_unreported_shards(root, shards[split], s3)
         info[split] = {
             "format": CACHE_FORMAT,
             "split": split,
@@ -319,7 +387,7 @@ def _build_cache(
             "expected_rows": expected[split],
             "regions_skipped": skipped[split],
             "films_with_skipped_regions": len(films_skipped[split]),
-            "shards": shards[split],
+            "shards": len(shards[split]),
             "settings": config.fingerprint(),
             "seconds": seconds,
         }
@@ -329,8 +397,36 @@ def _build_cache(
             f"in {root}"
             + (f" ({skipped[split]} regions of {len(films_skipped[split])} films skipped)" if skipped[split] else ""),
         )
-    log.info(f"crop cache built in {seconds} s")
+    log.info(f"crop cache built in {seconds} s ({sum(rows.values()) / max(seconds, 0.1):.0f} crops/s)")
     return info
+
+
+def _remove_unreported_shards(root: str, reported: set[str], s3: S3Options | None) -> list[str]:
+    """Delete the shard files of ``root`` that no accounting row reported (written by an attempt
+    that died or whose output was lost, so its batch was cropped again); returns their names. A
+    reported shard that is missing raises :class:`DatasetError`: its rows would be counted but absent."""
+    import fnmatch
+
+    import pyarrow.fs as pafs
+
+    fs, path = pyarrow_filesystem(root, s3)
+    present = {
+        entry.base_name
+        for entry in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        if entry.type == pafs.FileType.File and fnmatch.fnmatch(entry.base_name, SHARD_GLOB)
+    }
+    if reported - present:
+        raise DatasetError(
+            root,
+            f"crop cache not marked complete: {len(reported - present)} shard(s) reported written are "
+            "missing — run again to rebuild it",
+        )
+    strays = sorted(present - reported)
+    for name in strays:
+        fs.delete_file(f"{path}/{name}")
+    if strays:
+        log.info(f"crop cache: {len(strays)} shard(s) of retried attempts removed from {root}")
+    return strays
 
 
 #: Cached splits smaller than this are loaded on the driver into the object store in one piece.
