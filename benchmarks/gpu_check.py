@@ -11,12 +11,12 @@ others; the exception text is recorded):
   TF32 defaults.
 * ``imports``: the project modules each path imports, none of Ray; which third-party module is
   missing where one is.
-* ``train_<preset>_<arm>``: the training step of ``training.train_loop._train_phase`` (which runs
-  only inside Ray Train, so its body is repeated here line for line: freeze the heads the stage
-  does not use, ``torch.autocast(dtype=bfloat16, enabled=device is cuda)``, the contrastive loss
-  (NT-Xent or SupCon) on the float32 projections, cross-entropy on the logits, AdamW + one-cycle)
-  on random crops of the preset's size; loss, gradients and weights finite; steps/s and crops/s
-  after warm-up; peak GPU memory. Arms: pretrain SimCLR, pretrain SupCon, fine-tune, fine-tune
+* ``train_<preset>_<arm>``: ``training.train_loop.training_step``, the step the Ray Train loop
+  runs per batch (``torch.autocast(dtype=bfloat16, enabled=device is cuda)``, the contrastive loss
+  — NT-Xent or SupCon — on the float32 projections, cross-entropy on the logits, AdamW +
+  one-cycle), with the heads the stage does not use frozen as the loop freezes them, on random
+  crops of the preset's size; loss, gradients and weights finite; steps/s and crops/s after
+  warm-up; peak GPU memory. Arms: pretrain SimCLR, pretrain SupCon, fine-tune, fine-tune
   with co-training (SupCon + cross-entropy). The augmentation (CPU work on films) is left out.
 * ``precision_<preset>``: one step's loss and gradients under bf16 autocast against the same
   step in float32 (TF32 off) on the same device, from the same weights and batch.
@@ -48,7 +48,10 @@ Run (repo root; the package need not be installed)::
 On a GPU machine without the project's dependencies, the few third-party modules these paths
 import that such an image lacks (the Milvus client that ``indexing/__init__`` and
 ``serving.runtime`` import: pymilvus, orjson, python-dotenv, cachetools; with protobuf and grpcio
-of the versions it was built against) travel as wheels in a git-ignored ``.whl/``::
+of the versions it was built against) travel as wheels in a git-ignored ``.whl/`` (fetched here
+with ``pip download --no-deps --only-binary=:all: --python-version 3.12 --platform
+manylinux_2_17_x86_64 -d .whl pymilvus==3.0.2 orjson python-dotenv cachetools protobuf grpcio`` at
+the versions of the project's environment; the device tool's ``carry`` names ``.whl``)::
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
     PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 timeout 400 python3 benchmarks/gpu_check.py --out $OUT
