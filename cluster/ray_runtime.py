@@ -38,7 +38,8 @@ VERBOSE_ENV = "REGIONMIR_VERBOSE"
 
 #: What a job's tasks and actors need from the driver's environment on a cluster it joins (a local
 #: Ray's workers inherit it): the PACS credentials its Ray Data tasks read films with
-#: (:mod:`regionmir.dicomweb`). Sent as the job's ``runtime_env`` env_vars when set.
+#: (:mod:`regionmir.dicomweb`). Sent as the job's ``runtime_env`` env_vars when set and not already
+#: the submitted job's own (Ray keeps a job's runtime_env in its job table, which the dashboard shows).
 JOB_FORWARDED_ENV = ("REGIONMIR_DICOMWEB_TOKEN", "REGIONMIR_DICOMWEB_USER", "REGIONMIR_DICOMWEB_PASSWORD")
 
 #: Start-up attempts for a local Ray whose start timed out.
@@ -86,7 +87,11 @@ def start_ray(
     level = "INFO" if verbose else "WARNING"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        forwarded = {name: os.environ[name] for name in JOB_FORWARDED_ENV if os.environ.get(name)}
+        forwarded = {
+            name: os.environ[name]
+            for name in JOB_FORWARDED_ENV
+            if os.environ.get(name) and name not in submitted_job_env_vars()
+        }
         ray.init(
             address=address,
             log_to_driver=log_to_driver,
@@ -108,6 +113,19 @@ def start_ray(
         quiet_ray_data_console()
         if log_to_driver:
             forward_own_lines_only()
+
+
+def submitted_job_env_vars() -> dict[str, str]:
+    """The env_vars of the runtime_env this driver was submitted with (``ray job submit``, a
+    KubeRay RayJob): Ray refuses a ``ray.init`` runtime_env that names one of them again, and the
+    job's tasks have them already."""
+    import json
+
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    except ValueError:
+        return {}
+    return dict(((job.get("runtime_env") or {}).get("env_vars")) or {})
 
 
 def _start_local(ray: Any, kwargs: dict[str, Any], attempts: int) -> None:

@@ -78,12 +78,30 @@ def test_a_job_joining_a_cluster_gives_its_tasks_the_pacs_credentials(tmp_path):
     from cluster.local_cluster import LocalRayCluster
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("REGIONMIR_DICOMWEB_")}
+    root = Path(__file__).resolve().parent.parent
     with LocalRayCluster(tmp_path / "cluster", head_cpus=1, env=clean) as cluster:
         address = cluster.start_head()
         driver = {**clean, "JOIN": address, "REGIONMIR_DICOMWEB_TOKEN": "token-for-the-pacs", "OTHER": "driver-only"}
-        done = subprocess.run(
-            [sys.executable, "-c", _JOINING_DRIVER], env=driver, capture_output=True, text=True, timeout=300
+        joined = subprocess.run(
+            [sys.executable, "-c", _JOINING_DRIVER], env=driver, cwd=root, capture_output=True, text=True, timeout=300
         )
-    assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen == {"REGIONMIR_DICOMWEB_TOKEN": "token-for-the-pacs", "OTHER": None}
+        # a submitted job (ray job submit, a RayJob) given the token in its own runtime_env: Ray
+        # refuses a ray.init runtime_env naming it again, so the driver leaves it to the job's
+        submitted = {
+            **driver,
+            "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(
+                {"runtime_env": {"env_vars": {"REGIONMIR_DICOMWEB_TOKEN": "token-for-the-pacs"}}}
+            ),
+        }
+        as_job = subprocess.run(
+            [sys.executable, "-c", _JOINING_DRIVER],
+            env=submitted,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    for done in (joined, as_job):
+        assert done.returncode == 0, done.stderr[-3000:]
+        seen = json.loads(done.stdout.strip().splitlines()[-1])
+        assert seen == {"REGIONMIR_DICOMWEB_TOKEN": "token-for-the-pacs", "OTHER": None}

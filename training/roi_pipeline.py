@@ -296,8 +296,9 @@ def cached_roi_datasets(
     return {"datasets": datasets, "info": info}
 
 
-#: Crops a cache shard holds at most, roughly (~2 MB at the default 128-pixel context): the cache
-#: build gives each cropping batch about this many crops' films (:func:`films_per_batch`).
+#: Crops a cache shard holds at most, roughly (uint8 contexts: 2048 × context² bytes, 33 MB at a
+#: 128-pixel context): the cache build gives each cropping batch about this many crops' films
+#: (:func:`films_per_batch`).
 SHARD_ROWS = 2048
 
 
@@ -419,7 +420,9 @@ def _remove_unreported_shards(root: str, reported: set[str], s3: S3Options | Non
         raise DatasetError(
             root,
             f"crop cache not marked complete: {len(reported - present)} shard(s) reported written are "
-            "missing — run again to rebuild it",
+            "missing — the cropping actors write the shards themselves, so on a cluster of several "
+            "nodes the cache must be on storage every node reaches (s3://, or a shared filesystem); "
+            "else run again to rebuild it",
         )
     strays = sorted(present - reported)
     for name in strays:
