@@ -273,17 +273,21 @@ class DicomWebClient:
         *,
         timeout: tuple[float, float] = (CONNECT_TIMEOUT_S, READ_TIMEOUT_S),
         attempts: int = ATTEMPTS,
+        credentials: bool = True,
     ):
         import requests
         from dicomweb_client.api import DICOMwebClient
 
         self.root = _service_root(root)
         session = requests.Session()
-        token = os.environ.get(TOKEN_ENV)
+        token = os.environ.get(TOKEN_ENV) if credentials else None
         if token:
             session.headers["Authorization"] = f"Bearer {token}"
-        elif os.environ.get(USER_ENV):
+        elif credentials and os.environ.get(USER_ENV):
             session.auth = (os.environ[USER_ENV], os.environ.get(PASSWORD_ENV, ""))
+        #: Whether this client sends the environment's credentials (``credentials=False``: a PACS
+        #: other than the one they are for, e.g. a root named by an index row the service did not expect).
+        self.sends_credentials = bool(token) or session.auth is not None
         self._client = DICOMwebClient(self.root, session=session, timeout=timeout)
         # dicomweb-client retries 5 times with 1-2-4-8 s pauses (30 s for a PACS that is down);
         # a query is waiting: ATTEMPTS attempts, RETRY_PAUSE_MS apart (doubling)
@@ -449,20 +453,45 @@ _CLIENTS_LOCK = threading.Lock()
 INTERACTIVE_READ_TIMEOUT_S = 15.0
 
 
-def client_for(root: str, *, interactive: bool = False) -> DicomWebClient:
+def client_for(root: str, *, interactive: bool = False, credentials: bool = True) -> DicomWebClient:
     """A shared :class:`DicomWebClient` for ``root`` (one per root, credentials and kind, per
     process). ``interactive``: for a waiting user — one attempt, :data:`INTERACTIVE_READ_TIMEOUT_S`
-    to answer; else a batch job's (:data:`ATTEMPTS` attempts, :data:`READ_TIMEOUT_S`)."""
+    to answer; else a batch job's (:data:`ATTEMPTS` attempts, :data:`READ_TIMEOUT_S`).
+    ``credentials=False``: the environment's credentials are not sent (another PACS than theirs)."""
     root = _service_root(root)
-    key = (root, interactive, os.environ.get(TOKEN_ENV), os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV))
+    key = (
+        root,
+        interactive,
+        credentials,
+        os.environ.get(TOKEN_ENV),
+        os.environ.get(USER_ENV),
+        os.environ.get(PASSWORD_ENV),
+    )
     with _CLIENTS_LOCK:
         if key not in _CLIENTS:
             _CLIENTS[key] = (
-                DicomWebClient(root, timeout=(CONNECT_TIMEOUT_S, INTERACTIVE_READ_TIMEOUT_S), attempts=1)
+                DicomWebClient(
+                    root,
+                    timeout=(CONNECT_TIMEOUT_S, INTERACTIVE_READ_TIMEOUT_S),
+                    attempts=1,
+                    credentials=credentials,
+                )
                 if interactive
-                else DicomWebClient(root)
+                else DicomWebClient(root, credentials=credentials)
             )
         return _CLIENTS[key]
+
+
+def same_root(a: str | None, b: str | None) -> bool:
+    """Whether two DICOMweb service roots are the same PACS (scheme and host compared without case)."""
+    if not a or not b:
+        return False
+    first, second = urlsplit(_service_root(a)), urlsplit(_service_root(b))
+    return (first.scheme.lower(), first.netloc.lower(), first.path.rstrip("/")) == (
+        second.scheme.lower(),
+        second.netloc.lower(),
+        second.path.rstrip("/"),
+    )
 
 
 def read_instance(uri: str) -> bytes:

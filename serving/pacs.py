@@ -36,6 +36,7 @@ from regionmir.dicomweb import (
     client_for,
     is_dicomweb,
     parse_instance_uri,
+    same_root,
 )
 from regionmir.errors import MissingImageError, StorageError
 from regionmir.sealed_location import SealedLocationError, open_location
@@ -185,6 +186,12 @@ class PacsLink:
         self.require_api_key()
         return reference
 
+    def client_of(self, reference: InstanceReference) -> DicomWebClient:
+        """The interactive client for the PACS an index row names: with the service's credentials
+        only when that is the configured PACS (``pacs.dicomweb_url``) — an index built against
+        another PACS never receives them."""
+        return client_for(reference.root, interactive=True, credentials=same_root(reference.root, self.root))
+
     def describe(self, reference: InstanceReference) -> dict[str, str | None]:
         """The ``dicom`` object of a hit: its UIDs, WADO-RS URL and viewer link (``None`` without ``pacs.viewer_url``)."""
         return {
@@ -205,9 +212,7 @@ class PacsLink:
         async def one(reference: InstanceReference) -> tuple[str, Any]:
             async with gate:
                 try:
-                    found = await self.call(
-                        "a WADO-RS metadata request", client_for(reference.root, interactive=True).metadata, reference
-                    )
+                    found = await self.call("a WADO-RS metadata request", self.client_of(reference).metadata, reference)
                 except MissingImageError:
                     found = None
             return reference.sop_instance_uid, found

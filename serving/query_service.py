@@ -21,7 +21,7 @@ from regionmir.anatomy import ANATOMY_NAMES
 from regionmir.anatomy_atlas import AnatomyAtlas, AtlasError
 from regionmir.boxes import Box
 from regionmir.decoded_image import DecodedImage
-from regionmir.dicomweb import InstanceReference, PacsInstance, client_for, is_dicomweb, parse_instance_uri
+from regionmir.dicomweb import InstanceReference, PacsInstance, is_dicomweb, parse_instance_uri
 from regionmir.errors import MissingImageError, RegionIndexError, RegionMIRError, StorageError
 from regionmir.image_reader import read_image
 from regionmir.model_contract import ModelContract
@@ -407,7 +407,7 @@ class QueryService:
             path = open_location(sealed, row["image_id"])
             if is_dicomweb(path):  # a PACS instance: the interactive client (one attempt, a short read timeout)
                 reference = parse_instance_uri(path)
-                path = client_for(reference.root, interactive=True).retrieve(reference)
+                path = self.pacs.client_of(reference).retrieve(reference)
             return read_image(
                 path, source=f"indexed film {row['image_id']}", s3=self.s3, max_pixels=self.settings.limits.max_pixels
             ).pixels

@@ -40,7 +40,7 @@ from local_process import ahead_of_other_work, free_port
 from orthanc_server import OrthancServer
 from pydicom.uid import generate_uid
 
-from regionmir.dicomweb import DicomWebClient, parse_instance_uri
+from regionmir.dicomweb import DicomWebClient, InstanceReference, parse_instance_uri
 from serving.config import ConfigError, ServeSettings
 
 integration = pytest.mark.integration
@@ -262,6 +262,32 @@ def test_pacs_settings_come_from_the_file_or_the_environment_and_are_checked(tmp
             ServeSettings.from_dict({**base, "pacs": pacs}).validate()
     with pytest.raises(ConfigError, match="unknown setting 'pacs.url'"):
         ServeSettings.load(env={"REGIONMIR_SERVE__PACS__URL": "http://x"})
+
+
+def test_the_service_sends_its_pacs_credentials_only_to_the_configured_pacs(monkeypatch):
+    """An index row may name another DICOMweb root than ``pacs.dicomweb_url`` (an index built against
+    another PACS): its films are read without the service's token."""
+    from regionmir.dicomweb import same_root
+    from serving.pacs import PacsLink
+
+    monkeypatch.setenv("REGIONMIR_DICOMWEB_TOKEN", "the-service-token")
+    settings = ServeSettings.from_dict(
+        {
+            "model": "m",
+            "milvus": "x.db",
+            "auth": {"api_key": "k" * 32},
+            "pacs": {"dicomweb_url": "http://PACS:8042/dicom-web/"},
+        }
+    )
+    link = PacsLink(settings)
+    ours = InstanceReference("http://pacs:8042/dicom-web", "1.2", "1.2.3", "1.2.3.4")
+    theirs = InstanceReference("http://elsewhere:8042/dicom-web", "1.2", "1.2.3", "1.2.3.4")
+    assert link.client_of(ours).sends_credentials
+    assert not link.client_of(theirs).sends_credentials
+    assert not PacsLink(ServeSettings.from_dict({"model": "m", "milvus": "x.db"})).client_of(ours).sends_credentials
+    assert same_root("http://PACS:8042/dicom-web/", "http://pacs:8042/dicom-web")
+    assert not same_root("https://pacs:8042/dicom-web", "http://pacs:8042/dicom-web")
+    assert not same_root("http://pacs:8042/dicom-web", "http://pacs:8042/other")
 
 
 def test_a_report_leaves_out_the_hits_outside_the_pacs():
