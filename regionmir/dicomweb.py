@@ -28,7 +28,7 @@ import io
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -502,9 +502,3 @@ def read_instance(uri: str) -> bytes:
     except ValueError as exc:
         raise MissingImageError(uri, str(exc)) from None
     return client_for(reference.root).retrieve(reference)
-
-
-def iter_source(source: str) -> Iterator[PacsInstance]:
-    """The instances of a ``--data dicomweb+…`` source (see :class:`DicomWebSource`)."""
-    parsed = DicomWebSource.parse(source)
-    yield from client_for(parsed.root).source_instances(parsed)

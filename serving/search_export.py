@@ -88,18 +88,14 @@ def csv_response(answer: dict[str, Any]) -> Response:
 async def store_report(
     pacs: PacsLink,
     answer: dict[str, Any],
-    query_instance: PacsInstance | None,
+    query_instance: PacsInstance,
     hit_instances: Sequence[InstanceReference | None],
     model_version: str,
 ) -> dict[str, Any]:
     """``export=sr``: build the search's Structured Report and store it into the PACS; the
-    ``export.sr`` object of the answer. ``hit_instances``: each result's PACS instance or ``None``."""
-    if query_instance is None:
-        raise ApiError(
-            422,
-            "export_needs_pacs_query",
-            "export=sr writes a report into the query's PACS study: query by study_uid/sop_instance_uid, not an upload",
-        )
+    ``export.sr`` object of the answer. ``query_instance``: the PACS instance the query named (the
+    search refused ``export=sr`` for an upload before any work, 422 ``export_needs_pacs_query``);
+    ``hit_instances``: each result's PACS instance or ``None``."""
     pacs.client()  # a configured PACS, and an API key, before any request to it
     references = [query_instance.reference, *(r for r in hit_instances if r is not None)]
     evidence = await pacs.metadata(references)
