@@ -2,7 +2,9 @@
 
 * Ray Data batch inference (:mod:`indexing.roi_embedding`): films decoded and cropped in Ray
   tasks, an actor pool of encoders (GPU when ``--gpu``);
-* one writer — this driver — upserts into Milvus (milvus-lite admits one process per file);
+* into a Milvus server the Ray Data workers upsert (:mod:`indexing.row_upserter`, ``--upserters``)
+  and this driver reads back only keys; into a milvus-lite file this driver is the one writer
+  (milvus-lite admits one process per file);
 * **zero-downtime rebuild**: rows go into a build collection named after the alias and the model
   version (``<alias>__<version>``); only when it is complete, flushed and its row count verified
   does the alias (what the service and ``evaluate`` query) move to it. A crashed build leaves the
@@ -24,9 +26,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-import numpy as np
-
-from regionmir.anatomy import ANATOMY_NAMES
 from regionmir.anatomy_atlas import AnatomyAtlas, AtlasError
 from regionmir.bad_films import BadFilms
 from regionmir.command_help import command_parser
@@ -40,10 +39,11 @@ from regionmir.region_record import ImageRecord
 from regionmir.sealed_location import seal_location
 from regionmir.storage import S3Options
 
-from .index_rows import RegionRow
+from .index_rows import region_rows
 from .index_schema import model_collection_name
 from .jobs import IndexJob
 from .region_index import RegionIndex
+from .row_upserter import RegionUpserter, upserts_from_workers
 
 log = logging.getLogger(__name__)
 
@@ -51,47 +51,39 @@ log = logging.getLogger(__name__)
 build_collection_name = model_collection_name
 
 
-#: The text columns of an embedded batch that :func:`region_rows` copies into each row, in its order.
-_TEXT_COLUMNS = ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash", "box_source")
+class _WriteTally:
+    """What a build wrote so far: the keys, how many rows, and when the first batch was written;
+    logs a progress line every ``progress_every_s``."""
+
+    def __init__(self, progress_every_s: float):
+        self.progress_every_s = progress_every_s
+        self.keys: set[str] = set()
+        self.written = 0
+        self.started = self.last_print = time.perf_counter()
+        self.first_batch_at: float | None = None
+        self.first_batch_rows = 0
+
+    def add(self, keys: Sequence[str]) -> None:
+        """Count one batch of written rows, by key."""
+        self.keys.update(keys)
+        self.written += len(keys)
+        if self.first_batch_at is None:
+            self.first_batch_at, self.first_batch_rows = time.perf_counter(), self.written
+        if time.perf_counter() - self.last_print > self.progress_every_s:
+            elapsed = time.perf_counter() - self.started
+            log.info(f"{self.written} regions written ({self.written / elapsed:.0f}/s)")
+            self.last_print = time.perf_counter()
 
 
-def region_rows(batch: dict, model_version: str) -> list[RegionRow]:
-    """The index rows of one batch of embedded regions (:mod:`indexing.roi_embedding`'s columns)."""
-    # whole columns to Python values at once: indexing numpy arrays element by element costs more
-    anatomy_ids = np.asarray(batch["anatomy_id"]).tolist()
-    boxes = np.asarray(batch["box"]).tolist()
-    texts = [np.asarray(batch[name]).tolist() for name in _TEXT_COLUMNS]
-    vectors = batch["vector"]
-    return [
-        RegionRow(
-            image_id=str(image_id),
-            anatomy_id=anatomy_id,
-            anatomy=ANATOMY_NAMES[anatomy_id],
-            image_uri=str(image_uri),
-            box=tuple(box),
-            view=str(view),
-            split=str(split),
-            patient_hash=str(patient_hash),
-            study_hash=str(study_hash),
-            model_version=model_version,
-            vector=vectors[i],
-            box_source=str(box_source),
-        )
-        for i, (anatomy_id, box, image_id, image_uri, view, split, patient_hash, study_hash, box_source) in enumerate(
-            zip(anatomy_ids, boxes, *texts, strict=True)
-        )
-    ]
-
-
-class _BackgroundWriter:
-    """The one writer of a build: turns batches into rows and upserts them on a background thread,
-    while the driver's thread pulls the next batch from Ray Data.
+class _BackgroundWriter(_WriteTally):
+    """The one writer of a build into a milvus-lite file: turns batches into rows and upserts them
+    on a background thread, while the driver's thread pulls the next batch from Ray Data.
 
     At most ``depth`` batches wait for it; those waiting when it is free again go into one upsert
-    (up to ``max_rows`` rows: milvus-lite's per-call cost is paid less often). It records the keys
-    it wrote, how many rows, and when the first batch was written; logs a progress line every
-    ``progress_every_s``. The first error (e.g. Milvus refusing an upsert) stops it and is raised
-    again, the same exception, in the driver's thread by the next :meth:`put` or by :meth:`close`.
+    (up to ``max_rows`` rows: milvus-lite's per-call cost is paid less often). It tallies what it
+    wrote (:class:`_WriteTally`). The first error (e.g. Milvus refusing an upsert) stops it and is
+    raised again, the same exception, in the driver's thread by the next :meth:`put` or by
+    :meth:`close`.
     """
 
     def __init__(
@@ -104,14 +96,9 @@ class _BackgroundWriter:
         depth: int = 8,
         max_rows: int = 4096,
     ):
+        super().__init__(progress_every_s)
         self.index, self.target, self.model_version = index, target, model_version
         self.max_rows = max_rows
-        self.progress_every_s = progress_every_s
-        self.keys: set[str] = set()
-        self.written = 0
-        self.started = self.last_print = time.perf_counter()
-        self.first_batch_at: float | None = None
-        self.first_batch_rows = 0
         self.error: BaseException | None = None
         self._stop = False
         self._queue: queue.Queue[dict | None] = queue.Queue(maxsize=depth)
@@ -158,17 +145,10 @@ class _BackgroundWriter:
             try:
                 rows = [row for batch in batches for row in region_rows(batch, self.model_version)]
                 self.index.upsert(self.target, rows)
-                self.keys.update(row.key for row in rows)
             except BaseException as exc:  # raised in the driver's thread
                 self.error = exc
                 continue
-            self.written += len(rows)
-            if self.first_batch_at is None:
-                self.first_batch_at, self.first_batch_rows = time.perf_counter(), self.written
-            if time.perf_counter() - self.last_print > self.progress_every_s:
-                elapsed = time.perf_counter() - self.started
-                log.info(f"{self.written} regions written ({self.written / elapsed:.0f}/s)")
-                self.last_print = time.perf_counter()
+            self.add([row.key for row in rows])
 
 
 def index_data(job: IndexJob, s3: S3Options | None = None) -> dict:
@@ -266,6 +246,7 @@ def index_data(job: IndexJob, s3: S3Options | None = None) -> dict:
             **({"films_already_indexed": len(films) - len(to_index), "films_localised": unlabelled} if pacs else {}),
             "rows": index.count(target),
             "rows_written": written,
+            "upserts_from": "workers" if upserts_from_workers(job.milvus) else "driver",
             "regions_expected": expected_regions,
             "regions_skipped": expected_regions - len(keys),
             "films_skipped": skipped.count,
@@ -302,8 +283,11 @@ def _embed_into(
     s3: S3Options,
     skipped: BadFilms,
     localise: bool,
-) -> _BackgroundWriter:
-    """Embed ``films``' regions through Ray Data into ``target``; the writer that wrote them."""
+) -> _WriteTally:
+    """Embed ``films``' regions through Ray Data into ``target``; the tally of what was written.
+
+    Into a server the Ray Data workers upsert (:mod:`indexing.row_upserter`) and this driver reads
+    back one accounting row per region; into a milvus-lite file this driver is the one writer."""
     from .roi_embedding import embedding_dataset
 
     dataset = embedding_dataset(
@@ -318,10 +302,14 @@ def _embed_into(
         keep_crops=False,  # the index stores no pixels
         localise_unlabelled=localise,
     )
+    from_workers = upserts_from_workers(job.milvus)
     log.info(
         f"{len(films)} films ({job.split}) → {target} (alias {job.collection}) at {job.milvus}, "
-        f"model {contract.version_id}",
+        f"model {contract.version_id}; "
+        + (f"{job.upserters} upserting workers" if from_workers else "upserts from this process"),
     )
+    if from_workers:
+        return _upsert_from_workers(dataset, target, job, contract.version_id, skipped)
     # decode/crop and encode run in Ray; this thread pulls their batches while the writer upserts
     writer = _BackgroundWriter(index, target, contract.version_id, job.progress_every_s, max_rows=job.batch_size)
     try:
@@ -334,6 +322,26 @@ def _embed_into(
     finally:
         writer.abandon()
     return writer
+
+
+def _upsert_from_workers(dataset, target: str, job: IndexJob, model_version: str, skipped: BadFilms) -> _WriteTally:
+    """An actor pool of :class:`~indexing.row_upserter.RegionUpserter` after the encoders writes the
+    rows; this driver tallies their keys and counts skipped films from the accounting rows."""
+    import ray
+
+    accounting = dataset.map_batches(
+        RegionUpserter,
+        fn_constructor_kwargs={"milvus": job.milvus, "collection": target, "model_version": model_version},
+        batch_size=None,  # the encoder's batches as they are: at most --batch-size rows an upsert
+        compute=ray.data.ActorPoolStrategy(size=job.upserters),
+        num_cpus=0,  # mostly waiting on the server; the cropper and encoders keep the cores
+    )
+    tally = _WriteTally(job.progress_every_s)
+    for batch in accounting.iter_batches(batch_size=None, batch_format="numpy"):
+        batch = skipped.filter(batch)
+        if len(batch["key"]):
+            tally.add(batch["key"].tolist())
+    return tally
 
 
 def not_yet_indexed(
@@ -464,6 +472,13 @@ def index_main(argv: Sequence[str]) -> int:
     parser.add_argument("--gpu", action="store_true", help="one GPU per encoder actor")
     parser.add_argument("--encoders", type=int, default=IndexJob.encoders, help="encoder actors")
     parser.add_argument(
+        "--upserters",
+        type=int,
+        default=IndexJob.upserters,
+        help=f"with a Milvus server: actors that upsert the rows from the Ray workers (default {IndexJob.upserters}; "
+        "a milvus-lite file is written by this process alone)",
+    )
+    parser.add_argument(
         "--batch-size",
         type=int,
         default=IndexJob.batch_size,
@@ -491,6 +506,8 @@ def index_main(argv: Sequence[str]) -> int:
     configure_command_logging("index", args)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.upserters < 1:
+        parser.error(f"--upserters must be at least 1, got {args.upserters}")
     try:
         summary = index_data(
             IndexJob(
@@ -502,6 +519,7 @@ def index_main(argv: Sequence[str]) -> int:
                 split=args.split,
                 gpu=args.gpu,
                 encoders=args.encoders,
+                upserters=args.upserters,
                 index_type=args.index_type,
                 batch_size=args.batch_size,
                 address=args.address,

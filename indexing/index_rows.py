@@ -128,6 +128,38 @@ class RegionRow:
         }
 
 
+#: The text columns of an embedded batch that :func:`region_rows` copies into each row, in its order.
+_TEXT_COLUMNS = ("image_id", "image_uri", "view", "split", "patient_hash", "study_hash", "box_source")
+
+
+def region_rows(batch: dict, model_version: str) -> list[RegionRow]:
+    """The index rows of one batch of embedded regions (:mod:`indexing.roi_embedding`'s columns)."""
+    # whole columns to Python values at once: indexing numpy arrays element by element costs more
+    anatomy_ids = np.asarray(batch["anatomy_id"]).tolist()
+    boxes = np.asarray(batch["box"]).tolist()
+    texts = [np.asarray(batch[name]).tolist() for name in _TEXT_COLUMNS]
+    vectors = batch["vector"]
+    return [
+        RegionRow(
+            image_id=str(image_id),
+            anatomy_id=anatomy_id,
+            anatomy=ANATOMY_NAMES[anatomy_id],
+            image_uri=str(image_uri),
+            box=tuple(box),
+            view=str(view),
+            split=str(split),
+            patient_hash=str(patient_hash),
+            study_hash=str(study_hash),
+            model_version=model_version,
+            vector=vectors[i],
+            box_source=str(box_source),
+        )
+        for i, (anatomy_id, box, image_id, image_uri, view, split, patient_hash, study_hash, box_source) in enumerate(
+            zip(anatomy_ids, boxes, *texts, strict=True)
+        )
+    ]
+
+
 @dataclass(frozen=True)
 class RegionHit:
     """One search result. ``score`` is the cosine similarity (1.0 for the same direction).

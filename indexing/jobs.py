@@ -25,6 +25,7 @@ class IndexJob:
     split: str = "train"  # train | valid | test | all (train: the database the paper retrieves from)
     gpu: bool = False  # one GPU per encoder actor
     encoders: int = 1  # encoder actors
+    upserters: int = 2  # actors upserting into a Milvus server (a milvus-lite file: this driver writes)
     index_type: str = "AUTO"  # AUTO (by backend and size) | HNSW | FLAT | IVF_FLAT
     batch_size: int = 256  # regions per encoder batch; Milvus upserts take what has arrived, up to this many
     address: str | None = None  # Ray cluster (default: RAY_ADDRESS or a local Ray)

@@ -329,6 +329,11 @@ class RegionIndex:
     :class:`IndexLockedError` when a milvus-lite file is held by another process.
     """
 
+    @staticmethod
+    def is_lite_file(uri: str | os.PathLike) -> bool:
+        """Whether ``uri`` names a milvus-lite file (``….db``), which one process owns, rather than a server."""
+        return os.fspath(uri).endswith(".db")
+
     def __init__(
         self,
         uri: str | os.PathLike,
@@ -343,7 +348,7 @@ class RegionIndex:
     ):
         self.uri = os.fspath(uri)
         self.display_uri = _display_uri(self.uri)
-        self.is_local_file = self.uri.endswith(".db")
+        self.is_local_file = self.is_lite_file(self.uri)
         self.resident_search = self.is_local_file if resident_search is None else bool(resident_search)
         if self.resident_search and not self.is_local_file:
             raise ValueError("resident_search holds a milvus-lite file's rows in memory; a server searches itself")

@@ -53,7 +53,7 @@ def indexed(tmp_path_factory):
     regions added too, so a query can meet its own film in the index."""
     from random_model_index import build_random_model_index
 
-    from indexing.build import region_rows
+    from indexing.index_rows import region_rows
     from indexing.region_index import RegionIndex
     from indexing.roi_embedding import embedded_batches
     from regionmir.dataset import open_dataset

@@ -103,3 +103,56 @@ def test_index_upserts_moves_the_alias_only_when_complete_and_evaluates(tmp_path
     assert "| anatomy |" in (report / "report.md").read_text()
     # no patient or study identifiers in the clear anywhere in the report
     assert metrics["model_version"] == saved["model_version"]
+
+
+def test_index_into_a_milvus_server_upserts_from_the_workers(tmp_path, phantoms, ray_local, milvus_standalone):
+    """Against a server the Ray Data workers write the rows (``upserts_from`` workers): the build
+    holds every region, the same rows a milvus-lite build of the same model holds, a film that
+    cannot be read is counted from the workers' accounting rows, and a re-run adds nothing."""
+    from indexing.build import index_data
+    from indexing.jobs import IndexJob
+    from indexing.region_index import RegionIndex
+
+    data, info = phantoms
+    films = sum(info["splits"].values())
+    model = make_model(tmp_path / "m", seed=3)
+    film = next(p for p in sorted(data.rglob("*.png")) if "/images/" in str(p))
+    original = film.read_bytes()
+    film.write_bytes(b"not a png")
+    try:
+        job = IndexJob(str(data), model, milvus_standalone.uri, collection="workers", split="all", max_bad_fraction=0.5)
+        summary = index_data(job)
+        lite = index_data(IndexJob(str(data), model, str(tmp_path / "lite.db"), split="all", max_bad_fraction=0.5))
+    finally:
+        film.write_bytes(original)
+    assert summary["upserts_from"] == "workers" and lite["upserts_from"] == "driver"
+    assert summary["films_skipped"] == lite["films_skipped"] == 1
+    assert summary["films_skipped_by_reason"] == lite["films_skipped_by_reason"]
+    expected = (films - 1) * len(STANDARD_29_IDS)
+    assert summary["rows"] == summary["rows_written"] == expected == lite["rows"]
+    assert summary["regions_skipped"] == len(STANDARD_29_IDS)
+
+    server, own = RegionIndex(milvus_standalone.uri), RegionIndex(str(tmp_path / "lite.db"))
+    try:
+        assert server.alias_target("workers") == summary["collection"]
+        keys = [key for (key,) in own.scan(lite["collection"], ["key"])]
+        assert len(keys) == expected
+        from_workers, from_driver = server.get("workers", keys), own.get(lite["collection"], keys)
+        assert set(from_workers) == set(keys)
+        for key in keys:
+            a, b = from_workers[key], from_driver[key]
+            assert (a.image_id, a.anatomy_id, a.split, a.view, a.image_uri, a.patient_hash) == (
+                b.image_id,
+                b.anatomy_id,
+                b.split,
+                b.view,
+                b.image_uri,
+                b.patient_hash,
+            )
+    finally:
+        server.close()
+        own.close()
+
+    again = index_data(IndexJob(str(data), model, milvus_standalone.uri, collection="workers", split="all"))
+    assert again["collection"] == summary["collection"] and again["rows"] == films * len(STANDARD_29_IDS)
+    assert again["films_skipped"] == 0 and again["rows_of_missing_films_removed"] == 0
