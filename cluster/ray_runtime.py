@@ -38,15 +38,11 @@ VERBOSE_ENV = "REGIONMIR_VERBOSE"
 
 #: What a job's tasks and actors need from the driver's environment on a cluster it joins (a local
 #: Ray's workers inherit it): the PACS credentials its Ray Data tasks read films with
-#: (:mod:`regionmir.dicomweb`) and the Milvus token its upserting actors write with
-#: (:mod:`indexing.row_upserter`). Sent as the job's ``runtime_env`` env_vars when set and not already
+#: (:mod:`regionmir.dicomweb`). Sent as the job's ``runtime_env`` env_vars when set and not already
 #: the submitted job's own (Ray keeps a job's runtime_env in its job table, which the dashboard shows).
-JOB_FORWARDED_ENV = (
-    "REGIONMIR_DICOMWEB_TOKEN",
-    "REGIONMIR_DICOMWEB_USER",
-    "REGIONMIR_DICOMWEB_PASSWORD",
-    "MILVUS_TOKEN",
-)
+#: The Milvus token is not among them: the index job hands it to its upserting actors alone
+#: (:mod:`indexing.row_upserter`).
+JOB_FORWARDED_ENV = ("REGIONMIR_DICOMWEB_TOKEN", "REGIONMIR_DICOMWEB_USER", "REGIONMIR_DICOMWEB_PASSWORD")
 
 #: Start-up attempts for a local Ray whose start timed out.
 START_ATTEMPTS = 3

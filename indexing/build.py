@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sys
 import threading
@@ -42,7 +43,7 @@ from regionmir.storage import S3Options
 from .index_rows import region_rows
 from .index_schema import model_collection_name
 from .jobs import IndexJob
-from .region_index import RegionIndex
+from .region_index import TOKEN_ENV, RegionIndex
 from .row_upserter import RegionUpserter, upserts_from_workers
 
 log = logging.getLogger(__name__)
@@ -331,7 +332,12 @@ def _upsert_from_workers(dataset, target: str, job: IndexJob, model_version: str
 
     accounting = dataset.map_batches(
         RegionUpserter,
-        fn_constructor_kwargs={"milvus": job.milvus, "collection": target, "model_version": model_version},
+        fn_constructor_kwargs={
+            "milvus": job.milvus,
+            "collection": target,
+            "model_version": model_version,
+            "token": os.environ.get(TOKEN_ENV) or None,  # to these actors only, not into the job's runtime_env
+        },
         batch_size=None,  # the encoder's batches as they are: at most --batch-size rows an upsert
         compute=ray.data.ActorPoolStrategy(size=job.upserters),
         num_cpus=0,  # mostly waiting on the server; the cropper and encoders keep the cores

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -69,6 +70,7 @@ class LocalMilvusServer:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.uri = ""
+        self.token = ""  # what the start-up check connects with (a server with authorization wants one)
         self.process: subprocess.Popen | None = None
         self.starts = 0
 
@@ -83,7 +85,7 @@ class LocalMilvusServer:
         from pymilvus.exceptions import MilvusException
 
         try:
-            client = MilvusClient(uri=self.uri, timeout=2)
+            client = MilvusClient(uri=self.uri, token=self.token, timeout=2)
         except (MilvusException, grpc.RpcError):
             return False
         try:
@@ -207,9 +209,22 @@ class MilvusStandaloneServer(LocalMilvusServer):
     )
     _COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode")
 
-    def __init__(self, data_dir: Path | str, log_dir: Path | str, bin_cache: Path | None = None):
+    def __init__(
+        self,
+        data_dir: Path | str,
+        log_dir: Path | str,
+        bin_cache: Path | None = None,
+        *,
+        extra_config: Sequence[str] = (),
+        token: str = "",
+    ):
+        """``extra_config``: more ``KEY=VALUE`` settings of ``milvus.yaml`` (``--extra-config``),
+        e.g. ``common.security.authorizationEnabled=true`` for a server that wants a token;
+        ``token``: the one its start-up check connects with then (``root:Milvus`` until changed)."""
         super().__init__(data_dir, log_dir)
         self.bin_cache = bin_cache
+        self.extra_config = tuple(extra_config)
+        self.token = token
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         executable = _venv_command("milvus-server", "it comes with the PyPI package milvus (pip install -e .[dev])")
@@ -230,8 +245,8 @@ class MilvusStandaloneServer(LocalMilvusServer):
         command = [executable, "--data", str(self.data_dir), "--etcd-port", str(etcd_client)]
         for option, port in zip(self._PORT_OPTIONS, ports):
             command += [f"--{option}", str(port)]
-        for component in self._COMPONENTS:
-            command += ["--extra-config", f"{component}.ip=127.0.0.1"]
+        for setting in (*(f"{component}.ip=127.0.0.1" for component in self._COMPONENTS), *self.extra_config):
+            command += ["--extra-config", setting]
         self.uri = f"http://127.0.0.1:{ports[0]}"
         return command, dict(os.environ, ETCD_CONFIG_PATH=str(etcd_config), PYTHONUNBUFFERED="1")
 

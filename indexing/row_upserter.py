@@ -4,9 +4,10 @@ server, and the driver reads back only what it needs to account for them.
 ``regionmir index`` against a **server** (``http(s)://host:port``: a Milvus standalone or cluster,
 or a ``milvus-lite server``) appends :class:`RegionUpserter`, an actor pool after the encoders
 (``--upserters``, default ``IndexJob.upserters``: two, so one is sending while the other
-builds its next entities). Each actor opens its own client (token from
-``$MILVUS_TOKEN`` in the worker's environment: ``cluster.ray_runtime.start_ray`` forwards it to
-the job), turns a batch into rows (:func:`indexing.index_rows.region_rows`) and upserts them, and
+builds its next entities). Each actor opens its own client — with the driver's ``$MILVUS_TOKEN``,
+handed to it as a constructor argument (not the job's ``runtime_env``, which the Ray dashboard's
+job table shows), or else its own worker's ``$MILVUS_TOKEN`` (a Kubernetes pod's, from its
+Secret) — turns a batch into rows (:func:`indexing.index_rows.region_rows`) and upserts them, and
 returns one small accounting row per region (:data:`ACCOUNTING_COLUMNS`: the row's key, its film,
 its anatomy, and a skipped film's reason). No vector and no crop reaches the driver, and no single
 process writes every row: what caps one writer (one process turning ~10⁷ rows into entities and
@@ -44,10 +45,10 @@ def upserts_from_workers(milvus: str) -> bool:
 class RegionUpserter:
     """Ray Data actor: one client of the Milvus server; embedded batches in, accounting rows out."""
 
-    def __init__(self, milvus: str, collection: str, model_version: str):
+    def __init__(self, milvus: str, collection: str, model_version: str, token: str | None = None):
         if not upserts_from_workers(milvus):
             raise ValueError(f"{milvus} is a milvus-lite file: only the process that opens it may write it")
-        self.index = RegionIndex(milvus)
+        self.index = RegionIndex(milvus, token=token)  # token None: this worker's $MILVUS_TOKEN
         self.collection, self.model_version = collection, model_version
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:

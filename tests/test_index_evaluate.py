@@ -12,7 +12,7 @@ import torch
 
 from regionmir.anatomy import STANDARD_29_IDS
 from regionmir.encoder import RegionEncoder, load_preset
-from regionmir.errors import DatasetError
+from regionmir.errors import DatasetError, RegionMIRError
 from regionmir.model_contract import ModelContract, save_model
 from regionmir.synth.dataset_writer import write_phantom_dataset
 
@@ -156,3 +156,40 @@ def test_index_into_a_milvus_server_upserts_from_the_workers(tmp_path, phantoms,
     again = index_data(IndexJob(str(data), model, milvus_standalone.uri, collection="workers", split="all"))
     assert again["collection"] == summary["collection"] and again["rows"] == films * len(STANDARD_29_IDS)
     assert again["films_skipped"] == 0 and again["rows_of_missing_films_removed"] == 0
+
+
+def test_upserting_workers_get_the_drivers_milvus_token_not_the_jobs_runtime_env(
+    tmp_path, phantoms, ray_local, monkeypatch
+):
+    """A Milvus server that wants a token, a driver that has one and Ray workers that do not (a
+    cluster started elsewhere): the upserting actors write with the driver's token, handed to them
+    alone — it is not in the job's runtime_env, which the Ray dashboard shows."""
+    import os
+
+    import ray
+
+    from indexing.build import index_data
+    from indexing.jobs import IndexJob
+    from indexing.local_milvus import MilvusStandaloneServer
+    from indexing.region_index import RegionIndex
+
+    data, info = phantoms
+    server = MilvusStandaloneServer(
+        tmp_path / "milvus",
+        tmp_path,
+        extra_config=("common.security.authorizationEnabled=true",),
+        token="root:Milvus",
+    )
+    server.start()
+    try:
+        with pytest.raises(RegionMIRError):
+            RegionIndex(server.uri, token="")  # the server does want a token
+        monkeypatch.setenv("MILVUS_TOKEN", "root:Milvus")  # the driver's; this module's Ray started without it
+        assert ray.get(ray.remote(num_cpus=0)(lambda: os.environ.get("MILVUS_TOKEN")).remote()) is None
+        summary = index_data(IndexJob(str(data), make_model(tmp_path / "m", seed=4), server.uri, collection="secured"))
+        assert summary["upserts_from"] == "workers"
+        assert summary["rows"] == summary["rows_written"] == info["splits"]["train"] * len(STANDARD_29_IDS)
+        runtime_env = ray.get_runtime_context().runtime_env
+        assert "MILVUS_TOKEN" not in (runtime_env.get("env_vars") or {})
+    finally:
+        server.stop()

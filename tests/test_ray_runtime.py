@@ -62,32 +62,26 @@ import json, os
 import ray
 from cluster.ray_runtime import start_ray
 start_ray(os.environ.pop("JOIN"))
-seen = ray.get(ray.remote(num_cpus=1)(lambda: {k: os.environ.get(k) for k in ("REGIONMIR_DICOMWEB_TOKEN", "MILVUS_TOKEN", "OTHER")}).remote())
+seen = ray.get(ray.remote(num_cpus=1)(lambda: {k: os.environ.get(k) for k in ("REGIONMIR_DICOMWEB_TOKEN", "OTHER")}).remote())
 print(json.dumps(seen))
 """
 
 
-def test_a_job_joining_a_cluster_gives_its_tasks_the_pacs_and_milvus_credentials(tmp_path):
+def test_a_job_joining_a_cluster_gives_its_tasks_the_pacs_credentials(tmp_path):
     """A cluster started without them (another machine, another environment): the index job's Ray
-    Data tasks read PACS films and upsert into Milvus there, so the driver sends the credentials as
-    the job's env_vars — those only, not the rest of its environment."""
+    Data tasks read PACS films there, so the driver sends the credentials as the job's env_vars —
+    those only, not the rest of its environment."""
     import json
     import os
     import subprocess
 
     from cluster.local_cluster import LocalRayCluster
 
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("REGIONMIR_DICOMWEB_") and k != "MILVUS_TOKEN"}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("REGIONMIR_DICOMWEB_")}
     root = Path(__file__).resolve().parent.parent
     with LocalRayCluster(tmp_path / "cluster", head_cpus=1, env=clean) as cluster:
         address = cluster.start_head()
-        driver = {
-            **clean,
-            "JOIN": address,
-            "REGIONMIR_DICOMWEB_TOKEN": "token-for-the-pacs",
-            "MILVUS_TOKEN": "user:password-for-milvus",
-            "OTHER": "driver-only",
-        }
+        driver = {**clean, "JOIN": address, "REGIONMIR_DICOMWEB_TOKEN": "token-for-the-pacs", "OTHER": "driver-only"}
         joined = subprocess.run(
             [sys.executable, "-c", _JOINING_DRIVER], env=driver, cwd=root, capture_output=True, text=True, timeout=300
         )
@@ -110,8 +104,4 @@ def test_a_job_joining_a_cluster_gives_its_tasks_the_pacs_and_milvus_credentials
     for done in (joined, as_job):
         assert done.returncode == 0, done.stderr[-3000:]
         seen = json.loads(done.stdout.strip().splitlines()[-1])
-        assert seen == {
-            "REGIONMIR_DICOMWEB_TOKEN": "token-for-the-pacs",
-            "MILVUS_TOKEN": "user:password-for-milvus",
-            "OTHER": None,
-        }
+        assert seen == {"REGIONMIR_DICOMWEB_TOKEN": "token-for-the-pacs", "OTHER": None}
