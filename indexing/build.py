@@ -3,7 +3,8 @@
 * Ray Data batch inference (:mod:`indexing.roi_embedding`): films decoded and cropped in Ray
   tasks, an actor pool of encoders (GPU when ``--gpu``);
 * into a Milvus server the Ray Data workers upsert (:mod:`indexing.row_upserter`, ``--upserters``)
-  and this driver reads back only keys; into a milvus-lite file this driver is the one writer
+  and this driver reads back one small accounting row per region (key, film, anatomy, skip
+  reason); into a milvus-lite file (or with ``--upserters 0``) this driver is the one writer
   (milvus-lite admits one process per file);
 * **zero-downtime rebuild**: rows go into a build collection named after the alias and the model
   version (``<alias>__<version>``); only when it is complete, flushed and its row count verified
@@ -247,7 +248,9 @@ def index_data(job: IndexJob, s3: S3Options | None = None) -> dict:
             **({"films_already_indexed": len(films) - len(to_index), "films_localised": unlabelled} if pacs else {}),
             "rows": index.count(target),
             "rows_written": written,
-            "upserts_from": "workers" if upserts_from_workers(job.milvus) else "driver",
+            "upserts_from": "none"
+            if writer is None
+            else ("driver" if isinstance(writer, _BackgroundWriter) else "workers"),
             "regions_expected": expected_regions,
             "regions_skipped": expected_regions - len(keys),
             "films_skipped": skipped.count,
@@ -303,11 +306,11 @@ def _embed_into(
         keep_crops=False,  # the index stores no pixels
         localise_unlabelled=localise,
     )
-    from_workers = upserts_from_workers(job.milvus)
+    from_workers = upserts_from_workers(job.milvus, job.upserters)
     log.info(
         f"{len(films)} films ({job.split}) → {target} (alias {job.collection}) at {job.milvus}, "
         f"model {contract.version_id}; "
-        + (f"{job.upserters} upserting workers" if from_workers else "upserts from this process"),
+        + (f"{job.upserters} upserting actors" if from_workers else "upserts from this process"),
     )
     if from_workers:
         return _upsert_from_workers(dataset, target, job, contract.version_id, skipped)
@@ -327,7 +330,11 @@ def _embed_into(
 
 def _upsert_from_workers(dataset, target: str, job: IndexJob, model_version: str, skipped: BadFilms) -> _WriteTally:
     """An actor pool of :class:`~indexing.row_upserter.RegionUpserter` after the encoders writes the
-    rows; this driver tallies their keys and counts skipped films from the accounting rows."""
+    rows; this driver tallies their keys and counts skipped films from the accounting rows.
+
+    An upserter's error (Milvus unreachable from the workers, a refused upsert) reaches this driver
+    wrapped by Ray Data; the :class:`~regionmir.errors.RegionMIRError` inside is raised again here,
+    so the command ends with its one clear line as when this process writes."""
     import ray
 
     accounting = dataset.map_batches(
@@ -338,16 +345,49 @@ def _upsert_from_workers(dataset, target: str, job: IndexJob, model_version: str
             "model_version": model_version,
             "token": os.environ.get(TOKEN_ENV) or None,  # to these actors only, not into the job's runtime_env
         },
-        batch_size=None,  # the encoder's batches as they are: at most --batch-size rows an upsert
+        batch_size=None,  # the encoder's blocks as they come
         compute=ray.data.ActorPoolStrategy(size=job.upserters),
-        num_cpus=0,  # mostly waiting on the server; the cropper and encoders keep the cores
+        # mostly waiting on the server, so a quarter of a CPU: never on a head node that declares
+        # none (the Kubernetes jobs' head), while the cropper and encoders keep the cores
+        num_cpus=0.25,
     )
+    # an upserter's RegionMIRError then travels as itself (the Ray error's cause), not as text
+    # inside Ray Data's UserCodeException (this dataset's own context: no other dataset changes)
+    accounting.context.raise_original_map_exception = True
     tally = _WriteTally(job.progress_every_s)
-    for batch in accounting.iter_batches(batch_size=None, batch_format="numpy"):
-        batch = skipped.filter(batch)
-        if len(batch["key"]):
-            tally.add(batch["key"].tolist())
+    try:
+        for batch in accounting.iter_batches(batch_size=None, batch_format="numpy"):
+            batch = skipped.filter(batch)
+            if len(batch["key"]):
+                tally.add(batch["key"].tolist())
+    except ray.exceptions.RayError as exc:
+        cause = _region_error(exc)
+        if cause is None:
+            raise
+        raise cause from None
     return tally
+
+
+def _region_error(exc: BaseException) -> RegionMIRError | None:
+    """The :class:`RegionMIRError` a Ray error carries as its cause (or its cause's), if any."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, RegionMIRError) and not _is_ray_wrapper(current):
+            return current
+        pending += [getattr(current, "cause", None), current.__cause__, current.__context__]
+    return None
+
+
+def _is_ray_wrapper(exc: BaseException) -> bool:
+    """Ray's task error class also derives from the user's exception class: not the error itself."""
+    import ray
+
+    return isinstance(exc, ray.exceptions.RayError)
 
 
 def not_yet_indexed(
@@ -481,8 +521,9 @@ def index_main(argv: Sequence[str]) -> int:
         "--upserters",
         type=int,
         default=IndexJob.upserters,
-        help=f"with a Milvus server: actors that upsert the rows from the Ray workers (default {IndexJob.upserters}; "
-        "a milvus-lite file is written by this process alone)",
+        help=f"with a Milvus server: actors that upsert the rows from the Ray workers, which must reach the "
+        f"server's URI (default {IndexJob.upserters}; 0: this process writes; a milvus-lite file is written "
+        "by this process alone)",
     )
     parser.add_argument(
         "--batch-size",
@@ -512,8 +553,8 @@ def index_main(argv: Sequence[str]) -> int:
     configure_command_logging("index", args)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.upserters < 1:
-        parser.error(f"--upserters must be at least 1, got {args.upserters}")
+    if args.upserters < 0:
+        parser.error(f"--upserters must be 0 or more, got {args.upserters}")
     try:
         summary = index_data(
             IndexJob(

@@ -25,7 +25,7 @@ class IndexJob:
     split: str = "train"  # train | valid | test | all (train: the database the paper retrieves from)
     gpu: bool = False  # one GPU per encoder actor
     encoders: int = 1  # encoder actors
-    upserters: int = 2  # actors upserting into a Milvus server (a milvus-lite file: this driver writes)
+    upserters: int = 2  # actors upserting into a Milvus server (0, or a milvus-lite file: this driver writes)
     index_type: str = "AUTO"  # AUTO (by backend and size) | HNSW | FLAT | IVF_FLAT
     batch_size: int = 256  # regions per encoder batch; Milvus upserts take what has arrived, up to this many
     address: str | None = None  # Ray cluster (default: RAY_ADDRESS or a local Ray)
@@ -33,6 +33,10 @@ class IndexJob:
     max_bad_fraction: float = 0.05  # stop (alias untouched) when more films than this cannot be read
     keep_missing: bool = False  # keep (and report) rows of films no longer in the data
     allow_mass_removal: bool = False  # remove them even when over MAX_REMOVED_FRACTION of a split's rows
+
+    def __post_init__(self) -> None:
+        if isinstance(self.upserters, bool) or not isinstance(self.upserters, int) or self.upserters < 0:
+            raise ValueError(f"IndexJob.upserters must be an int >= 0, got {self.upserters!r}")
 
 
 @dataclass(frozen=True)

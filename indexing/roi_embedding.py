@@ -198,8 +198,8 @@ def embedding_dataset(
     s3_dict = asdict(s3) if s3 else None
     # one cropper call (and task) per block of FILMS_PER_CROP_TASK films, MIN_CROP_TASKS blocks at
     # least: tasks of a few films each spend more on Ray's per-task round trips (scheduled from the
-    # driver, which also upserts) than on cropping; batch_size=None keeps a block whole (a batch
-    # size would merge smaller blocks)
+    # driver, which may also be upserting) than on cropping; batch_size=None keeps a block whole
+    # (a batch size would merge smaller blocks)
     tasks = min(len(films), max(-(-len(films) // FILMS_PER_CROP_TASK), MIN_CROP_TASKS))
     dataset = ray.data.from_items(films, override_num_blocks=tasks)
     if localise_unlabelled and any(not record.regions for record in records):

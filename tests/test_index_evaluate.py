@@ -156,6 +156,11 @@ def test_index_into_a_milvus_server_upserts_from_the_workers(tmp_path, phantoms,
     again = index_data(IndexJob(str(data), model, milvus_standalone.uri, collection="workers", split="all"))
     assert again["collection"] == summary["collection"] and again["rows"] == films * len(STANDARD_29_IDS)
     assert again["films_skipped"] == 0 and again["rows_of_missing_films_removed"] == 0
+    # --upserters 0: this process writes to the server (one only it reaches); the same rows
+    driver = index_data(
+        IndexJob(str(data), model, milvus_standalone.uri, collection="workers", split="all", upserters=0)
+    )
+    assert driver["upserts_from"] == "driver" and driver["rows"] == again["rows"] == driver["rows_written"]
 
 
 def test_upserting_workers_get_the_drivers_milvus_token_not_the_jobs_runtime_env(
@@ -168,11 +173,14 @@ def test_upserting_workers_get_the_drivers_milvus_token_not_the_jobs_runtime_env
 
     import ray
 
+    from cluster.ray_runtime import JOB_FORWARDED_ENV
     from indexing.build import index_data
     from indexing.jobs import IndexJob
     from indexing.local_milvus import MilvusStandaloneServer
     from indexing.region_index import RegionIndex
 
+    if os.environ.get("MILVUS_TOKEN"):
+        pytest.skip("this shell exports MILVUS_TOKEN, so this module's Ray workers have one too")
     data, info = phantoms
     server = MilvusStandaloneServer(
         tmp_path / "milvus",
@@ -189,7 +197,37 @@ def test_upserting_workers_get_the_drivers_milvus_token_not_the_jobs_runtime_env
         summary = index_data(IndexJob(str(data), make_model(tmp_path / "m", seed=4), server.uri, collection="secured"))
         assert summary["upserts_from"] == "workers"
         assert summary["rows"] == summary["rows_written"] == info["splits"]["train"] * len(STANDARD_29_IDS)
-        runtime_env = ray.get_runtime_context().runtime_env
-        assert "MILVUS_TOKEN" not in (runtime_env.get("env_vars") or {})
+        # and a job joining a cluster does not put it into its runtime_env either
+        assert "MILVUS_TOKEN" not in JOB_FORWARDED_ENV
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("failure", ["refused upsert", "server unreachable from the workers"])
+def test_an_upserting_workers_error_reaches_the_driver_as_itself(
+    tmp_path, phantoms, ray_local, milvus_standalone, failure
+):
+    """An error inside an upserting actor (a refused upsert; a server its worker cannot reach) ends
+    the job with that RegionMIRError — the command's one clear line — not Ray's wrapped traceback."""
+    from cluster.local_cluster import free_ports
+    from indexing.build import _upsert_from_workers
+    from indexing.jobs import IndexJob
+    from indexing.roi_embedding import embedding_dataset
+    from regionmir.bad_films import BadFilms
+    from regionmir.dataset import open_dataset
+    from regionmir.errors import IndexNotFoundError, IndexUnavailableError
+    from regionmir.model_contract import read_contract
+
+    data, _ = phantoms
+    model_dir, contract = read_contract(make_model(tmp_path / "m", seed=5))
+    records = list(open_dataset(str(data)).iter_images(split="train"))
+    dataset = embedding_dataset(
+        records, model_dir, contract.crop_config, contract.class_anatomy_ids, None, keep_crops=False
+    )
+    if failure == "refused upsert":  # the build collection is not there
+        uri, expected, match = milvus_standalone.uri, IndexNotFoundError, "no_such_build"
+    else:
+        uri, expected, match = f"http://127.0.0.1:{free_ports(1)[0]}", IndexUnavailableError, "cannot connect"
+    job = IndexJob(str(data), model_dir, uri)
+    with pytest.raises(expected, match=match):
+        _upsert_from_workers(dataset, "no_such_build", job, contract.version_id, BadFilms(str(data), len(records), 0.5))

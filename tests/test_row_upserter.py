@@ -90,3 +90,12 @@ def test_an_upserting_actor_writes_its_batch_and_hands_back_keys_not_vectors(mil
     finally:
         index.drop(collection, missing_ok=True)
         index.close()
+
+
+def test_an_index_job_refuses_a_negative_number_of_upserters(tmp_path):
+    from indexing.jobs import IndexJob
+
+    assert IndexJob("d", "m", "http://127.0.0.1:19530", upserters=0).upserters == 0
+    with pytest.raises(ValueError, match="upserters"):
+        IndexJob("d", "m", "http://127.0.0.1:19530", upserters=-1)
+    assert not upserts_from_workers("http://127.0.0.1:19530", upserters=0)
