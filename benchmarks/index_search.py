@@ -26,11 +26,13 @@ line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 
 import numpy as np
@@ -188,6 +190,26 @@ def search_levels(
     return levels
 
 
+@contextlib.contextmanager
+def backend_uri(backend: str, folder: str) -> Iterator[str]:
+    """The URI of ``backend`` with its data in ``folder``: a milvus-lite file, or a Milvus
+    standalone / milvus-lite server started here and stopped afterwards."""
+    from indexing.local_milvus import MilvusLiteServer, MilvusStandaloneServer
+
+    if backend == "milvus-lite":
+        yield os.path.join(folder, "regions.db")
+        return
+    kinds = {"milvus-standalone": MilvusStandaloneServer, "milvus-lite-server": MilvusLiteServer}
+    if backend not in kinds:
+        raise SystemExit(f"unknown backend {backend} (choose from milvus-lite, {', '.join(kinds)})")
+    server = kinds[backend](os.path.join(folder, "data"), log_dir=folder)
+    server.start()
+    try:
+        yield server.uri
+    finally:
+        server.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--films", type=int, default=200, help="phantom films for the indexing measurement")
@@ -226,7 +248,6 @@ def main() -> int:
     args = parser.parse_args()
     from indexing.build import index_data
     from indexing.jobs import IndexJob
-    from indexing.local_milvus import MilvusLiteServer, MilvusStandaloneServer
     from regionmir.synth.dataset_writer import write_phantom_dataset
 
     work = tempfile.mkdtemp(prefix="regionmir-index-bench-")
@@ -241,20 +262,8 @@ def main() -> int:
         print(f"[bench] encoder alone: {encoder_rois_per_s:.0f} ROIs/s over {rois} ROIs", flush=True)
         result["encoder_rois_per_s"] = round(encoder_rois_per_s, 1)
         for target in [t for t in args.index_into.split(",") if t]:
-            server = None
-            if target == "milvus-lite":
-                uri = os.path.join(work, "index.db")
-            elif target == "milvus-standalone":
-                server = MilvusStandaloneServer(os.path.join(work, "milvus-index"), log_dir=work)
-                server.start()
-                uri = server.uri
-            else:
-                raise SystemExit(f"unknown --index-into target {target}")
-            try:
+            with backend_uri(target, os.path.join(work, f"index-{target}")) as uri:
                 summary = index_data(IndexJob(data, model_dir, uri, collection="regions"))
-            finally:
-                if server is not None:
-                    server.stop()
             measured = {
                 "index_rois_per_s": summary["rows_per_s_steady"],
                 "index_rois_per_s_total": summary["rows_per_s"],
@@ -274,20 +283,7 @@ def main() -> int:
     sizes = [int(s) for s in args.sizes.split(",") if s]
     efs = [int(e) for e in args.ef.split(",") if e]
     for backend in [b for b in args.backends.split(",") if b]:  # --backends '': the indexing measurement only
-        server = None
-        if backend == "milvus-lite":
-            uri = os.path.join(work, "search.db")
-        elif backend == "milvus-standalone":
-            server = MilvusStandaloneServer(os.path.join(work, "milvus"), log_dir=work)
-            server.start()
-            uri = server.uri
-        elif backend == "milvus-lite-server":
-            server = MilvusLiteServer(os.path.join(work, "lite-server"), log_dir=work)
-            server.start()
-            uri = server.uri
-        else:
-            raise SystemExit(f"unknown backend {backend}")
-        try:
+        with backend_uri(backend, os.path.join(work, f"search-{backend}")) as uri:
             backend_sizes = sizes + ([1_000_000] if args.million and backend == "milvus-standalone" else [])
             for n, index_type in [(n, t) for n in backend_sizes for t in args.index_types.split(",") if t]:
                 same_vectors = np.random.default_rng(n)  # every index type and backend searches the same data
@@ -303,9 +299,6 @@ def main() -> int:
                         flush=True,
                     )
                     result["search"].append(level)
-        finally:
-            if server is not None:
-                server.stop()
     print(json.dumps(result))
     return 0
 
