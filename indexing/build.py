@@ -529,7 +529,8 @@ def index_main(argv: Sequence[str]) -> int:
         "--batch-size",
         type=int,
         default=IndexJob.batch_size,
-        help=f"regions per encoder batch and at most per Milvus upsert (default {IndexJob.batch_size}; larger on a GPU)",
+        help=f"regions per encoder batch, and at most per upsert when this process writes (the upserting "
+        f"actors take the encoder's blocks as they come) (default {IndexJob.batch_size}; larger on a GPU)",
     )
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     parser.add_argument(

@@ -27,7 +27,7 @@ class IndexJob:
     encoders: int = 1  # encoder actors
     upserters: int = 2  # actors upserting into a Milvus server (0, or a milvus-lite file: this driver writes)
     index_type: str = "AUTO"  # AUTO (by backend and size) | HNSW | FLAT | IVF_FLAT
-    batch_size: int = 256  # regions per encoder batch; Milvus upserts take what has arrived, up to this many
+    batch_size: int = 256  # regions per encoder batch; the driver's upserts take what has arrived, up to this many
     address: str | None = None  # Ray cluster (default: RAY_ADDRESS or a local Ray)
     progress_every_s: float = 10.0  # seconds between progress lines
     max_bad_fraction: float = 0.05  # stop (alias untouched) when more films than this cannot be read
