@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .errors import DatasetError, MissingImageError, StorageError
+from .errors import DatasetError, ImageTooLargeError, MissingImageError, StorageError
 from .identifiers import hash_identifier
 from .region_record import normalise_view
 
@@ -403,10 +403,22 @@ class DicomWebClient:
             raise MissingImageError(sop_instance_uid, "the PACS does not hold this instance")
         return found[0]
 
-    def retrieve(self, reference: InstanceReference) -> bytes:
-        """The instance as a DICOM file (Part 10 bytes), by WADO-RS."""
+    def retrieve(self, reference: InstanceReference, *, max_pixels: int | None = None) -> bytes:
+        """The instance as a DICOM file (Part 10 bytes), by WADO-RS.
+
+        ``max_pixels``: first read the instance's size from its metadata (rows × columns × frames,
+        no pixel data) and raise :class:`ImageTooLargeError` without fetching an instance over it
+        — a retrieve holds the whole answer, its dataset and the file written back in memory."""
         from pydicom.filewriter import dcmwrite
 
+        if max_pixels is not None:
+            pixels = instance_pixels(self.metadata(reference))
+            if pixels > max_pixels:
+                raise ImageTooLargeError(
+                    reference.sop_instance_uid,
+                    f"the PACS instance has {pixels} pixels (rows x columns x frames), over the limit of "
+                    f"{max_pixels}: not fetched",
+                )
         dataset = self._call(
             "a WADO-RS retrieve",
             self._client.retrieve_instance,
@@ -443,6 +455,20 @@ class DicomWebClient:
                 self.root, f"the PACS refused {len(failed)} of {len(datasets)} instance(s)", reason="pacs_refused"
             )
         return [str(item.ReferencedSOPInstanceUID) for item in getattr(answer, "ReferencedSOPSequence", [])]
+
+
+def instance_pixels(attributes) -> int:
+    """Rows × columns × frames of an instance's attributes (a pydicom Dataset of its metadata);
+    missing or malformed values count as 1."""
+
+    def number(name: str) -> int:
+        try:
+            value = int(getattr(attributes, name, 1) or 1)
+        except (TypeError, ValueError):
+            return 1
+        return max(1, value)
+
+    return number("Rows") * number("Columns") * number("NumberOfFrames")
 
 
 _CLIENTS: dict[tuple, DicomWebClient] = {}

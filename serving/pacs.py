@@ -38,7 +38,7 @@ from regionmir.dicomweb import (
     parse_instance_uri,
     same_root,
 )
-from regionmir.errors import MissingImageError, StorageError
+from regionmir.errors import ImageTooLargeError, MissingImageError, StorageError
 from regionmir.sealed_location import SealedLocationError, open_location
 
 from .config import ServeSettings
@@ -110,6 +110,7 @@ class PacsLink:
         self.settings = settings.pacs
         self.root = settings.pacs.dicomweb_url
         self.has_api_key = bool(settings.auth.api_key)
+        self.max_pixels = settings.limits.max_pixels  # an instance over it is not fetched (413)
         self.deadline_s = min(PACS_DEADLINE_S, 0.8 * settings.limits.request_timeout_s)
         self._threads = ThreadPoolExecutor(PACS_THREADS, thread_name_prefix="regionmir-pacs")
 
@@ -159,10 +160,15 @@ class PacsLink:
             raise from_storage_error(exc) from None
 
     async def retrieve(self, instance: PacsInstance) -> bytes:
-        """The instance's DICOM file (WADO-RS)."""
+        """The instance's DICOM file (WADO-RS); 413 ``image_too_large`` without fetching it when its
+        metadata says it is over ``limits.max_pixels``, as an upload over it would be."""
         client = self.client()
         try:
-            return await self.call("a WADO-RS retrieve", client.retrieve, instance.reference)
+            return await self.call(
+                "a WADO-RS retrieve", functools.partial(client.retrieve, max_pixels=self.max_pixels), instance.reference
+            )
+        except ImageTooLargeError as exc:
+            raise ApiError(413, "image_too_large", exc.message) from None
         except MissingImageError:
             raise _not_in_pacs(f"SOP instance {instance.reference.sop_instance_uid} (any more)") from None
         except StorageError as exc:

@@ -407,7 +407,7 @@ class QueryService:
             path = open_location(sealed, row["image_id"])
             if is_dicomweb(path):  # a PACS instance: the interactive client (one attempt, a short read timeout)
                 reference = parse_instance_uri(path)
-                path = self.pacs.client_of(reference).retrieve(reference)
+                path = self.pacs.client_of(reference).retrieve(reference, max_pixels=self.settings.limits.max_pixels)
             return read_image(
                 path, source=f"indexed film {row['image_id']}", s3=self.s3, max_pixels=self.settings.limits.max_pixels
             ).pixels

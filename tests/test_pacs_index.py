@@ -29,10 +29,11 @@ from regionmir.dicomweb import (
     DicomWebClient,
     DicomWebSource,
     InstanceReference,
+    instance_pixels,
     is_dicomweb,
     parse_instance_uri,
 )
-from regionmir.errors import DatasetError, MissingImageError, StorageError
+from regionmir.errors import DatasetError, ImageTooLargeError, MissingImageError, StorageError
 from regionmir.storage import read_bytes
 from regionmir.synth.dataset_writer import SOP_LABELS_FILE, render_phantom, write_phantom_dataset
 
@@ -136,6 +137,43 @@ def test_qido_finds_wado_reads_and_a_study_resolves_to_its_first_frontal_film(or
     assert down.value.reason == "pacs_unavailable"
     with pytest.raises(StorageError):
         read_bytes(reference.uri)
+
+
+def test_an_instance_over_the_pixel_limit_is_refused_from_its_metadata_not_fetched(orthanc):
+    """A query film from the PACS is held to the upload's ``limits.max_pixels`` before it is fetched:
+    its metadata (no pixels) gives rows x columns x frames; the service answers 413 as for an upload."""
+    import asyncio
+
+    from serving.config import ServeSettings
+    from serving.errors import ApiError
+    from serving.pacs import PacsLink
+
+    data = _phantom(3)
+    orthanc.store([data])
+    reference = InstanceReference(orthanc.dicomweb_url, *_uids(data))
+    client = DicomWebClient(orthanc.dicomweb_url)
+    header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    pixels = int(header.Rows) * int(header.Columns)
+    assert instance_pixels(client.metadata(reference)) == pixels
+    with pytest.raises(ImageTooLargeError, match=f"has {pixels} pixels .* not fetched"):
+        client.retrieve(reference, max_pixels=pixels - 1)
+    fetched = pydicom.dcmread(io.BytesIO(client.retrieve(reference, max_pixels=pixels)))
+    assert fetched.SOPInstanceUID == reference.sop_instance_uid
+
+    settings = ServeSettings.from_dict(
+        {
+            "model": "m",
+            "milvus": "x.db",
+            "auth": {"api_key": "k" * 32},
+            "pacs": {"dicomweb_url": orthanc.dicomweb_url},
+            "limits": {"max_pixels": pixels - 1},
+        }
+    )
+    instance = client.find_instance(reference.sop_instance_uid)
+    with pytest.raises(ApiError) as refused:
+        asyncio.run(PacsLink(settings).retrieve(instance))
+    assert (refused.value.status, refused.value.reason) == (413, "image_too_large")
+    assert "not fetched" in refused.value.message
 
 
 def test_the_pacs_as_a_data_set_takes_its_boxes_from_labels_keyed_by_sop_instance_uid(orthanc, tmp_path):
