@@ -42,8 +42,12 @@ NODE_PORTS = (
     "metrics-export-port",
     "runtime-env-agent-port",
 )
-#: Worker processes of one node listen on ports in a block of this size.
+#: Worker processes of one node listen on ports in a block of this size, taken from
+#: :data:`WORKER_PORT_RANGE`: above the worker ports of a Ray started in-process (10002–19999) and
+#: below :data:`FREE_PORT_RANGE`, where the nodes' own ports are drawn (a metrics port drawn inside
+#: a node's worker block makes ``ray start`` refuse to start).
 WORKER_PORT_BLOCK = 200
+WORKER_PORT_RANGE = (20000, 22000)  # ten nodes at a time
 
 
 class ClusterError(RuntimeError):
@@ -91,11 +95,12 @@ def _session_members(session: int) -> list[int]:
     return members
 
 
-#: Where :func:`free_ports` looks: above Ray's worker ports (10002–19999) and below Linux's
+#: Where :func:`free_ports` looks: above Ray's worker ports (10002–19999, and the local clusters'
+#: node blocks in :data:`WORKER_PORT_RANGE`) and below Linux's
 #: ephemeral range (32768–60999), where every ``bind(port 0)`` and outgoing connection lands — a
 #: port taken from ``bind(0)`` can go to the next process that binds port 0 (Ray starts dozens)
 #: before its own user binds it; one picked here stays free unless someone asks for it by number.
-FREE_PORT_RANGE = (20000, 32768)
+FREE_PORT_RANGE = (22000, 32768)
 
 
 def free_ports(count: int) -> list[int]:
@@ -127,7 +132,7 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def _free_port_block(size: int, start: int = 20000, stop: int = 60000) -> int:
+def _free_port_block(size: int, start: int, stop: int) -> int:
     """The first port of ``size`` consecutive ports that nothing listens on (checked, not reserved)."""
     for first in range(start, stop - size, size):
         try:
@@ -222,8 +227,9 @@ class LocalRayCluster:
         self, name: str, cpus: int, gpus: int, resources: dict[str, float], extra: list[str], head: bool
     ) -> NodeProcess:
         ports = dict(zip(NODE_PORTS, free_ports(len(NODE_PORTS))))
-        first = _free_port_block(WORKER_PORT_BLOCK, start=20000 + self._next_worker_port)
-        self._next_worker_port = first + WORKER_PORT_BLOCK - 20000
+        base, stop = WORKER_PORT_RANGE
+        first = _free_port_block(WORKER_PORT_BLOCK, start=base + self._next_worker_port, stop=stop)
+        self._next_worker_port = first + WORKER_PORT_BLOCK - base
         command = [
             self.python,
             "-m",

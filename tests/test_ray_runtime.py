@@ -105,3 +105,15 @@ def test_a_job_joining_a_cluster_gives_its_tasks_the_pacs_credentials(tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
         seen = json.loads(done.stdout.strip().splitlines()[-1])
         assert seen == {"REGIONMIR_DICOMWEB_TOKEN": "token-for-the-pacs", "OTHER": None}
+
+
+def test_a_local_clusters_worker_ports_are_never_drawn_for_its_nodes_own_ports():
+    """``ray start`` refuses a node whose metrics (or any) port falls inside its worker-port block:
+    the blocks and the drawn ports come from disjoint ranges, both above an in-process Ray's
+    default worker ports (10002–19999)."""
+    from cluster.local_cluster import FREE_PORT_RANGE, WORKER_PORT_BLOCK, WORKER_PORT_RANGE, free_ports
+
+    assert 19999 < WORKER_PORT_RANGE[0] < WORKER_PORT_RANGE[1] <= FREE_PORT_RANGE[0]
+    assert WORKER_PORT_RANGE[1] - WORKER_PORT_RANGE[0] >= 3 * WORKER_PORT_BLOCK  # a head and two workers
+    drawn = free_ports(300)
+    assert all(FREE_PORT_RANGE[0] <= port < FREE_PORT_RANGE[1] for port in drawn)
