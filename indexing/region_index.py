@@ -315,6 +315,79 @@ def _is_unavailable(exc: MilvusException) -> bool:
 # ---------------------------------------------------------------------------------------- index
 
 
+def query_matrix(vectors: Any) -> np.ndarray:
+    """One vector or a 2-D array of them as a checked ``(queries, dim)`` float32 matrix."""
+    queries = np.asarray(vectors, dtype=np.float32)
+    if queries.ndim == 1:
+        queries = queries[None, :]
+    if queries.ndim != 2 or queries.shape[0] == 0:
+        raise ValueError(f"vectors must be one vector or a 2-D array, got shape {queries.shape}")
+    if not np.all(np.isfinite(queries)):
+        raise ValueError("query vectors have NaN or infinite values")
+    return queries
+
+
+def prepare_search(
+    display_uri: str, name: str, vectors: Any, k: int, dimension: Callable[[], int], **filters: Any
+) -> tuple[np.ndarray, str]:
+    """The checked query matrix and filter expression of a search of ``name`` (whose vector
+    dimension ``dimension()`` reads); ``ValueError``, :class:`UnknownAnatomyError` or
+    :class:`DimensionMismatchError` before anything is searched."""
+    check_name(name)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_TOP_K:
+        raise ValueError(f"k must be an int in 1..{MAX_TOP_K}, got {k!r}")
+    queries = query_matrix(vectors)
+    expression = build_filter(**filters)
+    dim = dimension()
+    if queries.shape[1] != dim:
+        raise DimensionMismatchError(
+            display_uri, name, f"query vectors are {queries.shape[1]}-d, the collection holds {dim}-d"
+        )
+    return queries, expression
+
+
+def search_resident(
+    resident: ResidentCollection,
+    display_uri: str,
+    name: str,
+    vectors: Any,
+    k: int,
+    group_by: str | None = None,
+    *,
+    anatomy: str | int | None = None,
+    view: str | None = None,
+    split: str | None = None,
+    model_version: str | None = None,
+    exclude_patient_hash: str | None = None,
+) -> list[list[RegionHit]]:
+    """:meth:`RegionIndex.search` over ``resident``, an in-memory copy of collection ``name`` of
+    the milvus-lite file ``display_uri`` — held by the process that opened the file, or copied
+    from it (a service's ingress replicas): the same checks, filters, answers and errors."""
+    group_field = None
+    if group_by is not None:
+        group_field = GROUP_FIELDS.get(group_by)
+        if not group_field:
+            raise ValueError(f"group_by must be one of {sorted(GROUP_FIELDS)}, got {group_by!r}")
+    queries, _ = prepare_search(  # the same checks and errors as a server's search
+        display_uri,
+        name,
+        vectors,
+        k,
+        lambda: resident.dim,
+        anatomy=anatomy,
+        view=view,
+        split=split,
+        model_version=model_version,
+        exclude_patient_hash=exclude_patient_hash,
+    )
+    keep = resident.mask(
+        anatomy_id=None if anatomy is None else resolve_anatomy_id(anatomy),
+        equal={"view": view, "split": split, "model_version": model_version},
+        exclude_patient_hash=exclude_patient_hash,
+    )
+    return resident.search(queries, k, keep, group_field)
+
+
 class RegionIndex:
     """A connection to one Milvus (file or server) holding region collections.
 
@@ -967,7 +1040,9 @@ class RegionIndex:
             return self._resident_search(name, vectors, k, group_by, **filters)
         if group_by is not None:
             return self._grouped_search(name, vectors, k, GROUP_FIELDS.get(group_by, ""), group_by, ef=ef, **filters)
-        queries, expression = self._prepare_search(name, vectors, k, lambda: self._dimension(name), **filters)
+        queries, expression = prepare_search(
+            self.display_uri, name, vectors, k, lambda: self._dimension(name), **filters
+        )
         params = {"ef": max(int(ef or self.search_ef), k), "nprobe": self.nprobe}
         results = self._loaded_call(
             name,
@@ -988,38 +1063,11 @@ class RegionIndex:
         vectors: Any,
         k: int,
         group_by: str | None,
-        *,
-        anatomy: str | int | None,
-        view: str | None,
-        split: str | None,
-        model_version: str | None,
-        exclude_patient_hash: str | None,
+        **filters: Any,
     ) -> list[list[RegionHit]]:
         """:meth:`search` over this process's exact in-memory copy of the collection (a milvus-lite
         file; see :mod:`indexing.resident_collection`): the same filters, answers, errors."""
-        group_field = None
-        if group_by is not None:
-            group_field = GROUP_FIELDS.get(group_by)
-            if not group_field:
-                raise ValueError(f"group_by must be one of {sorted(GROUP_FIELDS)}, got {group_by!r}")
-        queries, _ = self._prepare_search(  # the same checks and errors as a server's search
-            name,
-            vectors,
-            k,
-            lambda: self.resident(name).dim,
-            anatomy=anatomy,
-            view=view,
-            split=split,
-            model_version=model_version,
-            exclude_patient_hash=exclude_patient_hash,
-        )
-        resident = self.resident(name)
-        keep = resident.mask(
-            anatomy_id=None if anatomy is None else resolve_anatomy_id(anatomy),
-            equal={"view": view, "split": split, "model_version": model_version},
-            exclude_patient_hash=exclude_patient_hash,
-        )
-        return resident.search(queries, k, keep, group_field)
+        return search_resident(self.resident(name), self.display_uri, name, vectors, k, group_by, **filters)
 
     def resident(self, name: str) -> ResidentCollection:
         """This process's in-memory copy of collection (or alias) ``name`` of this milvus-lite file,
@@ -1066,35 +1114,6 @@ class RegionIndex:
             time.perf_counter() - started,
         )
         return copy
-
-    def _prepare_search(
-        self, name: str, vectors: Any, k: int, dimension: Callable[[], int], **filters: Any
-    ) -> tuple[np.ndarray, str]:
-        """The checked query matrix and filter expression of a search of ``name`` (whose vector
-        dimension ``dimension()`` reads); ``ValueError``, :class:`UnknownAnatomyError` or
-        :class:`DimensionMismatchError` before anything is searched."""
-        check_name(name)
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_TOP_K:
-            raise ValueError(f"k must be an int in 1..{MAX_TOP_K}, got {k!r}")
-        queries = self._query_matrix(vectors)
-        expression = build_filter(**filters)
-        dim = dimension()
-        if queries.shape[1] != dim:
-            raise DimensionMismatchError(
-                self.display_uri, name, f"query vectors are {queries.shape[1]}-d, the collection holds {dim}-d"
-            )
-        return queries, expression
-
-    @staticmethod
-    def _query_matrix(vectors: Any) -> np.ndarray:
-        queries = np.asarray(vectors, dtype=np.float32)
-        if queries.ndim == 1:
-            queries = queries[None, :]
-        if queries.ndim != 2 or queries.shape[0] == 0:
-            raise ValueError(f"vectors must be one vector or a 2-D array, got shape {queries.shape}")
-        if not np.all(np.isfinite(queries)):
-            raise ValueError("query vectors have NaN or infinite values")
-        return queries
 
     def _grouped_search(
         self, name: str, vectors: Any, k: int, field_name: str, group_by: str, *, ef: int | None, **filters: Any

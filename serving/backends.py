@@ -8,19 +8,32 @@ reached through a Ray Serve deployment handle:
   Ray: :func:`local_backend`);
 * :class:`BatchedEncoder`: the encoder held by the same Serve replica as the routes, batched across
   its concurrent requests (the ``fused`` topology of :mod:`serving.deployments`);
-* :class:`HandleEncoder` / :class:`HandleIndex`: the ``encoder`` and ``search`` deployments.
+* :class:`HandleEncoder` / :class:`HandleIndex`: the ``encoder`` and ``search`` deployments;
+* :class:`CopiedIndex`: the ``search`` deployment's in-memory rows of a milvus-lite file, copied
+  into this replica and searched here (a ``fused`` ingress: one process hop fewer per query).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
-from .runtime import EncoderRuntime, SearchFilters, SearchRuntime
+from .runtime import EncoderRuntime, IndexCopy, SearchFilters, SearchRuntime
+
+log = logging.getLogger("ray.serve")
+
+#: Rows held in memory, up to this many, are searched on the replica's event loop (well under a
+#: millisecond); more in a worker thread, so Serve's own work on that loop (gRPC, health checks,
+#: metrics — user code shares it when Serve runs throughput-optimised) never waits for a big product.
+INLINE_SEARCH_MAX_ROWS = 20_000
+#: How often a :class:`CopiedIndex` asks the search replica whether its copy is still the current one.
+COPY_CHECK_S = 5.0
 
 
 class EncoderPart(Protocol):
@@ -101,7 +114,7 @@ class InProcessIndex:
         return await asyncio.to_thread(self.runtime.get, keys)
 
     async def status(self) -> dict[str, Any]:
-        return await asyncio.to_thread(self.runtime.status)
+        return {**await asyncio.to_thread(self.runtime.status), "searched_in": "this process"}
 
 
 def over_grpc_when_optimised(handle: Any) -> Any:
@@ -140,7 +153,70 @@ class HandleIndex:
         return await self.handle.get.remote(keys)
 
     async def status(self) -> dict[str, Any]:
-        return await self.handle.status.remote()
+        return {**await self.handle.status.remote(), "searched_in": "search replica"}
+
+
+class CopiedIndex:
+    """The ``search`` deployment, with its searches answered in this process from a copy of the rows
+    it holds in memory for a milvus-lite file (:class:`~serving.runtime.IndexCopy`): exact, the
+    same answers and errors, without the hop to the search replica. Look-ups by key and status
+    still go to the search replica.
+
+    The copy arrives in the background: the first searches (and any while the search replica
+    says no copy is to be had — a Milvus server, no collection yet, more than ``max_rows`` rows)
+    go to the search replica. Every :data:`COPY_CHECK_S` seconds of use this replica asks whether
+    its copy is still current (a short answer when it is) and takes the new one when not — the
+    collection a service searches changes only when ``regionmir index`` built one for its model.
+    When the search replica cannot be reached the copy keeps answering; readiness still reports
+    the index as unreachable."""
+
+    def __init__(self, handle: Any, max_rows: int, check_s: float = COPY_CHECK_S):
+        self.remote = HandleIndex(handle)
+        self.max_rows = int(max_rows)
+        self.check_s = float(check_s)
+        self.copy: IndexCopy | None = None
+        self._checked = float("-inf")
+        self._checking: asyncio.Task | None = None
+
+    async def search(self, vector: np.ndarray, k: int, filters: SearchFilters) -> list[dict]:
+        self._check_now_and_then()
+        copy = self.copy
+        if copy is None:
+            return await self.remote.search(vector, k, filters)
+        if copy.rows.rows <= INLINE_SEARCH_MAX_ROWS:
+            return copy.search(vector, k, filters)
+        return await asyncio.to_thread(copy.search, vector, k, filters)
+
+    async def get_rows(self, keys: list[str]) -> dict[str, dict]:
+        return await self.remote.get_rows(keys)
+
+    async def status(self) -> dict[str, Any]:
+        self._check_now_and_then()
+        status = await self.remote.status()
+        copy = self.copy
+        if copy is not None:
+            status["searched_in"] = "ingress"
+        status["ingress_copy_rows"] = copy.rows.rows if copy is not None else 0
+        return status
+
+    def _check_now_and_then(self) -> None:
+        if self._checking is None and time.monotonic() - self._checked >= self.check_s:
+            self._checking = asyncio.get_running_loop().create_task(self._check())
+
+    async def _check(self) -> None:
+        try:
+            have = self.copy.token if self.copy is not None else None
+            answer = await self.remote.handle.resident_copy.remote(have, self.max_rows)
+            if answer is None:
+                self.copy = None
+            elif answer[1] is not None:
+                self.copy = answer[1]
+                log.info("search: %d rows of %s copied into this replica", self.copy.rows.rows, self.copy.collection)
+        except Exception as exc:  # the search replica is away: keep what answers now
+            log.warning("search: could not check the index copy (%s); keeping the one held", type(exc).__name__)
+        finally:
+            self._checked = time.monotonic()
+            self._checking = None
 
 
 def local_backend(encoder: EncoderRuntime, search: SearchRuntime) -> Backend:

@@ -159,6 +159,10 @@ class SearchSettings(DeploymentSettings):
     max_replicas: Integer = 2  # forced to 1 for a milvus-lite file (one process per file)
     consistency_level: Text = "Bounded"  # a read-only service does not need "Strong"
     search_ef: Integer = 64
+    #: ``topology: fused`` with a milvus-lite file: each ingress replica searches its own copy of the
+    #: rows the search replica holds, up to this many rows (about 0.7 KB of memory each, per
+    #: ingress replica); a larger collection, or 0, is searched by the search replica.
+    ingress_copy_max_rows: Integer = 100_000
 
 
 class IngressSettings(DeploymentSettings):
@@ -336,6 +340,8 @@ class ServeSettings(BaseSettings):
                 f"{holder}.max_ongoing_requests ({getattr(self, holder).max_ongoing_requests}) must be >= "
                 f"encoder.max_batch_size ({enc.max_batch_size})"
             )
+        if self.search.ingress_copy_max_rows < 0:
+            raise ConfigError(f"search.ingress_copy_max_rows={self.search.ingress_copy_max_rows} must be >= 0 (0: off)")
         if enc.gpus_per_replica != "auto" and enc.gpus_per_replica < 0:
             raise ConfigError("encoder.gpus_per_replica must be >= 0")
         if self.atlas.candidates < 1 or self.atlas.rounds < 1 or self.atlas.prior_weight < 0:

@@ -39,15 +39,16 @@ from ray.serve.handle import DeploymentHandle
 
 from cluster.local_cluster import free_ports
 from cluster.ray_runtime import start_ray
+from indexing.resident_collection import ResidentCollection
 from regionmir.anatomy_atlas import AnatomyAtlas, AtlasError
 from regionmir.errors import RegionIndexError
 from regionmir.model_contract import ModelContract, read_contract
 from regionmir.storage import S3Options
 
-from .backends import Backend, BatchedEncoder, HandleEncoder, HandleIndex
+from .backends import INLINE_SEARCH_MAX_ROWS, Backend, BatchedEncoder, CopiedIndex, HandleEncoder, HandleIndex
 from .config import ConfigError, ServeSettings
 from .metrics import get_metrics
-from .runtime import EncoderRuntime, SearchFilters, SearchRuntime
+from .runtime import EncoderRuntime, IndexCopy, SearchFilters, SearchRuntime
 
 log = logging.getLogger("ray.serve")
 
@@ -126,12 +127,6 @@ class EncoderDeployment(BatchedEncoderReplica):
         self._load_encoder(model_dir, settings)
 
 
-#: A resident collection up to this many rows is searched on the replica's event loop (well under a
-#: millisecond); a larger one in a thread, so Serve's own work on that loop (gRPC, health checks,
-#: metrics — user code shares it when Serve runs throughput-optimised) never waits for a big product.
-INLINE_SEARCH_MAX_ROWS = 20_000
-
-
 @serve.deployment(name=SEARCH)
 class SearchDeployment:
     """The index: searches, look-ups by key, row counts (and the rows gauge)."""
@@ -148,6 +143,8 @@ class SearchDeployment:
         )
         self.metrics = get_metrics()
         self._last_gauge = 0.0
+        self._copied: ResidentCollection | None = None  # the rows last offered to the ingress replicas
+        self._copy_serial = 0  # counts the copies offered: a token names each
         self._in_memory: str | None = None  # the collection whose rows this replica holds in memory
         self._small_enough_inline = False  # searched on the event loop (see INLINE_SEARCH_MAX_ROWS)
         self._update_gauge()
@@ -178,13 +175,36 @@ class SearchDeployment:
             hits = await asyncio.to_thread(self.runtime.search, vector, k, filters)
             if self.runtime.index.resident_search and self._in_memory != collection:
                 self._hold(collection)  # that search read its rows: now a cached look-up
+        await self._refresh_gauge_now_and_then()
+        return hits
+
+    async def resident_copy(self, have: str | None, max_rows: int) -> tuple[str, IndexCopy | None] | None:
+        """For an ingress replica that searches the rows itself (:class:`~serving.backends.CopiedIndex`):
+        ``None`` when it should search here (a Milvus server, no collection yet, more than
+        ``max_rows`` rows); ``(token, None)`` when its copy ``have`` is still the current one;
+        ``(token, copy)`` with the current copy otherwise."""
+        rows = await asyncio.to_thread(self.runtime.resident_rows)  # reads the file the first time
+        await self._refresh_gauge_now_and_then()
+        if rows is None or rows.rows > max_rows:
+            return None
+        if rows is not self._copied:
+            self._copied = rows
+            self._copy_serial += 1
+        token = f"{self.runtime.collection}#{self._copy_serial}"
+        if token == have:
+            return token, None
+        copy = IndexCopy(
+            token, self.runtime.collection, self.runtime.index.display_uri, self.runtime.model_version, rows
+        )
+        return token, copy
+
+    async def _refresh_gauge_now_and_then(self) -> None:
         if time.monotonic() - self._last_gauge > 30:
             self._last_gauge = time.monotonic()  # one refresh at a time
             try:
                 await asyncio.to_thread(self._update_gauge)  # counts rows: off the event loop
             except Exception:  # the gauge never fails a search
                 pass
-        return hits
 
     def get(self, keys: list[str]) -> dict[str, dict]:
         return self.runtime.get(keys)
@@ -235,7 +255,9 @@ class FusedIngress(_FrontDoor, BatchedEncoderReplica):
         assert search is not None
         self._read(settings, contract_json, atlas_json)
         self._load_encoder(model_dir, settings)
-        self.backend = Backend(BatchedEncoder(self.embed, self.runtime), HandleIndex(search))
+        copy_rows = self.settings.search.ingress_copy_max_rows if self.settings.index_is_file else 0
+        index = CopiedIndex(search, copy_rows) if copy_rows > 0 else HandleIndex(search)
+        self.backend = Backend(BatchedEncoder(self.embed, self.runtime), index)
 
 
 @serve.deployment(name=INGRESS)

@@ -19,7 +19,8 @@ import numpy as np
 
 from indexing.index_rows import RegionHit
 from indexing.index_schema import KEY_RE, model_collection_name
-from indexing.region_index import RegionIndex
+from indexing.region_index import RegionIndex, search_resident
+from indexing.resident_collection import ResidentCollection
 from regionmir.dicomweb import is_dicomweb
 from regionmir.errors import RegionIndexError
 from regionmir.inference import embed_crops
@@ -88,6 +89,35 @@ class SearchFilters:
     group_by: str | None = None
 
 
+@dataclass(frozen=True)
+class IndexCopy:
+    """A copy of the rows a search replica holds in memory for a milvus-lite file
+    (:meth:`SearchRuntime.resident_copy`), searched in another process — a ``fused`` ingress
+    replica — with the same checks, filters and answers as :meth:`SearchRuntime.search`.
+    ``token`` names the copy (collection and version): a replica re-sends it only when it changes."""
+
+    token: str
+    collection: str
+    display_uri: str
+    model_version: str
+    rows: ResidentCollection
+
+    def search(self, vector: Sequence[float], k: int, filters: SearchFilters = SearchFilters()) -> list[dict[str, Any]]:
+        hits = search_resident(
+            self.rows,
+            self.display_uri,
+            self.collection,
+            np.asarray(vector, dtype=np.float32),
+            k,
+            filters.group_by,
+            anatomy=filters.anatomy,
+            view=filters.view,
+            exclude_patient_hash=filters.exclude_patient_hash,
+            model_version=self.model_version,
+        )
+        return [hit_to_dict(h) for h in hits[0]]
+
+
 class SearchRuntime:
     """The index connection of one process (a milvus-lite file may have only one)."""
 
@@ -145,6 +175,17 @@ class SearchRuntime:
             model_version=self.model_version,
         )
         return [hit_to_dict(h) for h in hits[0]]
+
+    def resident_rows(self) -> ResidentCollection | None:
+        """The rows of the searched collection this process holds in memory (read from the file
+        on first use): for a milvus-lite file, once the collection exists; ``None`` for a Milvus
+        server (it searches itself) or while there is no collection yet."""
+        if not self.index.resident_search:
+            return None
+        try:
+            return self.index.resident(self.collection)
+        except RegionIndexError:  # no collection yet: the index job has not built it
+            return None
 
     def get(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Rows by primary key (``key`` → row without the vector); unknown or malformed keys are left out."""

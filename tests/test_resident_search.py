@@ -4,13 +4,14 @@ and see every write made through any RegionIndex of the process."""
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import replace
 
 import numpy as np
 import pytest
 from test_region_index import DIM, ODD_VIEW, make_rows, unit
 
-from indexing.region_index import RegionIndex
+from indexing.region_index import RegionIndex, search_resident
 from regionmir.errors import DimensionMismatchError, IndexNotFoundError, UnknownAnatomyError
 
 
@@ -112,3 +113,27 @@ def test_errors_match_a_servers(lite_pair):
 def test_a_server_is_never_searched_from_memory():
     with pytest.raises(ValueError, match="server"):
         RegionIndex("http://127.0.0.1:1", resident_search=True, connect_timeout=0.1)
+
+
+def test_a_copy_sent_to_another_process_answers_and_fails_as_the_file(lite_pair):
+    """What a ``fused`` ingress replica does (serving.backends.CopiedIndex): the rows the file's
+    process holds, pickled as Ray sends them, searched with ``search_resident`` — the same answers,
+    filtered and grouped, and the same errors as the file's own searches."""
+    resident, _ = lite_pair
+    copy = pickle.loads(pickle.dumps(resident.resident("regions")))
+    assert copy is not resident.resident("regions") and copy.rows == 600
+    queries = unit(np.random.default_rng(11).normal(size=(3, DIM)))
+    for filters in SEARCHES:
+        group_by = filters.get("group_by")
+        rest = {k: v for k, v in filters.items() if k != "group_by"}
+        copied = search_resident(copy, resident.display_uri, "regions", queries, 10, group_by, **rest)
+        assert keys(copied) == keys(resident.search("regions", queries, k=10, **filters)), filters
+    one = np.ones(DIM, np.float32)
+    with pytest.raises(DimensionMismatchError):
+        search_resident(copy, resident.display_uri, "regions", np.ones(DIM + 1, np.float32), 3)
+    with pytest.raises(UnknownAnatomyError):
+        search_resident(copy, resident.display_uri, "regions", one, 3, anatomy="left elbow")
+    with pytest.raises(ValueError, match="group_by"):
+        search_resident(copy, resident.display_uri, "regions", one, 3, "hospital")
+    with pytest.raises(ValueError, match="k must be"):
+        search_resident(copy, resident.display_uri, "regions", one, 0)

@@ -149,7 +149,10 @@ def service(tmp_path_factory):
     try:
         with ahead_of_other_work():
             base = start_service(ServeSettings.from_dict(common), ready_timeout_s=420)
-            secure_settings = ServeSettings.from_dict({**common, "auth": {"api_key": API_KEY}})
+            # the second door searches through the search replica, the first its own copy of the rows
+            secure_settings = ServeSettings.from_dict(
+                {**common, "auth": {"api_key": API_KEY}, "search": {"ingress_copy_max_rows": 0}}
+            )
             secure = start_service(
                 secure_settings,
                 backend_app="regionmir",
@@ -419,6 +422,39 @@ def test_auth_on_one_door_and_off_on_the_other(service):
     assert requests.get(service.secure + "/readyz", timeout=30).status_code == 200
     page = requests.get(service.secure + "/", timeout=30)
     assert page.status_code == 200 and "sessionStorage" in page.text
+
+
+@integration
+def test_the_ingress_searches_its_own_copy_of_the_rows_with_the_search_replicas_answers(service):
+    """``topology: fused`` with a milvus-lite file: the first door's ingress copies the rows the
+    search replica holds and answers searches itself (one hop fewer); the second door
+    (``search.ingress_copy_max_rows: 0``) asks the search replica. Same hits, same scores."""
+    deadline = time.monotonic() + 60
+    while True:
+        index = requests.get(service.base + "/readyz", timeout=30).json()["checks"]["index"]
+        if index["searched_in"] == "ingress" or time.monotonic() > deadline:
+            break
+        _good_query(service)  # the copy is asked for on use
+        time.sleep(1)
+    assert index["searched_in"] == "ingress" and index["ingress_copy_rows"] == service.demo["rows"], index
+    other = requests.get(service.secure + "/readyz", timeout=30).json()["checks"]["index"]
+    assert other["searched_in"] == "search replica" and "ingress_copy_rows" not in other, other
+
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    for fields in (
+        {"box": "30,30,80,100", "k": "8"},
+        {"box": "30,30,80,100", "k": "5", "filter_anatomy": "left lung"},
+        {"box": "20,40,90,120", "k": "6", "group_by": "study"},
+        {"anatomy": "right hemidiaphragm", "k": "4"},
+    ):
+        answers = []
+        for base, headers in ((service.base, {}), (service.secure, auth)):
+            response = service.search(
+                files={"image": ("film.png", service.film, "image/png")}, data=fields, base=base, headers=headers
+            )
+            assert response.status_code == 200, response.text
+            answers.append([(r["key"], round(r["score"], 5)) for r in response.json()["results"]])
+        assert answers[0] == answers[1] and answers[0], fields
 
 
 @integration
