@@ -10,7 +10,9 @@ reached through a Ray Serve deployment handle:
   its concurrent requests (the ``fused`` topology of :mod:`serving.deployments`);
 * :class:`HandleEncoder` / :class:`HandleIndex`: the ``encoder`` and ``search`` deployments;
 * :class:`CopiedIndex`: the ``search`` deployment's in-memory rows of a milvus-lite file, copied
-  into this replica and searched here (a ``fused`` ingress: one process hop fewer per query).
+  into this replica and searched here (a ``fused`` ingress: one process hop fewer per query);
+* :class:`ConnectedIndex`: a Milvus server searched over this replica's own connection (the same,
+  for a server).
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
+
+from regionmir.errors import IndexUnavailableError
 
 from .runtime import EncoderRuntime, IndexCopy, SearchFilters, SearchRuntime
 
@@ -217,6 +222,56 @@ class CopiedIndex:
         finally:
             self._checked = time.monotonic()
             self._checking = None
+
+
+class ConnectedIndex:
+    """The ``search`` deployment, with its searches made by this process over its own connection
+    to the Milvus server (a ``fused`` ingress replica): one process hop fewer per query. Look-ups
+    by key and status still go to the search replica.
+
+    The connection is made on the first search (a Milvus that is down when the replica starts
+    does not stop it; the search answers 503 ``index_unavailable`` as the search replica's
+    would, and the next one connects again). Like the search replica, it searches the collection
+    ``regionmir index`` built for the served model once the alias points at it, checked every
+    :data:`COPY_CHECK_S` seconds of use."""
+
+    def __init__(self, handle: Any, connect: Callable[[], SearchRuntime], check_s: float = COPY_CHECK_S):
+        self.remote = HandleIndex(handle)
+        self._connect = connect
+        self.check_s = float(check_s)
+        self.runtime: SearchRuntime | None = None
+        self._checked = float("-inf")
+        self._lock = threading.Lock()  # searches run in worker threads: one connects, one checks
+
+    def _current(self) -> SearchRuntime:
+        with self._lock:
+            if self.runtime is None:
+                self.runtime = self._connect()
+                self._checked = float("-inf")
+            if time.monotonic() - self._checked >= self.check_s:
+                self.runtime.follow_own_collection()
+                self._checked = time.monotonic()
+            return self.runtime
+
+    def _search(self, vector: np.ndarray, k: int, filters: SearchFilters) -> list[dict]:
+        runtime = self._current()
+        try:
+            return runtime.search(vector, k, filters)
+        except IndexUnavailableError:  # connect afresh on the next search
+            with self._lock:
+                if self.runtime is runtime:
+                    self.runtime = None
+            runtime.close()
+            raise
+
+    async def search(self, vector: np.ndarray, k: int, filters: SearchFilters) -> list[dict]:
+        return await asyncio.to_thread(self._search, vector, k, filters)
+
+    async def get_rows(self, keys: list[str]) -> dict[str, dict]:
+        return await self.remote.get_rows(keys)
+
+    async def status(self) -> dict[str, Any]:
+        return {**await self.remote.status(), "searched_in": "ingress"}
 
 
 def local_backend(encoder: EncoderRuntime, search: SearchRuntime) -> Backend:

@@ -159,9 +159,12 @@ class SearchSettings(DeploymentSettings):
     max_replicas: Integer = 2  # forced to 1 for a milvus-lite file (one process per file)
     consistency_level: Text = "Bounded"  # a read-only service does not need "Strong"
     search_ef: Integer = 64
-    #: ``topology: fused`` with a milvus-lite file: each ingress replica searches its own copy of the
-    #: rows the search replica holds, up to this many rows (about 0.7 KB of memory each, per
-    #: ingress replica); a larger collection, or 0, is searched by the search replica.
+    #: ``topology: fused``: the ingress replicas search themselves — a milvus-lite file from their
+    #: own copy of the rows the search replica holds, a Milvus server over their own connection —
+    #: one process hop fewer per query. ``false``: every search goes to the search replica.
+    from_ingress: bool = True
+    #: the largest milvus-lite collection an ingress replica copies (about 0.7 KB of memory per row,
+    #: per ingress replica); a larger one is searched by the search replica
     ingress_copy_max_rows: Integer = 100_000
 
 

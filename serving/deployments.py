@@ -45,7 +45,15 @@ from regionmir.errors import RegionIndexError
 from regionmir.model_contract import ModelContract, read_contract
 from regionmir.storage import S3Options
 
-from .backends import INLINE_SEARCH_MAX_ROWS, Backend, BatchedEncoder, CopiedIndex, HandleEncoder, HandleIndex
+from .backends import (
+    INLINE_SEARCH_MAX_ROWS,
+    Backend,
+    BatchedEncoder,
+    ConnectedIndex,
+    CopiedIndex,
+    HandleEncoder,
+    HandleIndex,
+)
 from .config import ConfigError, ServeSettings
 from .metrics import get_metrics
 from .runtime import EncoderRuntime, IndexCopy, SearchFilters, SearchRuntime
@@ -255,9 +263,31 @@ class FusedIngress(_FrontDoor, BatchedEncoderReplica):
         assert search is not None
         self._read(settings, contract_json, atlas_json)
         self._load_encoder(model_dir, settings)
-        copy_rows = self.settings.search.ingress_copy_max_rows if self.settings.index_is_file else 0
-        index = CopiedIndex(search, copy_rows) if copy_rows > 0 else HandleIndex(search)
+        index = ingress_index(self.settings, search, contract_json)
         self.backend = Backend(BatchedEncoder(self.embed, self.runtime), index)
+
+
+def ingress_index(settings: ServeSettings, search: DeploymentHandle, contract_json: str) -> Any:
+    """How a ``fused`` ingress replica searches (``search.from_ingress``): its own copy of a
+    milvus-lite file's rows (:class:`CopiedIndex`, up to ``search.ingress_copy_max_rows`` rows),
+    its own connection to a Milvus server (:class:`ConnectedIndex`), or the search replica."""
+    sch = settings.search
+    if not sch.from_ingress:
+        return HandleIndex(search)
+    if settings.index_is_file:
+        return CopiedIndex(search, sch.ingress_copy_max_rows) if sch.ingress_copy_max_rows > 0 else HandleIndex(search)
+    model_version = ModelContract.from_json(contract_json).version_id
+    return ConnectedIndex(
+        search,
+        lambda: SearchRuntime(
+            settings.milvus,
+            settings.collection,
+            model_version,
+            consistency_level=sch.consistency_level,
+            search_ef=sch.search_ef,
+            timeout_s=settings.limits.index_timeout_s,
+        ),
+    )
 
 
 @serve.deployment(name=INGRESS)

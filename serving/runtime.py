@@ -140,9 +140,9 @@ class SearchRuntime:
         self.collection = collection
         self._locations_open = False
         self._pacs_connected: bool | None = None  # learnt with _locations_open, from the same row
-        self._use_own_collection()
+        self.follow_own_collection()
 
-    def _use_own_collection(self) -> None:
+    def follow_own_collection(self) -> None:
         """Search ``<alias>__<model version>`` — what ``regionmir index`` built for this model — once
         the alias points at it (the index moves the alias only when a build is complete and
         verified), and keep searching it when a later index moves the alias to another model: a
@@ -224,7 +224,7 @@ class SearchRuntime:
     def status(self) -> dict[str, Any]:
         """``rows`` in the collection, ``model_rows`` of the served model version, whether the salt
         opens the stored film locations and whether they are PACS instances; raises when unreachable."""
-        self._use_own_collection()  # an index built after start-up is picked up by the next readiness check
+        self.follow_own_collection()  # an index built after start-up is picked up by the next readiness check
         return {
             "collection": self.collection,
             "alias": self.alias,

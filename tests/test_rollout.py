@@ -35,34 +35,51 @@ def test_indexing_a_new_model_does_not_change_what_a_running_service_answers(mil
     old = build_random_model_index_subprocess(
         str(tmp_path / "old"), images=6, size=128, seed=21, milvus=milvus_lite_server.uri
     )
-    settings = ServeSettings.from_dict(
-        {
-            "model": old["model"],
-            "milvus": milvus_lite_server.uri,
-            # Serve's own Python proxy: the front end that is not the default (the other tests use HAProxy)
-            "http": {"host": "127.0.0.1", "port": free_port(), "proxy": "serve"},
-            "encoder": {"min_replicas": 1, "max_replicas": 1},
-            "search": {"min_replicas": 1, "max_replicas": 1},
-            "ingress": {"min_replicas": 1, "max_replicas": 1},
-            "ray": {"num_cpus": 6, "metrics_export_port": free_port()},
-        }
-    )
+    common = {
+        "model": old["model"],
+        "milvus": milvus_lite_server.uri,
+        # Serve's own Python proxy: the front end that is not the default (the other tests use HAProxy)
+        "http": {"host": "127.0.0.1", "port": free_port(), "proxy": "serve"},
+        "encoder": {"min_replicas": 1, "max_replicas": 1},
+        "search": {"min_replicas": 1, "max_replicas": 1},
+        "ingress": {"min_replicas": 1, "max_replicas": 1},
+        "ray": {"num_cpus": 6, "metrics_export_port": free_port()},
+    }
     film = Path(old["query_films"][0]).read_bytes()
 
-    def query() -> dict:
+    def query(door: str | None = None) -> dict:
         answer = requests.post(
-            base + "/v1/search", files={"image": ("film.png", film)}, data={"box": "20,20,70,90", "k": "5"}, timeout=120
+            (door or base) + "/v1/search",
+            files={"image": ("film.png", film)},
+            data={"box": "20,20,70,90", "k": "5"},
+            timeout=120,
         )
         assert answer.status_code == 200, answer.text
         return answer.json()
 
+    def hits(answer: dict) -> list[tuple[str, float]]:
+        return [(r["key"], round(r["score"], 5)) for r in answer["results"]]
+
     try:
         with ahead_of_other_work():
-            base = start_service(settings, ready_timeout_s=420)
+            base = start_service(ServeSettings.from_dict(common), ready_timeout_s=420)
+            # a second front door whose searches go to the search replica (the first's ingress
+            # searches the server over its own connection, search.from_ingress)
+            through_replica = start_service(
+                ServeSettings.from_dict({**common, "search": {**common["search"], "from_ingress": False}}),
+                backend_app="regionmir",
+                route_prefix="/replica",
+                app_name="regionmir-replica",
+                ready_timeout_s=300,
+            )
         before = query()
         assert len(before["results"]) == 5
+        assert hits(query(through_replica)) == hits(before)
         ready = requests.get(base + "/readyz", timeout=30).json()
         assert model_collection_name("regions", old["model_version"]) in str(ready)
+        assert ready["checks"]["index"]["searched_in"] == "ingress"
+        other = requests.get(through_replica + "/readyz", timeout=30).json()
+        assert other["checks"]["index"]["searched_in"] == "search replica"
 
         # a new model is indexed into the same Milvus: its own collection, and the alias moves to it
         new = build_random_model_index_subprocess(
@@ -77,6 +94,7 @@ def test_indexing_a_new_model_does_not_change_what_a_running_service_answers(mil
 
         after = query()  # the running (old) service still answers, from its own model's rows
         assert [r["key"] for r in after["results"]] == [r["key"] for r in before["results"]]
+        assert hits(query(through_replica)) == hits(after)
         assert after["query"]["model_version"] == old["model_version"]
         assert requests.get(base + "/readyz", timeout=30).status_code == 200
     finally:
