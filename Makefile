@@ -64,7 +64,7 @@ test-slow: $(STAMP)
 # on 2 cores; CI runs them too).
 test-faults: $(STAMP)
 	$(PY) -m pytest -q -m slow tests/test_serving_faults.py tests/test_rollout.py tests/test_index_faults.py \
-	  tests/test_crop_cache.py
+	  tests/test_crop_cache.py tests/test_ingress_index.py
 
 # Ray Train and Ray Data end to end: two workers pretrain from S3 and fine-tune from that checkpoint,
 # a killed worker resumes, the ablation grid, index + evaluate (about 10 minutes on 2 cores; CI

@@ -241,7 +241,7 @@ def _quiet_loggers(*names: str):
                 silencer.holders -= 1
 
 
-def _display_uri(uri: str) -> str:
+def display_uri(uri: str) -> str:
     """``uri`` without any user:password part, for messages."""
     if uri.endswith(".db"):
         return uri
@@ -347,7 +347,7 @@ def prepare_search(
 
 
 def search_resident(
-    resident: ResidentCollection,
+    resident: Callable[[], ResidentCollection],
     display_uri: str,
     name: str,
     vectors: Any,
@@ -360,9 +360,10 @@ def search_resident(
     model_version: str | None = None,
     exclude_patient_hash: str | None = None,
 ) -> list[list[RegionHit]]:
-    """:meth:`RegionIndex.search` over ``resident``, an in-memory copy of collection ``name`` of
+    """:meth:`RegionIndex.search` over ``resident()``, an in-memory copy of collection ``name`` of
     the milvus-lite file ``display_uri`` — held by the process that opened the file, or copied
-    from it (a service's ingress replicas): the same checks, filters, answers and errors."""
+    from it (a service's ingress replicas): the same checks, filters, answers and errors. The
+    arguments are checked before ``resident()`` is asked for the rows (which may read them all)."""
     group_field = None
     if group_by is not None:
         group_field = GROUP_FIELDS.get(group_by)
@@ -373,19 +374,20 @@ def search_resident(
         name,
         vectors,
         k,
-        lambda: resident.dim,
+        lambda: resident().dim,
         anatomy=anatomy,
         view=view,
         split=split,
         model_version=model_version,
         exclude_patient_hash=exclude_patient_hash,
     )
-    keep = resident.mask(
+    rows = resident()
+    keep = rows.mask(
         anatomy_id=None if anatomy is None else resolve_anatomy_id(anatomy),
         equal={"view": view, "split": split, "model_version": model_version},
         exclude_patient_hash=exclude_patient_hash,
     )
-    return resident.search(queries, k, keep, group_field)
+    return rows.search(queries, k, keep, group_field)
 
 
 class RegionIndex:
@@ -418,9 +420,10 @@ class RegionIndex:
         timeout: float | None = None,
         connect_timeout: float = 10.0,
         resident_search: bool | None = None,
+        connect_attempts: int = 4,
     ):
         self.uri = os.fspath(uri)
-        self.display_uri = _display_uri(self.uri)
+        self.display_uri = display_uri(self.uri)
         self.is_local_file = self.is_lite_file(self.uri)
         self.resident_search = self.is_local_file if resident_search is None else bool(resident_search)
         if self.resident_search and not self.is_local_file:
@@ -441,7 +444,7 @@ class RegionIndex:
         try:
             # milvus-lite logs a failed start with its traceback; the error raised below says it all
             with _quiet_loggers("milvus_lite.server_manager"):
-                self._client: MilvusClient | None = self._connect(token, connect_timeout)
+                self._client: MilvusClient | None = self._connect(token, connect_timeout, connect_attempts)
         except ConnectionConfigException as exc:
             if self.is_local_file and _lite_file_locked(self.uri):
                 raise self._locked_error() from exc
@@ -1067,7 +1070,7 @@ class RegionIndex:
     ) -> list[list[RegionHit]]:
         """:meth:`search` over this process's exact in-memory copy of the collection (a milvus-lite
         file; see :mod:`indexing.resident_collection`): the same filters, answers, errors."""
-        return search_resident(self.resident(name), self.display_uri, name, vectors, k, group_by, **filters)
+        return search_resident(lambda: self.resident(name), self.display_uri, name, vectors, k, group_by, **filters)
 
     def resident(self, name: str) -> ResidentCollection:
         """This process's in-memory copy of collection (or alias) ``name`` of this milvus-lite file,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pickle
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,8 +38,13 @@ log = logging.getLogger("ray.serve")
 #: millisecond); more in a worker thread, so Serve's own work on that loop (gRPC, health checks,
 #: metrics — user code shares it when Serve runs throughput-optimised) never waits for a big product.
 INLINE_SEARCH_MAX_ROWS = 20_000
-#: How often a :class:`CopiedIndex` asks the search replica whether its copy is still the current one.
+#: How often a :class:`CopiedIndex` asks the search replica whether its copy is still the current one
+#: (and a :class:`ConnectedIndex` whether the served model's collection is searched).
 COPY_CHECK_S = 5.0
+#: After a failed copy check, how long before a :class:`CopiedIndex` asks again.
+COPY_RETRY_S = 30.0
+#: After a failed connection attempt, how long a :class:`ConnectedIndex` answers 503 before trying again.
+CONNECT_RETRY_S = 2.0
 
 
 class EncoderPart(Protocol):
@@ -167,20 +173,23 @@ class CopiedIndex:
     same answers and errors, without the hop to the search replica. Look-ups by key and status
     still go to the search replica.
 
-    The copy arrives in the background: the first searches (and any while the search replica
-    says no copy is to be had — a Milvus server, no collection yet, more than ``max_rows`` rows)
-    go to the search replica. Every :data:`COPY_CHECK_S` seconds of use this replica asks whether
-    its copy is still current (a short answer when it is) and takes the new one when not — the
-    collection a service searches changes only when ``regionmir index`` built one for its model.
-    When the search replica cannot be reached the copy keeps answering; readiness still reports
-    the index as unreachable."""
+    The copy arrives in the background, pickled (plain bytes: unpickled here into this process's
+    own memory, nothing left pinned in Ray's object store): the first searches (and any while the
+    search replica says no copy is to be had — a Milvus server, no collection yet, more than
+    ``max_rows`` rows, a copy larger than a message between replicas may be) go to the search
+    replica. Every :data:`COPY_CHECK_S` seconds of use this replica asks whether its copy is still
+    current (a short answer when it is) and takes the new one when not — the collection a service
+    searches changes only when ``regionmir index`` built one for its model. When the search
+    replica cannot be reached the copy keeps answering (readiness still reports the index as
+    unreachable) and the next check waits :data:`COPY_RETRY_S`."""
 
-    def __init__(self, handle: Any, max_rows: int, check_s: float = COPY_CHECK_S):
+    def __init__(self, handle: Any, max_rows: int, check_s: float = COPY_CHECK_S, timeout_s: float = 60.0):
         self.remote = HandleIndex(handle)
         self.max_rows = int(max_rows)
         self.check_s = float(check_s)
+        self.timeout_s = float(timeout_s)
         self.copy: IndexCopy | None = None
-        self._checked = float("-inf")
+        self._next_check = float("-inf")
         self._checking: asyncio.Task | None = None
 
     async def search(self, vector: np.ndarray, k: int, filters: SearchFilters) -> list[dict]:
@@ -205,22 +214,26 @@ class CopiedIndex:
         return status
 
     def _check_now_and_then(self) -> None:
-        if self._checking is None and time.monotonic() - self._checked >= self.check_s:
+        if self._checking is None and time.monotonic() >= self._next_check:
             self._checking = asyncio.get_running_loop().create_task(self._check())
 
     async def _check(self) -> None:
+        wait = self.check_s
         try:
             have = self.copy.token if self.copy is not None else None
-            answer = await self.remote.handle.resident_copy.remote(have, self.max_rows)
+            answer = await asyncio.wait_for(
+                self.remote.handle.resident_copy.remote(have, self.max_rows), timeout=self.timeout_s
+            )
             if answer is None:
                 self.copy = None
             elif answer[1] is not None:
-                self.copy = answer[1]
+                self.copy = await asyncio.to_thread(pickle.loads, answer[1])
                 log.info("search: %d rows of %s copied into this replica", self.copy.rows.rows, self.copy.collection)
-        except Exception as exc:  # the search replica is away: keep what answers now
+        except Exception as exc:  # the search replica is away: keep what answers now, ask again later
+            wait = COPY_RETRY_S
             log.warning("search: could not check the index copy (%s); keeping the one held", type(exc).__name__)
         finally:
-            self._checked = time.monotonic()
+            self._next_check = time.monotonic() + wait
             self._checking = None
 
 
@@ -229,40 +242,56 @@ class ConnectedIndex:
     to the Milvus server (a ``fused`` ingress replica): one process hop fewer per query. Look-ups
     by key and status still go to the search replica.
 
-    The connection is made on the first search (a Milvus that is down when the replica starts
-    does not stop it; the search answers 503 ``index_unavailable`` as the search replica's
-    would, and the next one connects again). Like the search replica, it searches the collection
-    ``regionmir index`` built for the served model once the alias points at it, checked every
+    The connection is made on the first search — one attempt, within the index timeout — so a
+    Milvus that is down when the replica starts does not stop it. While one search connects, and
+    for :data:`CONNECT_RETRY_S` after a failed attempt, searches answer 503 ``index_unavailable``
+    at once rather than queueing behind it. Once connected, pymilvus's channel reconnects by
+    itself after an outage. Like the search replica, it searches the collection ``regionmir
+    index`` built for the served model once the alias points at it, checked every
     :data:`COPY_CHECK_S` seconds of use."""
 
-    def __init__(self, handle: Any, connect: Callable[[], SearchRuntime], check_s: float = COPY_CHECK_S):
+    def __init__(self, handle: Any, connect: Callable[[], SearchRuntime], where: str, check_s: float = COPY_CHECK_S):
         self.remote = HandleIndex(handle)
         self._connect = connect
+        self.where = where  # the index's URI as it may be shown (no credentials)
         self.check_s = float(check_s)
         self.runtime: SearchRuntime | None = None
+        self._failed_at = float("-inf")
         self._checked = float("-inf")
-        self._lock = threading.Lock()  # searches run in worker threads: one connects, one checks
+        self._connecting = threading.Lock()
+        self._following = threading.Lock()
+
+    def _unavailable(self, why: str) -> IndexUnavailableError:
+        return IndexUnavailableError(self.where, None, why)
 
     def _current(self) -> SearchRuntime:
-        with self._lock:
-            if self.runtime is None:
-                self.runtime = self._connect()
-                self._checked = float("-inf")
-            if time.monotonic() - self._checked >= self.check_s:
-                self.runtime.follow_own_collection()
+        runtime = self.runtime
+        if runtime is None:
+            if not self._connecting.acquire(blocking=False):
+                raise self._unavailable("this replica is connecting to the index; retry shortly")
+            try:
+                if self.runtime is None:
+                    if time.monotonic() - self._failed_at < CONNECT_RETRY_S:
+                        raise self._unavailable("this replica could not connect moments ago; retry shortly")
+                    try:
+                        self.runtime = self._connect()
+                    except Exception:
+                        self._failed_at = time.monotonic()
+                        raise
+                    self._checked = float("-inf")
+                runtime = self.runtime
+            finally:
+                self._connecting.release()
+        if time.monotonic() - self._checked >= self.check_s and self._following.acquire(blocking=False):
+            try:
+                runtime.follow_own_collection()
                 self._checked = time.monotonic()
-            return self.runtime
+            finally:
+                self._following.release()
+        return runtime
 
     def _search(self, vector: np.ndarray, k: int, filters: SearchFilters) -> list[dict]:
-        runtime = self._current()
-        try:
-            return runtime.search(vector, k, filters)
-        except IndexUnavailableError:  # connect afresh on the next search
-            with self._lock:
-                if self.runtime is runtime:
-                    self.runtime = None
-            runtime.close()
-            raise
+        return self._current().search(vector, k, filters)
 
     async def search(self, vector: np.ndarray, k: int, filters: SearchFilters) -> list[dict]:
         return await asyncio.to_thread(self._search, vector, k, filters)
@@ -271,7 +300,7 @@ class ConnectedIndex:
         return await self.remote.get_rows(keys)
 
     async def status(self) -> dict[str, Any]:
-        return {**await self.remote.status(), "searched_in": "ingress"}
+        return {**await self.remote.status(), "searched_in": "ingress", "ingress_connected": self.runtime is not None}
 
 
 def local_backend(encoder: EncoderRuntime, search: SearchRuntime) -> Backend:

@@ -27,10 +27,12 @@ import importlib.util
 import json
 import logging
 import os
+import pickle
 import shutil
 import time
 import urllib.error
 import urllib.request
+import uuid
 from typing import Any
 
 import numpy as np
@@ -39,6 +41,7 @@ from ray.serve.handle import DeploymentHandle
 
 from cluster.local_cluster import free_ports
 from cluster.ray_runtime import start_ray
+from indexing.region_index import display_uri
 from indexing.resident_collection import ResidentCollection
 from regionmir.anatomy_atlas import AnatomyAtlas, AtlasError
 from regionmir.errors import RegionIndexError
@@ -152,7 +155,9 @@ class SearchDeployment:
         self.metrics = get_metrics()
         self._last_gauge = 0.0
         self._copied: ResidentCollection | None = None  # the rows last offered to the ingress replicas
-        self._copy_serial = 0  # counts the copies offered: a token names each
+        self._copy_serial = 0  # counts the copies offered: a token names each, with this replica's id
+        self._replica_id = uuid.uuid4().hex[:12]  # a restarted replica's tokens never match its predecessor's
+        self._copy_too_large = False
         self._in_memory: str | None = None  # the collection whose rows this replica holds in memory
         self._small_enough_inline = False  # searched on the event loop (see INLINE_SEARCH_MAX_ROWS)
         self._update_gauge()
@@ -186,11 +191,11 @@ class SearchDeployment:
         await self._refresh_gauge_now_and_then()
         return hits
 
-    async def resident_copy(self, have: str | None, max_rows: int) -> tuple[str, IndexCopy | None] | None:
+    async def resident_copy(self, have: str | None, max_rows: int) -> tuple[str, bytes | None] | None:
         """For an ingress replica that searches the rows itself (:class:`~serving.backends.CopiedIndex`):
         ``None`` when it should search here (a Milvus server, no collection yet, more than
-        ``max_rows`` rows); ``(token, None)`` when its copy ``have`` is still the current one;
-        ``(token, copy)`` with the current copy otherwise."""
+        ``max_rows`` rows, a copy over :func:`largest_message_bytes`); ``(token, None)`` when its
+        copy ``have`` is still the current one; ``(token, pickled IndexCopy)`` otherwise."""
         rows = await asyncio.to_thread(self.runtime.resident_rows)  # reads the file the first time
         await self._refresh_gauge_now_and_then()
         if rows is None or rows.rows > max_rows:
@@ -198,13 +203,28 @@ class SearchDeployment:
         if rows is not self._copied:
             self._copied = rows
             self._copy_serial += 1
-        token = f"{self.runtime.collection}#{self._copy_serial}"
+            self._copy_too_large = False
+        if self._copy_too_large:
+            return None
+        token = f"{self.runtime.collection}#{self._replica_id}.{self._copy_serial}"
         if token == have:
             return token, None
         copy = IndexCopy(
             token, self.runtime.collection, self.runtime.index.display_uri, self.runtime.model_version, rows
         )
-        return token, copy
+        data = await asyncio.to_thread(pickle.dumps, copy, pickle.HIGHEST_PROTOCOL)
+        limit = largest_message_bytes()
+        if len(data) > limit:
+            self._copy_too_large = True
+            log.warning(
+                "search: the copy of %s for the ingress replicas (%.0f MB) is larger than a message between "
+                "replicas may be (RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH=%d): searched here instead",
+                self.runtime.collection,
+                len(data) / 2**20,
+                limit,
+            )
+            return None
+        return token, data
 
     async def _refresh_gauge_now_and_then(self) -> None:
         if time.monotonic() - self._last_gauge > 30:
@@ -263,19 +283,32 @@ class FusedIngress(_FrontDoor, BatchedEncoderReplica):
         assert search is not None
         self._read(settings, contract_json, atlas_json)
         self._load_encoder(model_dir, settings)
-        index = ingress_index(self.settings, search, contract_json)
+        index = ingress_index(self.settings, search, contract_json, shared=bool(backend_app))
         self.backend = Backend(BatchedEncoder(self.embed, self.runtime), index)
 
 
-def ingress_index(settings: ServeSettings, search: DeploymentHandle, contract_json: str) -> Any:
+def largest_message_bytes() -> int:
+    """The largest message one Serve replica may send another: over gRPC (Serve throughput-optimised,
+    what ``http.proxy: haproxy`` switches on) ``RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH`` (4 MiB
+    unless set; a local Ray the service starts sets 256 MiB); through Ray's object store, no limit."""
+    if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") != "1":
+        return 1 << 62
+    return int(os.environ.get("RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH") or 4 * 1024 * 1024)
+
+
+def ingress_index(settings: ServeSettings, search: DeploymentHandle, contract_json: str, shared: bool) -> Any:
     """How a ``fused`` ingress replica searches (``search.from_ingress``): its own copy of a
     milvus-lite file's rows (:class:`CopiedIndex`, up to ``search.ingress_copy_max_rows`` rows),
-    its own connection to a Milvus server (:class:`ConnectedIndex`), or the search replica."""
+    its own connection to a Milvus server (:class:`ConnectedIndex`), or the search replica.
+    ``shared``: a front door onto another application's index (``backend_app``), which searches
+    through that application's search replica or copy, never a connection of its own settings."""
     sch = settings.search
     if not sch.from_ingress:
         return HandleIndex(search)
     if settings.index_is_file:
         return CopiedIndex(search, sch.ingress_copy_max_rows) if sch.ingress_copy_max_rows > 0 else HandleIndex(search)
+    if shared:
+        return HandleIndex(search)
     model_version = ModelContract.from_json(contract_json).version_id
     return ConnectedIndex(
         search,
@@ -286,7 +319,9 @@ def ingress_index(settings: ServeSettings, search: DeploymentHandle, contract_js
             consistency_level=sch.consistency_level,
             search_ef=sch.search_ef,
             timeout_s=settings.limits.index_timeout_s,
+            connect_attempts=1,
         ),
+        display_uri(settings.milvus),
     )
 
 

@@ -104,7 +104,7 @@ class IndexCopy:
 
     def search(self, vector: Sequence[float], k: int, filters: SearchFilters = SearchFilters()) -> list[dict[str, Any]]:
         hits = search_resident(
-            self.rows,
+            lambda: self.rows,
             self.display_uri,
             self.collection,
             np.asarray(vector, dtype=np.float32),
@@ -130,10 +130,17 @@ class SearchRuntime:
         consistency_level: str = "Bounded",
         search_ef: int = 64,
         timeout_s: float | None = None,
+        connect_attempts: int = 4,
     ):
-        # timeout_s: the deadline of every Milvus RPC (a hung server must not hold a replica thread)
+        # timeout_s: the deadline of every Milvus RPC (a hung server must not hold a replica
+        # thread), and of connecting when given
         self.index = RegionIndex(
-            milvus_uri, consistency_level=consistency_level, search_ef=search_ef, timeout=timeout_s
+            milvus_uri,
+            consistency_level=consistency_level,
+            search_ef=search_ef,
+            timeout=timeout_s,
+            connect_timeout=timeout_s or 10.0,
+            connect_attempts=connect_attempts,
         )
         self.alias = collection
         self.model_version = model_version

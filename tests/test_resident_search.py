@@ -102,6 +102,8 @@ def test_errors_match_a_servers(lite_pair):
         resident.search("regions", np.ones(DIM + 1, np.float32), k=3)
     with pytest.raises(IndexNotFoundError):
         resident.search("nothing_here", np.ones(DIM, np.float32), k=3)
+    with pytest.raises(ValueError, match="k must be"):  # the request is checked before the collection
+        resident.search("nothing_here", np.ones(DIM, np.float32), k=0)
     with pytest.raises(UnknownAnatomyError):
         resident.search("regions", np.ones(DIM, np.float32), k=3, anatomy="left elbow")
     with pytest.raises(ValueError, match="group_by"):
@@ -126,14 +128,14 @@ def test_a_copy_sent_to_another_process_answers_and_fails_as_the_file(lite_pair)
     for filters in SEARCHES:
         group_by = filters.get("group_by")
         rest = {k: v for k, v in filters.items() if k != "group_by"}
-        copied = search_resident(copy, resident.display_uri, "regions", queries, 10, group_by, **rest)
+        copied = search_resident(lambda: copy, resident.display_uri, "regions", queries, 10, group_by, **rest)
         assert keys(copied) == keys(resident.search("regions", queries, k=10, **filters)), filters
     one = np.ones(DIM, np.float32)
     with pytest.raises(DimensionMismatchError):
-        search_resident(copy, resident.display_uri, "regions", np.ones(DIM + 1, np.float32), 3)
+        search_resident(lambda: copy, resident.display_uri, "regions", np.ones(DIM + 1, np.float32), 3)
     with pytest.raises(UnknownAnatomyError):
-        search_resident(copy, resident.display_uri, "regions", one, 3, anatomy="left elbow")
+        search_resident(lambda: copy, resident.display_uri, "regions", one, 3, anatomy="left elbow")
     with pytest.raises(ValueError, match="group_by"):
-        search_resident(copy, resident.display_uri, "regions", one, 3, "hospital")
+        search_resident(lambda: copy, resident.display_uri, "regions", one, 3, "hospital")
     with pytest.raises(ValueError, match="k must be"):
-        search_resident(copy, resident.display_uri, "regions", one, 0)
+        search_resident(lambda: copy, resident.display_uri, "regions", one, 0)

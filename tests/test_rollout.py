@@ -78,6 +78,7 @@ def test_indexing_a_new_model_does_not_change_what_a_running_service_answers(mil
         ready = requests.get(base + "/readyz", timeout=30).json()
         assert model_collection_name("regions", old["model_version"]) in str(ready)
         assert ready["checks"]["index"]["searched_in"] == "ingress"
+        assert ready["checks"]["index"]["ingress_connected"], ready  # its searches made the connection
         other = requests.get(through_replica + "/readyz", timeout=30).json()
         assert other["checks"]["index"]["searched_in"] == "search replica"
 
