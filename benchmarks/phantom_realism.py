@@ -7,12 +7,15 @@ spacing from the DICOM). Phantoms: ``--films`` films of each preset (``classic``
 today's films before the realistic preset; ``realistic`` = the default), rendered at ``--size`` px
 over the generator's 417 mm field and passed through the same 8-bit PNG encoding ``synth``
 writes. The protocol (``regionmir.realism.RealismProtocol``: common 1.0 mm spacing, 48 px crops,
-48 crops per film, 4 folds split by film, one small CNN, seed 0) is the same for both presets.
+48 crops per film, 4 folds split by film, one small CNN trained with each of the seeds 0–4) is the
+same for both presets.
 
     .venv/bin/python benchmarks/phantom_realism.py [--films 24] [--picture docs/phantoms_vs_real.png]
 
 Prints one JSON line: per preset the histogram distance (EMD on [0, 1]), the radial power
-spectrum's RMS distance (decades) and the domain-classifier AUC (0.5 = indistinguishable).
+spectrum's RMS distance (decades) and the domain-classifier AUC (0.5 = indistinguishable): the
+mean over the five classifier seeds, with their sd and each seed's AUC (one CNN's AUC moves by
+about a tenth with its seed, or with another CPU's arithmetic).
 """
 
 from __future__ import annotations

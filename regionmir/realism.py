@@ -6,7 +6,10 @@ resampled to a common pixel spacing (``spacing_mm``), crops of ``crop_px`` pixel
 seeded random positions inside the film, and a small CNN (four batch-normalised conv blocks) is trained
 to tell phantom crops from real ones with folds **split by film** (no film has crops on both sides
 of a fold). The pooled out-of-fold scores give the area under the ROC curve: 0.5 means the
-classifier cannot tell the two apart, 1.0 means every crop gives itself away.
+classifier cannot tell the two apart, 1.0 means every crop gives itself away. One small CNN's AUC
+moves by a tenth with its seed (or with the arithmetic of another CPU), so the classifier is
+trained ``repeats`` times with seeds ``seed … seed+repeats−1`` and the AUC reported is their mean,
+with their standard deviation beside it.
 
 Films are ``float32`` arrays in ``[0, 1]`` with bright = dense (the project's intensity
 convention), each with its pixel spacing in millimetres.
@@ -41,6 +44,7 @@ class RealismProtocol:
     batch: int = 64
     histogram_bins: int = 64
     seed: int = 0
+    repeats: int = 5  # domain classifiers per fold, one per seed; their AUCs are averaged
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -147,15 +151,36 @@ def domain_classifier_auc(phantom: Sequence[np.ndarray], real: Sequence[np.ndarr
 
     ``phantom``/``real`` hold one crop stack per film. Film ``i`` of each side goes to fold
     ``i % folds``; each fold's classifier is trained on the other folds' crops, classes weighted
-    to balance, and scores its own fold's crops. Returns the pooled AUC and the per-fold AUCs.
+    to balance, and scores its own fold's crops. This is done once per seed (``protocol.repeats``
+    seeds from ``protocol.seed``). Returns ``auc`` (the mean over seeds of each seed's pooled
+    out-of-fold AUC), ``auc_sd``, ``auc_by_seed`` and ``fold_auc`` (each fold's AUC, mean over seeds).
     """
-    import torch
-
     folds = min(protocol.folds, len(real), len(phantom))
     if folds < 2:
         raise ValueError("the domain classifier needs at least 2 real and 2 phantom films")
-    torch.manual_seed(protocol.seed)
-    rng = np.random.default_rng(protocol.seed)
+    if protocol.repeats < 1:
+        raise ValueError(f"RealismProtocol.repeats must be >= 1, got {protocol.repeats!r}")
+    by_seed, fold_rows = [], []
+    for seed in range(protocol.seed, protocol.seed + protocol.repeats):
+        pooled, per_fold = _out_of_fold_auc(phantom, real, protocol, folds, seed)
+        by_seed.append(pooled)
+        fold_rows.append(per_fold)
+    return {
+        "auc": round(float(np.mean(by_seed)), 4),
+        "auc_sd": round(float(np.std(by_seed, ddof=1)) if len(by_seed) > 1 else 0.0, 4),
+        "auc_by_seed": [round(v, 4) for v in by_seed],
+        "fold_auc": [round(float(v), 4) for v in np.mean(fold_rows, axis=0)],
+    }
+
+
+def _out_of_fold_auc(
+    phantom: Sequence[np.ndarray], real: Sequence[np.ndarray], protocol: RealismProtocol, folds: int, seed: int
+) -> tuple[float, list[float]]:
+    """One seed's pooled out-of-fold AUC and its per-fold AUCs."""
+    import torch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     scores: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     per_fold = []
@@ -191,8 +216,8 @@ def domain_classifier_auc(phantom: Sequence[np.ndarray], real: Sequence[np.ndarr
             fold_scores = model(torch.from_numpy(test_x[:, None])).squeeze(1).numpy()
         scores.append(fold_scores)
         labels.append(test_y)
-        per_fold.append(round(roc_auc(fold_scores, test_y), 4))
-    return {"auc": round(roc_auc(np.concatenate(scores), np.concatenate(labels)), 4), "fold_auc": per_fold}
+        per_fold.append(roc_auc(fold_scores, test_y))
+    return roc_auc(np.concatenate(scores), np.concatenate(labels)), per_fold
 
 
 def realism_report(phantom_films: Sequence[Film], real_films: Sequence[Film], protocol: RealismProtocol) -> dict:
@@ -214,6 +239,8 @@ def realism_report(phantom_films: Sequence[Film], real_films: Sequence[Film], pr
         "spectrum_rms_decades": round(spectrum_distance(spec_p, spec_r), 4),
         "spectrum": [round(float(v), 3) for v in spec_p],
         "domain_auc": classifier["auc"],
+        "domain_auc_sd": classifier["auc_sd"],
+        "domain_auc_by_seed": classifier["auc_by_seed"],
         "domain_fold_auc": classifier["fold_auc"],
     }
 

@@ -4,6 +4,7 @@ real difference and does not invent one."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -63,7 +64,7 @@ def _films(rng: np.random.Generator, count: int, noise: float) -> list[np.ndarra
 
 
 def test_domain_classifier_tells_noisy_from_clean_but_not_same_from_same():
-    protocol = RealismProtocol(crop_px=24, steps=60, batch=32, folds=3, seed=0)
+    protocol = RealismProtocol(crop_px=24, steps=60, batch=32, folds=3, seed=0, repeats=1)
     rng = np.random.default_rng(2)
     different = domain_classifier_auc(_films(rng, 6, 0.08), _films(rng, 3, 0.0), protocol)
     assert different["auc"] > 0.9
@@ -72,10 +73,34 @@ def test_domain_classifier_tells_noisy_from_clean_but_not_same_from_same():
     assert len(same["fold_auc"]) == 3
 
 
+def test_domain_auc_is_the_mean_over_classifier_seeds_each_as_a_one_seed_protocol_gives_it():
+    """Repeats are independent classifiers: seed s of a repeated protocol is the one-seed protocol
+    with seed s, and the AUC reported is their mean with their sd."""
+    rng = np.random.default_rng(4)
+    phantom, real = _films(rng, 4, 0.05), _films(rng, 2, 0.03)
+    base = RealismProtocol(crop_px=24, steps=15, batch=16, folds=2, seed=3)
+    repeated = domain_classifier_auc(phantom, real, replace(base, repeats=3))
+    singles = [domain_classifier_auc(phantom, real, replace(base, seed=s, repeats=1))["auc"] for s in (3, 4, 5)]
+    assert repeated["auc_by_seed"] == singles
+    assert repeated["auc"] == pytest.approx(np.mean(singles), abs=1e-4)
+    assert repeated["auc_sd"] == pytest.approx(np.std(singles, ddof=1), abs=1e-4)
+    with pytest.raises(ValueError, match="repeats"):
+        domain_classifier_auc(phantom, real, replace(base, repeats=0))
+
+
 def test_report_has_every_figure():
     rng = np.random.default_rng(3)
     phantom = [Film(f"p{i}", rng.random((80, 80)).astype(np.float32), 1.0) for i in range(4)]
     real = [Film(f"r{i}", np.clip(rng.normal(0.5, 0.1, (80, 80)), 0, 1).astype(np.float32), 0.5) for i in range(2)]
-    report = realism_report(phantom, real, RealismProtocol(crop_px=24, crops_per_film=8, steps=20, batch=16))
-    assert set(report) >= {"histogram_emd", "spectrum_rms_decades", "domain_auc", "domain_fold_auc", "spectrum"}
+    report = realism_report(phantom, real, RealismProtocol(crop_px=24, crops_per_film=8, steps=20, batch=16, repeats=2))
+    assert set(report) >= {
+        "histogram_emd",
+        "spectrum_rms_decades",
+        "domain_auc",
+        "domain_auc_sd",
+        "domain_auc_by_seed",
+        "domain_fold_auc",
+        "spectrum",
+    }
+    assert len(report["domain_auc_by_seed"]) == 2
     assert 0.0 <= report["domain_auc"] <= 1.0
