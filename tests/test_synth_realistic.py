@@ -124,3 +124,18 @@ def test_acquisition_changes_processing_not_anatomy():
     assert a.boxes == b.boxes
     assert not np.array_equal(a.image, b.image)
     assert b.image[:, :3].mean() > 0.9  # collimated (unexposed) edge is white
+
+
+def test_auto_ranging_puts_the_films_own_range_on_the_display_range():
+    """The processing station maps the film's 1st and 99.5th percentiles to ``display_range``: an
+    under- and an over-exposed film of the same patient come out with the same display range."""
+    under = PhantomParams(vessel_seed=9, processing="DR", exposure=1.2, display_range=(0.03, 0.95))
+    over = dataclasses.replace(under, exposure=3.6)
+    ranged = [render_film(p, SIZE).image for p in (under, over)]
+    for image in ranged:
+        low, high = np.percentile(image, [1.0, 99.5])
+        assert low == pytest.approx(0.03, abs=0.01) and high == pytest.approx(0.95, abs=0.01)
+    unranged = [render_film(dataclasses.replace(p, display_range=None), SIZE).image for p in (under, over)]
+    spread = [abs(float(np.median(a)) - float(np.median(b))) for a, b in (ranged, unranged)]
+    assert spread[0] < spread[1]
+    assert render_film(under, SIZE).boxes == render_film(over, SIZE).boxes

@@ -48,6 +48,10 @@ def detect_and_process(image: np.ndarray, params: PhantomParams, rng: np.random.
     )
     if params.processing == "CR":
         image = gaussian_blur(image, 0.6 * s_)
+    if params.display_range is not None:  # auto-ranging: the film's own range onto the display's
+        low, high = np.percentile(image, [1.0, 99.5])
+        out_low, out_high = params.display_range
+        image = out_low + (image - low) * (out_high - out_low) / max(float(high - low), 1e-3)
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 

@@ -105,8 +105,10 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
             soft * (1.0 + 0.12 * smooth_noise(rng2, size, 45 * s_)) + 0.015 * smooth_noise(rng2, size, 12 * s_) * body
         )
 
-    blur_anat = 2.6 * s_
-    lung_s = gaussian_blur(lung.astype(np.float32), 1.2 * s_)
+    # organ margins: a lung's or the heart's thickness grows over a few millimetres from its edge,
+    # so generator 2's borders ramp (wider blur) where generator 1's are near steps
+    blur_anat = (4.5 if natural else 2.6) * s_
+    lung_s = gaussian_blur(lung.astype(np.float32), (2.5 if natural else 1.2) * s_)
     interior = body & (body_profile > 0) & ~lung & (cage | below_diaphragm) & (np.abs(dx_mid) <= w + 0.01)
     interior_s = gaussian_blur(interior.astype(np.float32), blur_anat)
     heart_s = gaussian_blur(heart.astype(np.float32), blur_anat)

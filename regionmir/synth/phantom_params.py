@@ -89,6 +89,10 @@ class PhantomParams:
     text: tuple[str, ...] = ()  # burnt-in annotations (no patient data)
     texture: str = "regular"  # "regular" (generator 1) or "natural": branching, tapering vessels, trabecular bone, soft-tissue gradients
     devices: tuple[str, ...] = ()  # names from DEVICES
+    # auto-ranging (generator 2): the processing station maps the film's own 1st and 99.5th
+    # percentiles to these display values, as CR exposure recognition and DR auto-windowing do;
+    # None: no auto-ranging (generator 1)
+    display_range: tuple[float, float] | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -238,9 +242,11 @@ def sample_realistic(rng: np.random.Generator) -> PhantomParams:
         aortic_knob=float(np.clip(0.7 + 0.8 * elderly + rng.normal(0, 0.15), 0.5, 1.7)),
         exposure=float(rng.uniform(1.2, 3.6)),  # from over- to under-penetrated
         gamma=float(rng.uniform(0.75, 1.3)),
-        noise=float(rng.uniform(0.004, 0.03 if ap else 0.015)),
+        # noise per 0.8 mm pixel: a real film's, averaged over that area (realism report: more
+        # made the phantoms' fine scales too strong against real films)
+        noise=float(rng.uniform(0.0016, 0.012 if ap else 0.006)),
         blur_px512=float(rng.uniform(0.5, 1.4)),
-        rib_prominence=float(rng.uniform(0.6, 1.25)),
+        rib_prominence=float(rng.uniform(0.36, 0.75)),  # processed films show ribs faintly
         vessel_seed=int(rng.integers(0, 2**31 - 1)),
         findings=tuple(findings),
         age=age,
@@ -259,8 +265,8 @@ def sample_realistic(rng: np.random.Generator) -> PhantomParams:
         lut_centre=float(rng.normal(0.55, 0.04)),
         lut_width=float(rng.uniform(1.0, 1.8)),
         enhance_fine=float(rng.uniform(0.1, 0.6) if processing == "DR" else rng.uniform(0.05, 0.35)),
-        enhance_coarse=float(rng.uniform(0.2, 0.55)),
-        detector_noise=float(rng.uniform(0.002, 0.01)),
+        enhance_coarse=float(rng.uniform(0.1, 0.275)),
+        detector_noise=float(rng.uniform(0.0008, 0.004)),
         grid_lines=float(rng.uniform(0.004, 0.015)) if rng.random() < (0.3 if processing == "CR" else 0.1) else 0.0,
         grid_period_px512=float(rng.uniform(2.2, 4.5)),
         collimation=collimation,  # type: ignore[arg-type]
@@ -268,4 +274,5 @@ def sample_realistic(rng: np.random.Generator) -> PhantomParams:
         text=text,
         texture="natural",
         devices=tuple(devices),
+        display_range=(float(rng.uniform(0.0, 0.06)), float(rng.uniform(0.9, 0.98))),
     )
