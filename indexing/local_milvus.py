@@ -160,6 +160,26 @@ class LocalMilvusServer:
     def after_stop(self, pids: list[int]) -> None:
         """Remove what the stopped processes ``pids`` left outside the data folder."""
 
+    def kill(self) -> None:
+        """SIGKILL the server and everything it started: no shutdown, no flush, nothing cleaned up
+        (what a crash leaves; the fault tests' kill). ``start()`` brings it back on the same data."""
+        import psutil
+
+        if self.process is None:
+            return
+        try:
+            root = psutil.Process(self.process.pid)
+            processes = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            processes = []
+        for process in processes:
+            try:
+                process.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        self.process.wait(timeout=30)
+        self.process = None
+
     def restart(self) -> None:
         self.stop()
         self.start()

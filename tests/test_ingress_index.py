@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
 
 import numpy as np
-import psutil
 import pytest
 from local_process import free_port
 from test_region_index import DIM, make_rows, unit
@@ -27,17 +25,6 @@ from serving.runtime import SearchFilters, SearchRuntime
 pytestmark = pytest.mark.slow
 
 TIMEOUT_S = 2.0
-
-
-def _kill_hard(server: MilvusLiteServer) -> None:
-    root = psutil.Process(server.process.pid)
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            process.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    server.process.wait(timeout=30)
-    server.process = None
 
 
 def _searches(index: ConnectedIndex, vector: np.ndarray, n: int) -> tuple[list, float]:
@@ -74,7 +61,7 @@ def test_searches_over_the_ingress_connection_fail_fast_while_milvus_is_down_the
         assert [h["key"] for h in answers[0]] == expected  # the served model's rows only
         assert connected.runtime is not None
 
-        _kill_hard(server)
+        server.kill()
         answers, took = _searches(connected, vector, 6)
         assert all(isinstance(a, IndexUnavailableError) for a in answers), answers
         assert took < 6 * TIMEOUT_S, f"six concurrent searches of a dead index took {took:.1f} s"

@@ -7,12 +7,10 @@ throughout."""
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import requests
 from local_process import ahead_of_other_work, free_port
@@ -24,18 +22,6 @@ RECOVERY_GOAL_S = 30.0
 integration = pytest.mark.integration
 #: `make test-faults` (and `make test-slow`, CI): Ray Serve plus a Milvus server, minutes on 2 cores
 pytestmark = pytest.mark.slow
-
-
-def _kill_hard(server: MilvusLiteServer) -> None:
-    """SIGKILL the server and everything it started: no shutdown, no flush."""
-    root = psutil.Process(server.process.pid)
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            process.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    server.process.wait(timeout=30)
-    server.process = None
 
 
 @integration
@@ -94,7 +80,7 @@ def test_milvus_killed_under_load_gives_503_then_the_service_recovers_by_itself(
         assert any(status == 200 for _, status, _, _ in answers), answers[-5:]
 
         killed_at = time.monotonic()
-        _kill_hard(server)
+        server.kill()
         time.sleep(10)  # queries meet a dead index
         server.start()  # same data, same port; returns when it answers
         healthy_at = time.monotonic()
