@@ -15,7 +15,7 @@ same for both presets.
 Prints one JSON line: per preset the histogram distance (EMD on [0, 1]), the radial power
 spectrum's RMS distance (decades) and the domain-classifier AUC (0.5 = indistinguishable): the
 mean over the five classifier seeds, with their sd and each seed's AUC (one CNN's AUC moves by
-about a tenth with its seed, or with another CPU's arithmetic).
+about a tenth with its seed, and from one machine to another).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ seeded random positions inside the film, and a small CNN (four batch-normalised 
 to tell phantom crops from real ones with folds **split by film** (no film has crops on both sides
 of a fold). The pooled out-of-fold scores give the area under the ROC curve: 0.5 means the
 classifier cannot tell the two apart, 1.0 means every crop gives itself away. One small CNN's AUC
-moves by a tenth with its seed (or with the arithmetic of another CPU), so the classifier is
+moves by up to a tenth with its seed (and from one machine to another), so the classifier is
 trained ``repeats`` times with seeds ``seed … seed+repeats−1`` and the AUC reported is their mean,
 with their standard deviation beside it.
 

@@ -164,7 +164,7 @@ class SearchSettings(DeploymentSettings):
     #: one process hop fewer per query. ``false``: every search goes to the search replica.
     from_ingress: bool = True
     #: the largest milvus-lite collection an ingress replica copies (about 0.7 KB of memory per row,
-    #: per ingress replica); a larger one is searched by the search replica
+    #: per ingress replica); a larger one is searched by the search replica. 0: no copies
     ingress_copy_max_rows: Integer = 100_000
 
 
