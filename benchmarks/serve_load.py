@@ -45,8 +45,9 @@ import numpy as np
 import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.dirname(os.path.abspath(__file__))]
 
+from keepalive_client import KeepAliveClient, multipart_body  # noqa: E402
 from random_model_index import build_random_model_index_subprocess  # noqa: E402
 
 from serving.config import IngressSettings, ServeSettings  # noqa: E402
@@ -270,27 +271,49 @@ def cpu_per_answer(run, *args) -> tuple[dict, dict[str, float]]:
     return result, {role: round(seconds * 1000 / answers, 1) for role, seconds in sorted(spent.items())}
 
 
-def drive(base: str, film_png: bytes, box: str, clients: int, seconds: float, k: int) -> dict:
-    """``clients`` threads, each posting box queries back to back for ``seconds``."""
+def requests_caller(base: str, film_png: bytes, box: str, k: int):
+    """A ``requests.Session`` posting the box query: → call() → (status, body)."""
+    session = requests.Session()
+
+    def call() -> tuple[int, bytes]:
+        response = session.post(
+            base + "/v1/search",
+            files={"image": ("film.png", film_png, "image/png")},
+            data={"box": box, "k": str(k)},
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=60,
+        )
+        return response.status_code, response.content
+
+    return call
+
+
+def keepalive_caller(base: str, film_png: bytes, box: str, k: int):
+    """:class:`keepalive_client.KeepAliveClient` posting the same query, its bytes built once."""
+    body, content_type = multipart_body({"image": ("film.png", film_png, "image/png")}, {"box": box, "k": str(k)})
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": content_type}
+    return KeepAliveClient(base + "/v1/search", body, headers).call
+
+
+CLIENTS = {"keepalive": keepalive_caller, "requests": requests_caller}
+
+
+def drive(base: str, film_png: bytes, box: str, clients: int, seconds: float, k: int, kind: str = "keepalive") -> dict:
+    """``clients`` threads, each posting box queries back to back for ``seconds`` with a ``kind``
+    client (:data:`CLIENTS`); every answer is checked (HTTP 200, ``k`` results)."""
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
 
     def client() -> None:
-        session = requests.Session()
+        call = CLIENTS[kind](base, film_png, box, k)
         while time.perf_counter() < deadline:
             started = time.perf_counter()
             try:
-                response = session.post(
-                    base + "/v1/search",
-                    files={"image": ("film.png", film_png, "image/png")},
-                    data={"box": box, "k": str(k)},
-                    headers={"Authorization": f"Bearer {API_KEY}"},
-                    timeout=60,
-                )
-                ok = response.status_code == 200 and len(response.json()["results"]) == k
-                reason = "" if ok else f"HTTP {response.status_code}: {response.text[:200]}"
+                status, body = call()
+                ok = status == 200 and len(json.loads(body)["results"]) == k
+                reason = "" if ok else f"HTTP {status}: {body[:200]!r}"
             except Exception as exc:  # a refused or timed-out call is an error, not a crash
                 ok, reason = False, f"{type(exc).__name__}: {exc}"
             elapsed = (time.perf_counter() - started) * 1000.0
@@ -372,6 +395,14 @@ def main() -> int:
     p.add_argument("--target-ongoing", type=float, default=2.0)
     p.add_argument("--downscale-delay", type=float, default=10.0)
     p.add_argument("--floor-queries", type=int, default=100)
+    p.add_argument(
+        "--client",
+        choices=sorted(CLIENTS),
+        default="keepalive",
+        help="the load generator's HTTP client: keepalive (the request's bytes built once, one persistent "
+        "socket; default) or requests (a requests.Session building each request); with keepalive, one "
+        "client is also measured with requests, side by side",
+    )
     args = p.parse_args()
     clients_levels = [int(c) for c in args.clients.split(",")]
 
@@ -411,6 +442,7 @@ def main() -> int:
         port = sock.getsockname()[1]
 
     levels: list[dict] = []
+    requests_level: dict | None = None
     sampler = ReplicaSampler()
     try:
         for batching in [mode == "on" for mode in args.batching.split(",")]:
@@ -421,11 +453,21 @@ def main() -> int:
             if not sampler.is_alive():
                 sampler.start()
             sampler.label = f"warm-up batching {label}"
-            drive(base, film_png, box, 1, 5.0, args.k)  # warm-up: first calls build handles and caches
+            drive(base, film_png, box, 1, 5.0, args.k, args.client)  # warm-up: first calls build handles and caches
+            if batching and args.client != "requests":  # the same single client with requests, side by side
+                sampler.label = "1 client requests"
+                measured, cpu = cpu_per_answer(drive, base, film_png, box, 1, args.seconds, args.k, "requests")
+                requests_level = {"clients": 1, "batching": batching, "client": "requests", **measured}
+                requests_level["cpu_ms_per_answer"] = cpu
+                print(
+                    f"[bench]  1 client with requests, batching {label}: p50 {measured['p50_ms']} ms, "
+                    f"{measured['qps']} q/s, {measured['errors']} errors; CPU ms per answer {cpu}",
+                    flush=True,
+                )
             for clients in clients_levels:
                 sampler.label = f"{clients} clients batching {label}"
-                measured, cpu = cpu_per_answer(drive, base, film_png, box, clients, args.seconds, args.k)
-                level = {"clients": clients, "batching": batching, **measured, "cpu_ms_per_answer": cpu}
+                measured, cpu = cpu_per_answer(drive, base, film_png, box, clients, args.seconds, args.k, args.client)
+                level = {"clients": clients, "batching": batching, "client": args.client, **measured, "cpu_ms_per_answer": cpu}
                 for name in dict.fromkeys((holder, "ingress")):
                     level[f"{name}_replicas_max"] = max(
                         (
@@ -490,7 +532,9 @@ def main() -> int:
         "floor_p50_ms": floor["p50_ms"],
         "floor_p99_ms": floor["p99_ms"],
         "floor_batched_qps": batched["qps"],
+        "client": args.client,
         "levels": levels,
+        "single_client_requests": requests_level,
         "replicas_over_time": samples,
         "replica_start_s": start_s,
         "replica_start_s_max": max(start_s) if start_s else None,
@@ -500,7 +544,7 @@ def main() -> int:
         f"qps_{last}_to_{first}_no_batching": round(off[last]["qps"] / off[first]["qps"], 2)
         if off.get(first) and off[first]["qps"]
         else None,
-        "errors": sum(lv["errors"] for lv in levels),
+        "errors": sum(lv["errors"] for lv in levels + ([requests_level] if requests_level else [])),
         "replicas_rose": bool(loaded) and max(loaded) > args.min_replicas,
         "replicas_fell": bool(idle) and idle[-1] < max(loaded or [0]),
         "indexed_regions": demo["rows"],
