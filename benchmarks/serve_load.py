@@ -467,7 +467,13 @@ def main() -> int:
             for clients in clients_levels:
                 sampler.label = f"{clients} clients batching {label}"
                 measured, cpu = cpu_per_answer(drive, base, film_png, box, clients, args.seconds, args.k, args.client)
-                level = {"clients": clients, "batching": batching, "client": args.client, **measured, "cpu_ms_per_answer": cpu}
+                level = {
+                    "clients": clients,
+                    "batching": batching,
+                    "client": args.client,
+                    **measured,
+                    "cpu_ms_per_answer": cpu,
+                }
                 for name in dict.fromkeys((holder, "ingress")):
                     level[f"{name}_replicas_max"] = max(
                         (

@@ -24,11 +24,13 @@ The pieces: :mod:`serving.guard` (auth and upload size, before any body is read)
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
@@ -121,6 +123,22 @@ RESULT_DICOM_REASONS = (
     "timeout",
     "internal",
 )
+
+
+def _plain(value: Any) -> Any:
+    """What ``json`` cannot write itself in an answer: a NumPy scalar or array."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+class AnswerJSON(JSONResponse):
+    """A JSON answer built from plain dicts, lists, strings and numbers (NumPy scalars allowed),
+    written by ``json.dumps`` directly: FastAPI's ``jsonable_encoder`` would first copy the whole
+    answer, value by value, looking for models and dataclasses it holds none of."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_plain).encode()
 
 
 def _key() -> Any:
@@ -319,7 +337,7 @@ def create_app(settings: ServeSettings, backend: Any, contract: ModelContract, a
                 export=export,
             )
             found = await service.search(film, fields, started=getattr(request.state, "started", None))
-            return found if isinstance(found, Response) else JSONResponse(jsonable_encoder(found))
+            return found if isinstance(found, Response) else AnswerJSON(found)
 
         return await guarded("/v1/search", work)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -71,8 +71,12 @@ class EncoderRuntime:
         return {"embeddings": predicted.embeddings, "probabilities": predicted.probabilities}
 
 
+#: A hit's fields, in order (read once: ``dataclasses.asdict`` would deep-copy every value per hit).
+_HIT_FIELDS = tuple(f.name for f in fields(RegionHit))
+
+
 def hit_to_dict(hit: RegionHit) -> dict[str, Any]:
-    data = asdict(hit)
+    data = {name: getattr(hit, name) for name in _HIT_FIELDS}
     data["box"] = [float(v) for v in hit.box]
     return data
 
