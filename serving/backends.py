@@ -98,8 +98,8 @@ class InProcessEncoder:
 
 
 class BatchedEncoder:
-    """The encoder of this replica behind its ``@serve.batch`` method: ``embed`` waits for the
-    batch its crops joined (see :class:`serving.deployments.BatchedEncoderReplica`)."""
+    """The encoder of this replica behind its batcher: ``embed`` waits for the forward pass
+    its crops joined (see :class:`serving.deployments.BatchedEncoderReplica`)."""
 
     def __init__(self, embed: Callable[[np.ndarray], Awaitable[dict[str, np.ndarray]]], runtime: EncoderRuntime):
         self._embed = embed

@@ -2,7 +2,7 @@
 
 * ``fused`` (default): ``ingress`` (:class:`FusedIngress`) serves the HTTP API of :mod:`serving.api`
   and holds the encoder itself — decode, crop, localise and encode in one process, the crops of
-  concurrent requests merged into one forward pass with ``@serve.batch`` — then asks ``search``.
+  concurrent requests merged into one forward pass (:mod:`serving.encoder_batcher`) — then asks ``search``.
   Two process hops per query (proxy → ingress → search); autoscaled as ``ingress.*`` says, each
   replica with ``encoder.gpus_per_replica`` GPUs.
 * ``split``: ``ingress`` (:class:`QueryIngress`) decodes and crops, ``encoder``
@@ -58,6 +58,7 @@ from .backends import (
     HandleIndex,
 )
 from .config import ConfigError, ServeSettings
+from .encoder_batcher import EncoderBatcher
 from .metrics import get_metrics
 from .runtime import EncoderRuntime, IndexCopy, SearchFilters, SearchRuntime
 
@@ -90,41 +91,31 @@ FORWARDED_ENV = (
 
 class BatchedEncoderReplica:
     """A replica that holds the encoder (on a GPU when it has one) and merges the crops of its
-    concurrent requests into one forward pass with ``@serve.batch``. With ``batch_wait_timeout_ms``
-    0 (the default) a batch is whatever queued while the previous one ran: no wait at low load,
-    full batches under load."""
+    concurrent requests into one forward pass (:class:`~serving.encoder_batcher.EncoderBatcher`):
+    with ``batch_wait_timeout_ms`` 0 (the default) a pass takes whatever queued while the previous
+    one ran — no wait at low load, full batches under load."""
 
     def _load_encoder(self, model_dir: str, settings: dict) -> None:
         enc = settings["encoder"]
         self.runtime = EncoderRuntime(model_dir, threads=enc.get("torch_threads") or None)
         self.crop_size = self.runtime.crop_size
-        self._batched.set_max_batch_size(int(enc["max_batch_size"]))
-        self._batched.set_batch_wait_timeout_s(float(enc["batch_wait_timeout_ms"]) / 1000.0)
         self.metrics = get_metrics()
+        self.batcher = EncoderBatcher(
+            self.runtime.forward,
+            max_batch_size=int(enc["max_batch_size"]),
+            batch_wait_s=float(enc["batch_wait_timeout_ms"]) / 1000.0,
+            observe=self._observe_batch,
+        )
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
-    async def _batched(self, stacks: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        sizes = [int(s.shape[0]) for s in stacks]
-        merged = np.concatenate(stacks, axis=0)
-        out = await asyncio.to_thread(self.runtime.forward, merged)  # keeps the loop free for health checks
-        self.metrics.batch_size.observe(len(stacks))
-        self.metrics.batch_crops.observe(int(merged.shape[0]))
-        results, start = [], 0
-        for n in sizes:
-            results.append(
-                {
-                    "embeddings": out["embeddings"][start : start + n],
-                    "probabilities": out["probabilities"][start : start + n],
-                }
-            )
-            start += n
-        return results
+    def _observe_batch(self, requests: int, crops: int) -> None:
+        self.metrics.batch_size.observe(requests)
+        self.metrics.batch_crops.observe(crops)
 
     async def embed(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         crops = np.asarray(crops, dtype=np.float32)
         if crops.ndim != 3 or crops.shape[1:] != (self.crop_size, self.crop_size) or crops.shape[0] < 1:
             raise ValueError(f"expected crops (N>=1, {self.crop_size}, {self.crop_size}), got {crops.shape}")
-        return await self._batched(crops)
+        return await self.batcher.embed(crops)
 
     def info(self) -> dict[str, Any]:
         return self.runtime.info()
