@@ -196,12 +196,7 @@ def create_app(settings: ServeSettings, backend: Any, contract: ModelContract, a
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        if any(tuple(e.get("loc", ())) == ("body", "image") for e in errors):
-            # the form has a file 'image' (MultipartRoute checked), but not one FastAPI binds: an
-            # empty file input, or a text field 'image' after the file
-            route = request.scope.get("route")
-            return answer(ApiError(422, "missing_field", MISSING_IMAGE), getattr(route, "path", "other"))
+        errors = exc.errors()  # query and path parameters (multipart fields: serving.multipart.FormBinder)
         first = errors[0] if errors else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return answer(ApiError(422, "bad_request", f"{where}: {first.get('msg', 'invalid')}"), "other")

@@ -6,20 +6,22 @@ fields of at most :data:`MAX_FIELD_BYTES`) and its own answers: a malformed body
 ``bad_request``, a chunked body over the upload limit 413 ``upload_too_large`` (the guard's
 counting ``receive`` cuts it off while it arrives), a form with neither the file ``image`` nor a
 PACS reference (``study_uid``, ``series_uid``, ``sop_instance_uid``: :mod:`serving.pacs`) 422
-``missing_field``. FastAPI then binds the declared fields from that parsed form (Starlette keeps
-it on the request), so its own parser and its own 422 never see a body this one refused.
+``missing_field``. :class:`FormBinder` then fills the declared fields from that parsed form, with
+FastAPI's rules and answers, so FastAPI's parser, dependency solver and 422 never run on it.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Request, UploadFile
+from fastapi import Request, UploadFile, params
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from starlette.datastructures import FormData
+from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .errors import ApiError
@@ -74,8 +76,65 @@ async def read_upload(upload: UploadFile, max_upload: int) -> bytes:
     return data
 
 
+#: How :class:`FormBinder` fills each kind of declared parameter.
+_REQUEST, _FILE, _TEXT = "request", "file", "text"
+
+
+class FormBinder:
+    """The declared parameters of a multipart route, filled from the form :func:`read_multipart`
+    parsed — what FastAPI's dependency solver would bind, without running it on every request
+    (it costs ~0.5 ms a query here, a tenth of a box query's time).
+
+    The parameters a multipart route may declare: ``request: Request``, files (``File(...)``) and
+    text fields (``Form(...)``); anything else is refused when the route is built. Each field takes
+    the last value sent under its name, an empty value counts as absent (``None``), and a value of
+    the wrong kind gets FastAPI's answer: text where the file ``image`` belongs is 422
+    ``missing_field``, a file where text belongs 422 ``bad_request``.
+    """
+
+    def __init__(self, endpoint: Callable[..., Any]):
+        self.name = getattr(endpoint, "__name__", repr(endpoint))
+        self.fields: list[tuple[str, str]] = []
+        for name, parameter in inspect.signature(endpoint).parameters.items():
+            default = parameter.default
+            if isinstance(default, params.File):  # a File is also a Form: test it first
+                kind = _FILE
+            elif isinstance(default, params.Form):
+                kind = _TEXT
+            elif name == "request":
+                kind = _REQUEST
+            else:
+                raise TypeError(
+                    f"multipart route {self.name}: cannot bind parameter {name!r} (File, Form or request only)"
+                )
+            self.fields.append((name, kind))
+
+    def bind(self, request: Request, form: FormData) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, kind in self.fields:
+            if kind == _REQUEST:
+                values[name] = request
+                continue
+            sent = form.getlist(name)
+            value = sent[-1] if sent else None
+            if isinstance(value, str) and value == "":
+                value = None
+            is_file = isinstance(value, StarletteUploadFile)
+            if kind == _FILE and value is not None and not is_file:
+                if name == "image":
+                    raise ApiError(422, "missing_field", MISSING_IMAGE)
+                raise ApiError(422, "bad_request", f"body.{name}: expected a file, got text")
+            if kind == _TEXT and is_file:
+                raise ApiError(422, "bad_request", f"body.{name}: Input should be a valid string")
+            values[name] = value
+        return values
+
+
 class MultipartRoute(APIRoute):
-    """A route whose multipart body :func:`read_multipart` reads before FastAPI binds its fields.
+    """A route whose multipart body :func:`read_multipart` reads, whose declared fields
+    :class:`FormBinder` fills from it, and whose endpoint answers a ``Response`` itself. FastAPI
+    still documents the declared fields (``/docs``); its dependency solver and response
+    serialisation are not run.
 
     Subclassed by :func:`multipart_route` with the upload limit and ``refuse(error, endpoint)``,
     which answers a body it refuses.
@@ -88,16 +147,26 @@ class MultipartRoute(APIRoute):
         raise NotImplementedError
 
     def get_route_handler(self) -> Callable[[Request], Any]:
-        handle = super().get_route_handler()
-        endpoint = self.path
+        binder = FormBinder(self.endpoint)
+        endpoint, path = self.endpoint, self.path
 
         async def read_then_handle(request: Request) -> Response:
             request.state.started = time.perf_counter()  # the request's timings include reading its body
             try:
-                await read_multipart(request, self.max_upload)
+                form = await read_multipart(request, self.max_upload)
             except ApiError as error:
-                return self.refuse(error, endpoint)
-            return await handle(request)
+                return self.refuse(error, path)
+            try:
+                try:
+                    values = binder.bind(request, form)
+                except ApiError as error:
+                    return self.refuse(error, path)
+                response = await endpoint(**values)
+            finally:
+                await form.close()
+            if not isinstance(response, Response):
+                raise TypeError(f"multipart route {binder.name} returned {type(response).__name__}, not a Response")
+            return response
 
         return read_then_handle
 

@@ -331,6 +331,18 @@ def _bad_cases(film: bytes) -> list[tuple[str, dict, int, str]]:
         ("k not an integer", {"files": {"image": image}, "data": {"box": "1,1,50,50", "k": "2.5"}}, 422, "bad_k"),
         ("k not a number", {"files": {"image": image}, "data": {"box": "1,1,50,50", "k": "ten"}}, 422, "bad_k"),
         ("no image", {"data": {"box": "1,1,50,50"}}, 422, "missing_field"),
+        (
+            "a text field 'image' after the file",  # the last value of a field counts, as in FastAPI
+            {"files": [("image", image), ("image", (None, "not a file"))], "data": {"box": "1,1,50,50"}},
+            422,
+            "missing_field",
+        ),
+        (
+            "the box sent as a file (the film named by a PACS reference)",
+            {"files": {"box": ("box.txt", b"1,1,50,50", "text/plain")}, "data": {"study_uid": "1.2.3"}},
+            422,
+            "bad_request",
+        ),
         ("neither box nor anatomy", {"files": {"image": image}}, 422, "missing_field"),
         (
             "upload over the size limit",
