@@ -24,12 +24,14 @@ import pickle
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
 import numpy as np
 
 from regionmir.errors import IndexUnavailableError
 
+from .encoder_batcher import Arrival
 from .runtime import EncoderRuntime, IndexCopy, SearchFilters, SearchRuntime
 
 log = logging.getLogger("ray.serve")
@@ -48,7 +50,9 @@ CONNECT_RETRY_S = 2.0
 
 
 class EncoderPart(Protocol):
-    async def embed(self, crops: np.ndarray) -> dict[str, np.ndarray]: ...
+    def arriving(self) -> AbstractContextManager[Arrival | None]: ...
+
+    async def embed(self, crops: np.ndarray, arrival: Arrival | None = None) -> dict[str, np.ndarray]: ...
 
     async def status(self) -> dict[str, Any]: ...
 
@@ -68,8 +72,14 @@ class Backend:
         self.encoder = encoder
         self.index = index
 
-    async def embed(self, crops: np.ndarray) -> dict[str, np.ndarray]:
-        return await self.encoder.embed(crops)
+    def arriving(self) -> AbstractContextManager[Arrival | None]:
+        """Announce a query whose crops :meth:`embed` will get soon (its film is being decoded): a
+        batcher in this process may wait for them (:mod:`serving.encoder_batcher`); a remote
+        encoder ignores it."""
+        return self.encoder.arriving()
+
+    async def embed(self, crops: np.ndarray, arrival: Arrival | None = None) -> dict[str, np.ndarray]:
+        return await self.encoder.embed(crops, arrival)
 
     async def search(self, vector: np.ndarray, k: int, filters: SearchFilters) -> list[dict]:
         return await self.index.search(np.asarray(vector, dtype=np.float32), k, filters)
@@ -90,7 +100,10 @@ class InProcessEncoder:
     def __init__(self, runtime: EncoderRuntime):
         self.runtime = runtime
 
-    async def embed(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+    def arriving(self) -> AbstractContextManager[Arrival | None]:
+        return nullcontext(None)  # no batches to wait for
+
+    async def embed(self, crops: np.ndarray, arrival: Arrival | None = None) -> dict[str, np.ndarray]:
         return await asyncio.to_thread(self.runtime.forward, crops)
 
     async def status(self) -> dict[str, Any]:
@@ -101,12 +114,21 @@ class BatchedEncoder:
     """The encoder of this replica behind its batcher: ``embed`` waits for the forward pass
     its crops joined (see :class:`serving.deployments.BatchedEncoderReplica`)."""
 
-    def __init__(self, embed: Callable[[np.ndarray], Awaitable[dict[str, np.ndarray]]], runtime: EncoderRuntime):
+    def __init__(
+        self,
+        embed: Callable[[np.ndarray, Arrival | None], Awaitable[dict[str, np.ndarray]]],
+        runtime: EncoderRuntime,
+        arriving: Callable[[], AbstractContextManager[Arrival]],
+    ):
         self._embed = embed
         self.runtime = runtime
+        self._arriving = arriving
 
-    async def embed(self, crops: np.ndarray) -> dict[str, np.ndarray]:
-        return await self._embed(crops)
+    def arriving(self) -> AbstractContextManager[Arrival | None]:
+        return self._arriving()
+
+    async def embed(self, crops: np.ndarray, arrival: Arrival | None = None) -> dict[str, np.ndarray]:
+        return await self._embed(crops, arrival)
 
     async def status(self) -> dict[str, Any]:
         return self.runtime.info()
@@ -144,7 +166,10 @@ class HandleEncoder:
     def __init__(self, handle: Any):
         self.handle = over_grpc_when_optimised(handle)
 
-    async def embed(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+    def arriving(self) -> AbstractContextManager[Arrival | None]:
+        return nullcontext(None)  # the encoder deployment's batcher does not see this replica's decodes
+
+    async def embed(self, crops: np.ndarray, arrival: Arrival | None = None) -> dict[str, np.ndarray]:
         return await self.handle.embed.remote(crops)
 
     async def status(self) -> dict[str, Any]:

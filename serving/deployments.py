@@ -58,7 +58,7 @@ from .backends import (
     HandleIndex,
 )
 from .config import ConfigError, ServeSettings
-from .encoder_batcher import EncoderBatcher
+from .encoder_batcher import Arrival, EncoderBatcher
 from .metrics import get_metrics
 from .runtime import EncoderRuntime, IndexCopy, SearchFilters, SearchRuntime
 
@@ -111,11 +111,11 @@ class BatchedEncoderReplica:
         self.metrics.batch_size.observe(requests)
         self.metrics.batch_crops.observe(crops)
 
-    async def embed(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+    async def embed(self, crops: np.ndarray, arrival: Arrival | None = None) -> dict[str, np.ndarray]:
         crops = np.asarray(crops, dtype=np.float32)
         if crops.ndim != 3 or crops.shape[1:] != (self.crop_size, self.crop_size) or crops.shape[0] < 1:
             raise ValueError(f"expected crops (N>=1, {self.crop_size}, {self.crop_size}), got {crops.shape}")
-        return await self.batcher.embed(crops)
+        return await self.batcher.embed(crops, arrival)
 
     def info(self) -> dict[str, Any]:
         return self.runtime.info()
@@ -275,7 +275,7 @@ class FusedIngress(_FrontDoor, BatchedEncoderReplica):
         self._read(settings, contract_json, atlas_json)
         self._load_encoder(model_dir, settings)
         index = ingress_index(self.settings, search, contract_json, shared=bool(backend_app))
-        self.backend = Backend(BatchedEncoder(self.embed, self.runtime), index)
+        self.backend = Backend(BatchedEncoder(self.embed, self.runtime, self.batcher.arriving), index)
 
 
 def largest_message_bytes() -> int:

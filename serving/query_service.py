@@ -219,41 +219,50 @@ class QueryService:
         instance = await self.resolve(film)
         data = await self.film_bytes(film, instance, timings)
         del film
-        async with self.film_slot():  # the decoded film lives only inside this block
+        # a box query announces itself to the encoder batcher while its film decodes: a pass about to
+        # start may wait for it (serving.encoder_batcher)
+        with self.backend.arriving() if box_text else contextlib.nullcontext() as arrival:
+            async with self.film_slot():  # the decoded film lives only inside this block
+                if box_text:
+                    cut = await asyncio.to_thread(
+                        self.cut_box, data, film_source(instance is not None), box_text, exclude_same_patient
+                    )
+                    del data
+                    timings["decode"], timings["crop"] = round(cut.decode_ms, 3), round(cut.crop_ms, 3)
+                    width, height, patient_hash, box, crops = (
+                        cut.width,
+                        cut.height,
+                        cut.patient_hash,
+                        cut.box,
+                        cut.crops,
+                    )
+                    del cut
+                else:
+                    decoded = await self.read_film(data, instance is not None, timings)
+                    del data
+                    pixels = decoded.pixels
+                    height, width = pixels.shape
+                    patient_hash = decoded.info.patient_hash
+                    require_patient(exclude_same_patient, patient_hash)
+                    t = time.perf_counter()
+                    box, vector, probabilities, localization, encode_ms = await self.localize(anatomy, pixels)
+                    timings["localize"] = _ms(t)
+                    timings["encode"] = encode_ms
+                    source = "atlas"
+                    del decoded, pixels
+            filters = SearchFilters(
+                anatomy=filter_anatomy,
+                view=view,
+                group_by=group_by,
+                exclude_patient_hash=patient_hash if exclude_same_patient else None,
+            )
             if box_text:
-                cut = await asyncio.to_thread(
-                    self.cut_box, data, film_source(instance is not None), box_text, exclude_same_patient
-                )
-                del data
-                timings["decode"], timings["crop"] = round(cut.decode_ms, 3), round(cut.crop_ms, 3)
-                width, height, patient_hash, box, crops = cut.width, cut.height, cut.patient_hash, cut.box, cut.crops
-                del cut
-            else:
-                decoded = await self.read_film(data, instance is not None, timings)
-                del data
-                pixels = decoded.pixels
-                height, width = pixels.shape
-                patient_hash = decoded.info.patient_hash
-                require_patient(exclude_same_patient, patient_hash)
                 t = time.perf_counter()
-                box, vector, probabilities, localization, encode_ms = await self.localize(anatomy, pixels)
-                timings["localize"] = _ms(t)
-                timings["encode"] = encode_ms
-                source = "atlas"
-                del decoded, pixels
-        filters = SearchFilters(
-            anatomy=filter_anatomy,
-            view=view,
-            group_by=group_by,
-            exclude_patient_hash=patient_hash if exclude_same_patient else None,
-        )
-        if box_text:
-            t = time.perf_counter()
-            out = await self._call("encoder", self.backend.embed(crops))
-            timings["encode"] = _ms(t)
-            vector = out["embeddings"][0]
-            probabilities = out["probabilities"][0]
-            source, localization = "user", None
+                out = await self._call("encoder", self.backend.embed(crops, arrival))
+                timings["encode"] = _ms(t)
+                vector = out["embeddings"][0]
+                probabilities = out["probabilities"][0]
+                source, localization = "user", None
 
         column = int(np.argmax(probabilities))
         predicted = ANATOMY_NAMES[self.class_ids[column]]

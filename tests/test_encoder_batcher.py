@@ -135,3 +135,45 @@ def test_settings_are_checked():
         EncoderBatcher(GatedForward(), max_batch_size=0)
     with pytest.raises(ValueError, match="batch_wait_s"):
         EncoderBatcher(GatedForward(), batch_wait_s=-1)
+
+
+def test_a_pass_waits_for_announced_requests_still_decoding_but_not_longer_than_linger():
+    async def main():
+        forward = GatedForward()
+        batcher = EncoderBatcher(forward, max_batch_size=8, linger_s=1.0)
+        with batcher.arriving() as late:  # announced: its film is "decoding"
+            first = asyncio.ensure_future(batcher.embed(stack(0.0)))
+            await asyncio.sleep(0.05)  # the pass waits for the announced request...
+            assert forward.batches == []
+            second = await asyncio.wait_for(batcher.embed(stack(1.0), late), 5)  # ...which joins it
+        await asyncio.wait_for(first, 5)
+        assert forward.batches == [[0.0, 1.0]] and second["embeddings"][0, 0] == 1.0
+
+        short = EncoderBatcher(forward, max_batch_size=8, linger_s=0.05)
+        with short.arriving():  # announced, but never embeds: the pass goes after linger_s
+            started = asyncio.get_running_loop().time()
+            await asyncio.wait_for(short.embed(stack(2.0)), 5)
+            waited = asyncio.get_running_loop().time() - started
+        assert 0.04 <= waited < 1.0 and forward.batches[-1] == [2.0]
+
+        alone = asyncio.get_running_loop().time()  # nobody announced: no wait at all
+        await asyncio.wait_for(batcher.embed(stack(3.0)), 5)
+        assert asyncio.get_running_loop().time() - alone < 0.5 and forward.batches[-1] == [3.0]
+        for b in (batcher, short):
+            b.close()
+
+    asyncio.run(main())
+
+
+def test_a_request_that_fails_before_embedding_stops_being_waited_for():
+    async def main():
+        forward = GatedForward()
+        batcher = EncoderBatcher(forward, max_batch_size=8, linger_s=5.0)
+        with pytest.raises(ValueError), batcher.arriving():  # e.g. its film did not decode
+            raise ValueError("unreadable film")
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(batcher.embed(stack(0.0)), 6)  # nobody left to wait for
+        batcher.close()
+        return asyncio.get_running_loop().time() - started
+
+    assert asyncio.run(main()) < 1.0
