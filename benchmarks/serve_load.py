@@ -14,7 +14,7 @@ Measured side by side in one run, on one phantom data set and model:
   ``--proxy``: ``haproxy`` in front, the default, or Serve's Python ``serve`` proxy) with
   the production safeguards on (an API key, the upload and pixel limits, queue caps), driven over
   HTTP by 1, 4 and 16 concurrent clients, each sending box queries back to back for ``--seconds``;
-  with ``@serve.batch`` on (``max_batch_size`` 16) and off (``max_batch_size`` 1): ``p50_ms``,
+  with the encoder batcher on (``max_batch_size`` 16) and off (``max_batch_size`` 1): ``p50_ms``,
   ``p99_ms``, ``qps`` (answers per second), ``errors`` (any non-200 or failed call);
 * ``replicas_over_time``: replicas of the deployment that holds the encoder (``encoder_holder``:
   ``ingress`` when fused) and of the ingress, running and starting, sampled each second from
@@ -390,7 +390,7 @@ def main() -> int:
     p.add_argument("--max-ingress", type=int, default=2, help="split: ingress replicas at most (decoding, crops)")
     p.add_argument("--topology", choices=("fused", "split"), default="fused", help="see serving.deployments")
     p.add_argument("--proxy", choices=("haproxy", "serve"), default="haproxy", help="http.proxy: what answers HTTP")
-    p.add_argument("--batching", default="on,off", help="levels with @serve.batch on, off, or both (on,off)")
+    p.add_argument("--batching", default="on,off", help="levels with encoder batching on (max_batch_size 16), off (1), or both (on,off)")
     p.add_argument("--batch-wait-ms", type=float, default=0.0, help="encoder.batch_wait_timeout_ms with batching on")
     p.add_argument("--target-ongoing", type=float, default=2.0)
     p.add_argument("--downscale-delay", type=float, default=10.0)
