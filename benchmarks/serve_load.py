@@ -390,7 +390,11 @@ def main() -> int:
     p.add_argument("--max-ingress", type=int, default=2, help="split: ingress replicas at most (decoding, crops)")
     p.add_argument("--topology", choices=("fused", "split"), default="fused", help="see serving.deployments")
     p.add_argument("--proxy", choices=("haproxy", "serve"), default="haproxy", help="http.proxy: what answers HTTP")
-    p.add_argument("--batching", default="on,off", help="levels with encoder batching on (max_batch_size 16), off (1), or both (on,off)")
+    p.add_argument(
+        "--batching",
+        default="on,off",
+        help="levels with encoder batching on (max_batch_size 16), off (1), or both (on,off)",
+    )
     p.add_argument("--batch-wait-ms", type=float, default=0.0, help="encoder.batch_wait_timeout_ms with batching on")
     p.add_argument("--target-ongoing", type=float, default=2.0)
     p.add_argument("--downscale-delay", type=float, default=10.0)
