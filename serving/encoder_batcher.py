@@ -14,8 +14,9 @@ Requests on their way: a request announces itself (:meth:`EncoderBatcher.arrivin
 film is decoded and cropped, and arrives with :meth:`embed`. When a pass is about to start while
 announced requests are still decoding, it waits for them — at most ``linger_s`` (default 2 ms) —
 so that under load it takes them along instead of leaving them for a pass of their own; a lone
-query has nobody to wait for and goes at once. Measured: 16 clients, two replicas, a fixed 2 ms
-wait for every pass gave 365 answers/s against 343 with none.
+query has nobody to wait for and goes at once. Measured on the fused service, 16 clients, two
+replicas: this wait gave 387 and 414 answers/s against 349 and 356 without it (alternating runs);
+a fixed 2 ms wait for every pass gave 365 against 343, and made every lone query wait as well.
 
 ``batch_wait_s`` > 0 lets every pass wait that long for company, announced or not (a GPU that is
 far cheaper per crop in large batches may want it); 0 is the default.
@@ -47,8 +48,8 @@ LINGER_S = 0.002
 class Arrival:
     """One request announced to an :class:`EncoderBatcher`, until it embeds or gives up."""
 
-    def __init__(self, batcher: EncoderBatcher | None):
-        self._batcher = batcher
+    def __init__(self, batcher: EncoderBatcher):
+        self._batcher: EncoderBatcher | None = batcher
 
     def done(self) -> None:
         """No longer on its way (it embedded, failed or left); idempotent."""
@@ -103,7 +104,7 @@ class EncoderBatcher:
         future = asyncio.get_running_loop().create_future()
         self._queue.append((crops, future))
         if arrival is not None:
-            arrival.done()  # sets _more
+            arrival.done()  # no longer on its way: it is queued
         self._more.set()
         if self._runner is None or self._runner.done():
             self._runner = asyncio.ensure_future(self._run())

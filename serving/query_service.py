@@ -154,7 +154,7 @@ class QueryService:
             box=box,
             crops=crops,
             decode_ms=(decoded_at - started) * 1000.0,
-            crop_ms=_ms(decoded_at),
+            crop_ms=(time.perf_counter() - decoded_at) * 1000.0,
         )
 
     async def resolve(self, film: QueryFilm) -> PacsInstance | None:
@@ -228,7 +228,7 @@ class QueryService:
                         self.cut_box, data, film_source(instance is not None), box_text, exclude_same_patient
                     )
                     del data
-                    timings["decode"], timings["crop"] = round(cut.decode_ms, 3), round(cut.crop_ms, 3)
+                    timings["decode"], timings["crop"] = round(cut.decode_ms, 2), round(cut.crop_ms, 2)
                     width, height, patient_hash, box, crops = (
                         cut.width,
                         cut.height,
