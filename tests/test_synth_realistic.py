@@ -70,6 +70,41 @@ def test_a_flipped_film_mirrors_pixels_and_boxes_but_keeps_the_patients_names():
     assert upright.image[top, SIZE // 2 :].max() > 0.99 and flipped.image[top, : SIZE // 2].max() > 0.99
 
 
+def test_the_laterality_marker_marks_its_own_side_and_mirrors_with_the_film():
+    base = PhantomParams(processing="DR", marker=True, marker_side="right", lut_width=1.2, display_range=(0.0, 0.9))
+    right, left = render_film(base, SIZE), render_film(dataclasses.replace(base, marker_side="left"), SIZE)
+    top, half = slice(0, SIZE // 5), SIZE // 2
+    # "R" on the patient's right (the image's left on a PA film), "L" on the left; nothing else is white
+    assert right.image[top, :half].max() == 1.0 and right.image[top, half:].max() < 1.0
+    assert left.image[top, half:].max() == 1.0 and left.image[top, :half].max() < 1.0
+    letter_r = right.image[top, :half] == 1.0
+    letter_l = left.image[top, half:] == 1.0
+    assert letter_r.sum() != letter_l.sum()  # two different letters
+    mirrored = render_film(dataclasses.replace(base, flipped=True), SIZE)
+    assert np.array_equal(mirrored.image[top, half:] == 1.0, letter_r[:, ::-1])  # a mirror-image "R"
+
+
+def test_the_gastric_bubble_has_an_air_fluid_level_only_on_erect_films():
+    """Erect (PA): a dome of air over a flat floor; supine (AP): a rounded lucency, no level; under
+    the left dome either way."""
+    shapes = {}
+    for view in ("PA", "AP"):
+        base = PhantomParams(view=view, gastric_bubble=(0.0, 0.0, 0.0))
+        without = render_film(base, SIZE)
+        with_gas = render_film(dataclasses.replace(base, gastric_bubble=(1.2, 0.0, 0.0)), SIZE)
+        lucent = without.image - with_gas.image  # air is darker
+        assert lucent.min() > -0.01  # (quantum noise scales with the signal)
+        gas = lucent > 0.5 * lucent.max()
+        rows = np.nonzero(gas.any(1))[0]
+        shapes[view] = gas.sum(1)[rows.min() : rows.max() + 1]
+        dome = without.boxes["left hemidiaphragm"]
+        xs = np.nonzero(gas.any(0))[0]
+        assert xs.min() > SIZE / 2 and rows.min() >= dome.y1  # the patient's left, under the dome
+    erect, supine = shapes["PA"], shapes["AP"]
+    assert erect[-1] >= 0.9 * erect.max() and erect[0] < 0.5 * erect.max()  # flat floor, domed top
+    assert supine[-1] < 0.5 * supine.max()  # rounded below: no level
+
+
 def test_a_zoomed_and_shifted_field_cuts_the_apices_and_keeps_boxes_exact():
     base = PhantomParams()
     cut = render_film(dataclasses.replace(base, field_scale=1.15, field_shift_y=-0.08), SIZE)

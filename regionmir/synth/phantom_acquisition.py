@@ -70,15 +70,21 @@ def collimate(image: np.ndarray, params: PhantomParams) -> np.ndarray:
 
 
 def laterality_marker(image: np.ndarray, params: PhantomParams) -> np.ndarray:
-    """A lead "L" on the patient's left shoulder (the image's right on a PA/AP film)."""
+    """A lead "L" or "R" (``params.marker_side``) in the upper outer corner of that side of the
+    patient (the image's right for the patient's left on a PA/AP film, before any flip):
+    ``params.marker_top`` below the field's top edge and ``params.marker_inset`` in from its side."""
     size = image.shape[0]
     layer = Image.new("F", (size, size), 0.0)
     draw = ImageDraw.Draw(layer)
     side = max(8, int(0.045 * size))
-    x0 = int((1.0 - params.collimation[2] - 0.1) * size)
-    y0 = int((params.collimation[1] + 0.04) * size)
+    if params.marker_side == "right":
+        x0 = int((params.collimation[0] + params.marker_inset) * size) - side
+    else:
+        x0 = int((1.0 - params.collimation[2] - params.marker_inset) * size)
+    y0 = int((params.collimation[1] + params.marker_top) * size)
+    letter = "R" if params.marker_side == "right" else "L"
     draw.rectangle([x0, y0, x0 + side, y0 + side], outline=0.8, width=max(1, side // 10))
-    draw.text((x0 + side * 0.25, y0 + side * 0.08), "L", fill=1.0, font=_font(max(6, int(side * 0.8))))
+    draw.text((x0 + side * 0.25, y0 + side * 0.08), letter, fill=1.0, font=_font(max(6, int(side * 0.8))))
     mark = np.asarray(layer, dtype=np.float32)
     return np.maximum(image, mark)
 

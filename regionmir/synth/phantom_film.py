@@ -142,10 +142,13 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
         0.016,
     )
     density -= 0.16 * gaussian_blur(airway.array(), 1.5 * s_) * (1 - lung_s)
-    bubble = (((x - (lm.cx + 0.16)) / 0.055) ** 2 + ((y - (lm.dome_l + 0.055)) / 0.04) ** 2 <= 1) & (
-        y > lm.dome_l + 0.045
-    )
-    density -= 0.15 * gaussian_blur(bubble.astype(np.float32), 1.5 * s_)
+    if params.gastric_bubble is None:  # generator 1's
+        bubble = (((x - (lm.cx + 0.16)) / 0.055) ** 2 + ((y - (lm.dome_l + 0.055)) / 0.04) ** 2 <= 1) & (
+            y > lm.dome_l + 0.045
+        )
+        density -= 0.15 * gaussian_blur(bubble.astype(np.float32), 1.5 * s_)
+    elif params.gastric_bubble[0] > 0:
+        density -= 0.15 * gaussian_blur(_gastric_bubble(g, x, y).astype(np.float32), 1.5 * s_)
 
     # --- bones ---
     bones_post, bones_ant, bones_other = canvas(), canvas(), canvas()
@@ -337,6 +340,23 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
     return PhantomFilm(
         image=np.ascontiguousarray(image, dtype=np.float32), boxes=boxes, params=params, device_boxes=device_boxes
     )
+
+
+def _gastric_bubble(g: ThoraxGeometry, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Gas in the stomach under the left dome: on an erect (PA) film it rises into the fundus, a
+    dome of air whose flat floor is the air-fluid level; on a supine (AP) film it collects in the
+    body of the stomach, a rounded lucency in two lobes with no level."""
+    p, lm = g.params, g.lm
+    size, off_x, off_y = p.gastric_bubble  # type: ignore[misc]
+    rx, ry = 0.05 * size * p.thorax_scale, 0.036 * size
+    cx = lm.cx + 0.16 * p.thorax_scale + off_x
+    top = float(g.diaphragm(np.array([abs(cx - lm.cx)]), "left")[0]) + 0.014 + off_y
+    if p.view == "PA":
+        cy = top + ry
+        return (((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1) & (y <= cy + 0.15 * ry)
+    cx, cy = cx - 0.25 * rx, top + 1.6 * ry
+    lobe = ((x - cx) / rx) ** 2 + ((y - cy) / (0.8 * ry)) ** 2 <= 1
+    return lobe | (((x - cx + 0.7 * rx) / (0.6 * rx)) ** 2 + ((y - cy - 0.5 * ry) / (0.6 * ry)) ** 2 <= 1)
 
 
 def _vessel_tree(

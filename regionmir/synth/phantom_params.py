@@ -21,7 +21,7 @@ the patient's **right** is on the image's **left**.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -85,7 +85,10 @@ class PhantomParams:
     grid_lines: float = 0.0  # amplitude of anti-scatter grid lines (0: no grid)
     grid_period_px512: float = 3.0
     collimation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # left, top, right, bottom margins
-    marker: bool = False  # laterality marker on the patient's left
+    marker: bool = False  # a lead laterality marker on the film
+    marker_side: str = "left"  # the patient's side it marks ("L" or "R"), placed on that side
+    marker_top: float = 0.04  # its distance below the field's top edge (normalised units)
+    marker_inset: float = 0.1  # its inner edge's distance from the field's side edge (normalised units)
     text: tuple[str, ...] = ()  # burnt-in annotations (no patient data)
     texture: str = "regular"  # "regular" (generator 1) or "natural": branching, tapering vessels, trabecular bone, soft-tissue gradients
     devices: tuple[str, ...] = ()  # names from DEVICES
@@ -93,6 +96,10 @@ class PhantomParams:
     # percentiles to these display values, as CR exposure recognition and DR auto-windowing do;
     # None: no auto-ranging (generator 1)
     display_range: tuple[float, float] | None = None
+    # gastric air under the left dome (generator 2): (size, dx, dy) — size 0: none; 1: an average
+    # adult's; dx, dy: offset from its usual place. Erect (PA) films show a dome of air over a flat
+    # air-fluid level, supine (AP) films a rounded lucency without one. None: generator 1's bubble
+    gastric_bubble: tuple[float, float, float] | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -195,6 +202,18 @@ def _findings_realistic(rng: np.random.Generator, view: str) -> list[Finding]:
 
 def sample_realistic(rng: np.random.Generator) -> PhantomParams:
     """Generator 2: patient, positioning, acquisition, findings and devices as an archive has them."""
+    params = _sample_realistic_body(rng)
+    # drawn after the rest, so the draws above are the same as before these fields existed
+    bubble = 0.0 if rng.random() < 0.12 else float(np.clip(rng.lognormal(0.0, 0.3), 0.5, 1.8))
+    return replace(
+        params,
+        gastric_bubble=(bubble, float(rng.normal(0.0, 0.015)), float(rng.normal(0.0, 0.01))),
+        marker_side="left" if rng.random() < 0.5 else "right",
+        marker_top=float(rng.uniform(0.07, 0.13)),  # the upper outer corner, below the top line of text
+    )
+
+
+def _sample_realistic_body(rng: np.random.Generator) -> PhantomParams:
     view = "PA" if rng.random() < 0.55 else "AP"  # hospital archives: about half are portable films
     ap = view == "AP"
     sex = "F" if rng.random() < 0.5 else "M"
