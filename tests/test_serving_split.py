@@ -136,7 +136,10 @@ def test_concurrent_queries_share_encoder_batches_and_bad_input_leaves_it_answer
     metrics_url = f"http://127.0.0.1:{split_service['metrics_port']}/metrics"
     deadline, merged, text = time.monotonic() + 120, False, ""
     while time.monotonic() < deadline and not merged:
-        text = requests.get(metrics_url, timeout=30).text
+        try:
+            text = requests.get(metrics_url, timeout=30).text
+        except requests.RequestException:  # the metrics agent may be restarting: ask again
+            text = ""
         total = re.search(r"^ray_regionmir_serve_encoder_batch_requests_sum\{[^}]*\} (\S+)$", text, re.M)
         count = re.search(r"^ray_regionmir_serve_encoder_batch_requests_count\{[^}]*\} (\S+)$", text, re.M)
         merged = bool(total and count and float(total.group(1)) > float(count.group(1)) > 0)

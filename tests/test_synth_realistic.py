@@ -85,11 +85,11 @@ def test_the_laterality_marker_marks_its_own_side_and_mirrors_with_the_film():
 
 
 def test_the_gastric_bubble_has_an_air_fluid_level_only_on_erect_films():
-    """Erect (PA): a dome of air over a flat floor; supine (AP): a rounded lucency, no level; under
-    the left dome either way."""
+    """Erect (PA): a dome of air over a floor level on the film, even with the patient rotated;
+    supine (AP): a rounded lucency, no level; under the left dome either way."""
     shapes = {}
-    for view in ("PA", "AP"):
-        base = PhantomParams(view=view, gastric_bubble=(0.0, 0.0, 0.0))
+    for view, rotation in (("PA", 0.0), ("AP", 0.0), ("PA rotated", 8.0)):
+        base = PhantomParams(view=view[:2], rotation_deg=rotation, gastric_bubble=(0.0, 0.0, 0.0))
         without = render_film(base, SIZE)
         with_gas = render_film(dataclasses.replace(base, gastric_bubble=(1.2, 0.0, 0.0)), SIZE)
         lucent = without.image - with_gas.image  # air is darker
@@ -103,6 +103,8 @@ def test_the_gastric_bubble_has_an_air_fluid_level_only_on_erect_films():
     erect, supine = shapes["PA"], shapes["AP"]
     assert erect[-1] >= 0.9 * erect.max() and erect[0] < 0.5 * erect.max()  # flat floor, domed top
     assert supine[-1] < 0.5 * supine.max()  # rounded below: no level
+    rotated = shapes["PA rotated"]  # the patient turns, the fluid's surface stays level on the film
+    assert rotated[-1] >= 0.85 * rotated.max()
 
 
 def test_a_zoomed_and_shifted_field_cuts_the_apices_and_keeps_boxes_exact():

@@ -73,6 +73,8 @@ def laterality_marker(image: np.ndarray, params: PhantomParams) -> np.ndarray:
     """A lead "L" or "R" (``params.marker_side``) in the upper outer corner of that side of the
     patient (the image's right for the patient's left on a PA/AP film, before any flip):
     ``params.marker_top`` below the field's top edge and ``params.marker_inset`` in from its side."""
+    if params.marker_side not in ("left", "right"):
+        raise ValueError(f'PhantomParams.marker_side must be "left" or "right", got {params.marker_side!r}')
     size = image.shape[0]
     layer = Image.new("F", (size, size), 0.0)
     draw = ImageDraw.Draw(layer)

@@ -148,7 +148,7 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
         )
         density -= 0.15 * gaussian_blur(bubble.astype(np.float32), 1.5 * s_)
     elif params.gastric_bubble[0] > 0:
-        density -= 0.15 * gaussian_blur(_gastric_bubble(g, x, y).astype(np.float32), 1.5 * s_)
+        density -= 0.15 * gaussian_blur(_gastric_bubble(g, x, y, v, to_image).astype(np.float32), 1.5 * s_)
 
     # --- bones ---
     bones_post, bones_ant, bones_other = canvas(), canvas(), canvas()
@@ -342,18 +342,20 @@ def render_film(params: PhantomParams, size: int) -> PhantomFilm:
     )
 
 
-def _gastric_bubble(g: ThoraxGeometry, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _gastric_bubble(g: ThoraxGeometry, x: np.ndarray, y: np.ndarray, v: np.ndarray, to_image) -> np.ndarray:
     """Gas in the stomach under the left dome: on an erect (PA) film it rises into the fundus, a
-    dome of air whose flat floor is the air-fluid level; on a supine (AP) film it collects in the
-    body of the stomach, a rounded lucency in two lobes with no level."""
+    dome of air whose flat floor is the air-fluid level — level on the film (``v``, the image's
+    vertical coordinate), however the patient is rotated; on a supine (AP) film it collects in
+    the body of the stomach, a rounded lucency in two lobes with no level. Never above the dome."""
     p, lm = g.params, g.lm
     size, off_x, off_y = p.gastric_bubble  # type: ignore[misc]
-    rx, ry = 0.05 * size * p.thorax_scale, 0.036 * size
+    rx, ry = 0.05 * size * p.thorax_scale, 0.036 * size * p.height_scale
     cx = lm.cx + 0.16 * p.thorax_scale + off_x
-    top = float(g.diaphragm(np.array([abs(cx - lm.cx)]), "left")[0]) + 0.014 + off_y
+    top = float(g.diaphragm(np.array([abs(cx - lm.cx)]), "left")[0]) + 0.014 + max(off_y, -0.008)
     if p.view == "PA":
         cy = top + ry
-        return (((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1) & (y <= cy + 0.15 * ry)
+        _, level = to_image(np.array([cx]), np.array([cy + 0.15 * ry]))
+        return (((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1) & (v <= float(level[0]))
     cx, cy = cx - 0.25 * rx, top + 1.6 * ry
     lobe = ((x - cx) / rx) ** 2 + ((y - cy) / (0.8 * ry)) ** 2 <= 1
     return lobe | (((x - cx + 0.7 * rx) / (0.6 * rx)) ** 2 + ((y - cy - 0.5 * ry) / (0.6 * ry)) ** 2 <= 1)

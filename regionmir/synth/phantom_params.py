@@ -86,7 +86,7 @@ class PhantomParams:
     grid_period_px512: float = 3.0
     collimation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # left, top, right, bottom margins
     marker: bool = False  # a lead laterality marker on the film
-    marker_side: str = "left"  # the patient's side it marks ("L" or "R"), placed on that side
+    marker_side: str = "left"  # "left" or "right": the patient's side it marks ("L" or "R"), placed there
     marker_top: float = 0.04  # its distance below the field's top edge (normalised units)
     marker_inset: float = 0.1  # its inner edge's distance from the field's side edge (normalised units)
     text: tuple[str, ...] = ()  # burnt-in annotations (no patient data)
@@ -207,7 +207,7 @@ def sample_realistic(rng: np.random.Generator) -> PhantomParams:
     bubble = 0.0 if rng.random() < 0.12 else float(np.clip(rng.lognormal(0.0, 0.3), 0.5, 1.8))
     return replace(
         params,
-        gastric_bubble=(bubble, float(rng.normal(0.0, 0.015)), float(rng.normal(0.0, 0.01))),
+        gastric_bubble=(bubble, float(rng.normal(0.0, 0.015)), float(np.clip(rng.normal(0.0, 0.01), -0.008, 0.03))),
         marker_side="left" if rng.random() < 0.5 else "right",
         marker_top=float(rng.uniform(0.07, 0.13)),  # the upper outer corner, below the top line of text
     )
