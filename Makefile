@@ -61,7 +61,7 @@ test-slow: $(STAMP)
 # Fault and roll-out tests: Milvus SIGKILLed under the query service, a new model indexed under a
 # running service, `regionmir index` losing S3 or SIGKILLed mid-job and re-run, a re-index after
 # films left the data, the crop cache refusing to be marked complete short of rows, and the query
-# service's split topology answering as the in-process pipeline (about 9 minutes on 2 cores; CI
+# service's split topology answering as the in-process pipeline (about 6 minutes on 2 cores; CI
 # runs them too).
 test-faults: $(STAMP)
 	$(PY) -m pytest -q -m slow tests/test_serving_faults.py tests/test_rollout.py tests/test_index_faults.py \
