@@ -68,7 +68,7 @@ test-faults: $(STAMP)
 	  tests/test_crop_cache.py tests/test_ingress_index.py tests/test_serving_split.py
 
 # Ray Train and Ray Data end to end: two workers pretrain from S3 and fine-tune from that checkpoint,
-# a killed worker resumes, the ablation grid, index + evaluate (about 10 minutes on 2 cores; CI
+# a killed worker resumes, the ablation grid, index + evaluate (about 7 minutes on 2 cores; CI
 # runs them too).
 test-ray: $(STAMP)
 	$(PY) -m pytest -q -m slow tests/test_training_ray.py tests/test_index_evaluate.py
