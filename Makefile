@@ -74,7 +74,7 @@ test-ray: $(STAMP)
 	$(PY) -m pytest -q -m slow tests/test_training_ray.py tests/test_index_evaluate.py
 
 # A 3-node Ray cluster on this machine (head + 2 worker nodes): distributed pretraining across the
-# worker nodes survives one of them being killed (about 10 minutes on 2 cores; CI runs it too).
+# worker nodes survives one of them being killed (about 2 minutes on 2 cores; CI runs it too).
 test-cluster: $(STAMP)
 	$(PY) -m pytest -q -m slow tests/test_multinode_cluster.py
 
